@@ -1,0 +1,44 @@
+# Everything goes through .venv so `make test` works on a fresh clone with only Python 3.11+,
+# git and make. The stamp file re-installs when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint typecheck pytest fuzz fuzz-ci bench demo clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests fuzz bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict src/tunnelproto
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+# Longer fuzzing of the protocol core (Hypothesis profile "fuzz"); not part of `make test`.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q fuzz
+
+# The small fixed budget CI runs on every submission.
+fuzz-ci: $(STAMP)
+	HYPOTHESIS_PROFILE=ci-fuzz $(BIN)/python -m pytest -q fuzz
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+demo: $(STAMP)
+	$(BIN)/tunnel-mcp demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""tunnel_trio: trio drivers for the tunnelproto core."""

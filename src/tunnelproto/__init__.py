@@ -1,0 +1,1 @@
+"""tunnelproto: the sans-IO tunnel protocol core."""

@@ -1,0 +1,22 @@
+"""Shared pytest configuration: Hypothesis profiles.
+
+`default` keeps `make test` fast; `ci-fuzz` is the small fixed budget CI spends on every
+submission; `fuzz` is for long local runs (`make fuzz`).
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", max_examples=100, deadline=None)
+settings.register_profile(
+    "ci-fuzz",
+    max_examples=2000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+settings.register_profile(
+    "fuzz", max_examples=50_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
