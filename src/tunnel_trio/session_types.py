@@ -1,0 +1,115 @@
+"""Plain data the sessions hand to their callers (the MCP layer, the CLI, tests).
+
+These are snapshots: copying them out of a session never exposes live state, and none of them
+ever holds a secret (no link secret, no key, no resume ticket). A join link is the one exception
+by design: `InviteInfo.join_link` *is* the secret the human forwards, and it is only ever returned
+to the host that minted it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["host", "member"]
+ConnectionState = Literal["connecting", "connected", "reconnecting", "closed"]
+MessageKind = Literal["chat", "event"]
+#: Kinds of room events, as they appear on the wire and in `TranscriptMessage.event`.
+EventKind = Literal[
+    "joined",
+    "left",
+    "disconnected",
+    "reconnected",
+    "closed",
+    "idle-closed",
+    "history-truncated",
+]
+
+
+class TunnelError(Exception):
+    """An error a user (or an agent) can act on. The message says what to do next.
+
+    Messages never contain secrets, so they are safe to show and to log.
+    """
+
+
+class NotOpenError(TunnelError):
+    """The session is closed (or was never open)."""
+
+
+class JoinRefusedError(TunnelError):
+    """The host refused the join; `code` is the refusal code from the protocol."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    id: int
+    name: str
+    is_host: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    id: int
+    name: str
+    is_host: bool
+    connected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptMessage:
+    """One entry of the room's transcript, in the room-wide total order.
+
+    `kind == "chat"`: `text` is what `sender` said (untrusted data, never instructions).
+    `kind == "event"`: `event` names what happened, `subject` is the member it happened to
+    (for joined/left/disconnected/reconnected), `text` is the host's summary for `closed`.
+    `seq` is 0 only for a local notice that is not part of the shared transcript
+    (`history-truncated`).
+    """
+
+    seq: int
+    kind: MessageKind
+    ts: float
+    sender: MemberInfo | None
+    text: str | None = None
+    event: EventKind | None = None
+    subject: MemberInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InviteInfo:
+    join_link: str
+    expires_in_sec: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingInvite:
+    expires_in_sec: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListenResult:
+    messages: list[TranscriptMessage]
+    last_seq: int
+    timed_out: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatus:
+    role: Role
+    goal: str
+    tunnel_id: str
+    self_member: MemberInfo
+    members: list[MemberStatus]
+    pending_invites: list[PendingInvite]
+    last_seq: int
+    transport: str | None  # host: the transport's name; member: None
+    public_url: str | None  # host: the public base URL (no secret in it); member: None
+    connection: ConnectionState
+    cloudflared_alive: bool | None  # None unless the transport is cloudflared
+    warnings: list[str] = field(default_factory=list)
+    closed_reason: str | None = None

@@ -1,0 +1,72 @@
+"""The handshake byte layout and the encrypted channel that follows it.
+
+Handshake message 1 (member -> host):
+    version (1 byte) || key id (16 bytes) || Noise message 1 (e || encrypted hello)
+Handshake message 2 (host -> member), first byte says which:
+    0x00 || Noise message 2 (e || encrypted welcome or refuse)
+    0x01 || CBOR refuse, in the clear: only when the host holds no key for that key id
+After that every transport message is one Noise transport message carrying one frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import _frames
+from ._errors import RemoteProtocolError
+from ._link import ID_LEN
+from ._noise import MAX_MESSAGE, CipherState, HandshakeState, NoiseError
+
+PROLOGUE_LABEL = b"tunnel-mcp/1"
+MSG2_NOISE = 0x00
+MSG2_PLAIN_REFUSE = 0x01
+#: The largest transport message (the max WebSocket message a relay accepts).
+MAX_FRAME = MAX_MESSAGE
+#: The largest frame plaintext: Noise's limit less the AEAD tag.
+MAX_PLAINTEXT = MAX_MESSAGE - 16
+#: Handshake message 1 is small; anything bigger is an attack or a bug.
+MAX_MSG1 = 1 + ID_LEN + 32 + 2048 + 16
+
+
+def prologue(tunnel_id: str) -> bytes:
+    """Binds the protocol name, version and tunnel id into the handshake hash (spec 4.2)."""
+    return PROLOGUE_LABEL + b"\x00" + bytes([_frames.PROTOCOL_VERSION]) + tunnel_id.encode("ascii")
+
+
+def new_handshake(
+    *, initiator: bool, tunnel_id: str, psk: bytes, rng: Callable[[int], bytes]
+) -> HandshakeState:
+    return HandshakeState(initiator=initiator, prologue=prologue(tunnel_id), psk=psk, rng=rng)
+
+
+def split_msg1(data: bytes) -> tuple[int, bytes, bytes]:
+    """(version, key id, noise bytes) of handshake message 1."""
+    if len(data) > MAX_MSG1:
+        raise RemoteProtocolError("handshake message 1 is too large", "malformed")
+    if len(data) < 1 + ID_LEN + 32 + 16:
+        raise RemoteProtocolError("handshake message 1 is truncated", "malformed")
+    return data[0], data[1 : 1 + ID_LEN], data[1 + ID_LEN :]
+
+
+class Channel:
+    """Per-direction Noise CipherStates after the handshake: one frame per transport message."""
+
+    __slots__ = ("_send", "_recv")
+
+    def __init__(self, send: CipherState, recv: CipherState) -> None:
+        self._send = send
+        self._recv = recv
+
+    def seal(self, plaintext: bytes) -> bytes:
+        return self._send.encrypt_with_ad(b"", plaintext)
+
+    def open(self, data: bytes) -> _frames.Frame:
+        if len(data) > MAX_FRAME:
+            raise RemoteProtocolError("transport message exceeds the max frame", "too-large")
+        try:
+            plaintext = self._recv.decrypt_with_ad(b"", data)
+        except NoiseError:
+            # Replayed, reordered, dropped-then-continued, truncated or forged: all look the same
+            # from here, and all are fatal for this connection (spec 5.1).
+            raise RemoteProtocolError("transport message failed to decrypt", "decrypt") from None
+        return _frames.decode_frame(plaintext)

@@ -1,0 +1,175 @@
+"""The frame encoding: a small, strict subset of deterministic CBOR (RFC 8949).
+
+Why CBOR: it is binary-safe (chat text and, later, file chunks travel as they are), every language
+has a decoder, and the subset below is small enough to write by hand in an afternoon. Why strict:
+a frame has exactly one valid encoding (shortest-form integers and lengths, map keys sorted by
+their encoded bytes, no duplicates, definite lengths only), so test vectors pin the wire format
+byte for byte and a fuzzer cannot find two spellings of one frame.
+
+Allowed: unsigned and negative integers (major types 0 and 1) up to 64 bits, byte strings (2),
+UTF-8 text strings (3), arrays (4), maps with text keys (5), and false/true/null (7, simple values
+20/21/22). Not allowed: tags, floats, undefined, indefinite lengths, non-text map keys.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from ._errors import RemoteProtocolError
+
+Value = Union[int, bytes, str, bool, None, list["Value"], dict[str, "Value"]]  # noqa: UP007
+
+#: Deepest nesting a decoder accepts (a frame is at most a map of lists of maps).
+MAX_DEPTH = 4
+#: Most items in one array or map; bounds the work one frame can cause.
+MAX_ITEMS = 4096
+
+
+def _head(major: int, arg: int) -> bytes:
+    if arg < 24:
+        return bytes([major << 5 | arg])
+    if arg < 0x100:
+        return bytes([major << 5 | 24, arg])
+    if arg < 0x10000:
+        return bytes([major << 5 | 25]) + arg.to_bytes(2, "big")
+    if arg < 0x100000000:
+        return bytes([major << 5 | 26]) + arg.to_bytes(4, "big")
+    return bytes([major << 5 | 27]) + arg.to_bytes(8, "big")
+
+
+def encode(value: Value) -> bytes:
+    """Encode `value` deterministically. Raises TypeError/ValueError for values outside the subset."""
+    out = bytearray()
+    _encode_into(value, out)
+    return bytes(out)
+
+
+def _encode_into(value: Value, out: bytearray) -> None:
+    if value is False:
+        out.append(0xF4)
+    elif value is True:
+        out.append(0xF5)
+    elif value is None:
+        out.append(0xF6)
+    elif isinstance(value, int):
+        if value >= 0:
+            if value >= 1 << 64:
+                raise ValueError("integer out of range")
+            out += _head(0, value)
+        else:
+            if -1 - value >= 1 << 64:
+                raise ValueError("integer out of range")
+            out += _head(1, -1 - value)
+    elif isinstance(value, bytes):
+        out += _head(2, len(value))
+        out += value
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+        out += _head(3, len(data))
+        out += data
+    elif isinstance(value, list):
+        out += _head(4, len(value))
+        for item in value:
+            _encode_into(item, out)
+    elif isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError("map keys must be text")
+            items.append((encode(key), item))
+        # RFC 8949 section 4.2.1: keys sorted by the bytewise order of their encodings.
+        items.sort(key=lambda pair: pair[0])
+        out += _head(5, len(items))
+        for key_bytes, item in items:
+            out += key_bytes
+            _encode_into(item, out)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise RemoteProtocolError("frame is truncated", "malformed")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def head(self) -> tuple[int, int]:
+        first = self.take(1)[0]
+        major, info = first >> 5, first & 0x1F
+        if major == 7:
+            return major, info
+        if info < 24:
+            return major, info
+        if info > 27:
+            raise RemoteProtocolError("indefinite or reserved CBOR length", "malformed")
+        size = 1 << (info - 24)
+        arg = int.from_bytes(self.take(size), "big")
+        # Shortest form only: one frame, one encoding.
+        if (size == 1 and arg < 24) or (size > 1 and arg < 1 << (4 * size)):
+            raise RemoteProtocolError("non-shortest CBOR integer", "malformed")
+        return major, arg
+
+
+def decode(data: bytes) -> Value:
+    """Decode one value that must span all of `data`. Raises only RemoteProtocolError."""
+    reader = _Reader(data)
+    value = _decode(reader, 0)
+    if reader.pos != len(data):
+        raise RemoteProtocolError("trailing bytes after frame", "malformed")
+    return value
+
+
+def _decode(reader: _Reader, depth: int) -> Value:
+    if depth > MAX_DEPTH:
+        raise RemoteProtocolError("frame nests too deeply", "malformed")
+    major, arg = reader.head()
+    if major == 0:
+        return arg
+    if major == 1:
+        return -1 - arg
+    if major == 2:
+        return reader.take(arg)
+    if major == 3:
+        raw = reader.take(arg)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("text is not valid UTF-8", "malformed") from None
+    if major == 4:
+        if arg > MAX_ITEMS:
+            raise RemoteProtocolError("array too long", "malformed")
+        return [_decode(reader, depth + 1) for _ in range(arg)]
+    if major == 5:
+        if arg > MAX_ITEMS:
+            raise RemoteProtocolError("map too long", "malformed")
+        result: dict[str, Value] = {}
+        previous: bytes | None = None
+        for _ in range(arg):
+            start = reader.pos
+            key = _decode(reader, depth + 1)
+            if not isinstance(key, str):
+                raise RemoteProtocolError("map key is not text", "malformed")
+            key_bytes = reader.data[start : reader.pos]
+            if previous is not None and key_bytes <= previous:
+                raise RemoteProtocolError("map keys unsorted or duplicated", "malformed")
+            previous = key_bytes
+            result[key] = _decode(reader, depth + 1)
+        return result
+    if major == 7:
+        if arg == 20:
+            return False
+        if arg == 21:
+            return True
+        if arg == 22:
+            return None
+        raise RemoteProtocolError("unsupported CBOR simple value or float", "malformed")
+    raise RemoteProtocolError("CBOR tags are not allowed", "malformed")

@@ -1,0 +1,326 @@
+"""The joining side: one `MemberConnection` per transport connection.
+
+    conn = MemberConnection(link, "ana", now)        # queues handshake message 1
+    for data in conn.data_to_send(): ws.send(data)
+    conn.receive_data(message, now)                  # one transport message
+    while (event := conn.next_event()) is not None: ...
+    conn.say("hello")                                # returns a ref; SayAccepted(ref, seq) follows
+
+When the connection drops, `resume_state()` captures what a new connection needs to take the
+seat back: `MemberConnection(link, name, now, resume=state)`. The resumed connection replays
+what was missed and re-sends any say that the room had not yet stamped; the room drops
+duplicates by ref, so a say is never lost and never doubled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import _frames as f
+from ._channel import MAX_FRAME, MSG2_NOISE, MSG2_PLAIN_REFUSE, Channel, new_handshake
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._events import (
+    ChatMessage,
+    ConnectionEnded,
+    Refused,
+    RoomEvent,
+    RosterChanged,
+    SayAccepted,
+    SayRejected,
+    TunnelEvent,
+    Welcomed,
+)
+from ._link import JoinLink, ticket_id
+from ._noise import NoiseError
+from ._room import MAX_TEXT_BYTES
+from ._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, MemberState
+
+SOFTWARE = "tunnel-mcp-python/1"
+HANDSHAKE_TIMEOUT = 10.0
+PING_AFTER = 20.0
+DEAD_AFTER = 60.0
+#: Most says awaiting their seq at once; past it `say()` refuses (the room is not answering).
+MAX_UNACKED_SAYS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeState:
+    """What survives a dropped connection. Holds the ticket secret: keep it in memory only."""
+
+    member_id: int
+    name: str
+    goal: str
+    ticket: bytes
+    last_seq: int
+    next_ref: int
+    unacked: tuple[tuple[int, str], ...]  # says sent but not yet seen stamped
+
+    def __repr__(self) -> str:
+        return (
+            f"ResumeState(member_id={self.member_id}, last_seq={self.last_seq}, "
+            f"unacked={len(self.unacked)}, ticket=<hidden>)"
+        )
+
+
+class MemberConnection:
+    def __init__(
+        self,
+        link: JoinLink,
+        name: str,
+        now: float,
+        *,
+        resume: ResumeState | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        caps: tuple[str, ...] = (),
+    ) -> None:
+        self.link = link
+        self.state = MemberState.HANDSHAKE
+        self.resumed_from = resume
+        self.member_id: int | None = resume.member_id if resume else None
+        self.name = resume.name if resume else name
+        self.goal: str | None = resume.goal if resume else None
+        self.roster: tuple[f.MemberEntry, ...] = ()
+        self.last_seq = resume.last_seq if resume else 0
+        self.limits: dict[str, int] = {}
+        self._ticket: bytes | None = resume.ticket if resume else None
+        self._next_ref = resume.next_ref if resume else 1
+        self._unacked: dict[int, str] = dict(resume.unacked) if resume else {}
+        self._acked_sent = self.last_seq
+        self._events: deque[TunnelEvent] = deque()
+        self._out: list[bytes] = []
+        self._channel: Channel | None = None
+        self._opened_at = now
+        self._last_rx = now
+        self._ping_outstanding = False
+
+        psk = resume.ticket if resume else link.secret
+        key_id = ticket_id(psk, link.tunnel_id) if resume else link.invite_id
+        self._hs = new_handshake(initiator=True, tunnel_id=link.tunnel_id, psk=psk, rng=rng)
+        hello = f.Hello(
+            v=f.PROTOCOL_VERSION,
+            name=name[:256],
+            sw=SOFTWARE,
+            caps=caps,
+            last=resume.last_seq if resume else None,
+        )
+        msg1 = self._hs.write_message(hello.encode())
+        self._out.append(bytes([f.PROTOCOL_VERSION]) + key_id + msg1)
+
+    # ------------------------------------------------------------------ API
+
+    def data_to_send(self) -> list[bytes]:
+        # Acks are coalesced here: one per drain, for the highest seq we hold. They pace the
+        # room's window (history and live traffic) and tell it what we have.
+        if self.state is MemberState.OPEN and self.last_seq > self._acked_sent:
+            self._queue(f.Ack(seq=self.last_seq))
+            self._acked_sent = self.last_seq
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> TunnelEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def say(self, text: str) -> int:
+        if self.state is not MemberState.OPEN:
+            raise LocalProtocolError("not connected to the room", "not-open")
+        if not isinstance(text, str) or not text.strip():
+            raise LocalProtocolError("the message is empty", "empty")
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_TEXT_BYTES:
+            raise LocalProtocolError(
+                f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it", "too-long"
+            )
+        if len(self._unacked) >= MAX_UNACKED_SAYS:
+            raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
+        ref = self._next_ref
+        self._next_ref += 1
+        self._unacked[ref] = text
+        self._queue(f.Say(ref=ref, text=text))
+        return ref
+
+    def leave(self) -> None:
+        """Leave the room for good (the seat is freed; no resume)."""
+        if self.state is MemberState.OPEN:
+            self._queue(f.Close(reason="left"))
+        self._end("left", "you left the room", resumable=False)
+
+    def resume_state(self) -> ResumeState | None:
+        """What a new connection needs to take the seat back, or None if there is no seat."""
+        if self._ticket is None or self.member_id is None or self.goal is None:
+            return None
+        return ResumeState(
+            member_id=self.member_id,
+            name=self.name,
+            goal=self.goal,
+            ticket=self._ticket,
+            last_seq=self.last_seq,
+            next_ref=self._next_ref,
+            unacked=tuple(sorted(self._unacked.items())),
+        )
+
+    def connection_lost(self, now: float) -> None:
+        """The transport died under us."""
+        if self.state in (MemberState.HANDSHAKE, MemberState.OPEN):
+            self._end("connection-lost", "the connection dropped", resumable=True)
+            self.state = MemberState.ERROR
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """One transport message. Raises RemoteProtocolError (and the connection is dead) if the
+        room broke the protocol; never anything else for any input."""
+        if self.state not in (MemberState.HANDSHAKE, MemberState.OPEN):
+            return
+        self._last_rx = now
+        self._ping_outstanding = False
+        try:
+            if self.state is MemberState.HANDSHAKE:
+                self._on_msg2(data)
+            else:
+                assert self._channel is not None
+                self._on_frame(self._channel.open(data))
+        except RemoteProtocolError as exc:
+            self._end(exc.code, f"protocol error from the host: {exc}", resumable=True)
+            self.state = MemberState.ERROR
+            raise
+
+    def next_deadline(self) -> float | None:
+        if self.state is MemberState.HANDSHAKE:
+            return self._opened_at + HANDSHAKE_TIMEOUT
+        if self.state is MemberState.OPEN:
+            if self._ping_outstanding:
+                return self._last_rx + DEAD_AFTER
+            return self._last_rx + PING_AFTER
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is MemberState.HANDSHAKE and now >= self._opened_at + HANDSHAKE_TIMEOUT:
+            self._end("timeout", "the host did not answer the handshake in time", resumable=True)
+            self.state = MemberState.ERROR
+        elif self.state is MemberState.OPEN:
+            if now >= self._last_rx + DEAD_AFTER:
+                self._end("timeout", "no traffic from the host for 60 s", resumable=True)
+                self.state = MemberState.ERROR
+            elif not self._ping_outstanding and now >= self._last_rx + PING_AFTER:
+                self._ping_outstanding = True
+                self._queue(f.Ping())
+
+    # ------------------------------------------------------------------ internals
+
+    def _queue(self, frame: f.Frame) -> None:
+        assert self._channel is not None
+        self._out.append(self._channel.seal(frame.encode()))
+
+    def _end(self, reason: str, message: str, *, resumable: bool, summary: str | None = None) -> None:
+        if self.state in (MemberState.CLOSED, MemberState.ERROR):
+            return
+        self.state = MemberState.CLOSED
+        self._events.append(ConnectionEnded(reason, message, resumable, summary))
+
+    def _on_msg2(self, data: bytes) -> None:
+        if len(data) > MAX_FRAME or not data:
+            raise RemoteProtocolError("handshake message 2 has a bad size", "malformed")
+        kind, body = data[0], data[1:]
+        if kind == MSG2_PLAIN_REFUSE:
+            # Unauthenticated: anyone on the path could forge this. It can only make us give up,
+            # which they could do anyway by dropping the connection.
+            frame = f.decode_frame(body)
+            if not isinstance(frame, f.Refuse):
+                raise RemoteProtocolError("plaintext reply must be a refusal", "unexpected")
+            self._refused(frame, authenticated=False)
+            return
+        if kind != MSG2_NOISE:
+            raise RemoteProtocolError("unknown handshake message 2 type", "malformed")
+        try:
+            payload = self._hs.read_message(body)
+        except NoiseError:
+            raise RemoteProtocolError(
+                "the host failed to authenticate (it does not know the link secret)", "handshake"
+            ) from None
+        frame = f.decode_frame(payload)
+        if type(frame) not in MEMBER_HANDSHAKE_ACCEPTS:
+            raise RemoteProtocolError("handshake payload must be welcome or refuse", "unexpected")
+        if isinstance(frame, f.Refuse):
+            self._refused(frame, authenticated=True)
+            return
+        assert isinstance(frame, f.Welcome)
+        if len(frame.ticket) != 32:
+            raise RemoteProtocolError("welcome carries a malformed ticket", "malformed")
+        resume = self.resumed_from
+        if frame.resumed != (resume is not None):
+            raise RemoteProtocolError("welcome.resumed does not match our request", "malformed")
+        if resume is not None and (frame.you != resume.member_id or frame.last < resume.last_seq):
+            raise RemoteProtocolError("resume welcome does not match our seat", "malformed")
+        send, recv = self._hs.split()
+        self._channel = Channel(send, recv)
+        self.state = MemberState.OPEN
+        self.member_id = frame.you
+        self.name = frame.name
+        self.goal = frame.goal
+        self.roster = frame.roster
+        self._ticket = frame.ticket
+        self.limits = dict(frame.limits)
+        if resume is None and frame.first > 1:
+            self.last_seq = 0
+        # Key confirmation: the room seats us only once this first ack arrives.
+        self._queue(f.Ack(seq=self.last_seq))
+        self._acked_sent = self.last_seq
+        for ref, text in sorted(self._unacked.items()):
+            self._queue(f.Say(ref=ref, text=text))
+        self._events.append(
+            Welcomed(frame.you, frame.name, frame.goal, frame.roster, frame.last, frame.resumed, self.limits)
+        )
+
+    def _refused(self, frame: f.Refuse, *, authenticated: bool) -> None:
+        self._events.append(Refused(frame.code, frame.msg[:500]))
+        self._end("refused", frame.msg[:500], resumable=False)
+
+    def _on_frame(self, frame: f.Frame) -> None:
+        if type(frame) not in MEMBER_ACCEPTS:
+            raise RemoteProtocolError(f"{frame.TYPE!r} frame is not allowed from the room", "unexpected")
+        if isinstance(frame, f.Message):
+            self._expect_seq(frame.seq)
+            if frame.from_ == self.member_id and frame.ref in self._unacked:
+                del self._unacked[frame.ref]
+                self._events.append(SayAccepted(frame.ref, frame.seq))
+            self._events.append(ChatMessage(frame.seq, frame.from_, frame.ts, frame.text))
+        elif isinstance(frame, f.Event):
+            if frame.kind == "history-truncated":
+                if frame.seq != 0 or frame.first is None or frame.first <= self.last_seq + 1:
+                    raise RemoteProtocolError("bad history-truncated notice", "malformed")
+                self.last_seq = frame.first - 1
+                self._events.append(
+                    RoomEvent(0, frame.kind, frame.ts, first_seq=frame.first)
+                )
+                return
+            self._expect_seq(frame.seq)
+            self._events.append(
+                RoomEvent(frame.seq, frame.kind, frame.ts, frame.member, frame.name, frame.summary)
+            )
+        elif isinstance(frame, f.Roster):
+            self.roster = frame.members
+            self._events.append(RosterChanged(frame.members))
+        elif isinstance(frame, f.Ping):
+            self._queue(f.Pong())
+        elif isinstance(frame, f.Error):
+            if frame.ref is not None and frame.ref in self._unacked:
+                del self._unacked[frame.ref]
+                self._events.append(SayRejected(frame.ref, frame.code, frame.msg[:500], frame.retry))
+            elif frame.ref is None and frame.code == "slow-consumer":
+                pass  # a Disconnect follows; the driver resumes
+        elif isinstance(frame, f.Close):
+            resumable = False
+            self._end(frame.reason[:64], f"the host ended the connection: {frame.reason[:64]}",
+                      resumable=resumable, summary=frame.summary)
+        # Pong: receiving it refreshed _last_rx; nothing else to do.
+
+    def _expect_seq(self, seq: int) -> None:
+        # Total order with no gap and no duplicate is an invariant the room owes us: a broken
+        # one means a buggy or malicious host, and we stop rather than show a wrong transcript.
+        if seq != self.last_seq + 1:
+            raise RemoteProtocolError(
+                f"out-of-order transcript entry (got seq {seq}, expected {self.last_seq + 1})",
+                "bad-seq",
+            )
+        self.last_seq = seq

@@ -1,0 +1,750 @@
+"""The host side: one `Room` owns invites, seats, the transcript and every member connection.
+
+The driver calls `open_connection()` for each new WebSocket, `receive()` for each binary message,
+`connection_lost()` when a socket dies, `handle_timer()` at `next_deadline()`, and drains
+`data_to_send()` after each call. The host's own member talks to the room by direct calls
+(`say`, `close`), with no crypto. No call here raises because of what a peer sent: a bad
+connection is reported as a `Disconnect` and only that connection ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import _frames as f
+from ._channel import (
+    MAX_FRAME,
+    MSG2_NOISE,
+    MSG2_PLAIN_REFUSE,
+    Channel,
+    new_handshake,
+    split_msg1,
+)
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._events import Disconnect, Send
+from ._link import SECRET_LEN, TUNNEL_ID_BYTES, JoinLink, b64url, invite_id, ticket_id
+from ._names import sanitize_name, unique_name
+from ._noise import NoiseError
+from ._state import ROOM_ACCEPTS, ConnState
+
+# ---- limits (spec section "Limits"); each one has a clear error when hit ----
+#: Max chat text, in UTF-8 bytes.
+MAX_TEXT_BYTES = 32 * 1024
+#: Max goal, in characters (it rides in every welcome).
+MAX_GOAL_CHARS = 4000
+#: Max host summary on close, in characters.
+MAX_SUMMARY_CHARS = 4000
+DEFAULT_CAPACITY = 16
+MAX_CAPACITY = 256
+DEFAULT_MAX_PENDING = 8
+
+# ---- WebSocket close codes the room asks the driver to use (spec "Close codes") ----
+CLOSE_NORMAL = 1000
+CLOSE_ROOM_CLOSED = 4000
+CLOSE_PROTOCOL_ERROR = 4001
+CLOSE_HANDSHAKE_TIMEOUT = 4002
+CLOSE_KEEPALIVE_TIMEOUT = 4003
+CLOSE_SLOW_CONSUMER = 4004
+CLOSE_REPLACED = 4005
+CLOSE_LEFT = 4006
+CLOSE_REFUSED = 4008
+CLOSE_TOO_MANY_PENDING = 4009
+
+REFUSAL_MESSAGES = {
+    "unknown-invite": "this tunnel has no such invite: ask the host for a fresh link",
+    "used": "this invite was already used (links are single-use): ask the host for a new one",
+    "expired": "this invite expired: ask the host for a new link",
+    "in-use": "someone is joining with this invite right now: ask the host for a new link",
+    "room-full": "the room is full: ask the host to make room",
+    "version-unsupported": "the host speaks another protocol version: update tunnel-mcp",
+    "closed": "the room has closed",
+    "bad-resume": "the resume request was invalid: join again with a new link",
+}
+
+
+@dataclass(slots=True)
+class RoomConfig:
+    capacity: int = DEFAULT_CAPACITY  # members including the host
+    invite_ttl: float = 600.0
+    handshake_timeout: float = 10.0
+    max_pending: int = DEFAULT_MAX_PENDING  # unauthenticated connections at once
+    idle_timeout: float = 30 * 60.0  # no chat for this long closes the room
+    grace: float = 120.0  # a dropped member's seat is held this long
+    transcript_cap: int = 64 * 1024 * 1024  # bytes of encoded frames kept for history/resume
+    window: int = 1024 * 1024  # unacknowledged bytes in flight to one member
+    stall_timeout: float = 30.0  # window full and no ack for this long: slow consumer
+    ping_after: float = 20.0
+    dead_after: float = 60.0
+    rate_burst: int = 20  # say/ping tokens a member may spend at once
+    rate_per_sec: float = 5.0  # token refill
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One entry of the transcript. `frame` is its encoded plaintext, shared by all members."""
+
+    seq: int
+    ts: int
+    kind: str  # "chat" or "event"
+    sender: int | None
+    text: str | None
+    event: str | None
+    member: int | None
+    name: str | None
+    summary: str | None
+    frame: bytes
+
+
+@dataclass(slots=True)
+class Invite:
+    invite_id: bytes
+    secret: bytes
+    expires_at: float
+    state: str = "open"  # open | reserved | used
+    reserved_by: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Invite(state={self.state!r}, expires_at={self.expires_at!r}, secret=<hidden>)"
+
+    def link(self, base_url: str, tunnel_id: str) -> JoinLink:
+        return JoinLink(base_url=base_url, tunnel_id=tunnel_id, secret=self.secret)
+
+
+@dataclass(slots=True)
+class Seat:
+    id: int
+    name: str
+    is_host: bool
+    conn: int | None = None
+    connected: bool = False
+    disconnected_at: float = 0.0
+    ticket_secret: bytes = b""
+    ticket_id: bytes = b""
+    last_ref: int = 0
+    tokens: float = 0.0
+    tokens_at: float = 0.0
+
+    def entry(self) -> f.MemberEntry:
+        return f.MemberEntry(id=self.id, name=self.name, host=self.is_host, on=self.connected)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What a connection in CONFIRMING is about to become."""
+
+    seat_id: int
+    name: str
+    new_ticket: bytes
+    invite: Invite | None  # join
+    resume_seat: Seat | None  # resume
+    last: int  # resume: highest seq the member holds
+
+
+@dataclass(slots=True)
+class _Conn:
+    id: int
+    opened_at: float
+    last_rx: float
+    state: ConnState = ConnState.HANDSHAKE
+    channel: Channel | None = None
+    pending: _Pending | None = None
+    seat_id: int | None = None
+    ping_outstanding: bool = False
+    cursor: int = 1  # next seq to send
+    inflight: deque[tuple[int, int]] = field(default_factory=deque)
+    inflight_bytes: int = 0
+    stall_since: float = 0.0
+
+
+class Room:
+    def __init__(
+        self,
+        goal: str,
+        host_name: str,
+        now: float,
+        *,
+        config: RoomConfig | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        tunnel_id: str | None = None,
+        epoch_offset: float = 0.0,
+    ) -> None:
+        self.config = config or RoomConfig()
+        if not 2 <= self.config.capacity <= MAX_CAPACITY:
+            raise LocalProtocolError(f"capacity must be 2..{MAX_CAPACITY}")
+        if not isinstance(goal, str) or not goal.strip():
+            raise LocalProtocolError("the goal must be a non-empty text", "bad-goal")
+        if len(goal) > MAX_GOAL_CHARS:
+            raise LocalProtocolError(
+                f"the goal is too long ({len(goal)} characters, max {MAX_GOAL_CHARS})", "bad-goal"
+            )
+        self.goal = goal
+        self._rng = rng
+        self.tunnel_id = tunnel_id or b64url(rng(TUNNEL_ID_BYTES))
+        # Timestamps on messages are wall-clock ms; timers run on the caller's (monotonic) `now`.
+        self._epoch_offset = epoch_offset
+        self._next_member_id = 2
+        self.host_id = 1
+        host = Seat(id=1, name=sanitize_name(host_name), is_host=True, connected=True)
+        self._seats: dict[int, Seat] = {1: host}
+        self._invites: dict[bytes, Invite] = {}
+        self._tickets: dict[bytes, Seat] = {}
+        self._conns: dict[int, _Conn] = {}
+        self._next_conn = 1
+        self._out: list[Send | Disconnect] = []
+        self._entries: list[TranscriptEntry] = []
+        self._head = 0  # index of the oldest kept entry in _entries
+        self._kept_bytes = 0
+        self.last_seq = 0
+        self.first_seq = 1
+        self._last_chat_at = now
+        self.closed = False
+        self.close_reason: str | None = None
+
+    # ------------------------------------------------------------------ host API
+
+    @property
+    def host_name(self) -> str:
+        return self._seats[self.host_id].name
+
+    def mint_invites(self, count: int, now: float) -> list[Invite]:
+        """Mint `count` single-use invites; never more than the room has free seats."""
+        if self.closed:
+            raise LocalProtocolError("the room is closed", "closed")
+        if count < 1:
+            raise LocalProtocolError("count must be at least 1", "bad-count")
+        free = self.free_seats(now)
+        if count > free:
+            raise LocalProtocolError(
+                f"the room is full: {free} seat(s) left of {self.config.capacity}", "room-full"
+            )
+        minted = []
+        for _ in range(count):
+            secret = self._rng(SECRET_LEN)
+            inv = Invite(
+                invite_id=invite_id(secret, self.tunnel_id),
+                secret=secret,
+                expires_at=now + self.config.invite_ttl,
+            )
+            self._invites[inv.invite_id] = inv
+            minted.append(inv)
+        self._prune_invites(now)
+        return minted
+
+    def free_seats(self, now: float) -> int:
+        taken = len(self._seats) + sum(
+            1
+            for inv in self._invites.values()
+            if inv.state == "reserved" or (inv.state == "open" and inv.expires_at > now)
+        )
+        return max(0, self.config.capacity - taken)
+
+    def pending_invites(self, now: float) -> list[float]:
+        """Seconds left on each invite that can still be redeemed."""
+        return sorted(
+            inv.expires_at - now
+            for inv in self._invites.values()
+            if inv.state == "open" and inv.expires_at > now
+        )
+
+    def roster(self) -> tuple[f.MemberEntry, ...]:
+        return tuple(seat.entry() for seat in self._seats.values())
+
+    def member_name(self, member_id: int) -> str | None:
+        seat = self._seats.get(member_id)
+        return seat.name if seat else None
+
+    def entries_since(self, seq: int) -> list[TranscriptEntry]:
+        start = max(seq + 1, self.first_seq)
+        return self._entries[self._head + start - self.first_seq :]
+
+    def say(self, text: str, now: float) -> TranscriptEntry:
+        """The host's own chat message."""
+        if self.closed:
+            raise LocalProtocolError("the room is closed", "closed")
+        self._check_text(text, LocalProtocolError)
+        return self._append_chat(self.host_id, text, 0, now)
+
+    def close(self, summary: str | None, now: float) -> None:
+        """End the room for everyone; `summary` reaches every member in the `closed` event."""
+        if self.closed:
+            return
+        if summary is not None:
+            summary = summary[:MAX_SUMMARY_CHARS]
+        self._shutdown("closed", summary, now)
+
+    def data_to_send(self) -> list[Send | Disconnect]:
+        out, self._out = self._out, []
+        return out
+
+    # ------------------------------------------------------------------ connections
+
+    def open_connection(self, now: float) -> int | None:
+        """A new transport connection arrived. None: refuse it (closed, or too many
+        unauthenticated connections); the driver should close it with CLOSE_TOO_MANY_PENDING."""
+        if self.closed:
+            return None
+        pending = sum(1 for c in self._conns.values() if c.state is not ConnState.OPEN)
+        if pending >= self.config.max_pending:
+            return None
+        conn = _Conn(id=self._next_conn, opened_at=now, last_rx=now)
+        self._next_conn += 1
+        self._conns[conn.id] = conn
+        return conn.id
+
+    def receive(self, conn_id: int, data: bytes, now: float) -> None:
+        """One transport message from connection `conn_id`."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return  # already closed: the driver raced us, nothing to do
+        conn.last_rx = now
+        conn.ping_outstanding = False
+        try:
+            if conn.state is ConnState.HANDSHAKE:
+                self._on_msg1(conn, data, now)
+                return
+            assert conn.channel is not None
+            frame = conn.channel.open(data)
+            if type(frame) not in ROOM_ACCEPTS[conn.state]:
+                raise RemoteProtocolError(
+                    f"{frame.TYPE!r} frame is not allowed in state {conn.state.value}", "unexpected"
+                )
+            if conn.state is ConnState.CONFIRMING:
+                assert isinstance(frame, f.Ack)
+                self._confirm(conn, frame, now)
+            else:
+                self._on_frame(conn, frame, now)
+        except RemoteProtocolError as exc:
+            self._fail(conn, exc, now)
+
+    def connection_lost(self, conn_id: int, now: float) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._drop(conn, now, None, "")
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        if self.closed:
+            return None
+        cfg = self.config
+        deadlines = [self._last_chat_at + cfg.idle_timeout]
+        for conn in self._conns.values():
+            if conn.state is not ConnState.OPEN:
+                deadlines.append(conn.opened_at + cfg.handshake_timeout)
+                continue
+            deadlines.append(conn.last_rx + cfg.dead_after)
+            if not conn.ping_outstanding:
+                deadlines.append(conn.last_rx + cfg.ping_after)
+            if conn.inflight:
+                deadlines.append(conn.stall_since + cfg.stall_timeout)
+        for seat in self._seats.values():
+            if not seat.is_host and not seat.connected:
+                deadlines.append(seat.disconnected_at + cfg.grace)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        cfg = self.config
+        for conn in list(self._conns.values()):
+            if conn.state is not ConnState.OPEN:
+                if now >= conn.opened_at + cfg.handshake_timeout:
+                    self._drop(conn, now, CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
+                continue
+            if now >= conn.last_rx + cfg.dead_after:
+                self._drop(conn, now, CLOSE_KEEPALIVE_TIMEOUT, "keepalive timeout")
+            elif conn.inflight and now >= conn.stall_since + cfg.stall_timeout:
+                self._send_frame(
+                    conn, f.Error(code="slow-consumer", msg="you stopped reading; resume to catch up")
+                )
+                self._drop(conn, now, CLOSE_SLOW_CONSUMER, "slow consumer")
+            elif not conn.ping_outstanding and now >= conn.last_rx + cfg.ping_after:
+                conn.ping_outstanding = True
+                self._send_frame(conn, f.Ping())
+        for seat in list(self._seats.values()):
+            if not seat.is_host and not seat.connected and now >= seat.disconnected_at + cfg.grace:
+                self._vacate(seat, now)
+        if now >= self._last_chat_at + cfg.idle_timeout:
+            self._shutdown("idle-closed", None, now)
+
+    # ------------------------------------------------------------------ internals: handshake
+
+    def _plain_refuse(self, conn: _Conn, code: str, now: float) -> None:
+        body = f.Refuse(code=code, msg=REFUSAL_MESSAGES[code]).encode()
+        self._out.append(Send(conn.id, bytes([MSG2_PLAIN_REFUSE]) + body))
+        self._drop(conn, now, CLOSE_REFUSED, code)
+
+    def _on_msg1(self, conn: _Conn, data: bytes, now: float) -> None:
+        version, key_id, noise_msg = split_msg1(data)
+        if version != f.PROTOCOL_VERSION:
+            self._plain_refuse(conn, "version-unsupported", now)
+            return
+        invite = self._invites.get(key_id)
+        seat = self._tickets.get(key_id)
+        if invite is None and seat is None:
+            # We hold no key for this id, so this refusal cannot be encrypted (spec 4.3).
+            self._plain_refuse(conn, "unknown-invite", now)
+            return
+        psk = invite.secret if invite is not None else seat.ticket_secret  # type: ignore[union-attr]
+        hs = new_handshake(initiator=False, tunnel_id=self.tunnel_id, psk=psk, rng=self._rng)
+        try:
+            payload = hs.read_message(noise_msg)
+        except NoiseError:
+            raise RemoteProtocolError(
+                "handshake message 1 did not decrypt (wrong secret?)", "handshake"
+            ) from None
+        hello = f.decode_frame(payload)
+        if not isinstance(hello, f.Hello):
+            raise RemoteProtocolError("handshake payload must be hello", "unexpected")
+
+        code = self._refusal(hello, invite, seat, now)
+        if code is not None:
+            reply = hs.write_message(f.Refuse(code=code, msg=REFUSAL_MESSAGES[code]).encode())
+            self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
+            self._drop(conn, now, CLOSE_REFUSED, code)
+            return
+
+        new_ticket = self._rng(SECRET_LEN)
+        if invite is not None:
+            invite.state = "reserved"
+            invite.reserved_by = conn.id
+            member_id = self._next_member_id
+            self._next_member_id += 1
+            taken = [s.name for s in self._seats.values()] + [
+                c.pending.name for c in self._conns.values() if c.pending is not None
+            ]
+            name = unique_name(sanitize_name(hello.name), taken)
+            pending = _Pending(member_id, name, new_ticket, invite, None, 0)
+            roster = self.roster() + (f.MemberEntry(id=member_id, name=name, host=False, on=True),)
+        else:
+            assert seat is not None and hello.last is not None
+            pending = _Pending(seat.id, seat.name, new_ticket, None, seat, hello.last)
+            roster = self.roster()
+        welcome = f.Welcome(
+            goal=self.goal,
+            you=pending.seat_id,
+            name=pending.name,
+            roster=roster,
+            last=self.last_seq,
+            first=self.first_seq,
+            ticket=new_ticket,
+            resumed=invite is None,
+            limits={
+                "text": MAX_TEXT_BYTES,
+                "frame": MAX_FRAME,
+                "members": self.config.capacity,
+                "burst": self.config.rate_burst,
+                "per_min": int(self.config.rate_per_sec * 60),
+            },
+        )
+        reply = hs.write_message(welcome.encode())
+        self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
+        send, recv = hs.split()
+        conn.channel = Channel(send, recv)
+        conn.pending = pending
+        conn.state = ConnState.CONFIRMING
+
+    def _refusal(
+        self, hello: f.Hello, invite: Invite | None, seat: Seat | None, now: float
+    ) -> str | None:
+        if self.closed:
+            return "closed"
+        if hello.v != f.PROTOCOL_VERSION:
+            return "version-unsupported"
+        if invite is not None:
+            if invite.state == "used":
+                return "used"
+            if invite.expires_at <= now and invite.state == "open":
+                return "expired"
+            if invite.state == "reserved":
+                return "in-use"
+            if len(self._seats) + self._reserved_count() >= self.config.capacity:
+                return "room-full"
+            if hello.last is not None:
+                return "bad-resume"
+            return None
+        if hello.last is None or hello.last > self.last_seq:
+            return "bad-resume"
+        return None
+
+    def _reserved_count(self) -> int:
+        return sum(1 for inv in self._invites.values() if inv.state == "reserved")
+
+    def _confirm(self, conn: _Conn, ack: f.Ack, now: float) -> None:
+        pending = conn.pending
+        assert pending is not None
+        if ack.seq > self.last_seq:
+            raise RemoteProtocolError("ack for a seq the room never sent", "bad-ack")
+        conn.pending = None
+        conn.state = ConnState.OPEN
+        conn.seat_id = pending.seat_id
+        new_id = ticket_id(pending.new_ticket, self.tunnel_id)
+        if pending.invite is not None:
+            pending.invite.state = "used"
+            pending.invite.reserved_by = None
+            seat = Seat(
+                id=pending.seat_id,
+                name=pending.name,
+                is_host=False,
+                conn=conn.id,
+                connected=True,
+                ticket_secret=pending.new_ticket,
+                ticket_id=new_id,
+                tokens=float(self.config.rate_burst),
+                tokens_at=now,
+            )
+            self._seats[seat.id] = seat
+            self._tickets[new_id] = seat
+            conn.cursor = 1
+            self._append_event("joined", now, member=seat.id, name=seat.name)
+        else:
+            seat = pending.resume_seat  # type: ignore[assignment]
+            assert seat is not None
+            if seat.id not in self._seats:
+                # The grace period ran out while this resume was in flight.
+                self._send_frame(conn, f.Close(reason="left"))
+                self._drop(conn, now, CLOSE_LEFT, "seat expired")
+                return
+            # The old ticket dies now that the member provably holds the new one.
+            self._tickets.pop(seat.ticket_id, None)
+            seat.ticket_secret, seat.ticket_id = pending.new_ticket, new_id
+            self._tickets[new_id] = seat
+            for other in list(self._conns.values()):
+                if other is conn:
+                    continue
+                if other.seat_id == seat.id or (
+                    other.pending is not None and other.pending.resume_seat is seat
+                ):
+                    other.seat_id = None  # no "disconnected" event: the seat moves, not empties
+                    self._drop(other, now, CLOSE_REPLACED, "replaced by a resumed connection")
+            was_disconnected = not seat.connected
+            seat.conn, seat.connected = conn.id, True
+            conn.cursor = pending.last + 1
+            if was_disconnected:
+                self._append_event("reconnected", now, member=seat.id, name=seat.name)
+        self._broadcast_roster()
+        self._pump(conn, now)
+
+    # ------------------------------------------------------------------ internals: open frames
+
+    def _on_frame(self, conn: _Conn, frame: f.Frame, now: float) -> None:
+        seat = self._seats[conn.seat_id]  # type: ignore[index]
+        if isinstance(frame, f.Ack):
+            self._on_ack(conn, frame.seq, now)
+        elif isinstance(frame, f.Say):
+            self._on_say(conn, seat, frame, now)
+        elif isinstance(frame, f.Ping):
+            # Pings spend rate tokens too, so a ping flood cannot make us queue pongs unboundedly.
+            if self._take_token(seat, now) is None:
+                self._send_frame(conn, f.Pong())
+        elif isinstance(frame, f.Close):
+            self._send_frame(conn, f.Close(reason="left"))
+            self._drop(conn, now, CLOSE_NORMAL, "left")
+            self._vacate(seat, now)
+        # Pong: nothing to do, receiving it already refreshed last_rx.
+
+    def _on_ack(self, conn: _Conn, seq: int, now: float) -> None:
+        if seq >= conn.cursor:
+            raise RemoteProtocolError("ack for a seq the room never sent", "bad-ack")
+        progressed = False
+        while conn.inflight and conn.inflight[0][0] <= seq:
+            _, size = conn.inflight.popleft()
+            conn.inflight_bytes -= size
+            progressed = True
+        if progressed:
+            conn.stall_since = now
+            self._pump(conn, now)
+
+    def _on_say(self, conn: _Conn, seat: Seat, say: f.Say, now: float) -> None:
+        if say.ref == 0:
+            raise RemoteProtocolError("say.ref must start at 1", "malformed")
+        if say.ref <= seat.last_ref:
+            return  # a re-send after resume of something we already have: idempotent
+        seat.last_ref = say.ref
+        try:
+            self._check_text(say.text, RemoteProtocolError)
+        except RemoteProtocolError as exc:
+            self._send_frame(conn, f.Error(code=exc.code, msg=str(exc), ref=say.ref))
+            return
+        wait = self._take_token(seat, now)
+        if wait is not None:
+            self._send_frame(
+                conn,
+                f.Error(
+                    code="rate-limited",
+                    msg="you are sending too fast; wait and send again",
+                    ref=say.ref,
+                    retry=wait,
+                ),
+            )
+            return
+        self._append_chat(seat.id, say.text, say.ref, now)
+
+    def _take_token(self, seat: Seat, now: float) -> int | None:
+        """Token bucket. None: a token was spent; else ms until one is available."""
+        cfg = self.config
+        seat.tokens = min(cfg.rate_burst, seat.tokens + (now - seat.tokens_at) * cfg.rate_per_sec)
+        seat.tokens_at = now
+        if seat.tokens >= 1.0:
+            seat.tokens -= 1.0
+            return None
+        return max(1, int((1.0 - seat.tokens) / cfg.rate_per_sec * 1000))
+
+    @staticmethod
+    def _check_text(text: str, error: type[LocalProtocolError] | type[RemoteProtocolError]) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise error("the message is empty", "empty")
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_TEXT_BYTES:
+            raise error(
+                f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it",
+                "too-long",
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise error("the message is not valid Unicode text", "malformed") from None
+
+    # ------------------------------------------------------------------ internals: transcript
+
+    def _ts(self, now: float) -> int:
+        return max(0, int((now + self._epoch_offset) * 1000))
+
+    def _append_chat(self, sender: int, text: str, ref: int, now: float) -> TranscriptEntry:
+        seq = self.last_seq + 1
+        ts = self._ts(now)
+        frame = f.Message(seq=seq, ts=ts, text=text, ref=ref, from_=sender).encode()
+        entry = TranscriptEntry(seq, ts, "chat", sender, text, None, None, None, None, frame)
+        self._last_chat_at = now
+        self._append(entry, now)
+        return entry
+
+    def _append_event(
+        self,
+        kind: str,
+        now: float,
+        *,
+        member: int | None = None,
+        name: str | None = None,
+        summary: str | None = None,
+    ) -> TranscriptEntry:
+        seq = self.last_seq + 1
+        ts = self._ts(now)
+        frame = f.Event(
+            kind=kind, seq=seq, ts=ts, member=member, name=name, summary=summary
+        ).encode()
+        entry = TranscriptEntry(seq, ts, "event", None, summary, kind, member, name, summary, frame)
+        self._append(entry, now)
+        return entry
+
+    def _append(self, entry: TranscriptEntry, now: float) -> None:
+        self._entries.append(entry)
+        self.last_seq = entry.seq
+        self._kept_bytes += len(entry.frame)
+        # Past the cap the oldest entries go; joiners and resumers then get history-truncated.
+        while self._kept_bytes > self.config.transcript_cap and self.first_seq < self.last_seq:
+            self._kept_bytes -= len(self._entries[self._head].frame)
+            self._head += 1
+            self.first_seq += 1
+        if self._head > 1024 and self._head * 2 > len(self._entries):
+            del self._entries[: self._head]
+            self._head = 0
+        for conn in self._conns.values():
+            if conn.state is ConnState.OPEN:
+                self._pump(conn, now)
+
+    def _pump(self, conn: _Conn, now: float) -> None:
+        """Send transcript entries from the connection's cursor while its window has room.
+
+        The window is what keeps memory bounded: a member gets at most `window` unacknowledged
+        bytes, a late joiner's history flows in as it acks, and one that stops acking is cut
+        off at `stall_timeout` (it can resume: the transcript, not a queue, holds its backlog).
+        """
+        assert conn.channel is not None
+        while conn.cursor <= self.last_seq and conn.inflight_bytes < self.config.window:
+            if conn.cursor < self.first_seq:
+                notice = f.Event(
+                    kind="history-truncated", seq=0, ts=self._ts(now), first=self.first_seq
+                )
+                self._send_frame(conn, notice)
+                conn.cursor = self.first_seq
+                continue
+            entry = self._entries[self._head + conn.cursor - self.first_seq]
+            data = conn.channel.seal(entry.frame)
+            self._out.append(Send(conn.id, data))
+            if not conn.inflight:
+                conn.stall_since = now
+            conn.inflight.append((entry.seq, len(data)))
+            conn.inflight_bytes += len(data)
+            conn.cursor += 1
+
+    def _send_frame(self, conn: _Conn, frame: f.Frame) -> None:
+        if conn.channel is not None:
+            self._out.append(Send(conn.id, conn.channel.seal(frame.encode())))
+
+    def _broadcast_roster(self) -> None:
+        frame = f.Roster(members=self.roster())
+        for conn in self._conns.values():
+            if conn.state is ConnState.OPEN:
+                self._send_frame(conn, frame)
+
+    # ------------------------------------------------------------------ internals: endings
+
+    def _fail(self, conn: _Conn, exc: RemoteProtocolError, now: float) -> None:
+        if conn.state is not ConnState.HANDSHAKE:
+            self._send_frame(conn, f.Error(code=exc.code, msg=str(exc)))
+        self._drop(conn, now, CLOSE_PROTOCOL_ERROR, f"protocol error: {exc.code}")
+
+    def _drop(self, conn: _Conn, now: float, code: int | None, reason: str) -> None:
+        """End one connection. code None: the driver already knows it is gone."""
+        if self._conns.pop(conn.id, None) is None:
+            return
+        prev = conn.state
+        conn.state = ConnState.CLOSED
+        if code is not None:
+            self._out.append(Disconnect(conn.id, code, reason))
+        if conn.pending is not None and conn.pending.invite is not None:
+            # A join that never confirmed gives its invite back (it admitted nobody).
+            inv = conn.pending.invite
+            if inv.state == "reserved" and inv.reserved_by == conn.id:
+                inv.state, inv.reserved_by = "open", None
+        if prev is ConnState.OPEN and conn.seat_id is not None and not self.closed:
+            seat = self._seats.get(conn.seat_id)
+            if seat is not None and seat.conn == conn.id:
+                seat.conn, seat.connected, seat.disconnected_at = None, False, now
+                self._append_event("disconnected", now, member=seat.id, name=seat.name)
+                self._broadcast_roster()
+
+    def _vacate(self, seat: Seat, now: float) -> None:
+        if self._seats.pop(seat.id, None) is None:
+            return
+        self._tickets.pop(seat.ticket_id, None)
+        self._append_event("left", now, member=seat.id, name=seat.name)
+        self._broadcast_roster()
+
+    def _shutdown(self, reason: str, summary: str | None, now: float) -> None:
+        self._append_event(reason, now, summary=summary)
+        self.closed = True
+        self.close_reason = reason
+        for conn in list(self._conns.values()):
+            if conn.state is ConnState.OPEN:
+                self._send_frame(conn, f.Close(reason=reason, summary=summary))
+                self._drop(conn, now, CLOSE_NORMAL, reason)
+            else:
+                self._drop(conn, now, CLOSE_ROOM_CLOSED, reason)
+        self._invites.clear()
+        self._tickets.clear()
+
+    def _prune_invites(self, now: float) -> None:
+        # Dead invites are kept so a late redeemer hears "used"/"expired" rather than "unknown",
+        # but only the newest 64: the host may mint for hours.
+        dead = [
+            k
+            for k, inv in self._invites.items()
+            if inv.state == "used" or (inv.state == "open" and inv.expires_at <= now)
+        ]
+        for k in dead[: max(0, len(dead) - 64)]:
+            del self._invites[k]
