@@ -40,6 +40,11 @@ MAX_SUMMARY_CHARS = 4000
 DEFAULT_CAPACITY = 16
 MAX_CAPACITY = 256
 DEFAULT_MAX_PENDING = 8
+#: Refused says remembered per seat for re-sends after a resume (a member holds at most 256
+#: unanswered says, see `_member.MAX_UNACKED_SAYS`).
+MAX_REMEMBERED_REFUSALS = 256
+#: Unconfirmed resume tickets a seat keeps valid at once (each from a welcome whose ack was lost).
+MAX_TICKETS_PER_SEAT = 4
 
 # ---- WebSocket close codes the room asks the driver to use (spec "Close codes") ----
 CLOSE_NORMAL = 1000
@@ -121,11 +126,14 @@ class Seat:
     conn: int | None = None
     connected: bool = False
     disconnected_at: float = 0.0
-    ticket_secret: bytes = b""
-    ticket_id: bytes = b""
+    # Valid resume tickets, id -> secret, oldest first: the confirmed one plus any handed out in
+    # a resume welcome whose confirmation never arrived (the member may hold either).
+    tickets: dict[bytes, bytes] = field(default_factory=dict)
     last_ref: int = 0
     tokens: float = 0.0
     tokens_at: float = 0.0
+    #: Recent refused says by ref, so a re-send after resume is refused again (bounded).
+    refused: dict[int, f.Error] = field(default_factory=dict)
 
     def entry(self) -> f.MemberEntry:
         return f.MemberEntry(id=self.id, name=self.name, host=self.is_host, on=self.connected)
@@ -388,7 +396,7 @@ class Room:
             # We hold no key for this id, so this refusal cannot be encrypted (spec 4.3).
             self._plain_refuse(conn, "unknown-invite", now)
             return
-        psk = invite.secret if invite is not None else seat.ticket_secret  # type: ignore[union-attr]
+        psk = invite.secret if invite is not None else seat.tickets[key_id]  # type: ignore[union-attr]
         hs = new_handshake(initiator=False, tunnel_id=self.tunnel_id, psk=psk, rng=self._rng)
         try:
             payload = hs.read_message(noise_msg)
@@ -422,6 +430,10 @@ class Room:
         else:
             assert seat is not None and hello.last is not None
             pending = _Pending(seat.id, seat.name, new_ticket, None, seat, hello.last)
+            # The new ticket is valid from now on, not only from confirmation: if this
+            # connection dies after the welcome reached the member but before its ack reached
+            # us, the member holds only the new ticket. Both die at the next confirmation.
+            self._add_ticket(seat, new_ticket)
             roster = self.roster()
         welcome = f.Welcome(
             goal=self.goal,
@@ -470,6 +482,15 @@ class Room:
             return "bad-resume"
         return None
 
+    def _add_ticket(self, seat: Seat, secret: bytes) -> None:
+        new_id = ticket_id(secret, self.tunnel_id)
+        seat.tickets[new_id] = secret
+        self._tickets[new_id] = seat
+        while len(seat.tickets) > MAX_TICKETS_PER_SEAT:
+            oldest = next(iter(seat.tickets))
+            del seat.tickets[oldest]
+            self._tickets.pop(oldest, None)
+
     def _reserved_count(self) -> int:
         return sum(1 for inv in self._invites.values() if inv.state == "reserved")
 
@@ -491,8 +512,7 @@ class Room:
                 is_host=False,
                 conn=conn.id,
                 connected=True,
-                ticket_secret=pending.new_ticket,
-                ticket_id=new_id,
+                tickets={new_id: pending.new_ticket},
                 tokens=float(self.config.rate_burst),
                 tokens_at=now,
             )
@@ -508,9 +528,10 @@ class Room:
                 self._send_frame(conn, f.Close(reason="left"))
                 self._drop(conn, now, CLOSE_LEFT, "seat expired")
                 return
-            # The old ticket dies now that the member provably holds the new one.
-            self._tickets.pop(seat.ticket_id, None)
-            seat.ticket_secret, seat.ticket_id = pending.new_ticket, new_id
+            # Every other ticket dies now that the member provably holds this one.
+            for old in seat.tickets:
+                self._tickets.pop(old, None)
+            seat.tickets = {new_id: pending.new_ticket}
             self._tickets[new_id] = seat
             for other in list(self._conns.values()):
                 if other is conn:
@@ -541,6 +562,9 @@ class Room:
             if self._take_token(seat, now) is None:
                 self._send_frame(conn, f.Pong())
         elif isinstance(frame, f.Close):
+            # Leaving empties the seat at once: no "disconnected" (which means the seat is held
+            # for a resume) before the "left".
+            conn.seat_id = None
             self._send_frame(conn, f.Close(reason="left"))
             self._drop(conn, now, CLOSE_NORMAL, "left")
             self._vacate(seat, now)
@@ -562,17 +586,24 @@ class Room:
         if say.ref == 0:
             raise RemoteProtocolError("say.ref must start at 1", "malformed")
         if say.ref <= seat.last_ref:
-            return  # a re-send after resume of something we already have: idempotent
+            # A re-send after resume of something we already handled: idempotent. A stamped say
+            # reaches the member again through the replay; a refused one must be refused again,
+            # or a member whose error frame was lost in the drop would wait for it forever.
+            refused = seat.refused.get(say.ref)
+            if refused is not None:
+                self._send_frame(conn, refused)
+            return
         seat.last_ref = say.ref
         try:
             self._check_text(say.text, RemoteProtocolError)
         except RemoteProtocolError as exc:
-            self._send_frame(conn, f.Error(code=exc.code, msg=str(exc), ref=say.ref))
+            self._refuse_say(conn, seat, f.Error(code=exc.code, msg=str(exc), ref=say.ref))
             return
         wait = self._take_token(seat, now)
         if wait is not None:
-            self._send_frame(
+            self._refuse_say(
                 conn,
+                seat,
                 f.Error(
                     code="rate-limited",
                     msg="you are sending too fast; wait and send again",
@@ -582,6 +613,13 @@ class Room:
             )
             return
         self._append_chat(seat.id, say.text, say.ref, now)
+
+    def _refuse_say(self, conn: _Conn, seat: Seat, error: f.Error) -> None:
+        assert error.ref is not None
+        seat.refused[error.ref] = error
+        if len(seat.refused) > MAX_REMEMBERED_REFUSALS:
+            del seat.refused[next(iter(seat.refused))]
+        self._send_frame(conn, error)
 
     def _take_token(self, seat: Seat, now: float) -> int | None:
         """Token bucket. None: a token was spent; else ms until one is available."""
@@ -721,7 +759,8 @@ class Room:
     def _vacate(self, seat: Seat, now: float) -> None:
         if self._seats.pop(seat.id, None) is None:
             return
-        self._tickets.pop(seat.ticket_id, None)
+        for old in seat.tickets:
+            self._tickets.pop(old, None)
         self._append_event("left", now, member=seat.id, name=seat.name)
         self._broadcast_roster()
 
