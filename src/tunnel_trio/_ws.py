@@ -1,0 +1,866 @@
+"""WebSocket transport for tunnel_trio: opaque binary messages over trio streams.
+
+This layer knows nothing of the tunnel protocol above it. It turns a TCP (or TLS) stream into
+a `WebSocket` that carries whole binary messages, on either side:
+
+* `serve_websocket` listens, performs the HTTP upgrade and runs a handler per connection;
+* `connect_websocket` dials a ``ws://`` / ``wss://`` URL.
+
+Design notes (the *why*):
+
+* No hidden reader task. Bytes are read from the stream only inside `WebSocket.receive`, under a
+  receive lock, so a user that stops calling ``receive()`` stops reading and TCP flow control
+  pushes back on the peer. Nothing buffers without bound.
+* Writes are serialized by a send lock; pings are answered from inside ``receive()``.
+* The message size limit is enforced on each frame *header*: a frame that announces more bytes
+  than the limit allows closes the connection with 1009 before any of its payload is read
+  (RFC 6455 section 10.4). This uses wsproto's public `Extension` hook, so the framing itself
+  stays wsproto's.
+* The opening handshakes are done with h11 + wsproto's handshake; the established framing
+  runs on a `wsproto.connection.Connection` we build ourselves, so the size limit applies on
+  both sides and bytes that arrived right after the handshake are not lost.
+* Error messages name host and port only: never the path (it carries the tunnel id) and never
+  the URL fragment (it carries the key and is never sent anywhere).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
+__all__ = [
+    "WebSocket",
+    "WebSocketClosed",
+    "WebSocketError",
+    "connect_websocket",
+    "listener_port",
+    "serve_websocket",
+]
+
+logger = logging.getLogger("tunnel_trio.ws")
+
+#: How much we ask the stream for at a time. Also bounds what wsproto buffers beyond the
+#: current message, since we only read when the current bytes are used up.
+RECEIVE_CHUNK = 65536
+#: How long a graceful close waits for the peer's Close frame before dropping the stream.
+CLOSE_TIMEOUT = 3.0
+#: Upper bound on the HTTP response head a client accepts during the upgrade (h11's default
+#: bound for the server side is the same 16 KiB).
+MAX_RESPONSE_HEAD = 16 * 1024
+
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_ABNORMAL = 1006
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class WebSocketClosed(Exception):
+    """Raised by `WebSocket.receive` / `WebSocket.send` once the connection is closed.
+
+    ``code`` is the close code of whoever ended the connection (our own code if we closed
+    first, the peer's if it did, 1006 if the transport went away without a close handshake).
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"WebSocket closed with code {code}" + (f": {reason}" if reason else ""))
+
+
+class WebSocketError(Exception):
+    """Connecting or the opening handshake failed. The message is meant for humans.
+
+    ``status_code`` is the HTTP status when the server answered the upgrade with something
+    other than 101, else None.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class _MessageSizeLimit(Extension):
+    """Refuses a message as soon as a frame header makes it exceed the limit.
+
+    wsproto delivers frame payloads in pieces as they arrive and has no size limit of its own,
+    so without this a peer announcing a 100 MB frame would make us read (and a naive
+    accumulator buffer) 100 MB. The header hook sees each frame's declared length first.
+    The header may be parsed more than once (wsproto rolls back when the masking key has not
+    arrived yet), so the running total is only advanced when a frame *completes*.
+    """
+
+    name = "tunnel-trio-message-size-limit"  # never offered or negotiated: purely local
+
+    def __init__(self, max_message_size: int) -> None:
+        self._max = max_message_size
+        self._message_so_far = 0  # bytes of earlier frames of the current message
+        self._frame_length = 0
+        self._frame_is_control = False
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool:
+        return False
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        self._frame_is_control = opcode.iscontrol()
+        if not self._frame_is_control:
+            if opcode is not Opcode.CONTINUATION:
+                self._message_so_far = 0
+            self._frame_length = payload_length
+            if self._message_so_far + payload_length > self._max:
+                return CloseReason.MESSAGE_TOO_BIG
+        return RsvBits(False, False, False)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        if not self._frame_is_control:
+            self._message_so_far = 0 if fin else self._message_so_far + self._frame_length
+        return None
+
+
+def _new_connection(
+    connection_type: ConnectionType, max_message_size: int, trailing_data: bytes
+) -> Connection:
+    return Connection(
+        connection_type,
+        extensions=[_MessageSizeLimit(max_message_size)],
+        trailing_data=trailing_data,
+    )
+
+
+class WebSocket:
+    """One established WebSocket connection (either side).
+
+    Carries binary messages only. One task should call `receive` (a receive lock serializes
+    misuse); any number of tasks may `send` (writes are serialized by a send lock).
+    Receiving happens only inside `receive`, so not calling it applies TCP backpressure.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        connection: Connection,
+        *,
+        path: str,
+        remote: str,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ) -> None:
+        self.path = path
+        self.remote = remote
+        self.close_timeout = close_timeout
+        self._stream = stream
+        self._connection = connection
+        self._receive_lock = trio.Lock()
+        self._send_lock = trio.Lock()
+        self._events: deque[Event] = deque()
+        self._message = bytearray()
+        # Set once no more input will be read: the peer's Close, EOF, or a framing error.
+        self._input_done = False
+        self._peer_close: CloseConnection | None = None
+        self._close_code: int | None = None
+        self._close_reason: str | None = None
+        self._finished = trio.Event()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<WebSocket {self.remote} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closing or closed: no more messages either way."""
+        return self._close_code is not None
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._close_reason
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def receive(self) -> bytes:
+        """Return the next complete binary message.
+
+        Raises `WebSocketClosed` once the connection is closed. A text message is a protocol
+        error for this transport (close 1003); a message over the size limit closes with 1009.
+        """
+        async with self._receive_lock:
+            while True:
+                if self._close_code is not None:
+                    raise self._closed_error()
+                event = await self._next_event()
+                if self._close_code is not None:
+                    # Another task started closing while we waited; it owns the shutdown.
+                    continue
+                if event is None:
+                    self._begin_close(CLOSE_ABNORMAL, "connection lost")
+                    await self._finish()
+                elif isinstance(event, BytesMessage):
+                    self._message += event.data
+                    if event.message_finished:
+                        message = bytes(self._message)
+                        self._message = bytearray()
+                        return message
+                elif isinstance(event, TextMessage):
+                    self._message = bytearray()
+                    await self._close_gracefully(
+                        CLOSE_UNSUPPORTED_DATA,
+                        "text messages are not supported",
+                        holding_receive_lock=True,
+                    )
+                elif isinstance(event, CloseConnection):
+                    await self._on_close_event(event)
+                elif isinstance(event, Ping):
+                    await self._send_event(event.response())
+                # Pong: nothing to do, we never wait for one.
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary message.
+
+        If the send is cancelled, the connection is aborted: part of the frame may already be
+        on the wire, and anything sent after it would be garbage to the peer.
+        """
+        if self._close_code is not None:
+            raise self._closed_error()
+        async with self._send_lock:
+            if self._close_code is not None:
+                raise self._closed_error()
+            if self._connection.state is not ConnectionState.OPEN:
+                # The peer's Close is parsed but receive() has not handled it yet.
+                peer = self._peer_close
+                raise WebSocketClosed(
+                    peer.code if peer else CLOSE_ABNORMAL, (peer.reason or "") if peer else ""
+                )
+            payload = self._connection.send(BytesMessage(data=bytes(data)))
+            if not await self._write(payload):
+                self._begin_close(CLOSE_ABNORMAL, "connection lost")
+                await self._finish()
+                raise self._closed_error()
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Close gracefully: send a Close frame, wait (briefly) for the peer's, drop the stream.
+
+        Idempotent; a second caller waits for the first close to finish.
+        """
+        if not 1000 <= code <= 4999:
+            raise ValueError(f"invalid WebSocket close code {code}")
+        await self._close_gracefully(code, reason, holding_receive_lock=False)
+
+    async def aclose(self) -> None:
+        """Abort: close the underlying stream at once, without a close handshake."""
+        self._begin_close(CLOSE_ABNORMAL, "connection aborted")
+        await self._finish()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _closed_error(self) -> WebSocketClosed:
+        return WebSocketClosed(
+            self._close_code if self._close_code is not None else CLOSE_ABNORMAL,
+            self._close_reason or "",
+        )
+
+    def _begin_close(self, code: int, reason: str) -> bool:
+        """Record why the connection ends. False if it was already ending."""
+        if self._close_code is not None:
+            return False
+        self._close_code = code
+        self._close_reason = reason
+        return True
+
+    async def _finish(self) -> None:
+        # aclose_forcefully: a TLS close_notify could block on a dead peer, and the WebSocket
+        # close handshake already tells the peer everything it needs.
+        await trio.aclose_forcefully(self._stream)
+        self._input_done = True
+        self._finished.set()
+
+    async def _next_event(self) -> Event | None:
+        """Next wsproto event, reading from the stream as needed; None once input is over."""
+        # wsproto may already hold bytes (those that came with the handshake response), so
+        # ask it before reading.
+        self._collect_events()
+        while not self._events:
+            if self._input_done:
+                return None
+            try:
+                data = await self._stream.receive_some(RECEIVE_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._input_done = True
+                return None
+            self._connection.receive_data(bytes(data))
+            self._collect_events()
+        return self._events.popleft()
+
+    def _collect_events(self) -> None:
+        if self._input_done:
+            return
+        for event in self._connection.events():
+            self._events.append(event)
+            if isinstance(event, CloseConnection):
+                # Either the peer's Close or our parser failing: wsproto stops after it.
+                self._input_done = True
+                if self._connection.state in (
+                    ConnectionState.REMOTE_CLOSING,
+                    ConnectionState.CLOSED,
+                ):
+                    self._peer_close = event
+
+    async def _send_event(self, event: Event) -> bool:
+        """Send a control event; False if the connection can no longer carry it."""
+        async with self._send_lock:
+            try:
+                payload = self._connection.send(event)
+            except Exception:  # wsproto LocalProtocolError: wrong state for this event
+                return False
+            return await self._write(payload)
+
+    async def _write(self, payload: bytes) -> bool:
+        """Put bytes on the wire (caller holds the send lock); False if the stream is gone."""
+        try:
+            await self._stream.send_all(payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        except trio.Cancelled:
+            # A frame may be half written; the stream can never carry another one.
+            self._begin_close(CLOSE_ABNORMAL, "send interrupted")
+            await self._finish()
+            raise
+        return True
+
+    async def _on_close_event(self, event: CloseConnection) -> None:
+        """Handle a CloseConnection event seen by receive() while the connection was open."""
+        if self._connection.state is ConnectionState.REMOTE_CLOSING:
+            # The peer started the close handshake: echo its code (RFC 6455 section 5.5.1).
+            self._begin_close(event.code, event.reason or "")
+            try:
+                with trio.move_on_after(self.close_timeout):
+                    await self._send_event(event.response())
+            finally:
+                await self._finish()
+            return
+        # The state did not move, so this is wsproto reporting a framing error (or our size
+        # limit). The parser is dead after it, so there is no point waiting for the peer's
+        # Close: send ours and drop the connection (RFC 6455 section 7.1.7).
+        if event.code == CLOSE_MESSAGE_TOO_BIG:
+            reason = "message too big"
+        else:
+            reason = event.reason or "protocol error"
+        self._begin_close(event.code, reason)
+        try:
+            with trio.move_on_after(self.close_timeout):
+                await self._send_event(CloseConnection(code=event.code, reason=reason))
+        finally:
+            await self._finish()
+
+    async def _close_gracefully(
+        self, code: int, reason: str, *, holding_receive_lock: bool
+    ) -> None:
+        if not self._begin_close(code, reason):
+            await self._finished.wait()
+            return
+        try:
+            with trio.move_on_after(self.close_timeout):
+                if await self._send_event(CloseConnection(code=code, reason=reason)):
+                    if holding_receive_lock:
+                        await self._drain_until_peer_close()
+                    else:
+                        # If a receive() is in progress it will see the peer's Close (or
+                        # discard data) and give the lock up.
+                        async with self._receive_lock:
+                            await self._drain_until_peer_close()
+        finally:
+            await self._finish()
+
+    async def _drain_until_peer_close(self) -> None:
+        # After our Close the peer may still send data frames (RFC 6455 section 5.5.1); they
+        # are read and dropped, never buffered, until its Close or EOF.
+        while True:
+            event = await self._next_event()
+            if event is None or isinstance(event, CloseConnection):
+                return
+
+
+# -- addresses ------------------------------------------------------------------------------
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    if isinstance(address, tuple) and len(address) >= 2:
+        return _format_address(str(address[0]), int(address[1]))
+    return str(address)
+
+
+def listener_port(listeners: Sequence[trio.SocketListener]) -> int:
+    """The TCP port the first listener is bound to (useful after binding port 0)."""
+    port = listeners[0].socket.getsockname()[1]
+    assert isinstance(port, int)
+    return port
+
+
+# -- server ---------------------------------------------------------------------------------
+
+
+async def serve_websocket(
+    handler: Callable[[WebSocket], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    accept_path: Callable[[str], bool],
+    max_message_size: int,
+    handshake_timeout: float = 10.0,
+    max_connections: int = 256,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve WebSocket connections until cancelled.
+
+    Reports the bound listeners through ``task_status.started(listeners)``. Each TCP
+    connection runs in its own task: the upgrade must finish within ``handshake_timeout``,
+    ``accept_path`` (given the path without query string) decides between accepting and a
+    plain HTTP 404, and ``handler`` then runs with the `WebSocket`, which is closed when it
+    returns. A failing handler is logged and never stops the server. Connections beyond
+    ``max_connections`` are closed as soon as they are accepted.
+    """
+    if max_message_size < 0:
+        raise ValueError("max_message_size must not be negative")
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    active = 0
+
+    async def serve_one(tcp_stream: trio.SocketStream) -> None:
+        nonlocal active
+        if active >= max_connections:
+            logger.warning(
+                "refusing connection from %s: %d connections already open",
+                _peer_name(tcp_stream),
+                active,
+            )
+            await trio.aclose_forcefully(tcp_stream)
+            return
+        active += 1
+        try:
+            await _serve_connection(
+                tcp_stream,
+                handler,
+                accept_path=accept_path,
+                max_message_size=max_message_size,
+                handshake_timeout=handshake_timeout,
+                ssl_context=ssl_context,
+            )
+        finally:
+            active -= 1
+
+    await trio.serve_listeners(serve_one, listeners, task_status=task_status)
+
+
+async def _serve_connection(
+    tcp_stream: trio.SocketStream,
+    handler: Callable[[WebSocket], Awaitable[None]],
+    *,
+    accept_path: Callable[[str], bool],
+    max_message_size: int,
+    handshake_timeout: float,
+    ssl_context: ssl.SSLContext | None,
+) -> None:
+    remote = _peer_name(tcp_stream)
+    stream: trio.abc.Stream = tcp_stream
+    try:
+        websocket: WebSocket | None = None
+        with trio.move_on_after(handshake_timeout) as handshake_scope:
+            if ssl_context is not None:
+                tls_stream = trio.SSLStream(
+                    tcp_stream, ssl_context, server_side=True, https_compatible=True
+                )
+                stream = tls_stream
+                await tls_stream.do_handshake()
+            websocket = await _server_handshake(
+                stream, remote=remote, accept_path=accept_path, max_message_size=max_message_size
+            )
+        if handshake_scope.cancelled_caught:
+            logger.info(
+                "dropping %s: no WebSocket handshake within %g s", remote, handshake_timeout
+            )
+            return
+        if websocket is None:
+            return
+        await _run_handler(handler, websocket)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        logger.debug("connection from %s lost: %s", remote, exc)
+    except Exception:
+        logger.exception("unexpected error serving %s", remote)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _run_handler(
+    handler: Callable[[WebSocket], Awaitable[None]], websocket: WebSocket
+) -> None:
+    try:
+        await handler(websocket)
+    except WebSocketClosed as exc:
+        logger.debug("WebSocket from %s closed: %s", websocket.remote, exc)
+    except Exception:
+        logger.exception("WebSocket handler for %s failed", websocket.remote)
+        await websocket.close(CLOSE_INTERNAL_ERROR, "internal error")
+    await websocket.close()
+
+
+def _is_websocket_upgrade(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"upgrade" and any(
+            token.strip().lower() == b"websocket" for token in value.split(b",")
+        ):
+            return True
+    return False
+
+
+async def _send_http_response(
+    stream: trio.abc.Stream, http: h11.Connection, status: int, reason: bytes, body: bytes
+) -> None:
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"connection", b"close"),
+    ]
+    data = http.send(h11.Response(status_code=status, reason=reason, headers=headers)) or b""
+    data += http.send(h11.Data(data=body)) or b""
+    data += http.send(h11.EndOfMessage()) or b""
+    await stream.send_all(data)
+
+
+async def _server_handshake(
+    stream: trio.abc.Stream,
+    *,
+    remote: str,
+    accept_path: Callable[[str], bool],
+    max_message_size: int,
+) -> WebSocket | None:
+    """Read the upgrade request and accept it, or answer it with an HTTP error (None)."""
+    # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
+    http = h11.Connection(h11.SERVER)
+    while True:
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as exc:
+            await _send_http_response(
+                stream, http, exc.error_status_hint, b"Bad Request", b"bad request\n"
+            )
+            return None
+        if event is h11.NEED_DATA:
+            http.receive_data(bytes(await stream.receive_some(RECEIVE_CHUNK)))
+            continue
+        if isinstance(event, h11.Request):
+            break
+        return None  # the client went away before sending a request
+
+    # The path is matched without its query string: a link may carry parameters.
+    path = event.target.split(b"?", 1)[0].decode("ascii", "replace")
+    try:
+        accepted = _is_websocket_upgrade(event) and accept_path(path)
+    except Exception:
+        logger.exception("accept_path failed for a request from %s", remote)
+        await _send_http_response(stream, http, 500, b"Internal Server Error", b"internal error\n")
+        return None
+    if not accepted:
+        # Plain HTTP requests and unknown paths look the same from outside: nothing here.
+        await _send_http_response(stream, http, 404, b"Not Found", b"not found\n")
+        return None
+
+    # wsproto validates the WebSocket headers (version, key, Connection: Upgrade, ...).
+    handshake = WSConnection(ConnectionType.SERVER)
+    try:
+        handshake.initiate_upgrade_connection(list(event.headers), event.target)
+        ws_events = list(handshake.events())
+    except WsRemoteProtocolError as exc:
+        hint = exc.event_hint
+        if not isinstance(hint, RejectConnection):
+            hint = RejectConnection(status_code=400)
+        await stream.send_all(handshake.send(hint))
+        return None
+    if not any(isinstance(e, Request) for e in ws_events):
+        await stream.send_all(handshake.send(RejectConnection(status_code=400)))
+        return None
+    await stream.send_all(handshake.send(AcceptConnection()))
+    trailing_data, _ = http.trailing_data
+    connection = _new_connection(ConnectionType.SERVER, max_message_size, trailing_data)
+    return WebSocket(stream, connection, path=path, remote=remote)
+
+
+# -- client ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    secure: bool
+    host: str
+    port: int
+    path: str
+    resource: str  # path plus query: the request target
+
+    @property
+    def address(self) -> str:
+        return _format_address(self.host, self.port)
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default_port = 443 if self.secure else 80
+        return host if self.port == default_port else f"{host}:{self.port}"
+
+
+_SCHEMES = {"ws": False, "http": False, "wss": True, "https": True}
+
+
+def _parse_url(url: str) -> _Endpoint:
+    # The fragment goes first, before anything could log or send it.
+    url = url.split("#", 1)[0].strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise WebSocketError("the WebSocket URL is malformed") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise WebSocketError(f"unsupported URL scheme {scheme!r}: expected ws, wss, http or https")
+    host = parts.hostname
+    if not host:
+        raise WebSocketError("the WebSocket URL has no host")
+    secure = _SCHEMES[scheme]
+    path = parts.path or "/"
+    resource = path + (f"?{parts.query}" if parts.query else "")
+    if not resource.isascii():
+        raise WebSocketError("the WebSocket URL path must be ASCII (percent-encoded)")
+    return _Endpoint(
+        secure=secure,
+        host=host,
+        port=port if port is not None else (443 if secure else 80),
+        path=path,
+        resource=resource,
+    )
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    """A short reason for a connection failure, without a traceback."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        return _describe_os_error(cause.exceptions[0])
+    return str(exc) or type(exc).__name__
+
+
+async def _open_tcp(
+    endpoint: _Endpoint,
+    resolve_fallback: Callable[[str], Awaitable[list[str]]] | None,
+    resolve_override: dict[tuple[str, int], tuple[str, int]] | None,
+) -> trio.SocketStream:
+    override = (resolve_override or {}).get((endpoint.host, endpoint.port))
+    if override is not None:
+        ip, port = override
+        try:
+            return await trio.open_tcp_stream(ip, port)
+        except OSError as exc:
+            raise WebSocketError(
+                f"could not connect to {endpoint.address} (overridden to "
+                f"{_format_address(ip, port)}): {_describe_os_error(exc)}"
+            ) from exc
+
+    try:
+        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    except socket.gaierror as exc:
+        if resolve_fallback is None:
+            raise WebSocketError(
+                f"could not resolve {endpoint.host}: {_describe_os_error(exc)}"
+            ) from exc
+        system_error = _describe_os_error(exc)
+    except OSError as exc:
+        raise WebSocketError(
+            f"could not connect to {endpoint.address}: {_describe_os_error(exc)}"
+        ) from exc
+
+    # The system resolver failed (captive or filtering DNS is common): ask the fallback
+    # (e.g. DNS over HTTPS). TLS still verifies the certificate against the hostname.
+    try:
+        candidates = await resolve_fallback(endpoint.host)
+    except Exception as exc:
+        raise WebSocketError(
+            f"could not resolve {endpoint.host}: system resolver: {system_error}; "
+            f"fallback resolver: {_describe_os_error(exc)}"
+        ) from exc
+    addresses = []
+    for candidate in candidates:
+        try:
+            addresses.append(str(ipaddress.ip_address(candidate)))
+        except ValueError:
+            logger.warning("fallback resolver returned a non-IP address for %s", endpoint.host)
+    if not addresses:
+        raise WebSocketError(
+            f"could not resolve {endpoint.host}: system resolver: {system_error}; "
+            "fallback resolver: no addresses"
+        )
+    failures = []
+    for address in addresses:
+        try:
+            return await trio.open_tcp_stream(address, endpoint.port)
+        except OSError as exc:
+            failures.append(f"{_format_address(address, endpoint.port)}: {_describe_os_error(exc)}")
+    raise WebSocketError(
+        f"could not connect to {endpoint.address} (resolved by the fallback resolver): "
+        + "; ".join(failures)
+    )
+
+
+async def _tls_handshake(stream: trio.SSLStream[trio.SocketStream], endpoint: _Endpoint) -> None:
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            detail = cause.verify_message or cause.reason or str(cause)
+            raise WebSocketError(
+                f"TLS certificate verification failed for {endpoint.host}: {detail}"
+            ) from exc
+        if isinstance(cause, ssl.SSLError):
+            detail = cause.reason or str(cause)
+        elif cause is not None:
+            detail = _describe_os_error(cause)
+        else:
+            detail = "connection closed"
+        raise WebSocketError(f"TLS handshake with {endpoint.address} failed: {detail}") from exc
+
+
+async def _client_handshake(
+    stream: trio.abc.Stream, endpoint: _Endpoint, max_message_size: int
+) -> Connection:
+    handshake = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(
+        handshake.send(Request(host=endpoint.host_header, target=endpoint.resource))
+    )
+    # Only the response head goes to the handshake; whatever follows it already belongs to
+    # the WebSocket connection, which we build ourselves (with the size limit).
+    buffer = bytearray()
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        if len(buffer) > MAX_RESPONSE_HEAD:
+            raise WebSocketError(f"{endpoint.address} sent an oversized HTTP response head")
+        data = await stream.receive_some(RECEIVE_CHUNK)
+        if not data:
+            raise WebSocketError(
+                f"{endpoint.address} closed the connection during the WebSocket handshake"
+            )
+        buffer += data
+    head, trailing_data = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
+    try:
+        handshake.receive_data(head)
+        events = list(handshake.events())
+    except WsRemoteProtocolError as exc:
+        raise WebSocketError(
+            f"{endpoint.address} sent an invalid WebSocket handshake: {exc}"
+        ) from None
+    for event in events:
+        if isinstance(event, AcceptConnection):
+            return _new_connection(ConnectionType.CLIENT, max_message_size, trailing_data)
+        if isinstance(event, RejectConnection):
+            raise WebSocketError(
+                f"{endpoint.address} refused the WebSocket upgrade: "
+                f"the server answered HTTP {event.status_code}",
+                status_code=event.status_code,
+            )
+    raise WebSocketError(f"{endpoint.address} sent an incomplete WebSocket handshake")
+
+
+async def connect_websocket(
+    url: str,
+    *,
+    max_message_size: int,
+    connect_timeout: float = 15.0,
+    ssl_context: ssl.SSLContext | None = None,
+    resolve_fallback: Callable[[str], Awaitable[list[str]]] | None = None,
+    resolve_override: dict[tuple[str, int], tuple[str, int]] | None = None,
+) -> WebSocket:
+    """Open a WebSocket to ``url`` (ws, wss, http or https; any ``#fragment`` is ignored).
+
+    Resolution order: ``resolve_override`` (``(host, port) -> (ip, port)``, like curl
+    ``--resolve``), then the system resolver, then ``resolve_fallback(host)`` if the system
+    resolver failed. TLS uses ``ssl_context`` or the system CA store, with SNI and hostname
+    verification against the URL's host. Everything (TCP, TLS, upgrade) is bounded by
+    ``connect_timeout``. Failures raise `WebSocketError`.
+    """
+    if max_message_size < 0:
+        raise ValueError("max_message_size must not be negative")
+    endpoint = _parse_url(url)
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            tcp_stream = await _open_tcp(endpoint, resolve_fallback, resolve_override)
+            stream = tcp_stream
+            remote = _peer_name(tcp_stream)
+            if endpoint.secure:
+                tls_stream = trio.SSLStream(
+                    tcp_stream,
+                    ssl_context or ssl.create_default_context(),
+                    server_hostname=endpoint.host,
+                    https_compatible=True,
+                )
+                stream = tls_stream
+                await _tls_handshake(tls_stream, endpoint)
+            try:
+                connection = await _client_handshake(stream, endpoint, max_message_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise WebSocketError(
+                    f"connection to {endpoint.address} was lost during the WebSocket handshake"
+                ) from exc
+    except trio.TooSlowError:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise WebSocketError(
+            f"timed out connecting to {endpoint.address} after {connect_timeout:g} s"
+        ) from None
+    except BaseException:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise
+    return WebSocket(stream, connection, path=endpoint.path, remote=remote)

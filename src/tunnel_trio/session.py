@@ -1,0 +1,587 @@
+"""Sessions: the trio-native API the MCP layer calls, one object per role.
+
+    host = await open_host(nursery, "fix the flaky test", name="ana")
+    link = host.initial_invites[0].join_link           # the human forwards this
+    guest = await join(nursery, link, name="ben")
+    seq = await guest.say("hello")
+    result = await host.listen(since_seq=0, timeout=25)
+    await host.close("done")                            # ends the room for everyone
+
+Errors a user can act on are `TunnelError`s whose messages say what to do; nothing here
+puts a link secret, key or ticket into a message, a log line or a status.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import deque
+from collections.abc import Mapping
+from typing import Literal
+
+import trio
+
+from tunnelproto import (
+    ChatMessage,
+    ConnectionEnded,
+    JoinLink,
+    LinkError,
+    LocalProtocolError,
+    MemberEntry,
+    Refused,
+    RoomEvent,
+    RosterChanged,
+    SayAccepted,
+    SayRejected,
+    TunnelEvent,
+    Welcomed,
+)
+from tunnelproto import Room as _Room
+from tunnelproto import RoomConfig as _RoomConfig
+from tunnelproto._room import TranscriptEntry
+
+from ._guest import DialError, Guest
+from ._host import Relay, wall_clock_offset
+from .session_types import (
+    ConnectionState,
+    InviteInfo,
+    JoinRefusedError,
+    ListenResult,
+    MemberInfo,
+    MemberStatus,
+    NotOpenError,
+    PendingInvite,
+    SessionStatus,
+    TranscriptMessage,
+    TunnelError,
+)
+from .transports import LocalTransport, Transport
+
+log = logging.getLogger("tunnel_trio.session")
+
+RoomConfig = _RoomConfig
+#: Most transcript entries a member keeps locally (the host's cap is in bytes, in the core).
+MEMBER_TRANSCRIPT_CAP = 20_000
+SAY_TIMEOUT = 30.0
+JOIN_TIMEOUT = 30.0
+
+
+class _Transcript:
+    """The session-side transcript: TranscriptMessages in seq order, plus change notification."""
+
+    def __init__(self) -> None:
+        self.messages: deque[TranscriptMessage] = deque()
+        self.notices: list[TranscriptMessage] = []
+        self.last_seq = 0
+        self._changed = trio.Event()
+
+    def add(self, message: TranscriptMessage) -> None:
+        if 0 < message.seq <= self.last_seq:
+            return  # a replay we already hold (a fresh rejoin after a lost confirmation)
+        if message.seq == 0:
+            self.notices.append(message)
+        else:
+            self.messages.append(message)
+            self.last_seq = message.seq
+            while len(self.messages) > MEMBER_TRANSCRIPT_CAP:
+                self.messages.popleft()
+        self.poke()
+
+    def poke(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait(self) -> None:
+        await self._changed.wait()
+
+
+class _Names:
+    """Member id -> MemberInfo, remembering members who left (their messages stay readable)."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, MemberInfo] = {}
+
+    def update(self, roster: tuple[MemberEntry, ...]) -> None:
+        for m in roster:
+            self._known[m.id] = MemberInfo(m.id, m.name, m.host)
+
+    def learn(self, member_id: int | None, name: str | None) -> None:
+        if member_id is not None and name is not None and member_id not in self._known:
+            self._known[member_id] = MemberInfo(member_id, name, False)
+
+    def get(self, member_id: int | None) -> MemberInfo | None:
+        if member_id is None:
+            return None
+        return self._known.get(member_id, MemberInfo(member_id, f"member {member_id}", False))
+
+
+def _event_message(
+    seq: int, ts: int, kind: str, names: _Names, member: int | None, summary: str | None
+) -> TranscriptMessage:
+    return TranscriptMessage(
+        seq=seq,
+        kind="event",
+        ts=ts / 1000,
+        sender=None,
+        text=summary,
+        event=kind,  # type: ignore[arg-type]
+        subject=names.get(member),
+    )
+
+
+async def _listen(
+    transcript: _Transcript,
+    since_seq: int,
+    timeout: float,
+    self_id: int,
+    include_own: bool,
+    is_closed: _ClosedCheck,
+) -> ListenResult:
+    if since_seq < 0:
+        raise TunnelError("sinceSeq must be 0 or more")
+    timeout = max(0.0, timeout)
+    with trio.move_on_after(timeout):
+        while True:
+            new = [m for m in transcript.messages if m.seq > since_seq]
+            notices = [n for n in transcript.notices if since_seq < _notice_floor(n)]
+            shown = [
+                m
+                for m in new
+                if include_own or m.kind != "chat" or m.sender is None or m.sender.id != self_id
+            ]
+            last = max([since_seq] + [m.seq for m in new])
+            if shown or notices:
+                return ListenResult(notices + shown, last, False)
+            if is_closed():
+                return ListenResult([], last, False)
+            since_seq = last
+            await transcript.wait()
+    return ListenResult([], max(since_seq, 0), True)
+
+
+def _notice_floor(notice: TranscriptMessage) -> int:
+    # A history-truncated notice matters to a listener that has not yet seen seq first-1.
+    return int(notice.text or "0")
+
+
+class _ClosedCheck:
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+
+    def __call__(self) -> bool:
+        return self._session.closed
+
+
+class _Session:
+    role: Literal["host", "member"]
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.closed_reason: str | None = None
+        self._transcript = _Transcript()
+        self._names = _Names()
+        self._scope = trio.CancelScope()
+
+    def _require_open(self) -> None:
+        if self.closed:
+            raise NotOpenError(
+                f"the tunnel is closed ({self.closed_reason or 'closed'}): "
+                "call tunnel_open or tunnel_join to start another"
+            )
+
+
+class HostSession(_Session):
+    role: Literal["host"] = "host"
+
+    def __init__(self, room: _Room, transport: Transport) -> None:
+        super().__init__()
+        self.room = room
+        self.transport = transport
+        self.relay = Relay(room, on_change=self._on_room_change)
+        self.tunnel_id = room.tunnel_id
+        self.goal = room.goal
+        self.self_member = MemberInfo(room.host_id, room.host_name, True)
+        self.initial_invites: list[InviteInfo] = []
+        self.public_url: str | None = None
+        self._seen_seq = 0
+
+    def _on_room_change(self) -> None:
+        self._names.update(self.room.roster())
+        if self.room.last_seq != self._seen_seq:
+            for entry in self.room.entries_since(self._seen_seq):
+                self._transcript.add(self._to_message(entry))
+            self._seen_seq = self.room.last_seq
+        self._transcript.poke()
+        if self.room.closed and not self.closed:
+            self.closed = True
+            self.closed_reason = self.room.close_reason
+            # The idle timer closed the room: the relay stops once the goodbyes are out.
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + 2.0)
+
+    def _to_message(self, entry: TranscriptEntry) -> TranscriptMessage:
+        self._names.learn(entry.member, entry.name)
+        if entry.kind == "chat":
+            return TranscriptMessage(
+                seq=entry.seq,
+                kind="chat",
+                ts=entry.ts / 1000,
+                sender=self._names.get(entry.sender),
+                text=entry.text,
+            )
+        assert entry.event is not None
+        return _event_message(
+            entry.seq, entry.ts, entry.event, self._names, entry.member, entry.summary
+        )
+
+    def invite(self, count: int = 1) -> list[InviteInfo]:
+        self._require_open()
+        if not 1 <= count <= 64:
+            raise TunnelError("count must be between 1 and 64")
+        now = trio.current_time()
+        try:
+            invites = self.room.mint_invites(count, now)
+        except LocalProtocolError as exc:
+            raise TunnelError(f"{exc}: close the tunnel or wait for someone to leave") from None
+        assert self.public_url is not None
+        return [
+            InviteInfo(
+                join_link=str(inv.link(self.public_url, self.tunnel_id)),
+                expires_in_sec=int(inv.expires_at - now),
+            )
+            for inv in invites
+        ]
+
+    async def say(self, text: str) -> int:
+        self._require_open()
+        try:
+            entry = self.relay.call(lambda now: self.room.say(text, now))
+        except LocalProtocolError as exc:
+            raise TunnelError(str(exc)) from None
+        assert isinstance(entry, TranscriptEntry)
+        return entry.seq
+
+    async def listen(
+        self, since_seq: int, timeout: float, *, include_own: bool = False
+    ) -> ListenResult:
+        return await _listen(
+            self._transcript, since_seq, timeout, self.room.host_id, include_own, _ClosedCheck(self)
+        )
+
+    def status(self) -> SessionStatus:
+        now = trio.current_time()
+        warnings = []
+        if self.transport.warning:
+            warnings.append(self.transport.warning)
+        alive = self.transport.alive()
+        if not alive and not self.closed:
+            warnings.append(
+                f"the {self.transport.name} transport has stopped: new members cannot reach "
+                "the room; close it and open a new tunnel"
+            )
+        return SessionStatus(
+            role="host",
+            goal=self.goal,
+            tunnel_id=self.tunnel_id,
+            self_member=self.self_member,
+            members=[
+                MemberStatus(m.id, m.name, m.host, m.on if not self.closed else False)
+                for m in self.room.roster()
+            ],
+            pending_invites=[PendingInvite(int(left)) for left in self.room.pending_invites(now)]
+            if not self.closed
+            else [],
+            last_seq=self.room.last_seq,
+            transport=self.transport.name,
+            public_url=self.public_url,
+            connection="closed" if self.closed else "connected",
+            cloudflared_alive=alive if self.transport.name == "cloudflared" else None,
+            warnings=warnings,
+            closed_reason=self.closed_reason,
+        )
+
+    async def close(self, summary: str | None = None) -> None:
+        if not self.closed:
+            self.relay.call(lambda now: self.room.close(summary, now))
+            # Give the goodbyes a moment to go out, then tear everything down.
+            await self.relay.drain(2.0)
+        self._scope.cancel()
+        await self._stopped.wait()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._stopped = trio.Event()
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    host, port = self.transport.bind_address()
+                    bound = await nursery.start(self.relay.run, host, port)
+                    self.public_url = await self.transport.start(nursery, bound)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self.closed = True
+            self.closed_reason = self.closed_reason or "closed"
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.transport.stop()
+                except Exception:  # noqa: BLE001 - teardown must finish; the cause is logged
+                    log.exception("stopping the transport failed")
+            self._transcript.poke()
+            self._stopped.set()
+
+
+async def open_host(
+    nursery: trio.Nursery,
+    goal: str,
+    *,
+    name: str,
+    invites: int = 1,
+    transport: Transport | None = None,
+    config: RoomConfig | None = None,
+) -> HostSession:
+    """Open a room, start the relay and the transport, mint the first invites."""
+    try:
+        room = _Room(
+            goal,
+            name,
+            trio.current_time(),
+            config=config,
+            epoch_offset=wall_clock_offset(),
+        )
+    except LocalProtocolError as exc:
+        raise TunnelError(str(exc)) from None
+    transport = transport or LocalTransport()
+    session = HostSession(room, transport)
+    try:
+        await nursery.start(session._run)
+    except (OSError, TunnelError) as exc:
+        raise TunnelError(f"could not start the tunnel: {exc}") from None
+    except Exception as exc:  # transport errors carry user-facing messages
+        if type(exc).__module__.startswith("tunnel_trio"):
+            raise TunnelError(f"could not start the tunnel: {exc}") from None
+        raise
+    session._on_room_change()
+    try:
+        session.initial_invites = session.invite(invites)
+    except TunnelError:
+        await session.close()
+        raise
+    return session
+
+
+class MemberSession(_Session):
+    role: Literal["member"] = "member"
+
+    def __init__(self, link: JoinLink, name: str, **dial: object) -> None:
+        super().__init__()
+        self.link = link
+        self.tunnel_id = link.tunnel_id
+        self.goal = ""
+        self.self_member = MemberInfo(0, name, False)
+        self.connection: ConnectionState = "connecting"
+        self._roster: tuple[MemberEntry, ...] = ()
+        self._says: dict[int, SayAccepted | SayRejected | None] = {}
+        self._say_done = trio.Event()
+        self._welcomed = trio.Event()
+        self._refused: Refused | None = None
+        self._end: ConnectionEnded | None = None
+        self.guest = Guest(link, name, self._on_event, self._on_state, **dial)  # type: ignore[arg-type]
+
+    def _on_state(self, state: str) -> None:
+        if state in ("connected", "reconnecting", "closed"):
+            self.connection = state  # type: ignore[assignment]
+        if state == "closed":
+            self.closed = True
+        self._transcript.poke()
+
+    def _on_event(self, event: TunnelEvent) -> None:
+        if isinstance(event, Welcomed):
+            self.goal = event.goal
+            self.self_member = MemberInfo(event.member_id, event.name, False)
+            self._roster = event.roster
+            self._names.update(event.roster)
+            self._welcomed.set()
+        elif isinstance(event, Refused):
+            self._refused = event
+        elif isinstance(event, ChatMessage):
+            self._transcript.add(
+                TranscriptMessage(
+                    seq=event.seq,
+                    kind="chat",
+                    ts=event.ts / 1000,
+                    sender=self._names.get(event.sender_id),
+                    text=event.text,
+                )
+            )
+        elif isinstance(event, RoomEvent):
+            self._names.learn(event.member_id, event.name)
+            if event.kind == "history-truncated":
+                notice = TranscriptMessage(
+                    seq=0,
+                    kind="event",
+                    ts=event.ts / 1000,
+                    sender=None,
+                    text=str(event.first_seq),
+                    event="history-truncated",
+                )
+                self._transcript.add(notice)
+            else:
+                self._transcript.add(
+                    _event_message(
+                        event.seq, event.ts, event.kind, self._names, event.member_id, event.summary
+                    )
+                )
+        elif isinstance(event, RosterChanged):
+            self._roster = event.members
+            self._names.update(event.members)
+        elif isinstance(event, (SayAccepted, SayRejected)):
+            self._says[event.ref] = event
+            self._say_done.set()
+            self._say_done = trio.Event()
+        elif isinstance(event, ConnectionEnded):
+            self._end = event
+            if not event.resumable:
+                self.closed = True
+                self.closed_reason = event.reason
+                self.connection = "closed"
+                self._say_done.set()
+        self._transcript.poke()
+
+    async def say(self, text: str) -> int:
+        """Say `text`; returns its seq once the host stamped it. A rate-limited say is retried
+        after the wait the host asks for, within SAY_TIMEOUT; any other refusal raises."""
+        self._require_open()
+        with trio.move_on_after(SAY_TIMEOUT):
+            while True:
+                result = await self._say_once(text)
+                if isinstance(result, SayAccepted):
+                    return result.seq
+                if result.code == "rate-limited" and result.retry_ms is not None:
+                    await trio.sleep(result.retry_ms / 1000)
+                    continue
+                raise TunnelError(f"the host did not accept the message: {result.message}")
+        raise TunnelError(
+            "the host did not confirm the message within 30 s (the connection may be down); "
+            "check tunnel_status and try again"
+        )
+
+    async def _say_once(self, text: str) -> SayAccepted | SayRejected:
+        while self.guest.conn is None or self.guest.conn.state.value != "open":
+            self._require_open()
+            await self._transcript.wait()
+        try:
+            ref = self.guest.conn.say(text)
+        except LocalProtocolError as exc:
+            raise TunnelError(str(exc)) from None
+        self._says[ref] = None
+        self.guest.flush()
+        while (result := self._says.get(ref)) is None:
+            if self.closed:
+                raise NotOpenError(
+                    "the tunnel closed before the host confirmed the message; "
+                    "it may not have been delivered"
+                )
+            await self._say_done.wait()
+        del self._says[ref]
+        return result
+
+    async def listen(
+        self, since_seq: int, timeout: float, *, include_own: bool = False
+    ) -> ListenResult:
+        return await _listen(
+            self._transcript,
+            since_seq,
+            timeout,
+            self.self_member.id,
+            include_own,
+            _ClosedCheck(self),
+        )
+
+    def status(self) -> SessionStatus:
+        return SessionStatus(
+            role="member",
+            goal=self.goal,
+            tunnel_id=self.tunnel_id,
+            self_member=self.self_member,
+            members=[MemberStatus(m.id, m.name, m.host, m.on) for m in self._roster],
+            pending_invites=[],
+            last_seq=self._transcript.last_seq,
+            transport=None,
+            public_url=None,
+            connection=self.connection,
+            cloudflared_alive=None,
+            warnings=[],
+            closed_reason=self.closed_reason,
+        )
+
+    async def close(self, summary: str | None = None) -> None:
+        """Leave the room (a member cannot close it for others)."""
+        if not self.closed:
+            self.closed = True
+            self.closed_reason = "left"
+            self.connection = "closed"
+            await self.guest.leave()
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + 2.0)
+        await self._stopped.wait()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._stopped = trio.Event()
+        try:
+            with self._scope:
+                await self.guest.run(task_status=task_status)
+        finally:
+            if not self.closed:
+                self.closed = True
+                self.connection = "closed"
+                self.closed_reason = self.closed_reason or (
+                    self._end.reason if self._end else "closed"
+                )
+            self._transcript.poke()
+            self._stopped.set()
+
+
+async def join(
+    nursery: trio.Nursery,
+    link: str,
+    *,
+    name: str,
+    ssl_context: ssl.SSLContext | None = None,
+    resolve_override: Mapping[tuple[str, int], tuple[str, int]] | None = None,
+    connect_timeout: float = 15.0,
+) -> MemberSession:
+    """Join the room behind `link`. Returns once the host welcomed us; raises TunnelError."""
+    try:
+        parsed = JoinLink.parse(link)
+    except LinkError as exc:
+        raise TunnelError(str(exc)) from None
+    if ssl_context is None and parsed.websocket_url.startswith("wss:"):
+        from ._tls import client_ssl_context
+
+        try:
+            ssl_context = client_ssl_context()
+        except ValueError as exc:
+            raise TunnelError(str(exc)) from None
+    from ._doh import resolve_fallback
+
+    session = MemberSession(
+        parsed,
+        name,
+        ssl_context=ssl_context,
+        resolve_fallback=resolve_fallback,
+        resolve_override=resolve_override,
+        connect_timeout=connect_timeout,
+    )
+    try:
+        await nursery.start(session._run)
+    except DialError as exc:
+        raise TunnelError(f"could not reach the host: {exc}") from None
+    with trio.move_on_after(JOIN_TIMEOUT):
+        while not session._welcomed.is_set():
+            if session._refused is not None:
+                raise JoinRefusedError(session._refused.code, session._refused.message)
+            if session.closed:
+                reason = session._end.message if session._end else "the connection closed"
+                raise TunnelError(f"could not join: {reason}")
+            await session._transcript.wait()
+        return session
+    session.guest.stop()
+    raise TunnelError("the host did not answer within 30 s: check the link and try again")

@@ -1,0 +1,234 @@
+"""Fault injection over real sockets: dropped TCP connections, stalled readers, bad peers."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from tunnel_trio._ws import WebSocketClosed, connect_websocket
+from tunnel_trio.session import RoomConfig, join, open_host
+from tunnelproto import (
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_PROTOCOL_ERROR,
+    MAX_FRAME,
+    JoinLink,
+    MemberConnection,
+    Welcomed,
+)
+
+
+class DropProxy:
+    """A TCP proxy on 127.0.0.1 that can cut every connection passing through it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.drops = 0
+        self._scopes: set[trio.CancelScope] = set()
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+                async with client, server, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
+                    nursery.start_soon(self._pipe, server, client, nursery.cancel_scope)
+            finally:
+                self._scopes.discard(scope)
+        # A cut connection is closed abruptly, like a NAT timeout or a Wi-Fi switch.
+        await client.aclose()
+
+    @staticmethod
+    async def _pipe(src, dst, scope):
+        try:
+            async for chunk in src:
+                await dst.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    def drop_all(self) -> None:
+        self.drops += len(self._scopes)
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
+def _via(link: str, port: int) -> str:
+    parsed = JoinLink.parse(link)
+    return str(JoinLink(f"http://127.0.0.1:{port}", parsed.tunnel_id, parsed.secret))
+
+
+async def _transcript(session, until_seq, timeout=30.0):
+    got, since = [], 0
+    with trio.fail_after(timeout):
+        while since < until_seq:
+            result = await session.listen(since, 5.0, include_own=True)
+            got.extend(m for m in result.messages if m.seq > 0)
+            since = result.last_seq
+    return got
+
+
+async def test_drops_mid_stream_lose_nothing(nursery):
+    host = await open_host(nursery, "survive drops", name="ana", invites=2)
+    proxy = DropProxy(host.relay.port)
+    await nursery.start(proxy.run)
+    flaky = await join(nursery, _via(host.initial_invites[0].join_link, proxy.port), name="flo")
+    steady = await join(nursery, host.initial_invites[1].join_link, name="stu")
+    flaky_id = flaky.self_member.id
+
+    sent_by_flaky = []
+
+    async def flaky_talks():
+        for i in range(30):
+            text = f"flo {i}"
+            await flaky.say(text)  # waits through reconnects: never lost, never doubled
+            sent_by_flaky.append(text)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(flaky_talks)
+        for i in range(120):
+            await host.say(f"host {i}")
+            if i % 30 == 15:
+                with trio.fail_after(10):  # cut only a live connection, mid-stream
+                    while flaky.status().connection != "connected" or not proxy._scopes:
+                        await trio.sleep(0.01)
+                proxy.drop_all()
+            await trio.sleep(0.005)
+    last = host.room.last_seq
+    assert proxy.drops >= 4
+
+    reference = await _transcript(host, last)
+    assert [m.seq for m in reference] == list(range(1, last + 1))
+    for member in (flaky, steady):
+        seen = await _transcript(member, last)
+        assert [m.seq for m in seen] == list(range(1, last + 1)), "gap or duplicate"
+        assert [(m.kind, m.text, m.event) for m in seen] == [
+            (m.kind, m.text, m.event) for m in reference
+        ]
+    chats = [m.text for m in reference if m.kind == "chat"]
+    assert [t for t in chats if t.startswith("host ")] == [f"host {i}" for i in range(120)]
+    assert [t for t in chats if t.startswith("flo ")] == [f"flo {i}" for i in range(30)]
+    events = [(m.event, m.subject.id) for m in reference if m.kind == "event" and m.subject]
+    assert ("disconnected", flaky_id) in events and ("reconnected", flaky_id) in events
+    # The seat and the name survived.
+    assert flaky.self_member.id == flaky_id and flaky.self_member.name == "flo"
+    assert flaky.status().connection == "connected"
+    await host.close()
+
+
+async def test_member_gives_up_when_the_room_is_gone(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    ben = await join(nursery, host.initial_invites[0].join_link, name="ben")
+    ben.guest._resume_budget = 1.0
+    host._scope.cancel()  # the host process vanished without closing the room
+    with trio.fail_after(15):
+        while not ben.closed:
+            await ben.listen(ben.status().last_seq, 1.0)
+    assert ben.status().connection == "closed"
+    assert ben.closed_reason == "gone"
+
+
+async def _raw_member(link: str, name: str):
+    """A hand-driven member: the core over a WebSocket, reading only when told to."""
+    parsed = JoinLink.parse(link)
+    ws = await connect_websocket(parsed.websocket_url, max_message_size=MAX_FRAME)
+    conn = MemberConnection(parsed, name, trio.current_time())
+    for data in conn.data_to_send():
+        await ws.send(data)
+    conn.receive_data(await ws.receive(), trio.current_time())
+    assert isinstance(conn.next_event(), Welcomed)
+    for data in conn.data_to_send():  # the confirming ack
+        await ws.send(data)
+    return ws, conn
+
+
+async def test_stalled_reader_is_cut_off_and_memory_stays_bounded(nursery):
+    config = RoomConfig(window=64 * 1024, stall_timeout=1.0)
+    host = await open_host(nursery, "goal", name="ana", invites=2, config=config)
+    ws, _conn = await _raw_member(host.initial_invites[0].join_link, "sloth")
+    ok = await join(nursery, host.initial_invites[1].join_link, name="ok")
+    big = "x" * 16_000
+    for _ in range(400):  # ~6 MiB, far more than the window or any queue
+        await host.say(big)
+        await trio.sleep(0)
+    assert host.relay.peak_queued_bytes <= host.relay.outbox_limit
+    with trio.fail_after(10):
+        while True:
+            roster = {m.name: m.connected for m in host.status().members}
+            if roster["sloth"] is False:
+                break
+            await trio.sleep(0.05)
+    # The reader that kept up got everything.
+    seen = await _transcript(ok, host.room.last_seq)
+    assert sum(1 for m in seen if m.kind == "chat") == 400
+    await ws.aclose()
+    await host.close()
+
+
+async def test_preauth_timeout(nursery):
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(handshake_timeout=0.5))
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    ws = await connect_websocket(link.websocket_url, max_message_size=MAX_FRAME)
+    with trio.fail_after(5):
+        try:
+            await ws.receive()
+        except WebSocketClosed as exc:
+            assert exc.code == CLOSE_HANDSHAKE_TIMEOUT
+        else:
+            raise AssertionError("expected the relay to close the idle connection")
+    await host.close()
+
+
+async def test_http_404_for_other_paths(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    stream = await trio.open_tcp_stream("127.0.0.1", host.relay.port)
+    await stream.send_all(b"GET /t/not-this-one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    with trio.fail_after(5):
+        async for chunk in stream:
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 404")
+    await stream.aclose()
+    await host.close()
+
+
+async def test_oversized_message_is_rejected(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    ws = await connect_websocket(link.websocket_url, max_message_size=10 * MAX_FRAME)
+    await ws.send(b"\0" * (MAX_FRAME + 1))
+    with trio.fail_after(5):
+        try:
+            await ws.receive()
+        except WebSocketClosed as exc:
+            assert exc.code == 1009
+        else:
+            raise AssertionError("expected close 1009")
+    await host.close()
+
+
+async def test_garbage_after_handshake_kills_only_that_connection(nursery):
+    host = await open_host(nursery, "goal", name="ana", invites=2)
+    ws, _conn = await _raw_member(host.initial_invites[0].join_link, "mallory")
+    ben = await join(nursery, host.initial_invites[1].join_link, name="ben")
+    await ws.send(os.urandom(200))
+    codes = []
+    with trio.fail_after(5):
+        try:
+            while True:
+                await ws.receive()
+        except WebSocketClosed as exc:
+            codes.append(exc.code)
+    assert codes == [CLOSE_PROTOCOL_ERROR]
+    seq = await ben.say("still here")
+    seen = await _transcript(host, seq)
+    assert seen[-1].text == "still here"
+    await host.close()

@@ -1,0 +1,144 @@
+"""Host and member sessions over real WebSockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tunnel_trio.session import RoomConfig, join, open_host
+from tunnel_trio.session_types import JoinRefusedError, NotOpenError, TunnelError
+from tunnelproto import JoinLink
+
+
+async def _collect(session, since: int, until_seq: int, *, include_own=True, timeout=10.0):
+    """Listen until `until_seq` is seen; returns every message with seq > since."""
+    got = []
+    with trio.fail_after(timeout):
+        while since < until_seq:
+            result = await session.listen(since, 5.0, include_own=include_own)
+            got.extend(m for m in result.messages if m.seq > 0)
+            since = result.last_seq
+    return got
+
+
+def _chats(messages):
+    return [(m.sender.name, m.text) for m in messages if m.kind == "chat"]
+
+
+async def test_host_and_three_members_talk(nursery):
+    host = await open_host(nursery, "pair on the flaky test", name="ana", invites=2)
+    link_a, link_b = (i.join_link for i in host.initial_invites)
+    assert JoinLink.parse(link_a).base_url.startswith("http://127.0.0.1:")
+    ben = await join(nursery, link_a, name="ben")
+    assert ben.goal == "pair on the flaky test"
+    assert ben.self_member.name == "ben"
+    # A second "ben" gets a unique name.
+    ben2 = await join(nursery, link_b, name="ben")
+    assert ben2.self_member.name == "ben (2)"
+
+    seq1 = await host.say("hello from the host")
+    seq2 = await ben.say("hi, ben here")
+    seq3 = await ben2.say("and the other ben")
+    assert seq1 < seq2 < seq3
+
+    # Everyone sees the same total order.
+    orders = []
+    for s in (host, ben, ben2):
+        msgs = await _collect(s, 0, seq3)
+        orders.append([(m.seq, m.kind, m.text) for m in msgs])
+    assert orders[0] == orders[1] == orders[2]
+    assert _chats(await _collect(ben, 0, seq3)) == [
+        ("ana", "hello from the host"),
+        ("ben", "hi, ben here"),
+        ("ben (2)", "and the other ben"),
+    ]
+
+    # Listen without includeOwn hides the caller's own chat but still advances lastSeq.
+    result = await ben.listen(seq1, 0.2)
+    assert [m.text for m in result.messages if m.kind == "chat"] == ["and the other ben"]
+    assert result.last_seq == seq3
+
+    # A late joiner gets the whole history first, in order.
+    (late_invite,) = host.invite(1)
+    cy = await join(nursery, late_invite.join_link, name="cy")
+    late = await _collect(cy, 0, seq3)
+    assert [(m.seq, m.kind, m.text) for m in late] == orders[0][: len(late)]
+    assert _chats(late) == _chats(await _collect(ben, 0, seq3))
+
+    status = host.status()
+    assert status.role == "host"
+    assert {m.name for m in status.members} == {"ana", "ben", "ben (2)", "cy"}
+    assert all(m.connected for m in status.members)
+    assert status.transport == "local"
+    assert status.pending_invites == []
+
+    await host.close("done for today")
+    with trio.fail_after(10):
+        while not (ben.closed and cy.closed):
+            await trio.sleep(0.01)
+    tail = await ben.listen(seq3, 0.1)
+    closed = [m for m in tail.messages if m.kind == "event" and m.event == "closed"]
+    assert closed and closed[0].text == "done for today"
+    with pytest.raises(NotOpenError):
+        await ben.say("anyone?")
+    assert ben.status().connection == "closed"
+
+
+async def test_invite_is_single_use(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    link = host.initial_invites[0].join_link
+    ben = await join(nursery, link, name="ben")
+    with pytest.raises(JoinRefusedError) as info:
+        await join(nursery, link, name="mallory")
+    assert info.value.code == "used"
+    assert "single-use" in str(info.value)
+    # Still refused after the first member left.
+    await ben.close()
+    with pytest.raises(JoinRefusedError):
+        await join(nursery, link, name="mallory")
+    await host.close()
+
+
+async def test_expired_invite_is_refused(nursery):
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(invite_ttl=0.3))
+    link = host.initial_invites[0].join_link
+    await trio.sleep(0.4)
+    with pytest.raises(JoinRefusedError) as info:
+        await join(nursery, link, name="ben")
+    assert info.value.code == "expired"
+    await host.close()
+
+
+async def test_room_full(nursery):
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(capacity=2))
+    with pytest.raises(TunnelError, match="full"):
+        host.invite(1)
+    await join(nursery, host.initial_invites[0].join_link, name="ben")
+    with pytest.raises(TunnelError, match="full"):
+        host.invite(1)
+    await host.close()
+
+
+async def test_unknown_tunnel_and_bad_links(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    wrong_tunnel = f"{link.base_url}/t/AAAAAAAAAAAAAAAA#{str(link).split('#')[1]}"
+    with pytest.raises(TunnelError, match="404"):
+        await join(nursery, wrong_tunnel, name="ben")
+    with pytest.raises(TunnelError, match="no secret"):
+        await join(nursery, str(link).split("#")[0], name="ben")
+    secret = str(link).split("#")[1]
+    with pytest.raises(TunnelError) as info:
+        await join(nursery, str(link)[:-3], name="ben")
+    assert secret not in str(info.value)
+    await host.close()
+    with pytest.raises(TunnelError):
+        await join(nursery, str(link), name="ben")
+
+
+async def test_close_leaves_no_listener(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    port = host.relay.port
+    await host.close()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
