@@ -30,6 +30,11 @@ Handler = Callable[[h11.Request, bytes], Awaitable[Reply]]
 # --- TLS -------------------------------------------------------------------------------------
 
 
+FAKE = Path(__file__).resolve().parents[1] / "fake_cloudflared" / "cloudflared"
+HOSTNAME = "quartz-ripple-lagoon-ember"
+TUNNEL_HOST = f"{HOSTNAME}.trycloudflare.com"
+
+
 def server_ssl_context(ca: trustme.CA, *hostnames: str) -> ssl.SSLContext:
     """A server context with a leaf for `hostnames` (default 127.0.0.1) signed by `ca`."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

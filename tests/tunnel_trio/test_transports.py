@@ -9,7 +9,7 @@ import h11
 import pytest
 import trio
 import trustme
-from _servers import client_ssl_context, run_doh_server, serve_http, write_leaf_files
+from _servers import TUNNEL_HOST, client_ssl_context, run_doh_server, serve_http
 
 from tunnel_trio._cloudflared import CloudflaredError
 from tunnel_trio._http import http_request
@@ -20,11 +20,6 @@ from tunnel_trio.transports import (
     UrlTransport,
     make_transport,
 )
-
-FAKE = Path(__file__).resolve().parents[1] / "fake_cloudflared" / "cloudflared"
-HOSTNAME = "quartz-ripple-lagoon-ember"
-TUNNEL_HOST = f"{HOSTNAME}.trycloudflare.com"
-
 
 # --- choosing --------------------------------------------------------------------------------
 
@@ -160,28 +155,6 @@ def test_url_transport_can_pin_the_local_port() -> None:
 
 async def relay(request: h11.Request, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
     return 200, [("Content-Type", "text/plain")], b"relay saw " + request.target
-
-
-@pytest.fixture
-def fake_cloudflared(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ca: trustme.CA, ca_bundle: Path
-) -> Path:
-    """The fake on TUNNEL_CLOUDFLARED, with a TLS edge for TUNNEL_HOST; returns the port file."""
-    cert, key = write_leaf_files(ca, tmp_path, TUNNEL_HOST)
-    for name, value in {
-        "TUNNEL_CLOUDFLARED": str(FAKE),
-        "TUNNEL_CA_BUNDLE": str(ca_bundle),
-        "FAKE_CLOUDFLARED_MODE": "ok",
-        "FAKE_CLOUDFLARED_HOSTNAME": HOSTNAME,
-        "FAKE_CLOUDFLARED_TLS_CERT": str(cert),
-        "FAKE_CLOUDFLARED_TLS_KEY": str(key),
-        "FAKE_CLOUDFLARED_PORT_FILE": str(tmp_path / "edge.port"),
-        "FAKE_CLOUDFLARED_PID_FILE": str(tmp_path / "fake.pid"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("TUNNEL_HOME", str(tmp_path / "tunnel-home"))
-    monkeypatch.delenv("TUNNEL_DOH", raising=False)
-    return tmp_path
 
 
 async def test_cloudflared_transport_end_to_end(
