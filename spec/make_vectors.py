@@ -1,0 +1,896 @@
+#!/usr/bin/env python3
+"""Write the protocol test vectors in spec/vectors/ from fixed randomness.
+
+    .venv/bin/python spec/make_vectors.py          # (re)write the files
+    .venv/bin/python spec/make_vectors.py --check  # exit 1 if a file would change
+
+Every random byte the core asks for comes from a named, seeded stream (see `StreamRng`), and
+every call is recorded in the vectors with what it was used for, so another implementation can
+replay the exact same bytes. Running this twice gives identical files; a change to the wire
+format changes the files, and tests/tunnelproto/test_vectors.py then fails until the change is
+deliberate (rerun this script and commit the new vectors together with the spec).
+
+The handshake vectors are one scripted scenario (a room, one member who joins, talks, drops and
+resumes, and two refused strangers). Its `steps` are written so that a reader can replay them
+against their own implementation: each step is one call of the core's API at time `t`, and
+lists the wire messages it emitted and the events the member reported.
+
+Notation in the JSON files: a CBOR byte string is written {"$hex": "..."}; every other CBOR value
+maps to the obvious JSON value (text, integer, true/false/null, array, object).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tunnelproto import (
+    Disconnect,
+    JoinLink,
+    LinkError,
+    MemberConnection,
+    MemberEntry,
+    RemoteProtocolError,
+    Room,
+    Send,
+    _codec,
+)
+from tunnelproto import _frames as f
+from tunnelproto._channel import MSG2_NOISE, MSG2_PLAIN_REFUSE, PROLOGUE_LABEL, prologue
+from tunnelproto._link import (
+    ID_LEN,
+    INVITE_ID_LABEL,
+    TICKET_ID_LABEL,
+    b64url,
+    invite_id,
+    ticket_id,
+)
+from tunnelproto._noise import PROTOCOL_NAME, CipherState, HandshakeState
+
+VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
+FORMAT = 1
+
+NOTATION = (
+    'A CBOR byte string is written {"$hex": "<lowercase hex>"}; any other CBOR value is the '
+    "obvious JSON value. Every *_hex / hex field is lowercase hex of the exact bytes."
+)
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic randomness
+# ---------------------------------------------------------------------------------------------
+
+SEEDS = {
+    "room": b"tunnel-mcp/1 test vectors: room",
+    "member": b"tunnel-mcp/1 test vectors: member",
+    "probe": b"tunnel-mcp/1 test vectors: probe",
+    "links": b"tunnel-mcp/1 test vectors: links",
+}
+
+RNG_DOC = (
+    "Each named stream is the concatenation of blocks B_j = BLAKE2b(key=seed, "
+    "data=uint64_be(j), digest_size=64) for j = 0, 1, 2, ...; a call rng(n) returns the next n "
+    "unused bytes of its stream. The seeds are the ASCII strings listed under 'seeds'. Every "
+    "call is also listed with its bytes, so a replay needs no BLAKE2b at all."
+)
+
+
+class StreamRng:
+    """rng(n) -> the next n bytes of a counter-mode BLAKE2b stream, with every call recorded.
+
+    `expecting()` declares the calls a block of code must make (sizes and purposes), so the
+    generator fails loudly if the core starts drawing randomness differently.
+    """
+
+    def __init__(self, name: str, seed: bytes) -> None:
+        self.name = name
+        self.seed = seed
+        self._buffer = b""
+        self._block = 0
+        self.offset = 0
+        self.calls: list[dict[str, Any]] = []
+        self._expected: list[tuple[int, str]] = []
+
+    def _more(self) -> None:
+        self._buffer += hashlib.blake2b(
+            self._block.to_bytes(8, "big"), key=self.seed, digest_size=64
+        ).digest()
+        self._block += 1
+
+    def __call__(self, n: int) -> bytes:
+        if not self._expected:
+            raise AssertionError(f"unexpected rng({n}) call on stream {self.name!r}")
+        want, purpose = self._expected.pop(0)
+        if want != n:
+            raise AssertionError(f"stream {self.name!r}: expected rng({want}) for {purpose}, got rng({n})")
+        while len(self._buffer) < n:
+            self._more()
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        self.calls.append(
+            {
+                "stream": self.name,
+                "index": len(self.calls),
+                "offset": self.offset,
+                "n": n,
+                "hex": out.hex(),
+                "used_for": purpose,
+            }
+        )
+        self.offset += n
+        return out
+
+    @contextmanager
+    def expecting(self, *calls: tuple[int, str]) -> Iterator[None]:
+        self._expected = list(calls)
+        yield
+        if self._expected:
+            raise AssertionError(f"stream {self.name!r}: calls not made: {self._expected}")
+
+    def take(self, n: int, purpose: str) -> bytes:
+        """Draw bytes for the generator itself (e.g. secrets for link vectors)."""
+        with self.expecting((n, purpose)):
+            return self(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$hex": value.hex()}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def frame_json(frame: f.Frame) -> Any:
+    return to_json(frame.to_value())
+
+
+def event_json(event: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"event": type(event).__name__}
+    for fld in dataclasses.fields(event):
+        item = getattr(event, fld.name)
+        if isinstance(item, tuple) and item and isinstance(item[0], MemberEntry):
+            item = [m.to_value() for m in item]
+        out[fld.name] = to_json(item)
+    return out
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# link.json
+# ---------------------------------------------------------------------------------------------
+
+
+def build_links() -> dict[str, Any]:
+    rng = StreamRng("links", SEEDS["links"])
+    tid = b64url(rng.take(12, "tunnel id of the valid links (12 bytes, base64url)"))
+    tid2 = b64url(rng.take(12, "tunnel id of the key-id example (12 bytes, base64url)"))
+    secrets = [rng.take(32, f"secret of valid link {i}") for i in range(7)]
+    s = b64url(secrets[0])
+
+    raw_valid = [
+        ("the usual internet link (cloudflared quick tunnel)",
+         f"https://plain-grove-tide-lamp.trycloudflare.com/t/{tid}#{b64url(secrets[0])}"),
+        ("LAN link with an explicit port (http maps to ws)",
+         f"http://192.168.1.20:8765/t/{tid}#{b64url(secrets[1])}"),
+        ("local link with a ws:// scheme (kept as is)",
+         f"ws://127.0.0.1:50123/t/{tid}#{b64url(secrets[2])}"),
+        ("IPv6 literal host, explicit default port kept",
+         f"https://[2001:db8::1]:443/t/{tid}#{b64url(secrets[3])}"),
+        ("reverse proxy with a path prefix: the prefix stays in the base URL",
+         f"https://relay.example.com/team/tunnel/t/{tid}#{b64url(secrets[4])}"),
+        ("pasted with white space and angle brackets; host name is lower-cased",
+         f"  <https://Relay.Example.COM:8443/t/{tid}#{b64url(secrets[5])}>\n"),
+        ("wss:// link", f"wss://relay.example.com/t/{tid}#{b64url(secrets[6])}"),
+    ]
+    valid = []
+    for (what, text), secret in zip(raw_valid, secrets, strict=True):
+        link = JoinLink.parse(text)
+        assert link.secret == secret
+        valid.append(
+            {
+                "what": what,
+                "input": text,
+                "base_url": link.base_url,
+                "tunnel_id": link.tunnel_id,
+                "secret_hex": link.secret.hex(),
+                "invite_id_hex": link.invite_id.hex(),
+                "websocket_url": link.websocket_url,
+                "canonical": str(link),
+            }
+        )
+
+    long_host = "a" * 2048
+    raw_invalid = [
+        ("no '#' and secret", f"https://relay.example.com/t/{tid}"),
+        ("empty secret after '#'", f"https://relay.example.com/t/{tid}#"),
+        ("unsupported scheme", f"ftp://relay.example.com/t/{tid}#{s}"),
+        ("no scheme at all", f"relay.example.com/t/{tid}#{s}"),
+        ("no host name", f"https:///t/{tid}#{s}"),
+        ("user info in the URL", f"https://user:pw@relay.example.com/t/{tid}#{s}"),
+        ("a '?' query", f"https://relay.example.com/t/{tid}?x=1#{s}"),
+        ("no /t/ path segment", f"https://relay.example.com/{tid}#{s}"),
+        ("tunnel id shorter than 11 characters", f"https://relay.example.com/t/abc#{s}"),
+        ("tunnel id with a character outside base64url", f"https://relay.example.com/t/{tid[:-1]}.#{s}"),
+        ("trailing slash after the tunnel id", f"https://relay.example.com/t/{tid}/#{s}"),
+        ("secret with '=' padding", f"https://relay.example.com/t/{tid}#{s}="),
+        ("secret in standard base64 alphabet ('+', '/')", f"https://relay.example.com/t/{tid}#{s[:-2]}+/"),
+        ("secret with non-zero unused trailing bits (not canonical)",
+         f"https://relay.example.com/t/{tid}#{s[:-1]}{'B' if s[-1] != 'B' else 'C'}"),
+        ("secret cut short (31 bytes)", f"https://relay.example.com/t/{tid}#{b64url(secrets[0][:31])}"),
+        ("secret too long (33 bytes)", f"https://relay.example.com/t/{tid}#{b64url(secrets[0] + b'x')}"),
+        ("port out of range", f"https://relay.example.com:99999/t/{tid}#{s}"),
+        ("longer than 2048 characters", f"https://{long_host}.example.com/t/{tid}#{s}"),
+    ]
+    invalid = []
+    for what, text in raw_invalid:
+        try:
+            JoinLink.parse(text)
+        except LinkError as exc:
+            invalid.append(
+                {
+                    "what": what,
+                    "input": text,
+                    "error": "LinkError",
+                    "code": exc.code,
+                    "python_message": str(exc),
+                }
+            )
+        else:
+            raise AssertionError(f"link accepted but should not be: {what}")
+
+    key_secret = secrets[0]
+    key_ids = {
+        "construction": (
+            "id = BLAKE2b(data = label || ASCII(tunnel_id), key = secret (32 bytes), "
+            "digest_size = 16); digest_size is the BLAKE2b output-length parameter, not a "
+            "truncation of a 64-byte digest"
+        ),
+        "invite_label_ascii": INVITE_ID_LABEL.decode(),
+        "invite_label_hex": INVITE_ID_LABEL.hex(),
+        "ticket_label_ascii": TICKET_ID_LABEL.decode(),
+        "ticket_label_hex": TICKET_ID_LABEL.hex(),
+        "examples": [
+            {
+                "tunnel_id": t,
+                "secret_hex": key_secret.hex(),
+                "invite_id_input_hex": (INVITE_ID_LABEL + t.encode()).hex(),
+                "invite_id_hex": invite_id(key_secret, t).hex(),
+                "ticket_id_input_hex": (TICKET_ID_LABEL + t.encode()).hex(),
+                "ticket_id_hex": ticket_id(key_secret, t).hex(),
+            }
+            for t in (tid, tid2)
+        ],
+    }
+    prologues = [
+        {"tunnel_id": t, "prologue_hex": prologue(t).hex()} for t in (tid, tid2)
+    ]
+    return {
+        "description": "Join link parsing, invite/ticket id derivation and the Noise prologue.",
+        "format": FORMAT,
+        "notation": NOTATION,
+        "rng": {"doc": RNG_DOC, "seeds": {"links": SEEDS["links"].decode()}, "calls": rng.calls},
+        "valid": valid,
+        "invalid": invalid,
+        "key_ids": key_ids,
+        "prologue": {
+            "construction": "ASCII('tunnel-mcp/1') || 0x00 || version byte (0x01) || ASCII(tunnel_id)",
+            "examples": prologues,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# frames.json
+# ---------------------------------------------------------------------------------------------
+
+_ROSTER = (
+    MemberEntry(id=1, name="bo", host=True, on=True),
+    MemberEntry(id=2, name="ana", host=False, on=True),
+    MemberEntry(id=3, name="ana (2)", host=False, on=False),
+)
+_TS = 1763942400000
+_LIMITS = {"text": 32768, "frame": 65535, "members": 16, "burst": 20, "per_min": 300}
+
+
+def _frame_examples() -> list[tuple[str, str, f.Frame]]:
+    h2m = "host->member (transport)"
+    m2h = "member->host (transport)"
+    return [
+        ("hello (join)", "member->host (payload of handshake message 1)",
+         f.Hello(v=1, name="ana", sw="tunnel-mcp-python/1")),
+        ("hello (resume, with a capability)", "member->host (payload of handshake message 1)",
+         f.Hello(v=1, name="ana", sw="other-client/0.3", caps=("x-example",), last=41)),
+        ("welcome", "host->member (payload of handshake message 2)",
+         f.Welcome(goal="Agree on the /orders JSON schema", you=2, name="ana", roster=_ROSTER[:2],
+                   last=7, first=1, ticket=bytes(range(32)), resumed=False, limits=_LIMITS)),
+        ("refuse (encrypted, in handshake message 2)", "host->member (payload of handshake message 2)",
+         f.Refuse(code="used", msg="this invite was already used (links are single-use): ask the host for a new one")),
+        ("refuse (plaintext, after the 0x01 byte)", "host->member (handshake message 2, type 0x01)",
+         f.Refuse(code="unknown-invite", msg="this tunnel has no such invite: ask the host for a fresh link")),
+        ("say", m2h, f.Say(ref=1, text="hi")),
+        ("say (non-ASCII text)", m2h, f.Say(ref=300, text="¿Qué tal? 🙂")),
+        ("message from a member", h2m, f.Message(seq=8, ts=_TS, text="hi", ref=1, from_=2)),
+        ("message from the host (ref 0)", h2m, f.Message(seq=9, ts=_TS + 1500, text="welcome!", ref=0, from_=1)),
+        ("event joined", h2m, f.Event(kind="joined", seq=2, ts=_TS, member=2, name="ana")),
+        ("event left", h2m, f.Event(kind="left", seq=10, ts=_TS, member=3, name="ana (2)")),
+        ("event disconnected", h2m, f.Event(kind="disconnected", seq=11, ts=_TS, member=2, name="ana")),
+        ("event reconnected", h2m, f.Event(kind="reconnected", seq=12, ts=_TS, member=2, name="ana")),
+        ("event closed (with the host's summary)", h2m,
+         f.Event(kind="closed", seq=13, ts=_TS, summary="Schema agreed: see orders.json")),
+        ("event closed (no summary)", h2m, f.Event(kind="closed", seq=13, ts=_TS)),
+        ("event idle-closed", h2m, f.Event(kind="idle-closed", seq=14, ts=_TS)),
+        ("event history-truncated (seq 0: a notice, not a transcript entry)", h2m,
+         f.Event(kind="history-truncated", seq=0, ts=_TS, first=5000)),
+        ("ack", m2h, f.Ack(seq=3)),
+        ("ack (0: the key-confirmation ack of a fresh join)", m2h, f.Ack(seq=0)),
+        ("roster", h2m, f.Roster(members=_ROSTER)),
+        ("ping", "either direction (transport)", f.Ping()),
+        ("pong", "either direction (transport)", f.Pong()),
+        ("close (member leaves)", "member->host (transport)", f.Close(reason="left")),
+        ("close (room closed, with summary)", h2m, f.Close(reason="closed", summary="Done, thanks.")),
+        ("close (idle)", h2m, f.Close(reason="idle-closed")),
+        ("error (rate limited say)", h2m,
+         f.Error(code="rate-limited", msg="you are sending too fast; wait and send again", ref=4, retry=200)),
+        ("error (say too long)", h2m,
+         f.Error(code="too-long", msg="the message is too long (40000 bytes, max 32768): split it", ref=5)),
+        ("error (fatal, no ref)", h2m, f.Error(code="bad-ack", msg="ack for a seq the room never sent")),
+    ]
+
+
+def _accepted_examples() -> list[tuple[str, bytes, f.Frame]]:
+    """Encodings that are not what an encoder writes but that a decoder must accept."""
+    enc = _codec.encode
+    return [
+        ("unknown keys are ignored", enc({"t": "ack", "seq": 3, "x-future": [1, 2]}), f.Ack(seq=3)),
+        ("an optional field given as null is the same as absent",
+         enc({"t": "close", "reason": "left", "summary": None}), f.Close(reason="left")),
+        ("hello without caps means no capabilities",
+         enc({"t": "hello", "v": 1, "name": "ana", "sw": "x"}), f.Hello(v=1, name="ana", sw="x")),
+    ]
+
+
+def _invalid_examples() -> list[tuple[str, bytes]]:
+    enc = _codec.encode
+    ack = enc({"t": "ack", "seq": 3})
+    return [
+        ("empty input", b""),
+        ("not a map (an array)", enc(["ack", 3])),
+        ("unknown frame type", enc({"t": "nope"})),
+        ("no type key", enc({"seq": 3})),
+        ("missing required field", enc({"t": "ack"})),
+        ("integer field as text", enc({"t": "ack", "seq": "3"})),
+        ("integer field as a boolean", enc({"t": "ack", "seq": True})),
+        ("negative integer field", enc({"t": "ack", "seq": -1})),
+        ("unknown event kind", enc({"t": "event", "kind": "exploded", "seq": 1, "ts": 0})),
+        ("hello.caps with a non-text item", enc({"t": "hello", "v": 1, "name": "a", "sw": "x", "caps": [1]})),
+        ("trailing byte after the map", ack + b"\x00"),
+        ("truncated map", ack[:-1]),
+        ("non-shortest integer (3 as 0x18 0x03)",
+         bytes.fromhex("a2") + enc("t") + enc("ack") + enc("seq") + bytes.fromhex("1803")),
+        ("map keys out of order", bytes.fromhex("a2") + enc("seq") + b"\x03" + enc("t") + enc("ack")),
+        ("duplicate map key", bytes.fromhex("a3") + enc("t") + enc("ack") + enc("seq") + b"\x03"
+         + enc("seq") + b"\x04"),
+        ("non-text map key", bytes.fromhex("a2") + b"\x01\x02" + enc("t") + enc("ack")),
+        ("indefinite-length map", bytes.fromhex("bf") + enc("t") + enc("ack") + enc("seq") + b"\x03\xff"),
+        ("CBOR tag", bytes.fromhex("c0") + ack),
+        ("float value", bytes.fromhex("a2") + enc("t") + enc("ack") + enc("seq") + bytes.fromhex("f93c00")),
+        ("undefined simple value", bytes.fromhex("a2") + enc("t") + enc("ack") + enc("seq") + b"\xf7"),
+        ("invalid UTF-8 in text", bytes.fromhex("a1") + enc("t") + bytes.fromhex("62c328")),
+        ("nesting deeper than 4 levels", enc({"t": "ack", "seq": 1, "x": [[[[1]]]]})),
+    ]
+
+
+def _codec_examples() -> list[tuple[str, Any]]:
+    return [
+        ("0", 0), ("23 (largest one-byte integer)", 23), ("24", 24), ("255", 255), ("256", 256),
+        ("65535", 65535), ("65536", 65536), ("2^32 - 1", 2**32 - 1), ("2^32", 2**32),
+        ("2^64 - 1 (largest)", 2**64 - 1), ("-1", -1), ("-24", -24), ("-25", -25),
+        ("-2^64 (smallest)", -(2**64)),
+        ("false", False), ("true", True), ("null", None),
+        ("empty byte string", b""), ("byte string", bytes(range(5))),
+        ("empty text", ""), ("text with non-ASCII", "día 🙂"),
+        ("array", [1, "a", [True]]),
+        ("map: keys sorted by their encoding (shorter first, then bytewise)",
+         {"text": 1, "t": 2, "ref": 3, "b": 4, "aa": 5, "seq": 6}),
+    ]
+
+
+def build_frames() -> dict[str, Any]:
+    frames = []
+    for what, direction, frame in _frame_examples():
+        data = frame.encode()
+        assert f.decode_frame(data) == frame, what
+        frames.append(
+            {"what": what, "type": frame.TYPE, "direction": direction,
+             "value": frame_json(frame), "cbor_hex": data.hex()}
+        )
+    types = {fr["type"] for fr in frames}
+    assert types == {cls.TYPE for cls in f.Frame.__subclasses__()}, types
+
+    accepted = []
+    for what, data, frame in _accepted_examples():
+        assert f.decode_frame(data) == frame, what
+        accepted.append({"what": what, "cbor_hex": data.hex(), "decodes_to": frame_json(frame),
+                         "canonical_hex": frame.encode().hex()})
+
+    invalid = []
+    for what, data in _invalid_examples():
+        try:
+            f.decode_frame(data)
+        except RemoteProtocolError as exc:
+            invalid.append({"what": what, "cbor_hex": data.hex(), "error": "RemoteProtocolError",
+                            "code": exc.code, "python_message": str(exc)})
+        else:
+            raise AssertionError(f"decoded but should not: {what}")
+
+    codec = []
+    for what, value in _codec_examples():
+        data = _codec.encode(value)
+        assert _codec.decode(data) == value, what
+        codec.append({"what": what, "value": to_json(value), "cbor_hex": data.hex()})
+
+    return {
+        "description": (
+            "Frame encoding: every frame type as JSON and its exact deterministic CBOR; inputs a "
+            "decoder must accept; inputs a decoder must reject; primitive CBOR values."
+        ),
+        "format": FORMAT,
+        "notation": NOTATION,
+        "frames": frames,
+        "accepted": accepted,
+        "invalid": invalid,
+        "cbor": codec,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The handshake scenario: handshake-join.json and handshake-resume.json
+# ---------------------------------------------------------------------------------------------
+
+T0 = 1000.0
+#: Wall clock at T0 is 2025-11-24T00:00:00Z, so message timestamps are readable.
+EPOCH_OFFSET = 1_763_942_400.0 - T0
+BASE_URL = "https://plain-grove-tide-lamp.trycloudflare.com"
+GOAL = "Agree on the JSON schema of the /orders endpoint"
+
+
+@dataclasses.dataclass
+class _ConnInfo:
+    """What an observer holding the secrets knows about one connection."""
+
+    actor: str
+    conn: int
+    psk: bytes
+    key_id_is: str
+    e_member: bytes
+    e_host: bytes | None = None
+    msg1_noise: bytes | None = None
+    recv: dict[str, CipherState] = dataclasses.field(default_factory=dict)  # by direction
+
+
+class Scenario:
+    """Runs the scripted scenario and records steps, wire messages and rng calls."""
+
+    def __init__(self) -> None:
+        self.rngs = {name: StreamRng(name, SEEDS[name]) for name in ("room", "member", "probe")}
+        self.room: Room | None = None
+        self.members: dict[str, MemberConnection] = {}
+        self.conns: dict[str, _ConnInfo] = {}  # by actor
+        self.actor_of_conn: dict[int, str] = {}
+        self.steps: list[dict[str, Any]] = []
+        self.wire: list[dict[str, Any]] = []
+
+    # -- running steps ---------------------------------------------------------------------
+
+    def step(self, t: float, do: str, args: dict[str, Any],
+             rng: dict[str, list[tuple[int, str]]] | None = None,
+             note: str = "") -> dict[str, Any]:
+        rng = rng or {}
+        before = {name: len(s.calls) for name, s in self.rngs.items()}
+        record: dict[str, Any] = {"i": len(self.steps), "t": t, "do": do, "args": args}
+        if note:
+            record["note"] = note
+        with self._expect(rng):
+            result = self._run(t, do, args)
+        if result:
+            record["result"] = result
+        used = [
+            {"stream": name, "index": i}
+            for name, s in self.rngs.items()
+            for i in range(before[name], len(s.calls))
+        ]
+        if used:
+            record["rng"] = used
+        record["emits"] = self._drain(len(self.steps))
+        events = {}
+        for actor, member in self.members.items():
+            got = []
+            while (ev := member.next_event()) is not None:
+                got.append(event_json(ev))
+            if got:
+                events[actor] = got
+        if events:
+            record["events"] = events
+        self.steps.append(record)
+        return record
+
+    @contextmanager
+    def _expect(self, rng: dict[str, list[tuple[int, str]]]) -> Iterator[None]:
+        managers = [self.rngs[name].expecting(*calls) for name, calls in rng.items()]
+        for m in managers:
+            m.__enter__()
+        yield
+        for m in managers:
+            m.__exit__(None, None, None)
+        for name, stream in self.rngs.items():
+            if name not in rng:
+                assert not stream._expected
+
+    def _run(self, t: float, do: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        if do == "room.create":
+            self.room = Room(args["goal"], args["host_name"], t, rng=self.rngs["room"],
+                             epoch_offset=args["epoch_offset"])
+            return {"tunnel_id": self.room.tunnel_id}
+        room = self.room
+        assert room is not None
+        if do == "host.say":
+            entry = room.say(args["text"], t)
+            return {"seq": entry.seq}
+        if do == "host.mint_invites":
+            invites = room.mint_invites(args["count"], t)
+            links = []
+            for inv in invites:
+                link = inv.link(args["base_url"], room.tunnel_id)
+                links.append(str(link))
+            return {"links": links}
+        if do == "member.connect":
+            actor = args["actor"]
+            link = JoinLink.parse(args["link"])
+            resume = None
+            if args.get("resume_from"):
+                resume = self.members[args["resume_from"]].resume_state()
+                assert resume is not None
+            member = MemberConnection(link, args["name"], t, resume=resume,
+                                      rng=self.rngs[args["rng"]])
+            e_member = bytes.fromhex(self.rngs[args["rng"]].calls[-1]["hex"])
+            conn = room.open_connection(t)
+            assert conn is not None
+            self.members[actor] = member
+            self.actor_of_conn[conn] = actor
+            psk = resume.ticket if resume else link.secret
+            self.conns[actor] = _ConnInfo(actor, conn, psk, "ticket id" if resume else "invite id",
+                                          e_member)
+            return {"conn": conn}
+        if do == "member.say":
+            return {"ref": self.members[args["actor"]].say(args["text"])}
+        if do == "deliver":
+            for i in args["wire"]:
+                msg = self.wire[i]
+                data = bytes.fromhex(msg["hex"])
+                if msg["dir"] == "member->host":
+                    drawn = len(self.rngs["room"].calls)
+                    room.receive(msg["conn"], data, t)
+                    if msg["kind"] == "handshake-1" and len(self.rngs["room"].calls) > drawn:
+                        # The room's first draw for a message 1 is its Noise ephemeral.
+                        call = self.rngs["room"].calls[drawn]
+                        self.conns[msg["actor"]].e_host = bytes.fromhex(call["hex"])
+                else:
+                    self.members[msg["actor"]].receive_data(data, t)
+            return None
+        if do == "drop":
+            actor = args["actor"]
+            room.connection_lost(self.conns[actor].conn, t)
+            self.members[actor].connection_lost(t)
+            return None
+        raise AssertionError(do)
+
+    # -- recording wire messages -----------------------------------------------------------
+
+    def _drain(self, step: int) -> list[int]:
+        emitted = []
+        assert self.room is not None
+        for out in self.room.data_to_send():
+            actor = self.actor_of_conn[out.conn]
+            if isinstance(out, Send):
+                entry = self._describe(actor, "host->member", out.data)
+            else:
+                assert isinstance(out, Disconnect)
+                entry = {"kind": "disconnect", "dir": "host->member", "actor": actor,
+                         "conn": out.conn, "code": out.code, "reason": out.reason}
+            emitted.append(self._add(step, entry))
+        for actor, member in self.members.items():
+            for data in member.data_to_send():
+                emitted.append(self._add(step, self._describe(actor, "member->host", data)))
+        return emitted
+
+    def _add(self, step: int, entry: dict[str, Any]) -> int:
+        entry = {"i": len(self.wire), "step": step, **entry}
+        self.wire.append(entry)
+        return entry["i"]
+
+    def _describe(self, actor: str, direction: str, data: bytes) -> dict[str, Any]:
+        """Decode a wire message the way an observer holding the secrets would: with the Noise
+        objects directly, never through the Room/MemberConnection that produced it."""
+        info = self.conns[actor]
+        base = {"dir": direction, "actor": actor, "conn": info.conn}
+        if direction == "member->host" and info.msg1_noise is None:
+            version, key_id, noise = data[0], data[1 : 1 + ID_LEN], data[1 + ID_LEN :]
+            info.msg1_noise = noise
+            # Message 1's payload key depends only on the prologue, the psk and the member's
+            # ephemeral public key: any responder ephemeral reads it.
+            reader = HandshakeState(initiator=False, prologue=prologue(self._tunnel_id()),
+                                    psk=info.psk, ephemeral_private=bytes(32))
+            hello = reader.read_message(noise)
+            return {**base, "kind": "handshake-1", "hex": data.hex(),
+                    "layout": {"version": f"{version:02x}", "key_id": key_id.hex(),
+                               "key_id_is": info.key_id_is, "e": noise[:32].hex(),
+                               "encrypted_payload": noise[32:].hex()},
+                    "payload_hex": hello.hex(),
+                    "payload": frame_json(f.decode_frame(hello))}
+        if direction == "host->member" and "host->member" not in info.recv:
+            kind = data[0]
+            if kind == MSG2_PLAIN_REFUSE:
+                info.recv["host->member"] = CipherState()  # nothing more will come
+                return {**base, "kind": "handshake-2-plain-refuse", "hex": data.hex(),
+                        "layout": {"type": "01", "refuse_cbor": data[1:].hex()},
+                        "payload": frame_json(f.decode_frame(data[1:]))}
+            assert kind == MSG2_NOISE
+            return self._describe_msg2(info, base, data)
+        recv = info.recv[direction]
+        nonce = recv.nonce
+        plaintext = recv.decrypt_with_ad(b"", data)
+        return {**base, "kind": "transport", "nonce": nonce, "hex": data.hex(),
+                "plaintext_hex": plaintext.hex(), "frame": frame_json(f.decode_frame(plaintext))}
+
+    def _describe_msg2(self, info: _ConnInfo, base: dict[str, Any], data: bytes) -> dict[str, Any]:
+        assert info.e_host is not None and info.msg1_noise is not None
+        pro = prologue(self._tunnel_id())
+        ini = HandshakeState(initiator=True, prologue=pro, psk=info.psk,
+                             ephemeral_private=info.e_member)
+        res = HandshakeState(initiator=False, prologue=pro, psk=info.psk,
+                             ephemeral_private=info.e_host)
+        hello = res.read_message(info.msg1_noise)
+        assert ini.write_message(hello) == info.msg1_noise
+        payload = ini.read_message(data[1:])
+        assert res.write_message(payload) == data[1:]
+        i_send, i_recv = ini.split()
+        r_send, r_recv = res.split()
+        assert ini.handshake_hash == res.handshake_hash
+        k_m2h, k_h2m = i_send._k, i_recv._k
+        assert (k_m2h, k_h2m) == (r_recv._k, r_send._k)
+        assert k_m2h is not None and k_h2m is not None
+        info.recv = {"member->host": CipherState(k_m2h), "host->member": CipherState(k_h2m)}
+        return {**base, "kind": "handshake-2", "hex": data.hex(),
+                "layout": {"type": "00", "e": data[1:33].hex(), "encrypted_payload": data[33:].hex()},
+                "payload_hex": payload.hex(),
+                "payload": frame_json(f.decode_frame(payload)),
+                "handshake_hash": ini.handshake_hash.hex(),
+                "transport_keys": {"member->host": k_m2h.hex(), "host->member": k_h2m.hex()}}
+
+    def _tunnel_id(self) -> str:
+        assert self.room is not None
+        return self.room.tunnel_id
+
+    def deliver_msg1(self, t: float, actor: str, wire: int, *, ticket: bool, note: str) -> dict[str, Any]:
+        """Deliver handshake message 1: the room draws its ephemeral, and a ticket if it admits."""
+        calls = [(32, f"{actor}: host's Noise ephemeral private key (responder e)")]
+        if ticket:
+            calls.append((32, f"{actor}: resume ticket secret sent in the welcome"))
+        return self.step(t, "deliver", {"wire": [wire]}, rng={"room": calls}, note=note)
+
+
+def run_scenario() -> tuple[Scenario, int]:
+    """The scripted scenario. Returns it and the index of its first resume step (the split into
+    handshake-join.json and handshake-resume.json)."""
+    sc = Scenario()
+    t = T0
+    sc.step(t, "room.create", {"goal": GOAL, "host_name": "bo", "epoch_offset": EPOCH_OFFSET},
+            rng={"room": [(12, "tunnel id (12 bytes; base64url of them is the tunnel id)")]},
+            note="The host opens a room. Its own member ('bo') is member id 1.")
+    sc.step(t + 1, "host.say", {"text": "Hi! The draft is in the goal; say what you would change."},
+            note="Seq 1, before anyone joined: the member will get it as history.")
+    rec = sc.step(t + 2, "host.mint_invites", {"count": 1, "base_url": BASE_URL},
+                  rng={"room": [(32, "invite secret (the link's #fragment)")]})
+    link = rec["result"]["links"][0]
+
+    # --- join ---
+    rec = sc.step(t + 10, "member.connect",
+                  {"actor": "ana/1", "name": "ana", "link": link, "rng": "member"},
+                  rng={"member": [(32, "ana/1: member's Noise ephemeral private key (initiator e)")]},
+                  note="The member dials the WebSocket URL; the host's driver calls open_connection.")
+    (msg1,) = rec["emits"]
+    rec = sc.deliver_msg1(t + 10, "ana/1", msg1, ticket=True,
+                          note="The room reserves the invite and answers with the welcome.")
+    msg2 = rec["emits"][0]
+    rec = sc.step(t + 10.25, "deliver", {"wire": [msg2]},
+                  note="The member is in: it sends the key-confirmation ack (seq 0).")
+    (ack0,) = rec["emits"]
+    rec = sc.step(t + 10.5, "deliver", {"wire": [ack0]},
+                  note="Confirmed: the room seats the member, sends the history (seq 1), the "
+                       "'joined' event (seq 2) and the new roster.")
+    batch = rec["emits"]
+    rec = sc.step(t + 10.75, "deliver", {"wire": batch},
+                  note="The member acks the highest seq it holds.")
+    sc.step(t + 11, "deliver", {"wire": rec["emits"]})
+    rec = sc.step(t + 12, "member.say",
+                  {"actor": "ana/1", "text": "Hello from ana. Should ids be strings or integers?"})
+    rec = sc.step(t + 12.25, "deliver", {"wire": rec["emits"]},
+                  note="The room stamps the say as seq 3 and sends it to everyone, the sender "
+                       "included: the sender's copy is its acknowledgement.")
+    rec = sc.step(t + 12.5, "deliver", {"wire": rec["emits"]})
+    sc.step(t + 12.75, "deliver", {"wire": rec["emits"]})
+
+    # --- refused stranger: the invite is single-use ---
+    rec = sc.step(t + 13, "member.connect",
+                  {"actor": "eve", "name": "eve", "link": link, "rng": "probe"},
+                  rng={"probe": [(32, "eve: member's Noise ephemeral private key")]},
+                  note="Someone else uses the same (already used) link.")
+    sc.deliver_msg1(t + 13, "eve", rec["emits"][0], ticket=False,
+                    note="The room still holds the used invite's key, so it refuses inside Noise "
+                         "message 2 (authenticated) and closes with 4008.")
+    rec = sc.steps[-1]
+    sc.step(t + 13.25, "deliver", {"wire": [rec["emits"][0]]})
+    resume_start = len(sc.steps)
+
+    # --- drop and resume ---
+    rec = sc.step(t + 20, "member.say", {"actor": "ana/1", "text": "This one is lost in the drop."},
+                  note="The say is written but the connection dies before it arrives: it "
+                       "stays unacknowledged in the member's resume state.")
+    lost = rec["emits"][0]
+    sc.wire[lost]["lost"] = True
+    sc.step(t + 20.5, "drop", {"actor": "ana/1"},
+            note="Both sides see the connection die. The room records 'disconnected' (seq 4) "
+                 "and holds the seat for the grace period.")
+    sc.step(t + 21, "host.say", {"text": "Ana? You dropped; the floor is yours when you are back."},
+            note="Seq 5, sent while the member is away.")
+    rec = sc.step(t + 30, "member.connect",
+                  {"actor": "ana/2", "name": "ana", "link": link, "rng": "member",
+                   "resume_from": "ana/1"},
+                  rng={"member": [(32, "ana/2: member's Noise ephemeral private key (initiator e)")]},
+                  note="A new connection with the resume state of ana/1: key id = ticket id, "
+                       "psk = ticket secret, hello.last = 3.")
+    rec = sc.deliver_msg1(t + 30, "ana/2", rec["emits"][0], ticket=True,
+                          note="The room answers with a resumed welcome and a fresh ticket.")
+    rec = sc.step(t + 30.25, "deliver", {"wire": [rec["emits"][0]]},
+                  note="The member confirms (ack 3) and re-sends its unacknowledged say (ref 2).")
+    rec = sc.step(t + 30.5, "deliver", {"wire": rec["emits"]},
+                  note="Confirmed: the old ticket dies, 'reconnected' is seq 6, the room replays "
+                       "seq 4..6, sends the roster, then stamps the re-sent say as seq 7.")
+    rec = sc.step(t + 30.75, "deliver", {"wire": rec["emits"]})
+    sc.step(t + 31, "deliver", {"wire": rec["emits"]})
+
+    # --- the old ticket is dead ---
+    rec = sc.step(t + 32, "member.connect",
+                  {"actor": "ana/old-ticket", "name": "ana", "link": link, "rng": "probe",
+                   "resume_from": "ana/1"},
+                  rng={"probe": [(32, "ana/old-ticket: member's Noise ephemeral private key")]},
+                  note="Replaying the resume with ana/1's ticket, which died at the resume.")
+    rec = sc.step(t + 32, "deliver", {"wire": rec["emits"]},
+                  note="The room holds no key for that id: the refusal can only be plaintext "
+                       "(type byte 0x01).")
+    sc.step(t + 32.25, "deliver", {"wire": [rec["emits"][0]]})
+    return sc, resume_start
+
+
+def _check_scenario(sc: Scenario) -> None:
+    """Sanity checks, so that a core change that breaks the story fails here, not silently."""
+    ev = {a: [e for s in sc.steps for e in s.get("events", {}).get(a, [])] for a in sc.members}
+    names = [e["event"] for e in ev["ana/1"]]
+    assert names[0] == "Welcomed" and "SayAccepted" in names and names[-1] == "ConnectionEnded"
+    assert [e["event"] for e in ev["eve"]] == ["Refused", "ConnectionEnded"]
+    assert ev["eve"][0]["code"] == "used"
+    assert ev["ana/old-ticket"][0]["code"] == "unknown-invite"
+    seqs = [e["seq"] for e in ev["ana/2"] if e["event"] in ("ChatMessage", "RoomEvent")]
+    assert seqs == [4, 5, 6, 7], seqs
+    assert any(e["event"] == "SayAccepted" and e["ref"] == 2 for e in ev["ana/2"])
+
+
+def build_handshakes() -> tuple[dict[str, Any], dict[str, Any]]:
+    sc, split = run_scenario()
+    _check_scenario(sc)
+    tunnel_id = sc._tunnel_id()
+
+    def part(steps: list[dict[str, Any]], description: str, extra: dict[str, Any]) -> dict[str, Any]:
+        wire_ids = [i for s in steps for i in s["emits"]]
+        used = [(r["stream"], r["index"]) for s in steps for r in s.get("rng", [])]
+        calls = [sc.rngs[name].calls[i] for name, i in used]
+        return {
+            "description": description,
+            "format": FORMAT,
+            "notation": NOTATION,
+            "protocol_name": PROTOCOL_NAME.decode(),
+            "tunnel_id": tunnel_id,
+            "prologue_hex": prologue(tunnel_id).hex(),
+            "prologue_construction": (
+                f"ASCII('{PROLOGUE_LABEL.decode()}') || 0x00 || 0x{f.PROTOCOL_VERSION:02x} || "
+                "ASCII(tunnel_id)"
+            ),
+            **extra,
+            "rng": {
+                "doc": RNG_DOC,
+                "seeds": {k: v.decode() for k, v in SEEDS.items() if k != "links"},
+                "calls": calls,
+            },
+            "steps": steps,
+            "wire": [sc.wire[i] for i in wire_ids],
+        }
+
+    link = sc.steps[2]["result"]["links"][0]
+    parsed = JoinLink.parse(link)
+    join = part(
+        sc.steps[:split],
+        "One room, one join: handshake messages 1 and 2, key confirmation, history, a say and "
+        "its stamped copy; then a second use of the same link refused inside Noise.",
+        {
+            "epoch_offset": EPOCH_OFFSET,
+            "link": link,
+            "invite_secret_hex": parsed.secret.hex(),
+            "invite_id_hex": parsed.invite_id.hex(),
+        },
+    )
+    welcome = next(w for w in sc.wire if w["kind"] == "handshake-2" and w["actor"] == "ana/1")
+    ticket = bytes.fromhex(welcome["payload"]["ticket"]["$hex"])
+    welcome2 = next(w for w in sc.wire if w["kind"] == "handshake-2" and w["actor"] == "ana/2")
+    ticket2 = bytes.fromhex(welcome2["payload"]["ticket"]["$hex"])
+    resume = part(
+        sc.steps[split:],
+        "Continues handshake-join.json (same room, same rng streams): a say lost in a drop, the "
+        "resume handshake with the ticket from the welcome, the replay of seq 4..6, the re-sent "
+        "say stamped as seq 7, then the dead old ticket refused in plaintext.",
+        {
+            "continues": "handshake-join.json",
+            "ticket_secret_hex": ticket.hex(),
+            "ticket_id_hex": ticket_id(ticket, tunnel_id).hex(),
+            "new_ticket_secret_hex": ticket2.hex(),
+            "new_ticket_id_hex": ticket_id(ticket2, tunnel_id).hex(),
+        },
+    )
+    return join, resume
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build() -> dict[str, str]:
+    """File name -> exact file text."""
+    join, resume = build_handshakes()
+    return {
+        "link.json": dump(build_links()),
+        "frames.json": dump(build_frames()),
+        "handshake-join.json": dump(join),
+        "handshake-resume.json": dump(resume),
+    }
+
+
+def main(argv: list[str]) -> int:
+    files = build()
+    if "--check" in argv:
+        stale = [n for n, text in files.items()
+                 if not (VECTOR_DIR / n).exists() or (VECTOR_DIR / n).read_text("utf-8") != text]
+        for name in stale:
+            print(f"spec/vectors/{name} is out of date: run spec/make_vectors.py", file=sys.stderr)
+        return 1 if stale else 0
+    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (VECTOR_DIR / name).write_text(text, "utf-8")
+        print(f"wrote spec/vectors/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

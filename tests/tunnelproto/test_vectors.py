@@ -1,0 +1,672 @@
+"""tunnelproto against spec/vectors/ and spec/protocol.md, in both directions.
+
+(a) Regenerating the vectors with the same fixed randomness gives byte-identical files, so any
+    change to the wire format (or to what the vectors record) fails here until the vectors are
+    regenerated on purpose: `.venv/bin/python spec/make_vectors.py`.
+(b) The recorded bytes decode to the recorded values through the public API and the Noise layer,
+    and a Room and MemberConnection fed the recorded randomness accept the recorded peer
+    messages and answer with the recorded bytes. This part never runs make_vectors.py.
+(c) spec/protocol.md names every frame, field, close code, refusal code, event kind and limit
+    the code has, and its legality table equals the tables in _state.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import re
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nacl.bindings import crypto_scalarmult_base
+
+import tunnelproto
+from tunnelproto import (
+    Disconnect,
+    JoinLink,
+    LinkError,
+    MemberConnection,
+    MemberEntry,
+    RemoteProtocolError,
+    Room,
+    RoomConfig,
+    Send,
+    _codec,
+    _member,
+    _room,
+)
+from tunnelproto import _frames as f
+from tunnelproto._channel import (
+    MAX_MSG1,
+    MSG2_NOISE,
+    MSG2_PLAIN_REFUSE,
+    PROLOGUE_LABEL,
+    prologue,
+)
+from tunnelproto._link import (
+    ID_LEN,
+    INVITE_ID_LABEL,
+    SECRET_LEN,
+    TICKET_ID_LABEL,
+    TUNNEL_ID_BYTES,
+    invite_id,
+    ticket_id,
+)
+from tunnelproto._noise import PROTOCOL_NAME, CipherState, HandshakeState
+from tunnelproto._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, ROOM_ACCEPTS, ConnState
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC_DIR = ROOT / "spec"
+VECTOR_DIR = SPEC_DIR / "vectors"
+SPEC_FILE = SPEC_DIR / "protocol.md"
+GENERATED = ("link.json", "frames.json", "handshake-join.json", "handshake-resume.json")
+FRAME_TYPES = {cls.TYPE: cls for cls in f.Frame.__subclasses__()}
+
+
+@cache
+def load(name: str) -> Any:
+    return json.loads((VECTOR_DIR / name).read_text("utf-8"))
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$hex": value.hex()}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$hex"}:
+            return bytes.fromhex(value["$hex"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
+
+
+def event_json(event: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"event": type(event).__name__}
+    for fld in dataclasses.fields(event):
+        item = getattr(event, fld.name)
+        if isinstance(item, tuple) and item and isinstance(item[0], MemberEntry):
+            item = [m.to_value() for m in item]
+        out[fld.name] = to_json(item)
+    return out
+
+
+def _first_difference(a: Any, b: Any, path: str = "$") -> str | None:
+    if type(a) is not type(b):
+        return f"{path}: {a!r:.80} != {b!r:.80}"
+    if isinstance(a, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if key not in a or key not in b:
+                return f"{path}.{key}: only in one of them"
+            diff = _first_difference(a[key], b[key], f"{path}.{key}")
+            if diff:
+                return diff
+        return None
+    if isinstance(a, list):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            diff = _first_difference(x, y, f"{path}[{i}]")
+            if diff:
+                return diff
+        return None if len(a) == len(b) else f"{path}: lengths {len(a)} != {len(b)}"
+    return None if a == b else f"{path}: {a!r:.80} != {b!r:.80}"
+
+
+# =============================================================================================
+# (a) regeneration
+# =============================================================================================
+
+
+@pytest.fixture(scope="module")
+def regenerated() -> dict[str, str]:
+    name = "_tunnel_spec_make_vectors"
+    module_spec = importlib.util.spec_from_file_location(name, SPEC_DIR / "make_vectors.py")
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    try:
+        module_spec.loader.exec_module(module)
+        files: dict[str, str] = module.build()
+    finally:
+        del sys.modules[name]
+    return files
+
+
+def test_generator_writes_exactly_the_committed_files(regenerated: dict[str, str]) -> None:
+    assert sorted(regenerated) == sorted(GENERATED)
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_regenerated_vectors_are_byte_identical(regenerated: dict[str, str], name: str) -> None:
+    committed = (VECTOR_DIR / name).read_text("utf-8")
+    if regenerated[name] != committed:
+        where = _first_difference(json.loads(committed), json.loads(regenerated[name]))
+        pytest.fail(
+            f"spec/vectors/{name} no longer matches the implementation (first difference: "
+            f"{where}). If the wire format changed on purpose, run "
+            "`.venv/bin/python spec/make_vectors.py`, update spec/protocol.md, and commit both."
+        )
+
+
+# =============================================================================================
+# (b) decoding the recorded bytes
+# =============================================================================================
+
+# ---- links ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", load("link.json")["valid"], ids=lambda c: c["what"][:40])
+def test_valid_link(case: dict[str, Any]) -> None:
+    link = JoinLink.parse(case["input"])
+    assert link.base_url == case["base_url"]
+    assert link.tunnel_id == case["tunnel_id"]
+    assert link.secret.hex() == case["secret_hex"]
+    assert link.invite_id.hex() == case["invite_id_hex"]
+    assert link.websocket_url == case["websocket_url"]
+    assert str(link) == case["canonical"]
+    assert JoinLink.parse(case["canonical"]) == link
+    # The documented construction, computed without tunnelproto.
+    documented = hashlib.blake2b(
+        b"tunnel-mcp/1 invite-id" + case["tunnel_id"].encode("ascii"),
+        key=bytes.fromhex(case["secret_hex"]),
+        digest_size=16,
+    ).digest()
+    assert documented.hex() == case["invite_id_hex"]
+    assert case["secret_hex"] not in repr(link)
+
+
+@pytest.mark.parametrize("case", load("link.json")["invalid"], ids=lambda c: c["what"][:40])
+def test_invalid_link(case: dict[str, Any]) -> None:
+    assert case["error"] == "LinkError"
+    with pytest.raises(LinkError) as info:
+        JoinLink.parse(case["input"])
+    assert info.value.code == case["code"]
+    secret_text = case["input"].partition("#")[2].strip()
+    if len(secret_text) >= 8:
+        assert secret_text not in str(info.value)  # errors never echo the secret
+
+
+def test_key_ids() -> None:
+    doc = load("link.json")["key_ids"]
+    assert bytes.fromhex(doc["invite_label_hex"]) == INVITE_ID_LABEL == doc["invite_label_ascii"].encode()
+    assert bytes.fromhex(doc["ticket_label_hex"]) == TICKET_ID_LABEL == doc["ticket_label_ascii"].encode()
+    for ex in doc["examples"]:
+        secret, tid = bytes.fromhex(ex["secret_hex"]), ex["tunnel_id"]
+        for label, kind, derive in (
+            (INVITE_ID_LABEL, "invite", invite_id),
+            (TICKET_ID_LABEL, "ticket", ticket_id),
+        ):
+            data = bytes.fromhex(ex[f"{kind}_id_input_hex"])
+            assert data == label + tid.encode("ascii")
+            expected = ex[f"{kind}_id_hex"]
+            assert hashlib.blake2b(data, key=secret, digest_size=ID_LEN).hexdigest() == expected
+            assert derive(secret, tid).hex() == expected
+        assert ex["invite_id_hex"] != ex["ticket_id_hex"]
+
+
+def test_prologue() -> None:
+    for ex in load("link.json")["prologue"]["examples"]:
+        documented = b"tunnel-mcp/1" + b"\x00" + b"\x01" + ex["tunnel_id"].encode("ascii")
+        assert documented.hex() == ex["prologue_hex"] == prologue(ex["tunnel_id"]).hex()
+
+
+# ---- frames ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", load("frames.json")["frames"], ids=lambda c: c["what"][:40])
+def test_frame_vector(case: dict[str, Any]) -> None:
+    data = bytes.fromhex(case["cbor_hex"])
+    frame = f.decode_frame(data)
+    assert frame.TYPE == case["type"]
+    assert type(frame) is FRAME_TYPES[case["type"]]
+    assert to_json(frame.to_value()) == case["value"]
+    assert frame.encode() == data
+    # The encoder, fed only the JSON description, writes the same bytes.
+    assert _codec.encode(from_json(case["value"])) == data
+
+
+def test_frame_vectors_cover_every_frame_type() -> None:
+    assert {c["type"] for c in load("frames.json")["frames"]} == set(FRAME_TYPES)
+    kinds = {c["value"]["kind"] for c in load("frames.json")["frames"] if c["type"] == "event"}
+    assert kinds == set(f.EVENT_KINDS)
+
+
+@pytest.mark.parametrize("case", load("frames.json")["accepted"], ids=lambda c: c["what"][:40])
+def test_frame_accepted_variant(case: dict[str, Any]) -> None:
+    frame = f.decode_frame(bytes.fromhex(case["cbor_hex"]))
+    assert to_json(frame.to_value()) == case["decodes_to"]
+    assert frame.encode().hex() == case["canonical_hex"] != case["cbor_hex"]
+
+
+@pytest.mark.parametrize("case", load("frames.json")["invalid"], ids=lambda c: c["what"][:40])
+def test_frame_invalid(case: dict[str, Any]) -> None:
+    assert case["error"] == "RemoteProtocolError"
+    with pytest.raises(RemoteProtocolError) as info:
+        f.decode_frame(bytes.fromhex(case["cbor_hex"]))
+    assert info.value.code == case["code"]
+
+
+@pytest.mark.parametrize("case", load("frames.json")["cbor"], ids=lambda c: c["what"][:40])
+def test_cbor_primitive(case: dict[str, Any]) -> None:
+    value = from_json(case["value"])
+    data = bytes.fromhex(case["cbor_hex"])
+    assert _codec.encode(value) == data
+    assert _codec.decode(data) == value
+
+
+# ---- handshakes and transport, through the Noise layer alone -------------------------------
+
+
+def _scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+    return load("handshake-join.json"), load("handshake-resume.json")
+
+
+def _rng_calls() -> dict[tuple[str, int], dict[str, Any]]:
+    return {(c["stream"], c["index"]): c for doc in _scenario() for c in doc["rng"]["calls"]}
+
+
+def _wire() -> dict[int, dict[str, Any]]:
+    return {w["i"]: w for doc in _scenario() for w in doc["wire"]}
+
+
+def _handshake_cases() -> list[dict[str, Any]]:
+    """One case per Noise-answered handshake: psk, both ephemerals, both messages."""
+    join, resume = _scenario()
+    calls, wire = _rng_calls(), _wire()
+    steps = join["steps"] + resume["steps"]
+    psk = {
+        "invite": bytes.fromhex(join["invite_secret_hex"]),
+        "ticket": bytes.fromhex(resume["ticket_secret_hex"]),
+    }
+    cases = []
+    for step in steps:
+        if step["do"] != "member.connect":
+            continue
+        actor = step["args"]["actor"]
+        (msg1_i,) = step["emits"]
+        e_member = calls[(step["rng"][0]["stream"], step["rng"][0]["index"])]
+        deliver = next(s for s in steps if s["do"] == "deliver" and s["args"]["wire"] == [msg1_i])
+        msg2 = wire[deliver["emits"][0]]
+        if msg2["kind"] != "handshake-2":
+            continue  # a plaintext refusal: no Noise reply to check
+        e_host = calls[(deliver["rng"][0]["stream"], deliver["rng"][0]["index"])]
+        assert "Noise ephemeral" in e_member["used_for"] and "responder e" in e_host["used_for"]
+        cases.append(
+            {
+                "actor": actor,
+                "psk": psk["ticket" if step["args"].get("resume_from") else "invite"],
+                "e_member": bytes.fromhex(e_member["hex"]),
+                "e_host": bytes.fromhex(e_host["hex"]),
+                "msg1": wire[msg1_i],
+                "msg2": msg2,
+            }
+        )
+    assert [c["actor"] for c in cases] == ["ana/1", "eve", "ana/2"]
+    return cases
+
+
+@pytest.mark.parametrize("case", _handshake_cases(), ids=lambda c: c["actor"])
+def test_handshake_bytes(case: dict[str, Any]) -> None:
+    join, _ = _scenario()
+    tunnel_id = join["tunnel_id"]
+    pro = bytes.fromhex(join["prologue_hex"])
+    assert pro == PROLOGUE_LABEL + b"\x00\x01" + tunnel_id.encode("ascii")
+    assert join["protocol_name"] == PROTOCOL_NAME.decode()
+    psk, m1, m2 = case["psk"], case["msg1"], case["msg2"]
+
+    msg1 = bytes.fromhex(m1["hex"])
+    resume = m1["layout"]["key_id_is"] == "ticket id"
+    key_id = (ticket_id if resume else invite_id)(psk, tunnel_id)
+    assert msg1[0] == 1 and msg1[1:17] == key_id
+    assert msg1[17:49] == crypto_scalarmult_base(case["e_member"])
+    assert 65 <= len(msg1) <= MAX_MSG1
+    layout = m1["layout"]
+    assert bytes.fromhex(layout["version"] + layout["key_id"] + layout["e"] + layout["encrypted_payload"]) == msg1
+
+    hello = bytes.fromhex(m1["payload_hex"])
+    assert to_json(f.decode_frame(hello).to_value()) == m1["payload"]
+    assert ("last" in m1["payload"]) == resume
+    ini = HandshakeState(initiator=True, prologue=pro, psk=psk, ephemeral_private=case["e_member"])
+    res = HandshakeState(initiator=False, prologue=pro, psk=psk, ephemeral_private=case["e_host"])
+    assert ini.write_message(hello) == msg1[17:]
+    assert res.read_message(msg1[17:]) == hello
+
+    msg2 = bytes.fromhex(m2["hex"])
+    assert msg2[0] == MSG2_NOISE and msg2[1:33] == crypto_scalarmult_base(case["e_host"])
+    payload = bytes.fromhex(m2["payload_hex"])
+    assert to_json(f.decode_frame(payload).to_value()) == m2["payload"]
+    assert res.write_message(payload) == msg2[1:]
+    assert ini.read_message(msg2[1:]) == payload
+    assert ini.handshake_hash.hex() == res.handshake_hash.hex() == m2["handshake_hash"]
+    send, recv = ini.split()
+    assert send.encrypt_with_ad(b"", b"") == CipherState(
+        bytes.fromhex(m2["transport_keys"]["member->host"])
+    ).encrypt_with_ad(b"", b"")
+    assert recv.encrypt_with_ad(b"", b"") == CipherState(
+        bytes.fromhex(m2["transport_keys"]["host->member"])
+    ).encrypt_with_ad(b"", b"")
+
+
+def test_transport_messages_decrypt_to_the_recorded_frames() -> None:
+    keys = {
+        c["actor"]: {d: bytes.fromhex(k) for d, k in c["msg2"]["transport_keys"].items()}
+        for c in _handshake_cases()
+    }
+    next_nonce: dict[tuple[str, str], int] = {}
+    transport = [w for w in _wire().values() if w["kind"] == "transport"]
+    assert len(transport) >= 15
+    for w in transport:
+        slot = (w["actor"], w["dir"])
+        assert w["nonce"] == next_nonce.get(slot, 0), "nonces count up from 0 per direction"
+        next_nonce[slot] = w["nonce"] + 1
+        cipher = CipherState(keys[w["actor"]][w["dir"]])
+        cipher.set_nonce(w["nonce"])
+        plaintext = cipher.decrypt_with_ad(b"", bytes.fromhex(w["hex"]))
+        assert plaintext.hex() == w["plaintext_hex"]
+        frame = f.decode_frame(plaintext)
+        assert to_json(frame.to_value()) == w["frame"]
+        assert frame.encode() == plaintext
+
+
+def test_first_transport_frame_is_the_confirmation_ack() -> None:
+    firsts: dict[str, dict[str, Any]] = {}
+    for w in sorted(_wire().values(), key=lambda w: w["i"]):
+        if w["kind"] == "transport" and w["dir"] == "member->host":
+            firsts.setdefault(w["actor"], w)
+    assert firsts["ana/1"]["frame"] == {"t": "ack", "seq": 0}
+    assert firsts["ana/2"]["frame"] == {"t": "ack", "seq": 3}
+
+
+def test_plaintext_refusal_layout() -> None:
+    plain = [w for w in _wire().values() if w["kind"] == "handshake-2-plain-refuse"]
+    assert plain
+    for w in plain:
+        data = bytes.fromhex(w["hex"])
+        assert data[0] == MSG2_PLAIN_REFUSE
+        frame = f.decode_frame(data[1:])
+        assert isinstance(frame, f.Refuse) and to_json(frame.to_value()) == w["payload"]
+
+
+# ---- the scenario, replayed against Room and MemberConnection ------------------------------
+
+
+class ReplayRng:
+    """Returns the recorded random bytes of one stream, in order, checking each size."""
+
+    def __init__(self, calls: list[dict[str, Any]]) -> None:
+        self._calls = calls
+        assert [c["index"] for c in calls] == list(range(len(calls)))
+
+    def __call__(self, n: int) -> bytes:
+        assert self._calls, "the implementation drew more randomness than recorded"
+        call = self._calls.pop(0)
+        assert call["n"] == n, f"rng({n}) where {call['n']} bytes were recorded ({call['used_for']})"
+        return bytes.fromhex(call["hex"])
+
+    def exhausted(self) -> bool:
+        return not self._calls
+
+
+def test_scenario_replays_byte_for_byte() -> None:
+    join, resume = _scenario()
+    wire = _wire()
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for key in sorted(_rng_calls()):
+        call = _rng_calls()[key]
+        by_stream.setdefault(call["stream"], []).append(call)
+    rngs = {name: ReplayRng(calls) for name, calls in by_stream.items()}
+
+    room: Room | None = None
+    members: dict[str, MemberConnection] = {}
+    conn_of: dict[str, int] = {}
+    actor_of: dict[int, str] = {}
+    for step in join["steps"] + resume["steps"]:
+        t, do, args, result = step["t"], step["do"], step["args"], step.get("result")
+        if do == "room.create":
+            room = Room(args["goal"], args["host_name"], t, rng=rngs["room"],
+                        epoch_offset=args["epoch_offset"])
+            assert room.tunnel_id == result["tunnel_id"] == join["tunnel_id"]
+        assert room is not None
+        if do == "host.say":
+            assert room.say(args["text"], t).seq == result["seq"]
+        elif do == "host.mint_invites":
+            invites = room.mint_invites(args["count"], t)
+            links = [str(inv.link(args["base_url"], room.tunnel_id)) for inv in invites]
+            assert links == result["links"]
+        elif do == "member.connect":
+            state = members[args["resume_from"]].resume_state() if args.get("resume_from") else None
+            member = MemberConnection(JoinLink.parse(args["link"]), args["name"], t,
+                                      resume=state, rng=rngs[args["rng"]])
+            conn = room.open_connection(t)
+            assert conn == result["conn"]
+            members[args["actor"]] = member
+            conn_of[args["actor"]], actor_of[conn] = conn, args["actor"]
+        elif do == "member.say":
+            assert members[args["actor"]].say(args["text"]) == result["ref"]
+        elif do == "deliver":
+            for i in args["wire"]:
+                msg = wire[i]
+                data = bytes.fromhex(msg["hex"])  # the recorded bytes, not ours
+                if msg["dir"] == "member->host":
+                    room.receive(msg["conn"], data, t)
+                else:
+                    members[msg["actor"]].receive_data(data, t)
+        elif do == "drop":
+            room.connection_lost(conn_of[args["actor"]], t)
+            members[args["actor"]].connection_lost(t)
+        elif do != "room.create":
+            raise AssertionError(f"unknown step {do!r}")
+
+        got: list[tuple[Any, ...]] = []
+        for out in room.data_to_send():
+            if isinstance(out, Send):
+                got.append(("host->member", actor_of[out.conn], out.data.hex()))
+            else:
+                assert isinstance(out, Disconnect)
+                got.append(("disconnect", actor_of[out.conn], out.code, out.reason))
+        for actor, member in members.items():
+            got += [("member->host", actor, data.hex()) for data in member.data_to_send()]
+        expected: list[tuple[Any, ...]] = []
+        for i in step["emits"]:
+            w = wire[i]
+            if w["kind"] == "disconnect":
+                expected.append(("disconnect", w["actor"], w["code"], w["reason"]))
+            else:
+                expected.append((w["dir"], w["actor"], w["hex"]))
+        assert got == expected, f"step {step['i']} ({do}) emitted other messages"
+
+        events = {}
+        for actor, member in members.items():
+            seen = []
+            while (event := member.next_event()) is not None:
+                seen.append(event_json(event))
+            if seen:
+                events[actor] = seen
+        assert events == step.get("events", {}), f"step {step['i']} ({do}) reported other events"
+    assert all(rng.exhausted() for rng in rngs.values())
+
+
+def test_resume_vectors_tell_a_consistent_story() -> None:
+    join, resume = _scenario()
+    wire = _wire()
+    tunnel_id = join["tunnel_id"]
+    first_welcome = next(w for w in wire.values() if w["kind"] == "handshake-2" and w["actor"] == "ana/1")
+    assert first_welcome["payload"]["ticket"]["$hex"] == resume["ticket_secret_hex"]
+    ticket = bytes.fromhex(resume["ticket_secret_hex"])
+    assert ticket_id(ticket, tunnel_id).hex() == resume["ticket_id_hex"]
+    msg1 = next(w for w in wire.values() if w["kind"] == "handshake-1" and w["actor"] == "ana/2")
+    assert msg1["layout"]["key_id"] == resume["ticket_id_hex"]
+    assert msg1["payload"]["last"] == 3
+    replay = [w["frame"]["seq"] for w in resume["wire"]
+              if w["kind"] == "transport" and w["frame"]["t"] in ("message", "event")]
+    assert replay == [4, 5, 6, 7]
+    # The lost say is re-sent with the same ref and stamped once.
+    lost = [w for w in wire.values() if w.get("lost")]
+    assert len(lost) == 1 and lost[0]["frame"]["t"] == "say"
+    stamped = [w for w in wire.values() if w["kind"] == "transport" and w["frame"]["t"] == "message"
+               and w["frame"]["ref"] == lost[0]["frame"]["ref"] and w["frame"]["from"] == 2]
+    assert len(stamped) == 1
+    # The retired ticket is refused in plaintext.
+    old = next(w for w in wire.values() if w["actor"] == "ana/old-ticket" and w["kind"] == "handshake-1")
+    assert old["layout"]["key_id"] == resume["ticket_id_hex"]
+    refusal = next(w for w in wire.values() if w["actor"] == "ana/old-ticket" and w["dir"] == "host->member"
+                   and w["kind"] == "handshake-2-plain-refuse")
+    assert refusal["payload"]["code"] == "unknown-invite"
+
+
+# =============================================================================================
+# (c) the spec names everything the code has
+# =============================================================================================
+
+
+@cache
+def spec_text() -> str:
+    return SPEC_FILE.read_text("utf-8")
+
+
+def _rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+def _row_with(*needles: str) -> str | None:
+    return next((r for r in _rows(spec_text()) if all(n in r for n in needles)), None)
+
+
+def _section(heading_needle: str, prefix: str = "#") -> str:
+    """The text from the first heading (starting with `prefix`) that contains the needle."""
+    lines = spec_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(prefix) and heading_needle in line)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def _num(value: float | int) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def test_spec_exists() -> None:
+    assert SPEC_FILE.is_file()
+    assert len(spec_text()) > 20_000
+
+
+@pytest.mark.parametrize("frame_type", sorted(FRAME_TYPES))
+def test_spec_documents_every_frame_and_field(frame_type: str) -> None:
+    section = _section(f"`{frame_type}`", prefix="#### ")
+    cls = FRAME_TYPES[frame_type]
+    wire_names = ["from" if fld.name == "from_" else fld.name for fld in dataclasses.fields(cls)]
+    for name in wire_names:
+        assert f"| `{name}` |" in section, f"spec: field {frame_type}.{name} has no table row"
+    assert _row_with(f"| `{frame_type}` |"), f"spec: {frame_type} missing from the frame tables"
+
+
+def test_spec_documents_member_entries() -> None:
+    section = _section("`welcome`", prefix="#### ")
+    for fld in dataclasses.fields(MemberEntry):
+        assert f"| `{fld.name}` |" in section
+
+
+def test_spec_documents_every_close_code() -> None:
+    names = [n for n in tunnelproto.__all__ if n.startswith("CLOSE_")]
+    assert len(names) >= 10
+    values = [getattr(tunnelproto, n) for n in names]
+    assert len(set(values)) == len(values), "two close constants share a code"
+    for name, value in zip(names, values, strict=True):
+        assert _row_with(f"| {value} |", f"`{name}`"), f"spec: no close-code row for {name}={value}"
+    for code in (1003, 1009):  # the relay's own (issue 3)
+        assert _row_with(f"| {code} |")
+
+
+def test_spec_documents_every_event_kind_refusal_and_timer() -> None:
+    section = _section("`event`", prefix="#### ")
+    for kind in f.EVENT_KINDS:
+        assert f"| `{kind}` |" in section, kind
+    refusals = _section("### 19.1")
+    for code in _room.REFUSAL_MESSAGES:
+        assert f"| `{code}` |" in refusals, code
+    errors = _section("### 19.2")
+    for code in ("empty", "too-long", "rate-limited", "slow-consumer", "malformed", "unexpected",
+                 "bad-ack", "decrypt", "too-large"):
+        assert f"| `{code}` |" in errors, code
+    # The member's timers are the room's defaults, and the spec gives one value for both.
+    config = RoomConfig()
+    assert _member.HANDSHAKE_TIMEOUT == config.handshake_timeout
+    assert _member.PING_AFTER == config.ping_after
+    assert _member.DEAD_AFTER == config.dead_after
+
+
+def test_spec_documents_every_limit() -> None:
+    constants = {
+        "MAX_FRAME": tunnelproto.MAX_FRAME,
+        "MAX_PLAINTEXT": tunnelproto.MAX_PLAINTEXT,
+        "MAX_MSG1": MAX_MSG1,
+        "MAX_TEXT_BYTES": tunnelproto.MAX_TEXT_BYTES,
+        "MAX_NAME_CHARS": tunnelproto.MAX_NAME_CHARS,
+        "MAX_GOAL_CHARS": _room.MAX_GOAL_CHARS,
+        "MAX_SUMMARY_CHARS": _room.MAX_SUMMARY_CHARS,
+        "DEFAULT_CAPACITY": _room.DEFAULT_CAPACITY,
+        "MAX_CAPACITY": _room.MAX_CAPACITY,
+        "DEFAULT_MAX_PENDING": _room.DEFAULT_MAX_PENDING,
+        "MAX_UNACKED_SAYS": _member.MAX_UNACKED_SAYS,
+        "MAX_REMEMBERED_REFUSALS": _room.MAX_REMEMBERED_REFUSALS,
+        "MAX_TICKETS_PER_SEAT": _room.MAX_TICKETS_PER_SEAT,
+        "MAX_DEPTH": _codec.MAX_DEPTH,
+        "MAX_ITEMS": _codec.MAX_ITEMS,
+        "SECRET_LEN": SECRET_LEN,
+        "ID_LEN": ID_LEN,
+        "TUNNEL_ID_BYTES": TUNNEL_ID_BYTES,
+    }
+    for name, value in constants.items():
+        assert _row_with(f"| `{name}` |", f"| {value} |"), f"spec: no limit row {name} = {value}"
+    config = RoomConfig()
+    for fld in dataclasses.fields(RoomConfig):
+        value = _num(getattr(config, fld.name))
+        assert _row_with(f"| `{fld.name}` |", f"| {value} |"), f"spec: RoomConfig.{fld.name} = {value}"
+
+
+def test_spec_legality_table_matches_state_tables() -> None:
+    text = spec_text()
+    table = text[text.index("<!-- frame-legality:begin -->") : text.index("<!-- frame-legality:end -->")]
+    rows = {}
+    for line in _rows(table):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        match = re.fullmatch(r"`([a-z]+)`", cells[0])
+        if match:
+            rows[match.group(1)] = [c == "yes" for c in cells[1:]]
+    assert set(rows) == set(FRAME_TYPES)
+    for name, cls in FRAME_TYPES.items():
+        actual = [
+            cls in ROOM_ACCEPTS[ConnState.CONFIRMING],
+            cls in ROOM_ACCEPTS[ConnState.OPEN],
+            cls in MEMBER_HANDSHAKE_ACCEPTS,
+            cls in MEMBER_ACCEPTS,
+        ]
+        assert rows[name] == actual, f"spec legality row for {name!r} differs from _state.py"
+    assert not ROOM_ACCEPTS[ConnState.HANDSHAKE] and not ROOM_ACCEPTS[ConnState.CLOSED]
+
+
+def test_spec_constants_and_examples_match_the_vectors() -> None:
+    text = spec_text()
+    assert PROTOCOL_NAME.decode() in text
+    for label in (INVITE_ID_LABEL, TICKET_ID_LABEL):
+        assert f"`{label.decode()}`" in text and f"`{label.hex()}`" in text
+    example = load("link.json")["prologue"]["examples"][0]
+    assert example["tunnel_id"] in text and example["prologue_hex"] in text
+    say = next(c for c in load("frames.json")["frames"] if c["what"] == "say")
+    assert say["value"] == {"t": "say", "ref": 1, "text": "hi"}
+    assert f"`{say['cbor_hex']}`" in text
+    assert f"`0x{MSG2_NOISE:02x}` | `MSG2_NOISE`" in text
+    assert f"`0x{MSG2_PLAIN_REFUSE:02x}` | `MSG2_PLAIN_REFUSE`" in text
+    assert f"`0x{f.PROTOCOL_VERSION:02x}` (`PROTOCOL_VERSION`)" in text
+    for name in GENERATED:
+        assert f"`{name}`" in text
