@@ -37,8 +37,10 @@ fuzz-ci: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# The whole story on this machine; `make demo DEMO_TRANSPORT=cloudflared` goes through a real Quick Tunnel.
+DEMO_TRANSPORT ?= local
 demo: $(STAMP)
-	$(BIN)/tunnel-mcp demo
+	$(BIN)/tunnel-mcp demo --transport $(DEMO_TRANSPORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

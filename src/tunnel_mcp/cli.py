@@ -1,8 +1,141 @@
-"""Command-line entry point (filled in by the MCP issue)."""
+"""The `tunnel-mcp` command: an MCP server on stdio by default, plus a few helper commands.
 
+stdout belongs to MCP: when serving, nothing but JSON-RPC messages may be written there, so every
+log line and notice goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
+from pathlib import Path
+
+from tunnel_mcp import __version__
+
+log = logging.getLogger("tunnel_mcp")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+WAITING = (
+    "tunnel-mcp: waiting for an MCP client on stdin (this is an MCP server; register it with "
+    "your agent, see README)"
+)
+
+DESCRIPTION = """\
+Let your AI agent talk to another developer's agent through an ephemeral, end-to-end-encrypted
+tunnel. With no command, serves MCP on stdin/stdout: register it with your agent, e.g.
+    claude mcp add tunnel -- uvx tunnel-mcp
+"""
+
+
+def _default_log_level() -> str:
+    configured = os.environ.get("TUNNEL_LOG_LEVEL", "").strip().lower()
+    return configured if configured in LOG_LEVELS else "warning"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunnel-mcp",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tunnel-mcp {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=_default_log_level(),
+        help="how much to log on stderr (default: warning, or $TUNNEL_LOG_LEVEL)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser("serve", help="serve MCP on stdio (the default when no command is given)")
+
+    install = commands.add_parser(
+        "install-skill",
+        help="install the tunnel-etiquette skill for Claude Code",
+        description="Copy the tunnel-etiquette skill to DIR/tunnel-etiquette/SKILL.md. A copy you "
+        "edited is kept unless --force.",
+    )
+    install.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="skills directory (default: $TUNNEL_SKILLS_DIR, else ~/.claude/skills)",
+    )
+    install.add_argument("--force", action="store_true", help="overwrite a copy you edited")
+
+    demo = commands.add_parser(
+        "demo",
+        help="show two agents pairing through a tunnel, end to end",
+        description="Start two real tunnel-mcp servers (host and guest), drive them as two agents "
+        "would, and narrate every step.",
+    )
+    demo.add_argument(
+        "--transport",
+        choices=("local", "cloudflared"),
+        default="local",
+        help="local (default, works offline) or cloudflared (a real Quick Tunnel)",
+    )
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="tunnel-mcp %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("tunnel-mcp: not implemented yet", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    match args.command:
+        case None | "serve":
+            return _serve()
+        case "install-skill":
+            return _install_skill(args.dir, force=args.force)
+        case "demo":
+            from tunnel_mcp.demo import run_demo
+
+            return run_demo(transport=args.transport)
+        case _:  # pragma: no cover - argparse rejects unknown commands with exit 2
+            return 2
+
+
+def _install_skill(directory: Path | None, *, force: bool) -> int:
+    from tunnel_mcp.skill_install import install_skill
+
+    try:
+        result = install_skill(directory, force=force)
+    except OSError as exc:
+        print(f"tunnel-mcp: could not install the skill: {exc}", file=sys.stderr)
+        return 1
+    print(result.describe())
+    return 1 if result.action == "kept-edited" else 0
+
+
+def _auto_install_skill() -> None:
+    """Best effort, once per start: Python packages have no post-install hook."""
+    if os.environ.get("TUNNEL_SKIP_SKILL_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    from tunnel_mcp.skill_install import install_skill
+
+    try:
+        result = install_skill()
+    except OSError as exc:
+        log.debug("skill not installed: %s", exc)
+        return
+    if result.changed:
+        log.info("%s", result.describe())
+    elif result.action == "kept-edited":
+        log.debug("%s", result.describe())
+
+
+def _serve() -> int:
+    from tunnel_mcp.stdio import serve_stdio
+
+    _auto_install_skill()
+    return serve_stdio(banner=WAITING)

@@ -1,0 +1,505 @@
+"""`tunnel-mcp demo`: the whole story, as two agents would live it, narrated step by step.
+
+Two real `tunnel-mcp` servers run as child processes (one per developer), each driven over
+stdio by the MCP client SDK exactly as an agent's MCP client would. On the `local` transport the
+guest reaches the host's relay through a small TCP forwarder in this process, which keeps a copy
+of every byte so the demo can show they are ciphertext. The demo is not an MCP server, so its
+narration goes to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import tempfile
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import mcp_types as types
+import trio
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+GOAL = "Agree on the retry policy for the payments client"
+HOST_NAME = "ana"
+GUEST_NAME = "ben"
+INTRUDER_NAME = "eve"
+GUEST_SAYS = "Hi ana, ben's agent here. Proposal: 3 retries, exponential backoff from 200 ms."
+HOST_SAYS = "Sounds good to ana. Let's cap the backoff at 5 s and retry only idempotent calls."
+SUMMARY = "Agreed: 3 retries, exponential backoff 200 ms to 5 s, idempotent calls only."
+#: Bytes of each direction the wire tap keeps (plenty for a few chat messages).
+TAP_LIMIT = 256 * 1024
+
+
+class DemoFailed(Exception):
+    """A step did not do what the demo promised; the message says which and why."""
+
+
+# -- narration -------------------------------------------------------------------------------------
+
+
+class Narrator:
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._step = 0
+
+    def step(self, text: str) -> None:
+        self._step += 1
+        self._print(f"\n{self._step}. {text}")
+
+    def say(self, text: str, indent: str = "   ") -> None:
+        for line in text.splitlines() or [""]:
+            self._print(f"{indent}{line}")
+
+    def ok(self, text: str) -> None:
+        self.say(f"ok: {text}")
+
+    @property
+    def current_step(self) -> int:
+        return self._step
+
+    def _print(self, text: str) -> None:
+        print(text, file=self._out, flush=True)
+
+
+def hide_secret(link: str) -> str:
+    """The link as it may be shown: the fragment (the invite secret) cut to a hint."""
+    base, _, secret = link.partition("#")
+    return f"{base}#<secret hidden>" if secret else base
+
+
+# -- the wire tap ----------------------------------------------------------------------------------
+
+
+@dataclass
+class WireTap:
+    """A TCP forwarder on 127.0.0.1 that keeps a copy of what it forwards, both ways."""
+
+    target_port: int
+    to_host: bytearray = field(default_factory=bytearray)
+    to_guest: bytearray = field(default_factory=bytearray)
+    port: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._forward, listeners)
+            task_status.started(self.port)
+
+    async def _forward(self, guest_side: trio.SocketStream) -> None:
+        async with guest_side:
+            try:
+                host_side = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+            except OSError:
+                return
+            async with host_side, trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, guest_side, host_side, self.to_host, nursery.cancel_scope)
+                nursery.start_soon(self._pump, host_side, guest_side, self.to_guest, nursery.cancel_scope)
+
+    @staticmethod
+    async def _pump(
+        src: trio.SocketStream, dst: trio.SocketStream, copy: bytearray, done: trio.CancelScope
+    ) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                if len(copy) < TAP_LIMIT:
+                    copy += data[: TAP_LIMIT - len(copy)]
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        done.cancel()
+
+
+def websocket_payloads(stream: bytes) -> tuple[bytes, list[bytes]]:
+    """Split one direction of a captured connection into its HTTP head and WebSocket payloads.
+
+    Client-to-server frames are masked (RFC 6455 section 5.3); masking is not encryption, so
+    payloads are unmasked here before anything is concluded from them.
+    """
+    head, sep, rest = stream.partition(b"\r\n\r\n")
+    if not sep:
+        return stream, []
+    payloads: list[bytes] = []
+    i = 0
+    while i + 2 <= len(rest):
+        b1 = rest[i + 1]
+        length = b1 & 0x7F
+        i += 2
+        if length == 126:
+            length = int.from_bytes(rest[i : i + 2], "big")
+            i += 2
+        elif length == 127:
+            length = int.from_bytes(rest[i : i + 8], "big")
+            i += 8
+        mask = b""
+        if b1 & 0x80:
+            mask = rest[i : i + 4]
+            i += 4
+        payload = rest[i : i + length]
+        i += length
+        if mask and len(mask) == 4:
+            payload = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
+        payloads.append(payload)
+    return head, payloads
+
+
+def hexdump(data: bytes, width: int = 16) -> str:
+    lines = []
+    for offset in range(0, len(data), width):
+        chunk = data[offset : offset + width]
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{offset:04x}  {chunk.hex(' '):<{width * 3}} {text}")
+    return "\n".join(lines)
+
+
+# -- driving the servers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Agent:
+    """One developer's MCP client talking to their own `tunnel-mcp` server process."""
+
+    name: str
+    client: Client
+    log_path: Path
+
+    async def call(self, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = await self.client.call_tool(tool, args or {})
+        text = _text(result)
+        if result.is_error:
+            raise DemoFailed(f"{self.name}'s {tool} failed: {text}")
+        if result.structured_content is None:
+            raise DemoFailed(f"{self.name}'s {tool} returned no structured content")
+        return dict(result.structured_content)
+
+    async def call_expecting_error(self, tool: str, args: dict[str, Any]) -> str:
+        result = await self.client.call_tool(tool, args)
+        if not result.is_error:
+            raise DemoFailed(f"{self.name}'s {tool} succeeded but should have been refused")
+        return _text(result)
+
+    async def listen_until(
+        self, since: int, wanted: Callable[[dict[str, Any]], bool], *, budget: float
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Listen (as an agent would, in turns) until a message matching `wanted` arrives."""
+        seen: list[dict[str, Any]] = []
+        with trio.move_on_after(budget):
+            while True:
+                got = await self.call("tunnel_listen", {"sinceSeq": since, "timeoutMs": 5000})
+                seen += got["messages"]
+                since = got["lastSeq"]
+                if any(wanted(m) for m in got["messages"]):
+                    return seen, since
+        raise DemoFailed(f"{self.name} waited {budget:.0f} s and the expected message never came")
+
+
+def _text(result: types.CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def _server_env(transport: str, skills_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TUNNEL_TRANSPORT=transport,
+        TUNNEL_SKIP_SKILL_INSTALL="1",  # the demo must not touch the user's skills
+        TUNNEL_SKILLS_DIR=str(skills_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@asynccontextmanager
+async def start_agent(name: str, workdir: Path, transport: str) -> AsyncIterator[Agent]:
+    """Start `python -m tunnel_mcp` (works from any virtualenv) and connect an MCP client to it."""
+    log_path = workdir / f"{name}.log"
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "tunnel_mcp", "--log-level", "info"],
+        env=_server_env(transport, workdir / "skills"),
+    )
+    with log_path.open("w", encoding="utf-8") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=120) as client:
+            yield Agent(name, client, log_path)
+
+
+def _relay_port(link: str) -> int:
+    port = urlsplit(link).port
+    if port is None:
+        raise DemoFailed(f"the local join link has no port: {hide_secret(link)}")
+    return port
+
+
+def _via_port(link: str, port: int) -> str:
+    parts = urlsplit(link)
+    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+
+
+def _port_refuses(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except OSError:
+        return True
+
+
+def _no_child_processes() -> bool | None:
+    """True when this process has no child left (None where that cannot be checked)."""
+    if not hasattr(os, "WNOHANG"):
+        return None
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)  # reaps an exited child, if any
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False  # a child is still running
+
+
+# -- the story -------------------------------------------------------------------------------------
+
+
+async def _story(say: Narrator, transport: str, workdir: Path) -> None:
+    local = transport == "local"
+    budget = 30.0 if local else 180.0
+    say.say(
+        f"tunnel-mcp demo: two developers' agents pair through an end-to-end-encrypted tunnel "
+        f"(transport: {transport}).",
+        indent="",
+    )
+
+    async with AsyncExitStack() as stack:
+        say.step(
+            f"Start two MCP servers, one per developer: `{sys.executable} -m tunnel_mcp` for "
+            f"{HOST_NAME} (host) and for {GUEST_NAME} (guest), each driven over stdio by the MCP "
+            "client SDK, as their agents' MCP clients would."
+        )
+        # (Not under a timeout scope: the clients' task groups outlive this block.)
+        host = await stack.enter_async_context(start_agent(HOST_NAME, workdir, transport))
+        guest = await stack.enter_async_context(start_agent(GUEST_NAME, workdir, transport))
+        with trio.fail_after(60):
+            tools = {t.name for t in (await host.client.list_tools()).tools}
+            await guest.client.list_tools()
+        say.ok(f"both servers answered; tools: {', '.join(sorted(tools))}")
+
+        say.step(f'{HOST_NAME}\'s agent calls tunnel_open with the goal "{GOAL}".')
+        if not local:
+            say.say("(starting a Cloudflare Quick Tunnel can take up to a minute)")
+        with trio.fail_after(budget):
+            opened = await host.call(
+                "tunnel_open", {"goal": GOAL, "name": HOST_NAME, "transport": transport}
+            )
+        link = opened["joinLink"]
+        say.ok(f"tunnel {opened['tunnelId']} is open")
+        say.say(f"join link: {hide_secret(link)}")
+        say.say(
+            f"It is single-use and expires in {opened['expiresInSec'] // 60} minutes. The part "
+            "after '#' is the invite secret: browsers and HTTP clients never send a URL fragment, "
+            "so no server on the way (not even Cloudflare) ever sees it."
+        )
+        say.say(f"{HOST_NAME}'s agent shows its human this invite to forward privately:")
+        invite = opened["invite"].replace(link, hide_secret(link))
+        say.say(textwrap.indent(invite, "   | ", predicate=lambda _: True))
+
+        tap: WireTap | None = None
+        guest_link = link
+        if local:
+            say.step(
+                "Put a wire tap between the two: a TCP forwarder on 127.0.0.1 in front of "
+                f"{HOST_NAME}'s relay that keeps a copy of every byte. {GUEST_NAME} gets the "
+                "same link pointed at the tap."
+            )
+            tap = WireTap(_relay_port(link))
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            tap_port = await nursery.start(tap.run)
+            guest_link = _via_port(link, tap_port)
+            say.ok(f"relay on port {tap.target_port}, tap on port {tap_port}")
+
+        say.step(f"{HOST_NAME}'s human sends the link to {GUEST_NAME}; {GUEST_NAME}'s agent calls tunnel_join.")
+        with trio.fail_after(budget):
+            joined = await guest.call("tunnel_join", {"joinLink": guest_link, "name": GUEST_NAME})
+        if joined["goal"] != GOAL:
+            raise DemoFailed(f"the guest received the goal {joined['goal']!r}, not {GOAL!r}")
+        names = ", ".join(m["name"] for m in joined["members"])
+        say.ok(
+            f"{GUEST_NAME} joined as member {joined['self']['id']}; the goal arrived inside the "
+            f"encrypted tunnel; members: {names}"
+        )
+
+        say.step(f"{GUEST_NAME}'s agent says something; {HOST_NAME}'s agent listens.")
+        with trio.fail_after(budget + 15):
+            said = await guest.call("tunnel_say", {"text": GUEST_SAYS})
+            heard, _ = await host.listen_until(
+                0, lambda m: m.get("text") == GUEST_SAYS, budget=budget
+            )
+        for m in heard:
+            say.say(_describe(m))
+        say.ok(f"{HOST_NAME} heard #{said['seq']} from {GUEST_NAME}")
+
+        say.step(f"{HOST_NAME}'s agent answers; {GUEST_NAME}'s agent listens.")
+        with trio.fail_after(budget + 15):
+            await host.call("tunnel_say", {"text": HOST_SAYS})
+            heard, since_guest = await guest.listen_until(
+                said["seq"], lambda m: m.get("text") == HOST_SAYS, budget=budget
+            )
+        for m in heard:
+            say.say(_describe(m))
+        say.ok("messages flow both ways, in one order for everyone")
+
+        say.step(
+            f"A third developer, {INTRUDER_NAME}, got hold of the same link and starts a third "
+            "server to join with it."
+        )
+        with trio.fail_after(60):
+            async with start_agent(INTRUDER_NAME, workdir, transport) as intruder:
+                refusal = await intruder.call_expecting_error(
+                    "tunnel_join", {"joinLink": guest_link, "name": INTRUDER_NAME}
+                )
+        if "used" not in refusal:
+            raise DemoFailed(f"the used link was refused, but not for being used: {refusal}")
+        say.ok(f"refused: {refusal}")
+        status = await host.call("tunnel_status")
+        members = [m["name"] for m in status["members"]]
+        if INTRUDER_NAME in members:
+            raise DemoFailed("the intruder shows up in the room")
+        say.ok(f"the room still holds only {', '.join(members)}")
+
+        say.step(f"{HOST_NAME}'s agent closes the tunnel with a summary; {GUEST_NAME}'s agent hears it.")
+        with trio.fail_after(budget + 15):
+            await host.call("tunnel_close", {"summary": SUMMARY})
+            heard, _ = await guest.listen_until(
+                since_guest, lambda m: m.get("event") == "closed", budget=budget
+            )
+        closing = next(m for m in heard if m.get("event") == "closed")
+        if closing.get("text") != SUMMARY:
+            raise DemoFailed(f"the closing summary arrived as {closing.get('text')!r}")
+        say.ok(f"{GUEST_NAME} got the closed event with the summary: {SUMMARY!r}")
+        late = await guest.call_expecting_error("tunnel_say", {"text": "anyone there?"})
+        say.ok(f"saying anything now is refused: {late}")
+
+        if tap is not None:
+            say.step("Look at what crossed the wire (what a relay, a proxy or Cloudflare would see).")
+            _inspect_wire(say, tap, link, [GOAL, GUEST_SAYS, HOST_SAYS, SUMMARY])
+        else:
+            say.step("What crossed the wire")
+            say.say(
+                "Through cloudflared the bytes are inside TLS to Cloudflare, and inside that, "
+                "Noise ciphertext that Cloudflare cannot read. Run `tunnel-mcp demo` (local) to "
+                "see a capture."
+            )
+            if status.get("cloudflaredAlive") is False:
+                raise DemoFailed("cloudflared is not running although the tunnel is open")
+
+
+        say.step("Stop both servers (their MCP clients close stdin, as an agent does on exit).")
+        relay_port = _relay_port(link) if local else None
+    # Leaving the stack closed both MCP clients (their servers exit) and the wire tap.
+
+    leftovers = []
+    if relay_port is not None and not _port_refuses(relay_port):
+        leftovers.append(f"the relay port {relay_port} still accepts connections")
+    if _no_child_processes() is False:
+        leftovers.append("a child process is still running")
+    if leftovers:
+        raise DemoFailed("; ".join(leftovers))
+    if relay_port is not None:
+        say.ok(f"the relay's port {relay_port} refuses connections now")
+    say.ok("no child process is left running")
+    say.say("\nDemo complete: open, join, talk both ways, single-use link, ciphertext on the wire, close.", indent="")
+
+
+def _describe(message: dict[str, Any]) -> str:
+    if message["kind"] == "chat":
+        who = message["from"]["name"] if message.get("from") else "?"
+        return f"#{message['seq']} {who}: {message['text']}"
+    subject = f" {message['subject']['name']}" if message.get("subject") else ""
+    return f"#{message['seq']} [event] {message['event']}{subject}"
+
+
+def _inspect_wire(say: Narrator, tap: WireTap, link: str, plaintexts: list[str]) -> None:
+    up_head, up = websocket_payloads(bytes(tap.to_host))
+    down_head, down = websocket_payloads(bytes(tap.to_guest))
+    total = len(tap.to_host) + len(tap.to_guest)
+    if not up or not down:
+        raise DemoFailed("the tap saw no WebSocket traffic, so it proves nothing")
+    request_line = up_head.split(b"\r\n", 1)[0].decode("ascii", "replace")
+    say.say(f"{total} bytes in {len(up) + len(down)} WebSocket messages. The only cleartext is the HTTP upgrade:")
+    say.say(f"    {request_line}")
+    say.say("(the tunnel id names the room; the invite secret is not in the request)")
+    first = max(down, key=len)[:64]
+    say.say(f"The start of the biggest message from {HOST_NAME}'s relay to {GUEST_NAME}:")
+    say.say(textwrap.indent(hexdump(first), "    "))
+
+    secret = link.partition("#")[2]
+    wire = bytes(tap.to_host) + bytes(tap.to_guest) + b"".join(up) + b"".join(down)
+    needles = {text: text.encode() for text in plaintexts}
+    needles["the invite secret"] = secret.encode()
+    # Long enough that a chance match in random bytes is impossible, short enough to catch
+    # a partial leak.
+    found = [name for name, needle in needles.items() if _leaks(needle, wire)]
+    if found:
+        raise DemoFailed(f"plaintext found on the wire: {found}")
+    say.ok(
+        "none of the goal, the chat texts, the closing summary or the invite secret appear in "
+        "the captured bytes, not even after removing the WebSocket masking: it is ciphertext"
+    )
+
+
+def _leaks(needle: bytes, haystack: bytes) -> bool:
+    if len(needle) <= 24:
+        return needle in haystack
+    return any(needle[i : i + 24] in haystack for i in range(0, len(needle) - 23, 8))
+
+
+def run_demo(*, transport: str = "local", out: TextIO | None = None) -> int:
+    """Run the demo; 0 when every step did what it said, 1 otherwise (with the reason)."""
+    say = Narrator(out or sys.stdout)
+    with tempfile.TemporaryDirectory(prefix="tunnel-mcp-demo-") as tmp:
+        workdir = Path(tmp)
+        try:
+            trio.run(_story, say, transport, workdir)
+        except KeyboardInterrupt:
+            say.say("\ndemo interrupted", indent="")
+            return 130
+        except Exception as exc:  # the user gets a reason, not a traceback
+            _report_failure(say, _reason(exc), workdir)
+            return 1
+    return 0
+
+
+def _reason(exc: BaseException) -> str:
+    """The one-line reason for a failure, dug out of the exception groups nurseries add."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = next((e for e in exc.exceptions if _is_ours(e)), exc.exceptions[0])
+    if isinstance(exc, DemoFailed):
+        return str(exc)
+    if isinstance(exc, trio.TooSlowError):
+        return "a step took too long"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _is_ours(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_ours(e) for e in exc.exceptions)
+    return isinstance(exc, DemoFailed | trio.TooSlowError)
+
+
+def _report_failure(say: Narrator, reason: str, workdir: Path) -> None:
+    say.say(f"\nDEMO FAILED at step {say.current_step}: {_redact(reason)}", indent="")
+    for log in sorted(workdir.glob("*.log")):
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        if tail:
+            say.say(f"--- last lines of the {log.stem} server's log ---", indent="")
+            say.say("\n".join(_redact(line) for line in tail), indent="  ")
+
+
+def _redact(text: str) -> str:
+    return re.sub(r"(/t/[A-Za-z0-9_-]+)#[A-Za-z0-9_-]+", r"\1#<secret>", text)

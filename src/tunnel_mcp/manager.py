@@ -1,0 +1,206 @@
+"""The one tunnel session this server process holds, and its lifetime.
+
+The MCP tools are thin: they validate, call the `TunnelManager`, and render the result. The
+manager owns the trio nursery the session's background tasks live in (opened by the server's
+lifespan, so it outlives any single tool call), keeps at most one session per process, and
+tells interested parties (the `tunnel://transcript` resource) when the transcript grows.
+
+`tunnel_trio.session` is imported lazily: the CLI (`--help`, `install-skill`) must work even
+where the network layer cannot be imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal
+
+import trio
+
+from tunnel_mcp.identity import default_display_name, sanitize_name
+from tunnel_trio.session_types import NotOpenError, TunnelError
+
+if TYPE_CHECKING:
+    from tunnel_trio.session import HostSession, MemberSession, RoomConfig
+
+    Session = HostSession | MemberSession
+
+log = logging.getLogger(__name__)
+
+TransportName = Literal["cloudflared", "local", "direct", "url"]
+
+NO_TUNNEL = "no open tunnel: call tunnel_open (to host) or tunnel_join (with a join link) first"
+ALREADY_OPEN = "a tunnel is already open: call tunnel_close first"
+CLOSED = (
+    "the tunnel is closed: call tunnel_status to see why, or tunnel_open / tunnel_join to start "
+    "a new one"
+)
+NOT_HOST = "only the host can invite: you joined this tunnel as a member (ask the host's human)"
+
+#: How long one background wait for new transcript entries lasts before it starts over.
+_WATCH_SLICE = 30.0
+
+TranscriptListener = Callable[[], Awaitable[None]]
+
+
+class TunnelManager:
+    """Holds the current session (host or member) for one MCP connection."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        display_name: Callable[[], str] = default_display_name,
+        room_config: RoomConfig | None = None,
+    ) -> None:
+        self._nursery = nursery
+        self._display_name = display_name
+        self._default_name: str | None = None
+        self._room_config = room_config  # None: the protocol's defaults (tests shorten timers)
+        self._session: Session | None = None
+        self._watch_scope: trio.CancelScope | None = None
+        self._lock = trio.Lock()
+        self._listeners: list[TranscriptListener] = []
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def session(self) -> Session | None:
+        """The current session, open or closed; None before the first open/join."""
+        return self._session
+
+    def current(self) -> Session:
+        """The current session, even if closed (status and listen still work on it)."""
+        if self._session is None:
+            raise NotOpenError(NO_TUNNEL)
+        return self._session
+
+    def current_open(self) -> Session:
+        session = self.current()
+        if session.closed:
+            raise NotOpenError(CLOSED)
+        return session
+
+    def host(self) -> HostSession:
+        session = self.current_open()
+        if session.role != "host":
+            raise TunnelError(NOT_HOST)
+        return session
+
+    def _ensure_free(self) -> None:
+        if self._session is not None and not self._session.closed:
+            raise TunnelError(ALREADY_OPEN)
+
+    async def _name(self, name: str | None) -> str:
+        if name is not None:
+            cleaned = sanitize_name(name)
+            if cleaned:
+                return cleaned
+        if self._default_name is None:
+            # `git config` is a subprocess: keep it off the event loop, and ask once.
+            self._default_name = await trio.to_thread.run_sync(self._display_name)
+        return self._default_name
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(
+        self,
+        goal: str,
+        *,
+        invites: int = 1,
+        transport: TransportName | None = None,
+        public_url: str | None = None,
+        bind: str | None = None,
+        name: str | None = None,
+    ) -> HostSession:
+        from tunnel_trio.session import open_host
+        from tunnel_trio.transports import make_transport
+
+        if not goal.strip():
+            raise TunnelError("the goal is empty: say in one sentence what the agents should achieve")
+        async with self._lock:
+            self._ensure_free()
+            try:
+                chosen = make_transport(transport, public_url=public_url, bind=bind)
+            except ValueError as exc:
+                raise TunnelError(str(exc)) from None
+            session = await open_host(
+                self._nursery,
+                goal,
+                name=await self._name(name),
+                invites=invites,
+                transport=chosen,
+                config=self._room_config,
+            )
+            self._adopt(session)
+            log.info("opened tunnel %s as host", session.tunnel_id)
+            return session
+
+    async def join(self, link: str, *, name: str | None = None) -> MemberSession:
+        from tunnel_trio.session import join
+
+        async with self._lock:
+            self._ensure_free()
+            session = await join(self._nursery, link.strip(), name=await self._name(name))
+            self._adopt(session)
+            log.info("joined tunnel %s as member %d", session.tunnel_id, session.self_member.id)
+            return session
+
+    async def close(self, summary: str | None = None) -> Session:
+        """Close the current session (host: ends the room for everyone; member: leaves)."""
+        session = self.current()
+        await session.close(summary)
+        await self._notify()
+        return session
+
+    async def aclose(self) -> None:
+        """Shutdown path: close whatever is open. Never raises a TunnelError."""
+        session = self._session
+        if session is None or session.closed:
+            return
+        try:
+            await session.close(None)
+        except TunnelError as exc:
+            log.warning("closing the tunnel on shutdown failed: %s", exc)
+        log.info("closed tunnel %s on shutdown", session.tunnel_id)
+
+    # -- transcript change notifications ---------------------------------------------------
+
+    def add_transcript_listener(self, listener: TranscriptListener) -> None:
+        self._listeners.append(listener)
+
+    def _adopt(self, session: Session) -> None:
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+        self._session = session
+        scope = trio.CancelScope()
+        self._watch_scope = scope
+        self._nursery.start_soon(self._watch, session, scope)
+
+    async def _watch(self, session: Session, scope: trio.CancelScope) -> None:
+        # One long-poll at a time over the session's own listen(), so resource subscribers learn
+        # about new entries without the agent having to call tunnel_listen.
+        with scope:
+            since = 0
+            await self._notify()
+            while not session.closed:
+                try:
+                    result = await session.listen(since, _WATCH_SLICE, include_own=True)
+                except TunnelError:
+                    break
+                if result.messages:
+                    since = max(since, result.last_seq)
+                    await self._notify()
+                elif not result.timed_out:
+                    # Nothing new but not a timeout either (e.g. closing): don't spin.
+                    since = max(since, result.last_seq)
+                    await trio.sleep(1)
+            await self._notify()
+
+    async def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                await listener()
+            except Exception:  # a broken subscriber must never take the tunnel down
+                log.debug("transcript listener failed", exc_info=True)
+

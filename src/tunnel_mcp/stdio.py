@@ -1,0 +1,117 @@
+"""Serving MCP on stdin/stdout under trio, with a graceful shutdown.
+
+Three things end the server, and each closes the tunnel first (host: the room ends for
+everyone and cloudflared stops; member: it leaves):
+
+* stdin closing: the serve loop ends and the server's lifespan closes the tunnel.
+* SIGTERM or SIGINT: the tunnel is closed while the relay still runs (cancelling first would
+  kill the relay before its goodbyes go out, and members would see a dropped connection and try
+  to resume), then everything is cancelled. A second signal skips the wait.
+
+The SDK's `run_stdio_async` reads stdin in a worker thread that cannot be abandoned, so a
+cancelled server would wait for the client's next line (or forever). Here the reader thread
+*can* be abandoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO, cast
+
+import anyio
+import trio
+from mcp.server.stdio import stdio_server
+
+from tunnel_mcp.manager import TunnelManager
+from tunnel_mcp.server import SHUTDOWN_GRACE, build_server
+
+log = logging.getLogger(__name__)
+
+
+class _StdinLines:
+    """Lines of the MCP client's stream, read in a thread that cancellation may abandon."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[str]:
+        while True:
+            line = await trio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
+            if not line:
+                return
+            yield line.decode("utf-8", errors="replace")
+
+
+def _take_stdin() -> BinaryIO:
+    """Move the client's stream off fd 0, leaving /dev/null there.
+
+    Child processes (cloudflared) and stray reads then see EOF instead of stealing MCP bytes.
+    """
+    try:
+        private = os.dup(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    except OSError:
+        return sys.stdin.buffer
+    os.set_inheritable(private, False)
+    return os.fdopen(private, "rb", buffering=0 if sys.platform == "win32" else -1, closefd=False)
+
+
+async def _serve(banner: str | None) -> None:
+    managers: list[TunnelManager] = []
+
+    def manager_factory(nursery: trio.Nursery) -> TunnelManager:
+        manager = TunnelManager(nursery)
+        managers.append(manager)
+        return manager
+
+    server = build_server(manager_factory)
+    lowlevel = server._lowlevel_server  # the SDK's stdio runner hard-codes its stdin reader
+    stdin = cast(Any, _StdinLines(_take_stdin()))
+    signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    with trio.open_signal_receiver(*signals) as received:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                signums = received.__aiter__()
+                signum = await signums.__anext__()
+                log.info("%s: closing the tunnel and exiting", signal.Signals(signum).name)
+                async with trio.open_nursery() as closing:
+
+                    async def on_second_signal() -> None:
+                        await signums.__anext__()
+                        log.warning("second signal: exiting without waiting for the close")
+                        closing.cancel_scope.cancel()
+
+                    closing.start_soon(on_second_signal)
+                    with trio.move_on_after(SHUTDOWN_GRACE):
+                        for manager in managers:
+                            await manager.aclose()
+                    closing.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signal)
+            if banner:
+                # Only now: a signal from here on is handled, so whoever waits for this line
+                # (a human, a test) can rely on a graceful shutdown.
+                print(banner, file=sys.stderr, flush=True)
+            async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+                await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+            log.info("stdin closed: exiting")
+            nursery.cancel_scope.cancel()
+
+
+def serve_stdio(*, banner: str | None = None) -> int:
+    try:
+        anyio.run(_serve, banner, backend="trio")
+    except KeyboardInterrupt:  # a second Ctrl-C during the graceful close
+        return 130
+    return 0

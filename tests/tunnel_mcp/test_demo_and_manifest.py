@@ -1,0 +1,57 @@
+"""`tunnel-mcp demo` end to end, and the registry manifest that points users at the package."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import tunnel_mcp
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_the_whole_story_and_exits_0() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tunnel_mcp", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TUNNEL_TRANSPORT": "cloudflared"},  # the demo must pick local itself
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    for promise in ("tunnel_open", "tunnel_join", "already used", "ciphertext", "no child process"):
+        assert promise in out
+    assert "Demo complete" in out
+    # Never a usable secret on the screen: 43 base64url characters after '#'.
+    assert not re.search(r"#[A-Za-z0-9_-]{43}", out + done.stderr)
+
+
+def test_registry_manifest_names_the_package_and_its_settings() -> None:
+    manifest = json.loads((ROOT / "server.json").read_text())
+    (package,) = manifest["packages"]
+    assert package["registryType"] == "pypi"
+    assert package["identifier"] == "tunnel-mcp"
+    assert package["transport"] == {"type": "stdio"}
+    # A release that bumps the package but not the manifest would publish a stale entry.
+    assert manifest["version"] == package["version"] == tunnel_mcp.__version__
+    names = {env["name"] for env in package["environmentVariables"]}
+    assert names >= {
+        "TUNNEL_TRANSPORT",
+        "TUNNEL_DOH",
+        "TUNNEL_DOH_RESOLVERS",
+        "TUNNEL_CLOUDFLARED",
+        "TUNNEL_CLOUDFLARED_BASE_URL",
+        "TUNNEL_HOME",
+        "TUNNEL_SKILLS_DIR",
+        "TUNNEL_SKIP_SKILL_INSTALL",
+        "TUNNEL_CA_BUNDLE",
+    }
+    assert len(manifest["description"]) <= 100
+    # The registry verifies PyPI ownership through this marker in the README.
+    assert f"mcp-name: {manifest['name']}" in (ROOT / "README.md").read_text()
