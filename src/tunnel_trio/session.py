@@ -353,10 +353,13 @@ async def open_host(
     session = HostSession(room, transport)
     try:
         await nursery.start(session._run)
-    except (OSError, TunnelError) as exc:
-        raise TunnelError(f"could not start the tunnel: {exc}") from None
-    except Exception as exc:  # transport errors carry user-facing messages
-        if type(exc).__module__.startswith("tunnel_trio"):
+    except Exception as group:
+        # Startup runs in the session's own nursery, so its errors arrive wrapped in an
+        # ExceptionGroup; a single one underneath is what the user needs to see.
+        exc = _single_leaf(group)
+        # OSError: the port could not be bound; ours: transport errors (cloudflared missing,
+        # rate limited, ...), whose messages already say what to do.
+        if isinstance(exc, OSError) or type(exc).__module__.startswith("tunnel_trio"):
             raise TunnelError(f"could not start the tunnel: {exc}") from None
         raise
     session._on_room_change()
@@ -366,6 +369,12 @@ async def open_host(
         await session.close()
         raise
     return session
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class MemberSession(_Session):

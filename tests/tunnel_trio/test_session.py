@@ -142,3 +142,16 @@ async def test_close_leaves_no_listener(nursery):
     await host.close()
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_a_transport_that_fails_to_start_is_a_clear_error(nursery):
+    from tunnel_trio.transports import LocalTransport
+
+    class Broken(LocalTransport):
+        async def start(self, nursery, local_port):
+            from tunnel_trio._cloudflared import CloudflaredError
+
+            raise CloudflaredError("cloudflared is not installed: install it or use transport=local")
+
+    with pytest.raises(TunnelError, match="could not start the tunnel: cloudflared is not installed"):
+        await open_host(nursery, "goal", name="ana", transport=Broken())
