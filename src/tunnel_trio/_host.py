@@ -50,6 +50,7 @@ class Relay:
         self._outboxes: dict[int, Outbox] = {}
         self._deadline_moved = trio.Event()
         self.port: int | None = None
+        #: The most bytes ever queued for one connection (each is bounded by outbox_limit).
         self.peak_queued_bytes = 0
         self._cancel = trio.CancelScope()
         self._conn_gone = trio.Event()
@@ -114,7 +115,7 @@ class Relay:
                     log.info("connection %d: outbound queue full, disconnecting", out.conn)
                     outbox.close(4004, "outbound queue full")
                     self.room.connection_lost(out.conn, trio.current_time())
-                self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes())
+                self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
             elif isinstance(out, Disconnect):
                 outbox.close(out.code, out.reason)
         self._deadline_moved.set()

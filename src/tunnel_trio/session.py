@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections import deque
 from collections.abc import Mapping
 from typing import Literal
 
@@ -70,21 +69,33 @@ class _Transcript:
     """The session-side transcript: TranscriptMessages in seq order, plus change notification."""
 
     def __init__(self) -> None:
-        self.messages: deque[TranscriptMessage] = deque()
-        self.notices: list[TranscriptMessage] = []
+        # Seqs are contiguous, so the message with seq s sits at index s - first_seq + head:
+        # listen finds its starting point in O(1) instead of scanning the transcript.
+        self._messages: list[TranscriptMessage] = []
+        self._head = 0
         self.last_seq = 0
         self._changed = trio.Event()
+
+    def since(self, seq: int) -> list[TranscriptMessage]:
+        if self._head >= len(self._messages):
+            return []
+        first = self._messages[self._head].seq
+        return self._messages[self._head + max(0, seq + 1 - first) :]
 
     def add(self, message: TranscriptMessage) -> None:
         if 0 < message.seq <= self.last_seq:
             return  # a replay we already hold (a fresh rejoin after a lost confirmation)
-        if message.seq == 0:
-            self.notices.append(message)
-        else:
-            self.messages.append(message)
+        if message.seq > 0:
+            if self._head < len(self._messages) and message.seq != self.last_seq + 1:
+                # A gap (history truncated while we were away): restart the contiguous run.
+                self._messages, self._head = [], 0
+            self._messages.append(message)
             self.last_seq = message.seq
-            while len(self.messages) > MEMBER_TRANSCRIPT_CAP:
-                self.messages.popleft()
+            if len(self._messages) - self._head > MEMBER_TRANSCRIPT_CAP:
+                self._head += 1
+                if self._head * 2 > len(self._messages):
+                    del self._messages[: self._head]
+                    self._head = 0
         self.poke()
 
     def poke(self) -> None:
@@ -142,8 +153,21 @@ async def _listen(
     timeout = max(0.0, timeout)
     with trio.move_on_after(timeout):
         while True:
-            new = [m for m in transcript.messages if m.seq > since_seq]
-            notices = [n for n in transcript.notices if since_seq < _notice_floor(n)]
+            new = transcript.since(since_seq)
+            notices = []
+            if new and new[0].seq > since_seq + 1:
+                # History was capped (by the room, or by our own copy): say so, never skip quietly.
+                notices.append(
+                    TranscriptMessage(
+                        seq=0,
+                        kind="event",
+                        ts=new[0].ts,
+                        sender=None,
+                        text=f"messages {since_seq + 1}..{new[0].seq - 1} are no longer "
+                        "available (the transcript is capped)",
+                        event="history-truncated",
+                    )
+                )
             shown = [
                 m
                 for m in new
@@ -157,11 +181,6 @@ async def _listen(
             since_seq = last
             await transcript.wait()
     return ListenResult([], max(since_seq, 0), True)
-
-
-def _notice_floor(notice: TranscriptMessage) -> int:
-    # A history-truncated notice matters to a listener that has not yet seen seq first-1.
-    return int(notice.text or "0")
 
 
 class _ClosedCheck:
@@ -258,6 +277,7 @@ class HostSession(_Session):
         except LocalProtocolError as exc:
             raise TunnelError(str(exc)) from None
         assert isinstance(entry, TranscriptEntry)
+        await trio.lowlevel.checkpoint()  # a loop of host says must not starve the relay
         return entry.seq
 
     async def listen(
@@ -424,15 +444,7 @@ class MemberSession(_Session):
         elif isinstance(event, RoomEvent):
             self._names.learn(event.member_id, event.name)
             if event.kind == "history-truncated":
-                notice = TranscriptMessage(
-                    seq=0,
-                    kind="event",
-                    ts=event.ts / 1000,
-                    sender=None,
-                    text=str(event.first_seq),
-                    event="history-truncated",
-                )
-                self._transcript.add(notice)
+                pass  # the gap in seqs tells listen to report it
             else:
                 self._transcript.add(
                     _event_message(

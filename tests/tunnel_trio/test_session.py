@@ -151,7 +151,34 @@ async def test_a_transport_that_fails_to_start_is_a_clear_error(nursery):
         async def start(self, nursery, local_port):
             from tunnel_trio._cloudflared import CloudflaredError
 
-            raise CloudflaredError("cloudflared is not installed: install it or use transport=local")
+            raise CloudflaredError(
+                "cloudflared is not installed: install it or use transport=local"
+            )
 
-    with pytest.raises(TunnelError, match="could not start the tunnel: cloudflared is not installed"):
+    with pytest.raises(
+        TunnelError, match="could not start the tunnel: cloudflared is not installed"
+    ):
         await open_host(nursery, "goal", name="ana", transport=Broken())
+
+
+async def test_late_joiner_is_told_when_history_was_capped(nursery):
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(transcript_cap=4096))
+    for i in range(100):
+        await host.say(f"message number {i} " + "x" * 100)
+    ben = await join(nursery, host.initial_invites[0].join_link, name="ben")
+    messages, since = [], 0
+    with trio.fail_after(10):
+        while since < host.room.last_seq:
+            result = await ben.listen(since, 5.0)
+            messages += result.messages
+            since = result.last_seq
+    first = messages[0]
+    assert first.kind == "event" and first.event == "history-truncated" and first.seq == 0
+    assert first.text.startswith("messages 1..")
+    chats = [m for m in messages if m.kind == "chat"]
+    assert chats[-1].text.startswith("message number 99 ")
+    assert [m for m in messages if m.seq == 0] == [first]
+    # The messages it does get are contiguous up to the end.
+    seqs = [m.seq for m in messages[1:]]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    await host.close()
