@@ -17,6 +17,7 @@ from collections.abc import Callable
 import trio
 
 from tunnelproto import (
+    CLOSE_ROOM_CLOSED,
     CLOSE_TOO_MANY_PENDING,
     MAX_FRAME,
     Disconnect,
@@ -135,7 +136,10 @@ class Relay:
         conn = self.room.open_connection(trio.current_time())
         self._dispatch()  # the new connection's handshake deadline may be the next one
         if conn is None:
-            await ws.close(CLOSE_TOO_MANY_PENDING, "too many pending connections")
+            if self.room.closed:
+                await ws.close(CLOSE_ROOM_CLOSED, "the room has closed")
+            else:
+                await ws.close(CLOSE_TOO_MANY_PENDING, "too many pending connections")
             return
         outbox = Outbox(self.outbox_limit)
         self._outboxes[conn] = outbox

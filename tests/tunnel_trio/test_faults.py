@@ -232,3 +232,32 @@ async def test_garbage_after_handshake_kills_only_that_connection(nursery):
     seen = await _transcript(host, seq)
     assert seen[-1].text == "still here"
     await host.close()
+
+
+async def test_unauthenticated_connections_are_capped(nursery):
+    from tunnelproto import CLOSE_TOO_MANY_PENDING
+
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(max_pending=3))
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    idle = [
+        await connect_websocket(link.websocket_url, max_message_size=MAX_FRAME) for _ in range(3)
+    ]
+    extra = await connect_websocket(link.websocket_url, max_message_size=MAX_FRAME)
+    with trio.fail_after(5):
+        try:
+            await extra.receive()
+        except WebSocketClosed as exc:
+            assert exc.code == CLOSE_TOO_MANY_PENDING
+        else:
+            raise AssertionError("expected the fourth pending connection to be refused")
+    # The real member still gets in once the idle ones are gone.
+    for ws in idle:
+        await ws.aclose()
+    with trio.fail_after(5):
+        while True:
+            try:
+                await join(nursery, str(link), name="ben")
+                break
+            except Exception:
+                await trio.sleep(0.05)
+    await host.close()
