@@ -223,6 +223,8 @@ class HostSession(_Session):
         self.initial_invites: list[InviteInfo] = []
         self.public_url: str | None = None
         self._seen_seq = 0
+        self._room_closed = trio.Event()
+        self._stopped = trio.Event()
 
     def _on_room_change(self) -> None:
         self._names.update(self.room.roster())
@@ -234,8 +236,7 @@ class HostSession(_Session):
         if self.room.closed and not self.closed:
             self.closed = True
             self.closed_reason = self.room.close_reason
-            # The idle timer closed the room: the relay stops once the goodbyes are out.
-            self._scope.deadline = min(self._scope.deadline, trio.current_time() + 2.0)
+            self._room_closed.set()  # _run lets the goodbyes out, then stops everything
 
     def _to_message(self, entry: TranscriptEntry) -> TranscriptMessage:
         self._names.learn(entry.member, entry.name)
@@ -322,13 +323,10 @@ class HostSession(_Session):
     async def close(self, summary: str | None = None) -> None:
         if not self.closed:
             self.relay.call(lambda now: self.room.close(summary, now))
-            # Give the goodbyes a moment to go out, then tear everything down.
-            await self.relay.drain(2.0)
-        self._scope.cancel()
+        self._room_closed.set()
         await self._stopped.wait()
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._stopped = trio.Event()
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -336,7 +334,10 @@ class HostSession(_Session):
                     bound = await nursery.start(self.relay.run, host, port)
                     self.public_url = await self.transport.start(nursery, bound)
                     task_status.started()
-                    await trio.sleep_forever()
+                    await self._room_closed.wait()
+                    # Give the goodbyes a moment to go out, then tear everything down.
+                    await self.relay.drain(2.0)
+                    nursery.cancel_scope.cancel()
         finally:
             self.closed = True
             self.closed_reason = self.closed_reason or "closed"

@@ -182,3 +182,19 @@ async def test_late_joiner_is_told_when_history_was_capped(nursery):
     seqs = [m.seq for m in messages[1:]]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     await host.close()
+
+
+async def test_idle_room_closes_for_everyone(nursery):
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(idle_timeout=0.5))
+    ben = await join(nursery, host.initial_invites[0].join_link, name="ben")
+    with trio.fail_after(10):
+        while not (host.closed and ben.closed):
+            await ben.listen(ben.status().last_seq, 1.0)
+    assert host.closed_reason == ben.closed_reason == "idle-closed"
+    result = await ben.listen(0, 0.1)
+    assert result.messages[-1].event == "idle-closed"
+    assert host.status().connection == "closed"
+    with trio.fail_after(5):
+        await host.close()  # idempotent: returns once the relay and transport are gone
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", host.relay.port)
