@@ -2,11 +2,20 @@
 
 `default` keeps `make test` fast; `ci-fuzz` is the small fixed budget CI spends on every
 submission; `fuzz` is for long local runs (`make fuzz`).
+
+The fuzz targets reuse the in-memory harness and the property bodies in tests/tunnelproto
+(harness.py, core_properties.py), so that directory goes on sys.path.
 """
 
 import os
+import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
+
+_PROTO_TESTS = str(Path(__file__).resolve().parent.parent / "tests" / "tunnelproto")
+if _PROTO_TESTS not in sys.path:
+    sys.path.insert(0, _PROTO_TESTS)
 
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile(

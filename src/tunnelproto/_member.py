@@ -76,6 +76,10 @@ class MemberConnection:
         rng: Callable[[int], bytes] = os.urandom,
         caps: tuple[str, ...] = (),
     ) -> None:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LocalProtocolError("the name is not valid Unicode text", "bad-name") from None
         self.link = link
         self.state = MemberState.HANDSHAKE
         self.resumed_from = resume
@@ -133,6 +137,12 @@ class MemberConnection:
             raise LocalProtocolError(
                 f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it", "too-long"
             )
+        try:
+            # Lone surrogates cannot travel as UTF-8; refuse them here, before the say is kept
+            # for re-sending (a kept one would make every resume fail to encode).
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LocalProtocolError("the message is not valid Unicode text", "malformed") from None
         if len(self._unacked) >= MAX_UNACKED_SAYS:
             raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
         ref = self._next_ref

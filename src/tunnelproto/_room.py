@@ -70,6 +70,15 @@ REFUSAL_MESSAGES = {
 }
 
 
+def _is_utf8(text: str) -> bool:
+    """False for text with lone surrogates, which no frame can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(slots=True)
 class RoomConfig:
     capacity: int = DEFAULT_CAPACITY  # members including the host
@@ -188,6 +197,8 @@ class Room:
             raise LocalProtocolError(
                 f"the goal is too long ({len(goal)} characters, max {MAX_GOAL_CHARS})", "bad-goal"
             )
+        if not _is_utf8(goal):
+            raise LocalProtocolError("the goal is not valid Unicode text", "bad-goal")
         self.goal = goal
         self._rng = rng
         self.tunnel_id = tunnel_id or b64url(rng(TUNNEL_ID_BYTES))
@@ -281,6 +292,8 @@ class Room:
             return
         if summary is not None:
             summary = summary[:MAX_SUMMARY_CHARS]
+            if not _is_utf8(summary):
+                raise LocalProtocolError("the summary is not valid Unicode text", "bad-summary")
         self._shutdown("closed", summary, now)
 
     def data_to_send(self) -> list[Send | Disconnect]:
@@ -433,7 +446,7 @@ class Room:
             # The new ticket is valid from now on, not only from confirmation: if this
             # connection dies after the welcome reached the member but before its ack reached
             # us, the member holds only the new ticket. Both die at the next confirmation.
-            self._add_ticket(seat, new_ticket)
+            self._add_ticket(seat, new_ticket, used=key_id)
             roster = self.roster()
         welcome = f.Welcome(
             goal=self.goal,
@@ -482,14 +495,19 @@ class Room:
             return "bad-resume"
         return None
 
-    def _add_ticket(self, seat: Seat, secret: bytes) -> None:
+    def _add_ticket(self, seat: Seat, secret: bytes, *, used: bytes) -> None:
+        # The member now holds either `used` (this welcome may be lost too) or the new ticket,
+        # so both move to the young end; the first entry is the confirmed ticket, which a member
+        # whose every resume welcome got lost still holds, so it is never the one evicted.
+        if used != next(iter(seat.tickets)):
+            seat.tickets[used] = seat.tickets.pop(used)
         new_id = ticket_id(secret, self.tunnel_id)
         seat.tickets[new_id] = secret
         self._tickets[new_id] = seat
         while len(seat.tickets) > MAX_TICKETS_PER_SEAT:
-            oldest = next(iter(seat.tickets))
-            del seat.tickets[oldest]
-            self._tickets.pop(oldest, None)
+            oldest_unconfirmed = list(seat.tickets)[1]
+            del seat.tickets[oldest_unconfirmed]
+            self._tickets.pop(oldest_unconfirmed, None)
 
     def _reserved_count(self) -> int:
         return sum(1 for inv in self._invites.values() if inv.state == "reserved")
