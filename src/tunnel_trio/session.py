@@ -223,11 +223,15 @@ class HostSession(_Session):
         self.initial_invites: list[InviteInfo] = []
         self.public_url: str | None = None
         self._seen_seq = 0
+        self._roster_version = -1
         self._room_closed = trio.Event()
         self._stopped = trio.Event()
 
     def _on_room_change(self) -> None:
-        self._names.update(self.room.roster())
+        # Called after every room call (each ack too): only do per-member work on a change.
+        if self.room.roster_version != self._roster_version:
+            self._roster_version = self.room.roster_version
+            self._names.update(self.room.roster())
         if self.room.last_seq != self._seen_seq:
             for entry in self.room.entries_since(self._seen_seq):
                 self._transcript.add(self._to_message(entry))

@@ -219,7 +219,9 @@ def _parse(value: dict[str, _codec.Value]) -> Frame:
         )
     if t == "welcome":
         limits = _get(value, "limits", dict, t)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in limits.values()):
+        if not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in limits.values()
+        ):
             raise RemoteProtocolError("welcome.limits must map names to integers", "malformed")
         return Welcome(
             goal=_get(value, "goal", str, t),

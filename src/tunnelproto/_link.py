@@ -43,7 +43,9 @@ def b64url_decode(text: str) -> bytes:
 
 def derive_id(label: bytes, secret: bytes, tunnel_id: str) -> bytes:
     """BLAKE2b-128 keyed with the secret over label || tunnel id (spec: "Key ids")."""
-    return hashlib.blake2b(label + tunnel_id.encode("ascii"), key=secret, digest_size=ID_LEN).digest()
+    return hashlib.blake2b(
+        label + tunnel_id.encode("ascii"), key=secret, digest_size=ID_LEN
+    ).digest()
 
 
 def invite_id(secret: bytes, tunnel_id: str) -> bytes:
@@ -68,7 +70,9 @@ class JoinLink:
     secret: bytes
 
     def __repr__(self) -> str:  # never let the secret reach a log through repr()
-        return f"JoinLink(base_url={self.base_url!r}, tunnel_id={self.tunnel_id!r}, secret=<hidden>)"
+        return (
+            f"JoinLink(base_url={self.base_url!r}, tunnel_id={self.tunnel_id!r}, secret=<hidden>)"
+        )
 
     def __str__(self) -> str:
         return f"{self.base_url}/t/{self.tunnel_id}#{b64url(self.secret)}"

@@ -44,6 +44,9 @@ PING_AFTER = 20.0
 DEAD_AFTER = 60.0
 #: Most says awaiting their seq at once; past it `say()` refuses (the room is not answering).
 MAX_UNACKED_SAYS = 256
+#: Capabilities a member may announce in hello, and their length.
+MAX_CAPS = 8
+MAX_CAP_CHARS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,12 @@ class MemberConnection:
         rng: Callable[[int], bytes] = os.urandom,
         caps: tuple[str, ...] = (),
     ) -> None:
+        if len(caps) > MAX_CAPS or any(len(c) > MAX_CAP_CHARS for c in caps):
+            # Keeps hello well inside the room's handshake message 1 limit.
+            raise LocalProtocolError(
+                f"at most {MAX_CAPS} capabilities of {MAX_CAP_CHARS} characters", "bad-caps"
+            )
+        self._host_error: str | None = None
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
@@ -105,7 +114,7 @@ class MemberConnection:
         self._hs = new_handshake(initiator=True, tunnel_id=link.tunnel_id, psk=psk, rng=rng)
         hello = f.Hello(
             v=f.PROTOCOL_VERSION,
-            name=name[:256],
+            name=name[:128],  # the room keeps 64 after stripping; this bounds hello
             sw=SOFTWARE,
             caps=caps,
             last=resume.last_seq if resume else None,
@@ -135,7 +144,8 @@ class MemberConnection:
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > MAX_TEXT_BYTES:
             raise LocalProtocolError(
-                f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it", "too-long"
+                f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it",
+                "too-long",
             )
         try:
             # Lone surrogates cannot travel as UTF-8; refuse them here, before the say is kept
@@ -174,7 +184,10 @@ class MemberConnection:
     def connection_lost(self, now: float) -> None:
         """The transport died under us."""
         if self.state in (MemberState.HANDSHAKE, MemberState.OPEN):
-            self._end("connection-lost", "the connection dropped", resumable=True)
+            message = "the connection dropped"
+            if self._host_error is not None:
+                message += f" (the host reported {self._host_error})"
+            self._end("connection-lost", message, resumable=True)
             self.state = MemberState.ERROR
 
     def receive_data(self, data: bytes, now: float) -> None:
@@ -222,7 +235,9 @@ class MemberConnection:
         assert self._channel is not None
         self._out.append(self._channel.seal(frame.encode()))
 
-    def _end(self, reason: str, message: str, *, resumable: bool, summary: str | None = None) -> None:
+    def _end(
+        self, reason: str, message: str, *, resumable: bool, summary: str | None = None
+    ) -> None:
         if self.state in (MemberState.CLOSED, MemberState.ERROR):
             return
         self.state = MemberState.CLOSED
@@ -279,7 +294,15 @@ class MemberConnection:
         for ref, text in sorted(self._unacked.items()):
             self._queue(f.Say(ref=ref, text=text))
         self._events.append(
-            Welcomed(frame.you, frame.name, frame.goal, frame.roster, frame.last, frame.resumed, self.limits)
+            Welcomed(
+                frame.you,
+                frame.name,
+                frame.goal,
+                frame.roster,
+                frame.last,
+                frame.resumed,
+                self.limits,
+            )
         )
 
     def _refused(self, frame: f.Refuse, *, authenticated: bool) -> None:
@@ -288,7 +311,9 @@ class MemberConnection:
 
     def _on_frame(self, frame: f.Frame) -> None:
         if type(frame) not in MEMBER_ACCEPTS:
-            raise RemoteProtocolError(f"{frame.TYPE!r} frame is not allowed from the room", "unexpected")
+            raise RemoteProtocolError(
+                f"{frame.TYPE!r} frame is not allowed from the room", "unexpected"
+            )
         if isinstance(frame, f.Message):
             self._expect_seq(frame.seq)
             if frame.from_ == self.member_id and frame.ref in self._unacked:
@@ -300,9 +325,7 @@ class MemberConnection:
                 if frame.seq != 0 or frame.first is None or frame.first <= self.last_seq + 1:
                     raise RemoteProtocolError("bad history-truncated notice", "malformed")
                 self.last_seq = frame.first - 1
-                self._events.append(
-                    RoomEvent(0, frame.kind, frame.ts, first_seq=frame.first)
-                )
+                self._events.append(RoomEvent(0, frame.kind, frame.ts, first_seq=frame.first))
                 return
             self._expect_seq(frame.seq)
             self._events.append(
@@ -316,13 +339,21 @@ class MemberConnection:
         elif isinstance(frame, f.Error):
             if frame.ref is not None and frame.ref in self._unacked:
                 del self._unacked[frame.ref]
-                self._events.append(SayRejected(frame.ref, frame.code, frame.msg[:500], frame.retry))
-            elif frame.ref is None and frame.code == "slow-consumer":
-                pass  # a Disconnect follows; the driver resumes
+                self._events.append(
+                    SayRejected(frame.ref, frame.code, frame.msg[:500], frame.retry)
+                )
+            elif frame.ref is None:
+                # A connection-level error (slow-consumer, bad-ack, ...): the host closes the
+                # connection next; keep its reason so the drop is reported truthfully.
+                self._host_error = f"{frame.code[:32]}: {frame.msg[:200]}"
         elif isinstance(frame, f.Close):
             resumable = False
-            self._end(frame.reason[:64], f"the host ended the connection: {frame.reason[:64]}",
-                      resumable=resumable, summary=frame.summary)
+            self._end(
+                frame.reason[:64],
+                f"the host ended the connection: {frame.reason[:64]}",
+                resumable=resumable,
+                summary=frame.summary,
+            )
         # Pong: receiving it refreshed _last_rx; nothing else to do.
 
     def _expect_seq(self, seq: int) -> None:

@@ -38,7 +38,9 @@ MAX_GOAL_CHARS = 4000
 #: Max host summary on close, in characters.
 MAX_SUMMARY_CHARS = 4000
 DEFAULT_CAPACITY = 16
-MAX_CAPACITY = 256
+#: Largest capacity: a welcome or roster frame for this many members with the longest names
+#: (64 characters, 4 UTF-8 bytes each) plus the longest goal stays under the max plaintext.
+MAX_CAPACITY = 64
 DEFAULT_MAX_PENDING = 8
 #: Refused says remembered per seat for re-sends after a resume (a member holds at most 256
 #: unanswered says, see `_member.MAX_UNACKED_SAYS`).
@@ -221,6 +223,8 @@ class Room:
         self._last_chat_at = now
         self.closed = False
         self.close_reason: str | None = None
+        #: Bumped whenever the roster changes, so drivers need not compare rosters.
+        self.roster_version = 0
 
     # ------------------------------------------------------------------ host API
 
@@ -379,7 +383,8 @@ class Room:
                 self._drop(conn, now, CLOSE_KEEPALIVE_TIMEOUT, "keepalive timeout")
             elif conn.inflight and now >= conn.stall_since + cfg.stall_timeout:
                 self._send_frame(
-                    conn, f.Error(code="slow-consumer", msg="you stopped reading; resume to catch up")
+                    conn,
+                    f.Error(code="slow-consumer", msg="you stopped reading; resume to catch up"),
                 )
                 self._drop(conn, now, CLOSE_SLOW_CONSUMER, "slow consumer")
             elif not conn.ping_outstanding and now >= conn.last_rx + cfg.ping_after:
@@ -742,10 +747,11 @@ class Room:
             self._out.append(Send(conn.id, conn.channel.seal(frame.encode())))
 
     def _broadcast_roster(self) -> None:
-        frame = f.Roster(members=self.roster())
+        self.roster_version += 1
+        plaintext = f.Roster(members=self.roster()).encode()  # once, sealed per connection
         for conn in self._conns.values():
-            if conn.state is ConnState.OPEN:
-                self._send_frame(conn, frame)
+            if conn.state is ConnState.OPEN and conn.channel is not None:
+                self._out.append(Send(conn.id, conn.channel.seal(plaintext)))
 
     # ------------------------------------------------------------------ internals: endings
 
