@@ -170,7 +170,9 @@ def test_authenticated_refusal() -> None:
 def test_welcome_then_messages_in_order() -> None:
     mc, host = opened()
     mc.receive_data(host.frame(_frames.Message(seq=1, ts=5, text="hi", ref=0, from_=1)), START)
-    mc.receive_data(host.frame(_frames.Event(kind="joined", seq=2, ts=6, member=3, name="bo")), START)
+    mc.receive_data(
+        host.frame(_frames.Event(kind="joined", seq=2, ts=6, member=3, name="bo")), START
+    )
     assert events(mc) == [
         ChatMessage(1, 1, 5, "hi"),
         RoomEvent(2, "joined", 6, member_id=3, name="bo"),
@@ -209,13 +211,17 @@ def test_frames_the_room_never_sends_are_fatal(frame: _frames.Frame) -> None:
 
 def test_history_truncated_notice_must_move_forward() -> None:
     mc, host = opened(first=10, last=20)
-    mc.receive_data(host.frame(_frames.Event(kind="history-truncated", seq=0, ts=1, first=10)), START)
+    mc.receive_data(
+        host.frame(_frames.Event(kind="history-truncated", seq=0, ts=1, first=10)), START
+    )
     (notice,) = events(mc)
     assert notice == RoomEvent(0, "history-truncated", 1, first_seq=10)
     mc.receive_data(host.frame(_frames.Message(seq=10, ts=5, text="kept", ref=0, from_=1)), START)
     assert events(mc) == [ChatMessage(10, 1, 5, "kept")]
     with pytest.raises(RemoteProtocolError):
-        mc.receive_data(host.frame(_frames.Event(kind="history-truncated", seq=0, ts=1, first=5)), START)
+        mc.receive_data(
+            host.frame(_frames.Event(kind="history-truncated", seq=0, ts=1, first=5)), START
+        )
 
 
 def test_error_frame_settles_the_say_it_names() -> None:
@@ -291,8 +297,15 @@ def test_resumed_welcome_must_match_the_seat() -> None:
     reply = host.answer(
         msg1,
         _frames.Welcome(
-            goal="g", you=99, name="ana", roster=(), last=5, first=1, ticket=bytes(32),
-            resumed=True, limits={},
+            goal="g",
+            you=99,
+            name="ana",
+            roster=(),
+            last=5,
+            first=1,
+            ticket=bytes(32),
+            resumed=True,
+            limits={},
         ).encode(),
         psk=state.ticket,
     )
@@ -306,5 +319,37 @@ def test_welcomed_event_fields() -> None:
     mc.receive_data(FakeHost(LINK).welcome(msg1, name="ana (2)", goal="G"), START)
     (welcome,) = events(mc)
     assert isinstance(welcome, Welcomed)
-    assert (welcome.name, welcome.goal, welcome.member_id, welcome.resumed) == ("ana (2)", "G", 2, False)
+    assert (welcome.name, welcome.goal, welcome.member_id, welcome.resumed) == (
+        "ana (2)",
+        "G",
+        2,
+        False,
+    )
     assert mc.name == "ana (2)"
+
+
+def test_a_connection_level_error_is_kept_for_the_drop_report() -> None:
+    mc, host = opened()
+    mc.receive_data(
+        host.frame(_frames.Error(code="slow-consumer", msg="you stopped reading")), START
+    )
+    assert events(mc) == []
+    mc.connection_lost(START + 1)
+    (end,) = events(mc)
+    assert isinstance(end, ConnectionEnded) and end.resumable
+    assert "slow-consumer" in end.message and "you stopped reading" in end.message
+
+
+def test_hello_stays_bounded() -> None:
+    with pytest.raises(LocalProtocolError):
+        MemberConnection(LINK, "ana", START, caps=tuple(f"cap{i}" for i in range(9)))
+    with pytest.raises(LocalProtocolError):
+        MemberConnection(LINK, "ana", START, caps=("x" * 33,))
+    # The largest hello the API allows still fits handshake message 1.
+    mc = MemberConnection(
+        LINK, "\U0001f600" * 500, START, caps=tuple("\U0001f600" * 32 for _ in range(8))
+    )
+    (msg1,) = mc.data_to_send()
+    from tunnelproto._channel import MAX_MSG1
+
+    assert len(msg1) <= MAX_MSG1

@@ -485,3 +485,18 @@ def test_leaving_frees_the_seat_at_once_and_others_see_left_only() -> None:
     assert [m.name for m in net.room.roster()] == ["host", "ana"]
     assert ana.mc.roster == net.room.roster()
     net.check()
+
+
+def test_capacity_is_capped_so_a_full_roster_fits_one_frame() -> None:
+    from tunnelproto import MAX_PLAINTEXT, Room, RoomConfig
+    from tunnelproto._frames import MemberEntry, Roster
+    from tunnelproto._room import MAX_CAPACITY, MAX_GOAL_CHARS
+
+    with pytest.raises(LocalProtocolError):
+        Room("goal", "host", 0.0, config=RoomConfig(capacity=MAX_CAPACITY + 1))
+    longest = "\U0001f600" * 64
+    roster = tuple(MemberEntry(i, longest, i == 1, True) for i in range(1, MAX_CAPACITY + 1))
+    assert (
+        len(Roster(members=roster).encode()) + len(("\U0001f600" * MAX_GOAL_CHARS).encode())
+        < MAX_PLAINTEXT
+    )
