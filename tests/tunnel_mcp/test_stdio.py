@@ -23,7 +23,7 @@ from mcp.shared.message import SessionMessage
 
 from tunnel_mcp.demo import websocket_payloads
 
-SERVER = [sys.executable, "-m", "tunnel_mcp", "--log-level", "info"]
+SERVER = [sys.executable, "-m", "tunnel_mcp", "--log-level", "debug"]
 
 
 def server_env(tmp_path: Path) -> dict[str, str]:
@@ -159,6 +159,7 @@ async def test_two_servers_talk_and_a_third_is_refused(tmp_path: Path) -> None:
         log = (tmp_path / f"{name}.log").read_text()
         assert "Traceback" not in log, log
         assert "#" not in "".join(line.split("/t/")[-1] for line in log.splitlines() if "/t/" in line)
+        assert opened["joinLink"].split("#")[1] not in log  # the secret never reaches a log
 
 
 async def test_host_stdin_closing_ends_the_room_for_everyone(tmp_path: Path) -> None:
