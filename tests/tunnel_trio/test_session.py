@@ -198,3 +198,24 @@ async def test_idle_room_closes_for_everyone(nursery):
         await host.close()  # idempotent: returns once the relay and transport are gone
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", host.relay.port)
+
+
+async def test_relay_sleeps_until_the_cores_deadline(nursery, autojump_clock):
+    # Virtual time: the 30-minute idle timeout passes in milliseconds. The relay's timer task
+    # must wake exactly when the core asks (no polling): a room with nobody in it has one
+    # deadline, the idle one, so handle_timer runs once, at 30 minutes.
+    host = await open_host(nursery, "goal", name="ana")
+    calls = []
+    real = host.room.handle_timer
+
+    def counting(now):
+        calls.append(now)
+        real(now)
+
+    host.room.handle_timer = counting
+    start = trio.current_time()
+    result = await host.listen(0, 3 * 3600)
+    assert result.messages and result.messages[-1].event == "idle-closed"
+    assert len(calls) == 1
+    assert calls[0] - start == pytest.approx(30 * 60, abs=1.0)
+    await host.close()
