@@ -5,8 +5,13 @@ submission; `fuzz` is for long local runs (`make fuzz`).
 """
 
 import os
+import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
+
+# Test-support modules shared by several test directories (no __init__.py under tests/).
+sys.path.insert(0, str(Path(__file__).parent / "_support"))
 
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile(

@@ -205,3 +205,49 @@ def test_websocket_payloads_unmasks_client_frames() -> None:
     head, payloads = websocket_payloads(stream)
     assert head.startswith(b"GET /t/x")
     assert payloads == [payload]
+
+
+async def test_two_processes_drop_and_resume_without_losing_a_message(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from dropproxy import DropProxy
+
+    async with sdk_client(tmp_path, "host") as host, sdk_client(tmp_path, "guest") as guest:
+        opened = await ok(host, "tunnel_open", {"goal": "survive drops", "name": "ana"})
+        before, secret = opened["joinLink"].split("#")
+        base, path = before.rsplit("/t/", 1)
+        proxy = DropProxy(int(base.rsplit(":", 1)[1]))
+        await nursery.start(proxy.run)
+        link = f"http://127.0.0.1:{proxy.port}/t/{path}#{secret}"
+        await ok(guest, "tunnel_join", {"joinLink": link, "name": "ben"})
+
+        expected = []
+        for round_ in range(3):
+            for i in range(5):
+                await ok(host, "tunnel_say", {"text": f"ana {round_}.{i}"})
+                expected.append(f"ana {round_}.{i}")
+            proxy.drop_all()  # the guest's TCP connection dies under it
+            # The guest's say waits through the reconnect and lands exactly once.
+            await ok(guest, "tunnel_say", {"text": f"ben {round_}"})
+            expected.append(f"ben {round_}")
+        assert proxy.drops >= 3
+
+        last = (await ok(host, "tunnel_status"))["lastSeq"]
+        seen: list[dict[str, Any]] = []
+        since = 0
+        with trio.fail_after(30):
+            while since < last:
+                got = await ok(
+                    guest,
+                    "tunnel_listen",
+                    {"sinceSeq": since, "timeoutMs": 5000, "includeOwn": True},
+                )
+                seen += got["messages"]
+                since = got["lastSeq"]
+        assert [m["seq"] for m in seen] == list(range(1, last + 1))  # no gap, no duplicate
+        assert [m["text"] for m in seen if m["kind"] == "chat"] == expected
+        events = [m["event"] for m in seen if m["kind"] == "event"]
+        assert "disconnected" in events and "reconnected" in events
+        members = (await ok(host, "tunnel_status"))["members"]
+        assert [(m["name"], m["connected"]) for m in members] == [("ana", True), ("ben", True)]
+        await ok(host, "tunnel_close", {})

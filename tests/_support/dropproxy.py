@@ -1,0 +1,49 @@
+"""A TCP proxy on 127.0.0.1 that can cut every connection through it: the network faults
+that tests inject between a member and the relay (a NAT timeout, a Wi-Fi switch)."""
+
+from __future__ import annotations
+
+import trio
+
+
+class DropProxy:
+    """A TCP proxy on 127.0.0.1 that can cut every connection passing through it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.drops = 0
+        self._scopes: set[trio.CancelScope] = set()
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+                async with client, server, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
+                    nursery.start_soon(self._pipe, server, client, nursery.cancel_scope)
+            finally:
+                self._scopes.discard(scope)
+        # A cut connection is closed abruptly, like a NAT timeout or a Wi-Fi switch.
+        await client.aclose()
+
+    @staticmethod
+    async def _pipe(src, dst, scope):
+        try:
+            async for chunk in src:
+                await dst.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    def drop_all(self) -> None:
+        self.drops += len(self._scopes)
+        for scope in list(self._scopes):
+            scope.cancel()
