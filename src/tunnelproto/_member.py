@@ -35,7 +35,7 @@ from ._events import (
 )
 from ._link import JoinLink, ticket_id
 from ._noise import NoiseError
-from ._room import MAX_TEXT_BYTES
+from ._room import check_text
 from ._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, MemberState
 
 SOFTWARE = "tunnel-mcp-python/1"
@@ -139,20 +139,9 @@ class MemberConnection:
     def say(self, text: str) -> int:
         if self.state is not MemberState.OPEN:
             raise LocalProtocolError("not connected to the room", "not-open")
-        if not isinstance(text, str) or not text.strip():
-            raise LocalProtocolError("the message is empty", "empty")
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > MAX_TEXT_BYTES:
-            raise LocalProtocolError(
-                f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it",
-                "too-long",
-            )
-        try:
-            # Lone surrogates cannot travel as UTF-8; refuse them here, before the say is kept
-            # for re-sending (a kept one would make every resume fail to encode).
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise LocalProtocolError("the message is not valid Unicode text", "malformed") from None
+        # Checked before the say is kept for re-sending: a kept unencodable one would make
+        # every resume fail.
+        check_text(text, LocalProtocolError)
         if len(self._unacked) >= MAX_UNACKED_SAYS:
             raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
         ref = self._next_ref

@@ -81,6 +81,21 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def check_text(text: str, error: type[LocalProtocolError] | type[RemoteProtocolError]) -> None:
+    """The rules for chat text, shared by the member (before sending) and the room."""
+    if not isinstance(text, str) or not text.strip():
+        raise error("the message is empty", "empty")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise error(
+            f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it",
+            "too-long",
+        )
+    # Lone surrogates cannot travel as UTF-8.
+    if not _is_utf8(text):
+        raise error("the message is not valid Unicode text", "malformed")
+
+
 @dataclass(slots=True)
 class RoomConfig:
     capacity: int = DEFAULT_CAPACITY  # members including the host
@@ -287,7 +302,7 @@ class Room:
         """The host's own chat message."""
         if self.closed:
             raise LocalProtocolError("the room is closed", "closed")
-        self._check_text(text, LocalProtocolError)
+        check_text(text, LocalProtocolError)
         return self._append_chat(self.host_id, text, 0, now)
 
     def close(self, summary: str | None, now: float) -> None:
@@ -618,7 +633,7 @@ class Room:
             return
         seat.last_ref = say.ref
         try:
-            self._check_text(say.text, RemoteProtocolError)
+            check_text(say.text, RemoteProtocolError)
         except RemoteProtocolError as exc:
             self._refuse_say(conn, seat, f.Error(code=exc.code, msg=str(exc), ref=say.ref))
             return
@@ -653,21 +668,6 @@ class Room:
             seat.tokens -= 1.0
             return None
         return max(1, int((1.0 - seat.tokens) / cfg.rate_per_sec * 1000))
-
-    @staticmethod
-    def _check_text(text: str, error: type[LocalProtocolError] | type[RemoteProtocolError]) -> None:
-        if not isinstance(text, str) or not text.strip():
-            raise error("the message is empty", "empty")
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > MAX_TEXT_BYTES:
-            raise error(
-                f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it",
-                "too-long",
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise error("the message is not valid Unicode text", "malformed") from None
 
     # ------------------------------------------------------------------ internals: transcript
 
