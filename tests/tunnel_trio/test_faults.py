@@ -6,6 +6,7 @@ import os
 
 import trio
 from dropproxy import DropProxy
+from transcripts import collect
 
 from tunnel_trio._ws import WebSocketClosed, connect_websocket
 from tunnel_trio.session import RoomConfig, join, open_host
@@ -22,16 +23,6 @@ from tunnelproto import (
 def _via(link: str, port: int) -> str:
     parsed = JoinLink.parse(link)
     return str(JoinLink(f"http://127.0.0.1:{port}", parsed.tunnel_id, parsed.secret))
-
-
-async def _transcript(session, until_seq, timeout=30.0):
-    got, since = [], 0
-    with trio.fail_after(timeout):
-        while since < until_seq:
-            result = await session.listen(since, 5.0, include_own=True)
-            got.extend(m for m in result.messages if m.seq > 0)
-            since = result.last_seq
-    return got
 
 
 async def test_drops_mid_stream_lose_nothing(nursery):
@@ -63,10 +54,10 @@ async def test_drops_mid_stream_lose_nothing(nursery):
     last = host.room.last_seq
     assert proxy.drops >= 4
 
-    reference = await _transcript(host, last)
+    reference = await collect(host, last)
     assert [m.seq for m in reference] == list(range(1, last + 1))
     for member in (flaky, steady):
-        seen = await _transcript(member, last)
+        seen = await collect(member, last)
         assert [m.seq for m in seen] == list(range(1, last + 1)), "gap or duplicate"
         assert [(m.kind, m.text, m.event) for m in seen] == [
             (m.kind, m.text, m.event) for m in reference
@@ -125,7 +116,7 @@ async def test_stalled_reader_is_cut_off_and_memory_stays_bounded(nursery):
                 break
             await trio.sleep(0.05)
     # The reader that kept up got everything.
-    seen = await _transcript(ok, host.room.last_seq)
+    seen = await collect(ok, host.room.last_seq)
     assert sum(1 for m in seen if m.kind == "chat") == 400
     await ws.aclose()
     await host.close()
@@ -187,7 +178,7 @@ async def test_garbage_after_handshake_kills_only_that_connection(nursery):
             codes.append(exc.code)
     assert codes == [CLOSE_PROTOCOL_ERROR]
     seq = await ben.say("still here")
-    seen = await _transcript(host, seq)
+    seen = await collect(host, seq)
     assert seen[-1].text == "still here"
     await host.close()
 

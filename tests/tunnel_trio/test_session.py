@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import pytest
 import trio
+from transcripts import collect
 
 from tunnel_trio.session import RoomConfig, join, open_host
 from tunnel_trio.session_types import JoinRefusedError, NotOpenError, TunnelError
 from tunnelproto import JoinLink
-
-
-async def _collect(session, since: int, until_seq: int, *, include_own=True, timeout=10.0):
-    """Listen until `until_seq` is seen; returns every message with seq > since."""
-    got = []
-    with trio.fail_after(timeout):
-        while since < until_seq:
-            result = await session.listen(since, 5.0, include_own=include_own)
-            got.extend(m for m in result.messages if m.seq > 0)
-            since = result.last_seq
-    return got
 
 
 def _chats(messages):
@@ -44,10 +34,10 @@ async def test_host_and_three_members_talk(nursery):
     # Everyone sees the same total order.
     orders = []
     for s in (host, ben, ben2):
-        msgs = await _collect(s, 0, seq3)
+        msgs = await collect(s, seq3)
         orders.append([(m.seq, m.kind, m.text) for m in msgs])
     assert orders[0] == orders[1] == orders[2]
-    assert _chats(await _collect(ben, 0, seq3)) == [
+    assert _chats(await collect(ben, seq3)) == [
         ("ana", "hello from the host"),
         ("ben", "hi, ben here"),
         ("ben (2)", "and the other ben"),
@@ -61,9 +51,9 @@ async def test_host_and_three_members_talk(nursery):
     # A late joiner gets the whole history first, in order.
     (late_invite,) = host.invite(1)
     cy = await join(nursery, late_invite.join_link, name="cy")
-    late = await _collect(cy, 0, seq3)
+    late = await collect(cy, seq3)
     assert [(m.seq, m.kind, m.text) for m in late] == orders[0][: len(late)]
-    assert _chats(late) == _chats(await _collect(ben, 0, seq3))
+    assert _chats(late) == _chats(await collect(ben, seq3))
 
     status = host.status()
     assert status.role == "host"
