@@ -63,6 +63,7 @@ RoomConfig = _RoomConfig
 MEMBER_TRANSCRIPT_CAP = 20_000
 SAY_TIMEOUT = 30.0
 JOIN_TIMEOUT = 30.0
+IN_USE_RETRY = 3.0
 
 
 class _Transcript:
@@ -381,11 +382,11 @@ async def open_host(
     except Exception as group:
         # Startup runs in the session's own nursery, so its errors arrive wrapped in an
         # ExceptionGroup; a single one underneath is what the user needs to see.
-        exc = _single_leaf(group)
+        leaf = _single_leaf(group)
         # OSError: the port could not be bound; ours: transport errors (cloudflared missing,
         # rate limited, ...), whose messages already say what to do.
-        if isinstance(exc, OSError) or type(exc).__module__.startswith("tunnel_trio"):
-            raise TunnelError(f"could not start the tunnel: {exc}") from None
+        if isinstance(leaf, OSError) or type(leaf).__module__.startswith("tunnel_trio"):
+            raise TunnelError(f"could not start the tunnel: {leaf}") from None
         raise
     session._on_room_change()
     try:
@@ -588,19 +589,41 @@ async def join(
             raise TunnelError(str(exc)) from None
     from ._doh import resolve_fallback
 
-    session = MemberSession(
-        parsed,
-        name,
-        ssl_context=ssl_context,
-        resolve_fallback=resolve_fallback,
-        resolve_override=resolve_override,
-        connect_timeout=connect_timeout,
-    )
+    deadline = trio.current_time() + JOIN_TIMEOUT
+    while True:
+        try:
+            return await _join_once(
+                nursery,
+                parsed,
+                name,
+                deadline,
+                ssl_context=ssl_context,
+                resolve_fallback=resolve_fallback,
+                resolve_override=resolve_override,
+                connect_timeout=connect_timeout,
+            )
+        except JoinRefusedError as exc:
+            # "in-use": another handshake holds the invite, often our own earlier attempt
+            # whose connection died; the room frees it within its 10 s handshake timeout.
+            if exc.code != "in-use" or trio.current_time() + IN_USE_RETRY >= deadline:
+                raise
+            log.info("invite in use; retrying in %.0f s", IN_USE_RETRY)
+            await trio.sleep(IN_USE_RETRY)
+
+
+async def _join_once(
+    nursery: trio.Nursery,
+    parsed: JoinLink,
+    name: str,
+    deadline: float,
+    **dial: object,
+) -> MemberSession:
+    session = MemberSession(parsed, name, **dial)
     try:
         await nursery.start(session._run)
     except DialError as exc:
         raise TunnelError(f"could not reach the host: {exc}") from None
-    with trio.move_on_after(JOIN_TIMEOUT):
+    with trio.move_on_at(deadline):
         while not session._welcomed.is_set():
             if session._refused is not None:
                 raise JoinRefusedError(session._refused.code, session._refused.message)

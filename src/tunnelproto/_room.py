@@ -64,7 +64,10 @@ REFUSAL_MESSAGES = {
     "unknown-invite": "this tunnel has no such invite: ask the host for a fresh link",
     "used": "this invite was already used (links are single-use): ask the host for a new one",
     "expired": "this invite expired: ask the host for a new link",
-    "in-use": "someone is joining with this invite right now: ask the host for a new link",
+    "in-use": (
+        "someone is joining with this invite right now (perhaps your own earlier attempt, which "
+        "times out within 10 s): try again in 10 s, or ask the host for a new link"
+    ),
     "room-full": "the room is full: ask the host to make room",
     "version-unsupported": "the host speaks another protocol version: update tunnel-mcp",
     "closed": "the room has closed",

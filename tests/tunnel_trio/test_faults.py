@@ -210,3 +210,26 @@ async def test_unauthenticated_connections_are_capped(nursery):
             except Exception:
                 await trio.sleep(0.05)
     await host.close()
+
+
+async def test_join_retries_while_a_dead_attempt_still_holds_the_invite(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    # A first attempt got as far as the welcome, then its network died before it confirmed.
+    ws = await connect_websocket(link.websocket_url, max_message_size=MAX_FRAME)
+    ghost = MemberConnection(link, "ghost", trio.current_time())
+    for data in ghost.data_to_send():
+        await ws.send(data)
+    await ws.receive()
+
+    async def connection_dies_later():
+        await trio.sleep(1.0)
+        await ws.aclose()
+
+    nursery.start_soon(connection_dies_later)
+    ben = await join(nursery, str(link), name="ben")  # refused "in-use" at first, then admitted
+    assert ben.self_member.name == "ben"
+    joined = await host.listen(0, 5.0)  # the host seats ben when his confirmation arrives
+    assert [(m.event, m.subject.name) for m in joined.messages] == [("joined", "ben")]
+    assert [m.name for m in host.status().members] == ["ana", "ben"]
+    await host.close()
