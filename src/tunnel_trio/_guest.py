@@ -225,7 +225,9 @@ class Guest:
                         except RemoteProtocolError as exc:
                             log.warning("protocol error from the host: %s", exc)
                         self._drain(conn)
-                        self.flush()
+                        if not ws.message_ready():
+                            # One ack for a burst: the core coalesces acks per flush.
+                            self.flush()
                 finally:
                     ended = self._ended
                     if ended is not None and not ended.resumable and not outbox.closing:

@@ -250,6 +250,13 @@ class WebSocket:
                     await self._send_event(event.response())
                 # Pong: nothing to do, we never wait for one.
 
+    def message_ready(self) -> bool:
+        """True if a complete message is already parsed, so `receive()` will not wait.
+
+        Lets a caller batch its replies (one ack for a burst instead of one per message).
+        """
+        return any(isinstance(e, BytesMessage) and e.message_finished for e in self._events)
+
     async def send(self, data: bytes) -> None:
         """Send one binary message.
 
