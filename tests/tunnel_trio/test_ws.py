@@ -731,3 +731,24 @@ async def test_wss_with_wrong_hostname_fails(nursery: trio.Nursery, ca: trustme.
             ssl_context=client_tls_context(ca),
             resolve_override={("other-name.invalid", port): ("127.0.0.1", port)},
         )
+
+
+async def test_message_ready_says_whether_receive_would_wait() -> None:
+    from trio.testing import memory_stream_pair
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage
+
+    from tunnel_trio._ws import WebSocket, _new_connection
+
+    ours, theirs = memory_stream_pair()
+    ws = WebSocket(ours, _new_connection(ConnectionType.CLIENT, 1024, b""), path="/", remote="x")
+    peer = Connection(ConnectionType.SERVER)
+    burst = b"".join(peer.send(BytesMessage(data=bytes([i]))) for i in range(3))
+    await theirs.send_all(burst)  # three messages arrive in one read
+    assert not ws.message_ready()  # nothing parsed yet
+    assert await ws.receive() == b"\x00"
+    assert ws.message_ready()
+    assert await ws.receive() == b"\x01"
+    assert ws.message_ready()
+    assert await ws.receive() == b"\x02"
+    assert not ws.message_ready()  # the next receive would wait for the network
