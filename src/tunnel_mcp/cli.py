@@ -121,12 +121,15 @@ def _auto_install_skill() -> None:
     """Best effort, once per start: Python packages have no post-install hook."""
     if os.environ.get("TUNNEL_SKIP_SKILL_INSTALL", "").strip().lower() in ("1", "true", "yes", "on"):
         return
-    from tunnel_mcp.skill_install import install_skill
+    from tunnel_mcp.skill_install import auto_install
 
     try:
-        result = install_skill()
+        result = auto_install()
     except OSError as exc:
         log.debug("skill not installed: %s", exc)
+        return
+    if result is None:
+        log.debug("the skill was removed after we installed it; not reinstalling")
         return
     if result.changed:
         log.info("%s", result.describe())

@@ -150,9 +150,12 @@ def _manager(ctx: Context) -> TunnelManager:
 
 
 def _who(member: Member | None) -> str:
+    # Role and id first, the (untrusted, peer-chosen) name quoted after them: a member named
+    # 'ana (id 1, host)' must not be able to pass for the host in the readable text.
     if member is None:
         return "the room"
-    return f"{member.name} (id {member.id}{', host' if member.is_host else ''})"
+    role = "host" if member.is_host else "member"
+    return f"{role} {member.id} {json.dumps(member.name, ensure_ascii=False)}"
 
 
 def _render_message(message: Message) -> str:
@@ -182,7 +185,7 @@ def _render_members(members: list[MemberState]) -> str:
         if not m.connected:
             flags.append("disconnected")
         suffix = f" ({', '.join(flags)})" if flags else ""
-        parts.append(f"{m.name}{suffix}")
+        parts.append(f"{json.dumps(m.name, ensure_ascii=False)}{suffix}")
     return ", ".join(parts) if parts else "nobody"
 
 
@@ -272,7 +275,12 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
             str | None, Field(description="For transport=url: the public base URL that reaches this machine.")
         ] = None,
         bind: Annotated[
-            str | None, Field(description="For transport=direct: host:port to listen on and advertise.")
+            str | None,
+            Field(
+                description="For transport=direct: the LAN host:port to listen on and advertise. "
+                "For transport=url: the local 127.0.0.1:port your reverse proxy forwards to "
+                "(without it the port is chosen for you and reported in warnings)."
+            ),
         ] = None,
         name: Annotated[
             str | None, Field(description="Your display name (default: git user.name, else the OS user).")

@@ -114,6 +114,37 @@ def install_skill(skills_dir: Path | None = None, *, force: bool = False) -> Ins
     return InstallResult(action, target)
 
 
+AUTO_RECORD = "skill-auto-installed"
+
+
+def auto_install(skills_dir: Path | None = None, *, state_dir: Path | None = None) -> InstallResult | None:
+    """The server's best-effort install at start: the first time, and updates after that.
+
+    A user who deleted the skill did so on purpose: once we have auto-installed into a
+    directory (recorded in our state directory, `~/.tunnel`), a missing skill stays missing
+    until `tunnel-mcp install-skill` is run by hand. Returns None when it left things alone.
+    """
+    base = skills_dir if skills_dir is not None else default_skills_dir()
+    target = base / SKILL_NAME / SKILL_FILE
+    if state_dir is None:
+        from tunnel_trio._cloudflared import tunnel_home
+
+        state_dir = tunnel_home()
+    record = state_dir / AUTO_RECORD
+    try:
+        installed_before = str(target) in record.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        installed_before = False
+    if installed_before and not target.exists():
+        return None
+    result = install_skill(base)
+    if not installed_before:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with record.open("a", encoding="utf-8") as f:
+            f.write(f"{target}\n")
+    return result
+
+
 def _read_marker(marker: Path) -> str | None:
     try:
         return marker.read_text(encoding="ascii").strip() or None

@@ -151,6 +151,13 @@ async def _listen(
 ) -> ListenResult:
     if since_seq < 0:
         raise TunnelError("sinceSeq must be 0 or more")
+    if since_seq > transcript.last_seq:
+        # Most likely a seq from an earlier tunnel: waiting for it would hide this tunnel's
+        # messages below it, so say so instead.
+        raise TunnelError(
+            f"sinceSeq {since_seq} is beyond this tunnel's last seq {transcript.last_seq}; seqs "
+            "start again at 1 in every tunnel: pass 0, or a lastSeq this tunnel returned"
+        )
     timeout = max(0.0, timeout)
     with trio.move_on_after(timeout):
         while True:
@@ -391,9 +398,14 @@ async def open_host(
     session._on_room_change()
     try:
         session.initial_invites = session.invite(invites)
-    except TunnelError:
+    except TunnelError as exc:
         await session.close()
-        raise
+        guests = room.config.capacity - 1
+        if invites > guests:
+            raise TunnelError(
+                f"a room holds {guests} guests besides the host: ask for at most {guests} invites"
+            ) from None
+        raise exc from None
     return session
 
 

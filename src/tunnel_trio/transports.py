@@ -198,6 +198,13 @@ class UrlTransport(Transport):
             local_port,
         )
         self.public_url = self.normalized_url
+        if self.port == 0:
+            # The port was ephemeral, so the user cannot have configured their proxy for it
+            # yet: the status (and tunnel_open's result) must say where to point it.
+            self.warning = (
+                f"configure your reverse proxy to forward {self.normalized_url} to "
+                f"http://{_host_for_url(self.host)}:{local_port} (or pass bind to fix the port)"
+            )
         return self.public_url
 
 

@@ -18,7 +18,9 @@ SKILL = Path("tunnel-etiquette") / "SKILL.md"
 MARKER = Path("tunnel-etiquette") / ".tunnel-mcp-installed"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tunnel_mcp", *args],
         input=stdin,
@@ -114,12 +116,35 @@ def test_install_skill_updates_an_older_copy_it_installed(tmp_path: Path) -> Non
 
 def test_serving_installs_the_skill_and_keeps_stdout_for_mcp(tmp_path: Path) -> None:
     # stdin at EOF: the server starts, finds no client, and exits cleanly.
-    done = run_cli(env={"TUNNEL_SKILLS_DIR": str(tmp_path), "TUNNEL_SKIP_SKILL_INSTALL": ""})
+    env = {
+        "TUNNEL_SKILLS_DIR": str(tmp_path / "skills"),
+        "TUNNEL_HOME": str(tmp_path / "home"),
+        "TUNNEL_SKIP_SKILL_INSTALL": "",
+    }
+    done = run_cli(env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert "waiting for an MCP client on stdin" in done.stderr
     assert done.stderr.count("waiting for an MCP client") == 1
-    assert (tmp_path / SKILL).is_file()
+    assert (tmp_path / "skills" / SKILL).is_file()
+
+
+def test_a_skill_the_user_deleted_is_not_reinstalled_on_start(tmp_path: Path) -> None:
+    skills = tmp_path / "skills"
+    env = {
+        "TUNNEL_SKILLS_DIR": str(skills),
+        "TUNNEL_HOME": str(tmp_path / "home"),
+        "TUNNEL_SKIP_SKILL_INSTALL": "",
+    }
+    assert run_cli(env=env).returncode == 0
+    assert (skills / SKILL).is_file()
+    for path in (skills / "tunnel-etiquette").iterdir():
+        path.unlink()
+    (skills / "tunnel-etiquette").rmdir()
+    assert run_cli(env=env).returncode == 0
+    assert not (skills / SKILL).exists()  # the user's choice stands
+    assert run_cli("install-skill", env=env).returncode == 0  # until they ask for it again
+    assert (skills / SKILL).is_file()
 
 
 def test_serving_skips_the_skill_when_asked(tmp_path: Path) -> None:

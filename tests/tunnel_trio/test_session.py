@@ -209,3 +209,17 @@ async def test_relay_sleeps_until_the_cores_deadline(nursery, autojump_clock):
     assert len(calls) == 1
     assert calls[0] - start == pytest.approx(30 * 60, abs=1.0)
     await host.close()
+
+
+async def test_listen_refuses_a_seq_from_the_future(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    seq = await host.say("one")
+    with pytest.raises(TunnelError, match="beyond this tunnel's last seq 1"):
+        await host.listen(seq + 5, 0.1)
+    assert (await host.listen(seq, 0.05)).timed_out
+    await host.close()
+
+
+async def test_opening_with_more_invites_than_seats_says_how_many_fit(nursery):
+    with pytest.raises(TunnelError, match="holds 15 guests besides the host: ask for at most 15"):
+        await open_host(nursery, "goal", name="ana", invites=20)

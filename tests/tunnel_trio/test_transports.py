@@ -124,6 +124,15 @@ async def test_url_transport_normalizes(nursery: trio.Nursery, given: str, norma
     transport = UrlTransport(given)
     assert transport.bind_address() == ("127.0.0.1", 0)
     assert await transport.start(nursery, 5555) == normalized
+    # The port was ephemeral: the user is told where their proxy must forward.
+    assert transport.warning is not None
+    assert f"forward {normalized} to http://127.0.0.1:5555" in transport.warning
+
+
+async def test_url_transport_with_a_fixed_port_needs_no_warning(nursery: trio.Nursery) -> None:
+    transport = UrlTransport("https://a.example", bind="127.0.0.1:8765")
+    assert await transport.start(nursery, 8765) == "https://a.example"
+    assert transport.warning is None
 
 
 @pytest.mark.parametrize(
