@@ -55,6 +55,7 @@ class Relay:
         self.peak_queued_bytes = 0
         self._cancel = trio.CancelScope()
         self._conn_gone = trio.Event()
+        self._scopes: dict[int, trio.CancelScope] = {}
 
     @property
     def outbox_limit(self) -> int:
@@ -103,24 +104,34 @@ class Relay:
     # ---- internals ----
 
     def _dispatch(self) -> None:
-        for out in self.room.data_to_send():
-            outbox = self._outboxes.get(out.conn)
-            if outbox is None:
-                continue
-            if isinstance(out, Send):
-                try:
-                    outbox.put(out.data)
-                except OutboxFull:
-                    # The core's window should make this unreachable for a well-behaved
-                    # member; a flood of control traffic is what is left. Cut it off.
-                    log.info("connection %d: outbound queue full, disconnecting", out.conn)
-                    outbox.close(4004, "outbound queue full")
-                    self.room.connection_lost(out.conn, trio.current_time())
-                self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
-            elif isinstance(out, Disconnect):
-                outbox.close(out.code, out.reason)
+        # Loop: cutting a connection off below makes the room emit more (an event, a roster).
+        while outputs := self.room.data_to_send():
+            for out in outputs:
+                outbox = self._outboxes.get(out.conn)
+                if outbox is None:
+                    continue
+                if isinstance(out, Send):
+                    try:
+                        outbox.put(out.data)
+                    except OutboxFull:
+                        # The core's window should make this unreachable for a well-behaved
+                        # member; a flood of control traffic is what is left. Cut it off.
+                        log.info("connection %d: outbound queue full, disconnecting", out.conn)
+                        self._end_connection(out.conn, outbox, 4004, "outbound queue full")
+                        self.room.connection_lost(out.conn, trio.current_time())
+                    self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
+                elif isinstance(out, Disconnect):
+                    self._end_connection(out.conn, outbox, out.code, out.reason)
         self._deadline_moved.set()
         self._on_change()
+
+    def _end_connection(self, conn: int, outbox: Outbox, code: int, reason: str) -> None:
+        """Queue the close behind what is already queued, and bound how long that may take:
+        a peer that stopped reading would otherwise hold the socket (and its queue) forever."""
+        outbox.close(code, reason)
+        scope = self._scopes.get(conn)
+        if scope is not None:
+            scope.deadline = min(scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
 
     async def _timer(self) -> None:
         while True:
@@ -145,6 +156,7 @@ class Relay:
         self._outboxes[conn] = outbox
         try:
             async with trio.open_nursery() as nursery:
+                self._scopes[conn] = nursery.cancel_scope
                 nursery.start_soon(self._writer, ws, outbox, nursery.cancel_scope)
                 try:
                     while True:
@@ -157,6 +169,7 @@ class Relay:
                     nursery.cancel_scope.cancel()
         finally:
             self._outboxes.pop(conn, None)
+            self._scopes.pop(conn, None)
             self._conn_gone.set()
             self._conn_gone = trio.Event()
             self.room.connection_lost(conn, trio.current_time())

@@ -122,6 +122,25 @@ async def test_stalled_reader_is_cut_off_and_memory_stays_bounded(nursery):
     await host.close()
 
 
+async def test_a_cut_off_reader_loses_its_socket_and_queue(nursery):
+    # Default window (1 MiB) and a member whose receive buffer is tiny: the relay's writer
+    # blocks in send, so only a bounded close can free the socket and its queued bytes.
+    import socket
+
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(stall_timeout=1.0))
+    ws, _conn = await _raw_member(host.initial_invites[0].join_link, "sloth")
+    ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for _ in range(200):
+        await host.say("y" * 16_000)
+    with trio.fail_after(15):
+        while any(m.name == "sloth" and m.connected for m in host.status().members):
+            await trio.sleep(0.05)
+        while host.relay._outboxes:  # the connection task ended: socket closed, queue freed
+            await trio.sleep(0.05)
+    await ws.aclose()
+    await host.close()
+
+
 async def test_preauth_timeout(nursery):
     host = await open_host(nursery, "goal", name="ana", config=RoomConfig(handshake_timeout=0.5))
     link = JoinLink.parse(host.initial_invites[0].join_link)
