@@ -17,6 +17,8 @@ import trio
 
 from tunnelproto import (
     MAX_FRAME,
+    MAX_TEXT_BYTES,
+    MAX_UNACKED_SAYS,
     ConnectionEnded,
     JoinLink,
     MemberConnection,
@@ -27,7 +29,7 @@ from tunnelproto import (
     Welcomed,
 )
 
-from ._outbox import CloseMarker, Outbox
+from ._outbox import CloseMarker, Outbox, OutboxFull
 from ._ws import WebSocket, WebSocketClosed, WebSocketError, connect_websocket
 
 log = logging.getLogger("tunnel_trio.guest")
@@ -37,7 +39,9 @@ BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0
 #: How long we keep trying to resume; the room holds a seat 120 s by default (spec "Timers").
 RESUME_BUDGET = 120.0
-OUTBOX_LIMIT = 4 * 1024 * 1024
+#: Room for every say a member may have outstanding (all re-sent at once after a resume)
+#: plus control frames, so a well-behaved member never overflows its own queue.
+OUTBOX_LIMIT = MAX_UNACKED_SAYS * (MAX_TEXT_BYTES + 1024) + 1024 * 1024
 
 
 class DialError(Exception):
@@ -77,6 +81,7 @@ class Guest:
         self._deadline_moved = trio.Event()
         self._ended: ConnectionEnded | None = None
         self._welcomed = False
+        self._serve_scope: trio.CancelScope | None = None
         self._reconnecting = False
         self._refusal: Refused | None = None
 
@@ -86,8 +91,17 @@ class Guest:
         """Move whatever the core wants to send into the outbox (synchronously: order!)."""
         if self.conn is None or self._outbox is None:
             return
-        for data in self.conn.data_to_send():
-            self._outbox.put(data)
+        try:
+            for data in self.conn.data_to_send():
+                self._outbox.put(data)
+        except OutboxFull:
+            # Frames already sealed (their nonces spent) cannot be dropped and the rest sent:
+            # this connection is done. Resuming re-sends every unconfirmed say.
+            log.warning("outbound queue full; reconnecting")
+            self.conn.connection_lost(trio.current_time())
+            self._drain(self.conn)  # records the (resumable) end, so run() resumes
+            if self._serve_scope is not None:
+                self._serve_scope.cancel()
         self._deadline_moved.set()
 
     async def leave(self) -> None:
@@ -207,6 +221,7 @@ class Guest:
         self._writer_done = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
+                self._serve_scope = nursery.cancel_scope
                 nursery.start_soon(self._writer, ws, outbox)
                 nursery.start_soon(self._timer, conn, ws)
                 self.flush()

@@ -442,6 +442,19 @@ class MemberSession(_Session):
 
     def _on_event(self, event: TunnelEvent) -> None:
         if isinstance(event, Welcomed):
+            if self._welcomed.is_set() and not event.resumed:
+                # A fresh rejoin (our first confirmation was lost): the new seat has new refs,
+                # so says still waiting on the old seat's refs can never be confirmed.
+                for ref, result in list(self._says.items()):
+                    if result is None:
+                        self._says[ref] = SayRejected(
+                            ref,
+                            "lost",
+                            "the connection was re-established as a new member, and this "
+                            "message may not have been delivered: send it again if it matters",
+                        )
+                self._say_done.set()
+                self._say_done = trio.Event()
             self.goal = event.goal
             self.self_member = MemberInfo(event.member_id, event.name, False)
             self._roster = event.roster

@@ -21,7 +21,7 @@ from ._events import (
 )
 from ._frames import PROTOCOL_VERSION, MemberEntry
 from ._link import JoinLink, LinkError
-from ._member import MemberConnection, ResumeState
+from ._member import MAX_UNACKED_SAYS, MemberConnection, ResumeState
 from ._names import MAX_NAME_CHARS, sanitize_name
 from ._room import (
     CLOSE_HANDSHAKE_TIMEOUT,
@@ -57,6 +57,7 @@ __all__ = [
     "MAX_NAME_CHARS",
     "MAX_PLAINTEXT",
     "MAX_TEXT_BYTES",
+    "MAX_UNACKED_SAYS",
     "PROTOCOL_VERSION",
     "ChatMessage",
     "ConnState",

@@ -99,7 +99,7 @@ class Welcome(Frame):
     roster: tuple[MemberEntry, ...]
     last: int
     first: int
-    ticket: bytes
+    ticket: bytes = dataclasses.field(repr=False)  # a secret: never in a repr or a log
     resumed: bool
     limits: dict[str, int]
 

@@ -157,7 +157,7 @@ class Seat:
     disconnected_at: float = 0.0
     # Valid resume tickets, id -> secret, oldest first: the confirmed one plus any handed out in
     # a resume welcome whose confirmation never arrived (the member may hold either).
-    tickets: dict[bytes, bytes] = field(default_factory=dict)
+    tickets: dict[bytes, bytes] = field(default_factory=dict, repr=False)  # secrets
     last_ref: int = 0
     tokens: float = 0.0
     tokens_at: float = 0.0
@@ -174,7 +174,7 @@ class _Pending:
 
     seat_id: int
     name: str
-    new_ticket: bytes
+    new_ticket: bytes = field(repr=False)  # a secret
     invite: Invite | None  # join
     resume_seat: Seat | None  # resume
     last: int  # resume: highest seq the member holds

@@ -224,3 +224,22 @@ def test_a_member_connection_cannot_be_opened_with_a_link_from_another_tunnel() 
     assert [e.code for e in peer.events if isinstance(e, Refused)] == ["unknown-invite"]
     mc = MemberConnection(link, "eve", 0.0)
     assert mc.data_to_send()[0][1:17] != foreign.invite_id
+
+
+def test_ticket_secrets_stay_out_of_reprs() -> None:
+    from harness import Net
+
+    net = Net()
+    peer = net.join("ana")
+    state = peer.mc.resume_state()
+    assert state is not None
+    secret = state.ticket
+    room = net.room
+    seat = room._seats[peer.mc.member_id]  # type: ignore[index]
+    assert secret in seat.tickets.values()
+    for shown in (repr(seat), repr(room.__dict__), repr(state)):
+        assert repr(secret)[2:-1] not in shown and secret.hex() not in shown
+    welcome = _frames.Welcome(
+        goal="g", you=2, name="a", roster=(), last=0, first=1, ticket=secret, resumed=False, limits={}
+    )
+    assert repr(secret)[2:-1] not in repr(welcome)
