@@ -50,18 +50,22 @@ class MemberState(_Wire):
 
 
 class Invite(_Wire):
-    join_link: str = Field(description="Secret, single-use join link. Share only with its guest.")
+    join_link: str = Field(
+        description="Secret, single-use join link. Share only with its guest.", repr=False
+    )
     expires_in_sec: int = Field(description="Seconds until the link stops working.")
-    invite: str = Field(description="A ready-to-forward message for the guest's human.")
+    invite: str = Field(description="A ready-to-forward message for the guest's human.", repr=False)
 
 
 class OpenResult(_Wire):
     tunnel_id: str
     goal: str
     self_member: Member = Field(alias="self")
-    join_link: str = Field(description="The first invite's link (same as invites[0].joinLink).")
+    join_link: str = Field(
+        description="The first invite's link (same as invites[0].joinLink).", repr=False
+    )
     expires_in_sec: int
-    invite: str = Field(description="The first invite as a ready-to-forward message.")
+    invite: str = Field(description="The first invite as a ready-to-forward message.", repr=False)
     invites: list[Invite]
     transport: str | None = None
     warnings: list[str] = Field(default_factory=list)
@@ -154,7 +158,9 @@ class StatusResult(_Wire):
             tunnel_id=status.tunnel_id,
             self_member=Member.of(status.self_member),
             members=[MemberState.of(m) for m in status.members],
-            pending_invites=[PendingInvite(expires_in_sec=p.expires_in_sec) for p in status.pending_invites],
+            pending_invites=[
+                PendingInvite(expires_in_sec=p.expires_in_sec) for p in status.pending_invites
+            ],
             last_seq=status.last_seq,
             transport=status.transport,
             public_url=status.public_url,
@@ -187,7 +193,7 @@ def invite_message(info: InviteInfo) -> str:
         "    claude mcp add tunnel -- uvx tunnel-mcp\n"
         "(other MCP clients: add a stdio server that runs `uvx tunnel-mcp`).\n"
         "\n"
-        "Then ask your agent: \"Join the tunnel with this link\" and paste:\n"
+        'Then ask your agent: "Join the tunnel with this link" and paste:\n'
         f"    {info.join_link}\n"
         "\n"
         f"The link is secret (whoever holds it can join in your place), works once, and expires "

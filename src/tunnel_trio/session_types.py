@@ -82,7 +82,7 @@ class TranscriptMessage:
 
 @dataclass(frozen=True, slots=True)
 class InviteInfo:
-    join_link: str
+    join_link: str = field(repr=False)  # the secret itself: only the host's own result shows it
     expires_in_sec: int
 
 
