@@ -59,8 +59,14 @@ from .transports import LocalTransport, Transport
 log = logging.getLogger("tunnel_trio.session")
 
 RoomConfig = _RoomConfig
-#: Most transcript entries a member keeps locally (the host's cap is in bytes, in the core).
-MEMBER_TRANSCRIPT_CAP = 20_000
+#: Bytes of transcript a session keeps (the host uses its room's cap; a member this default).
+DEFAULT_TRANSCRIPT_CAP = 64 * 1024 * 1024
+#: What one kept message costs besides its text (object, names, ints), roughly.
+MESSAGE_OVERHEAD = 200
+
+
+def _size(message: TranscriptMessage) -> int:
+    return MESSAGE_OVERHEAD + (len(message.text) if message.text else 0)
 SAY_TIMEOUT = 30.0
 JOIN_TIMEOUT = 30.0
 IN_USE_RETRY = 3.0
@@ -69,7 +75,9 @@ IN_USE_RETRY = 3.0
 class _Transcript:
     """The session-side transcript: TranscriptMessages in seq order, plus change notification."""
 
-    def __init__(self) -> None:
+    def __init__(self, cap_bytes: int) -> None:
+        self._cap_bytes = cap_bytes
+        self._bytes = 0
         # Seqs are contiguous, so the message with seq s sits at index s - first_seq + head:
         # listen finds its starting point in O(1) instead of scanning the transcript.
         self._messages: list[TranscriptMessage] = []
@@ -89,14 +97,17 @@ class _Transcript:
         if message.seq > 0:
             if self._head < len(self._messages) and message.seq != self.last_seq + 1:
                 # A gap (history truncated while we were away): restart the contiguous run.
-                self._messages, self._head = [], 0
+                self._messages, self._head, self._bytes = [], 0, 0
             self._messages.append(message)
+            self._bytes += _size(message)
             self.last_seq = message.seq
-            if len(self._messages) - self._head > MEMBER_TRANSCRIPT_CAP:
+            # Bounded like the room's own transcript: the oldest go first, the newest stays.
+            while self._bytes > self._cap_bytes and len(self._messages) - self._head > 1:
+                self._bytes -= _size(self._messages[self._head])
                 self._head += 1
-                if self._head * 2 > len(self._messages):
-                    del self._messages[: self._head]
-                    self._head = 0
+            if self._head > 1024 and self._head * 2 > len(self._messages):
+                del self._messages[: self._head]
+                self._head = 0
         self.poke()
 
     def poke(self) -> None:
@@ -205,7 +216,7 @@ class _Session:
     def __init__(self) -> None:
         self.closed = False
         self.closed_reason: str | None = None
-        self._transcript = _Transcript()
+        self._transcript = _Transcript(DEFAULT_TRANSCRIPT_CAP)
         self._names = _Names()
         self._scope = trio.CancelScope()
 
@@ -222,6 +233,7 @@ class HostSession(_Session):
 
     def __init__(self, room: _Room, transport: Transport) -> None:
         super().__init__()
+        self._transcript = _Transcript(room.config.transcript_cap)
         self.room = room
         self.transport = transport
         self.relay = Relay(room, on_change=self._on_room_change)

@@ -132,6 +132,11 @@ class TranscriptEntry:
     frame: bytes
 
 
+def _held_bytes(entry: TranscriptEntry) -> int:
+    # The cap is on memory: each entry holds its encoded frame and, decoded, its text.
+    return len(entry.frame) + (len(entry.text) if entry.text else 0)
+
+
 @dataclass(slots=True)
 class Invite:
     invite_id: bytes
@@ -707,10 +712,10 @@ class Room:
     def _append(self, entry: TranscriptEntry, now: float) -> None:
         self._entries.append(entry)
         self.last_seq = entry.seq
-        self._kept_bytes += len(entry.frame)
+        self._kept_bytes += _held_bytes(entry)
         # Past the cap the oldest entries go; joiners and resumers then get history-truncated.
         while self._kept_bytes > self.config.transcript_cap and self.first_seq < self.last_seq:
-            self._kept_bytes -= len(self._entries[self._head].frame)
+            self._kept_bytes -= _held_bytes(self._entries[self._head])
             self._head += 1
             self.first_seq += 1
         if self._head > 1024 and self._head * 2 > len(self._entries):

@@ -223,3 +223,23 @@ async def test_listen_refuses_a_seq_from_the_future(nursery):
 async def test_opening_with_more_invites_than_seats_says_how_many_fit(nursery):
     with pytest.raises(TunnelError, match="holds 15 guests besides the host: ask for at most 15"):
         await open_host(nursery, "goal", name="ana", invites=20)
+
+
+async def test_the_sessions_own_transcript_copy_is_capped_in_bytes(nursery, monkeypatch):
+    import tunnel_trio.session
+
+    cap = 256 * 1024
+    monkeypatch.setattr(tunnel_trio.session, "DEFAULT_TRANSCRIPT_CAP", cap)  # a member's cap
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(transcript_cap=cap))
+    ben = await join(nursery, host.initial_invites[0].join_link, name="ben")
+    big = "z" * 16_000
+    for _ in range(100):  # ~1.6 MB said, six times the cap
+        await host.say(big)
+    await collect(ben, host.room.last_seq)
+    for session in (host, ben):
+        kept = session._transcript.since(0)
+        assert sum(len(m.text or "") for m in kept) <= cap
+        assert kept[-1].seq == host.room.last_seq  # the newest are the ones kept
+    head = await host.listen(0, 0.1)
+    assert head.messages[0].event == "history-truncated"
+    await host.close()
