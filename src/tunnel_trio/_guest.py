@@ -107,11 +107,13 @@ class Guest:
     async def leave(self) -> None:
         """Leave for good: tell the room, give the close a moment to go out, stop."""
         self._leaving = True
-        if self.conn is not None and self._outbox is not None:
+        if self.conn is not None and self._outbox is not None and self.conn.state.value == "open":
             self.conn.leave()
             self.flush()
             self._outbox.close(1000, "left")
         else:
+            # Not connected (dialing, or waiting to reconnect): there is nobody to tell; the
+            # room frees the seat when its grace period ends.
             self._stop.cancel()
 
     def stop(self) -> None:
