@@ -81,6 +81,7 @@ class Guest:
         self._deadline_moved = trio.Event()
         self._ended: ConnectionEnded | None = None
         self._welcomed = False
+        self._ever_welcomed = False
         self._serve_scope: trio.CancelScope | None = None
         self._reconnecting = False
         self._refusal: Refused | None = None
@@ -173,9 +174,11 @@ class Guest:
                 if not ended.resumable:
                     return
                 resume = conn.resume_state()
-                if resume is None:
+                if resume is None and not self._ever_welcomed:
                     self._give_up("the connection dropped before the host welcomed us")
                     return
+                # resume None after we were in once: a fresh rejoin (see above) that dropped
+                # before its welcome; try it again like any reconnect, within the budget.
                 if self._welcomed:
                     # A connection that got all the way in resets the clock and the backoff.
                     drop_at = trio.current_time()
@@ -270,6 +273,7 @@ class Guest:
                 continue
             if isinstance(event, Welcomed):
                 self._welcomed = True
+                self._ever_welcomed = True
                 self._on_state("connected")
             if isinstance(event, ConnectionEnded):
                 self._ended = event

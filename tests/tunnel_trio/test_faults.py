@@ -252,3 +252,41 @@ async def test_join_retries_while_a_dead_attempt_still_holds_the_invite(nursery)
     assert [(m.event, m.subject.name) for m in joined.messages] == [("joined", "ben")]
     assert [m.name for m in host.status().members] == ["ana", "ben"]
     await host.close()
+
+
+async def test_a_lost_first_confirmation_ends_in_a_fresh_join_even_through_more_drops(nursery):
+    # The member got its welcome, but its confirming ack never reached the room (so the room
+    # never seated it and its ticket is unknown). Resuming is refused as unknown; the member
+    # joins afresh with its link, and when that attempt too drops before its welcome, it tries
+    # again rather than giving up.
+    host = await open_host(nursery, "goal", name="ana")
+    proxy = DropProxy(host.relay.port)
+    await nursery.start(proxy.run)
+    real_receive = host.room.receive
+    seen: dict[int, int] = {}
+    plan = {"swallow_first_confirm": True, "drop_fresh_join": True}
+
+    def receive(conn, data, now):
+        seen[conn] = seen.get(conn, 0) + 1
+        if conn == 1 and seen[conn] == 2 and plan.pop("swallow_first_confirm", False):
+            proxy.drop_all()  # the ack is lost with the connection
+            return
+        if conn >= 3 and seen[conn] == 1 and data[0] == 1 and len(plan) == 1:
+            # The first handshake after the refused resume: the fresh join. Cut it before the
+            # welcome can reach the member.
+            plan.pop("drop_fresh_join")
+            proxy.drop_all()
+            return
+        real_receive(conn, data, now)
+
+    host.room.receive = receive
+    ben = await join(nursery, _via(host.initial_invites[0].join_link, proxy.port), name="ben")
+    with trio.fail_after(20):
+        while ben.status().connection != "connected" or plan:
+            await trio.sleep(0.05)
+        joined = [m for m in (await host.listen(0, 5.0)).messages if m.event == "joined"]
+    assert [m.subject.name for m in joined] == ["ben"]
+    seq = await ben.say("made it")
+    assert (await collect(host, seq))[-1].text == "made it"
+    assert not ben.closed
+    await host.close()
