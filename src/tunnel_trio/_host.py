@@ -85,9 +85,6 @@ class Relay:
                 nursery.start_soon(self._timer)
                 task_status.started(self.port)
 
-    def stop(self) -> None:
-        self._cancel.cancel()
-
     async def drain(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every connection has said goodbye and gone."""
         with trio.move_on_after(timeout):

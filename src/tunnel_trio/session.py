@@ -67,6 +67,8 @@ MESSAGE_OVERHEAD = 200
 
 def _size(message: TranscriptMessage) -> int:
     return MESSAGE_OVERHEAD + (len(message.text) if message.text else 0)
+
+
 SAY_TIMEOUT = 30.0
 JOIN_TIMEOUT = 30.0
 IN_USE_RETRY = 3.0
@@ -152,66 +154,9 @@ def _event_message(
     )
 
 
-async def _listen(
-    transcript: _Transcript,
-    since_seq: int,
-    timeout: float,
-    self_id: int,
-    include_own: bool,
-    is_closed: _ClosedCheck,
-) -> ListenResult:
-    if since_seq < 0:
-        raise TunnelError("sinceSeq must be 0 or more")
-    if since_seq > transcript.last_seq:
-        # Most likely a seq from an earlier tunnel: waiting for it would hide this tunnel's
-        # messages below it, so say so instead.
-        raise TunnelError(
-            f"sinceSeq {since_seq} is beyond this tunnel's last seq {transcript.last_seq}; seqs "
-            "start again at 1 in every tunnel: pass 0, or a lastSeq this tunnel returned"
-        )
-    timeout = max(0.0, timeout)
-    with trio.move_on_after(timeout):
-        while True:
-            new = transcript.since(since_seq)
-            notices = []
-            if new and new[0].seq > since_seq + 1:
-                # History was capped (by the room, or by our own copy): say so, never skip quietly.
-                notices.append(
-                    TranscriptMessage(
-                        seq=0,
-                        kind="event",
-                        ts=new[0].ts,
-                        sender=None,
-                        text=f"messages {since_seq + 1}..{new[0].seq - 1} are no longer "
-                        "available (the transcript is capped)",
-                        event="history-truncated",
-                    )
-                )
-            shown = [
-                m
-                for m in new
-                if include_own or m.kind != "chat" or m.sender is None or m.sender.id != self_id
-            ]
-            last = max([since_seq] + [m.seq for m in new])
-            if shown or notices:
-                return ListenResult(notices + shown, last, False)
-            if is_closed():
-                return ListenResult([], last, False)
-            since_seq = last
-            await transcript.wait()
-    return ListenResult([], max(since_seq, 0), True)
-
-
-class _ClosedCheck:
-    def __init__(self, session: _Session) -> None:
-        self._session = session
-
-    def __call__(self) -> bool:
-        return self._session.closed
-
-
 class _Session:
     role: Literal["host", "member"]
+    self_member: MemberInfo
 
     def __init__(self) -> None:
         self.closed = False
@@ -219,6 +164,56 @@ class _Session:
         self._transcript = _Transcript(DEFAULT_TRANSCRIPT_CAP)
         self._names = _Names()
         self._scope = trio.CancelScope()
+
+    async def listen(
+        self, since_seq: int, timeout: float, *, include_own: bool = False
+    ) -> ListenResult:
+        """Messages with seq > since_seq, at once if there are any, else the first to arrive
+        within `timeout` (then `timed_out`). Own chat is left out unless `include_own`."""
+        transcript = self._transcript
+        if since_seq < 0:
+            raise TunnelError("sinceSeq must be 0 or more")
+        if since_seq > transcript.last_seq:
+            # Most likely a seq from an earlier tunnel: waiting for it would hide this tunnel's
+            # messages below it, so say so instead.
+            raise TunnelError(
+                f"sinceSeq {since_seq} is beyond this tunnel's last seq {transcript.last_seq}; seqs "
+                "start again at 1 in every tunnel: pass 0, or a lastSeq this tunnel returned"
+            )
+        timeout = max(0.0, timeout)
+        with trio.move_on_after(timeout):
+            while True:
+                new = transcript.since(since_seq)
+                notices = []
+                if new and new[0].seq > since_seq + 1:
+                    # History was capped (by the room or by our own copy): say so, never skip.
+                    notices.append(
+                        TranscriptMessage(
+                            seq=0,
+                            kind="event",
+                            ts=new[0].ts,
+                            sender=None,
+                            text=f"messages {since_seq + 1}..{new[0].seq - 1} are no longer "
+                            "available (the transcript is capped)",
+                            event="history-truncated",
+                        )
+                    )
+                shown = [
+                    m
+                    for m in new
+                    if include_own
+                    or m.kind != "chat"
+                    or m.sender is None
+                    or m.sender.id != self.self_member.id
+                ]
+                last = max([since_seq] + [m.seq for m in new])
+                if shown or notices:
+                    return ListenResult(notices + shown, last, False)
+                if self.closed:
+                    return ListenResult([], last, False)
+                since_seq = last
+                await transcript.wait()
+        return ListenResult([], max(since_seq, 0), True)
 
     def _require_open(self) -> None:
         if self.closed:
@@ -304,13 +299,6 @@ class HostSession(_Session):
         assert isinstance(entry, TranscriptEntry)
         await trio.lowlevel.checkpoint()  # a loop of host says must not starve the relay
         return entry.seq
-
-    async def listen(
-        self, since_seq: int, timeout: float, *, include_own: bool = False
-    ) -> ListenResult:
-        return await _listen(
-            self._transcript, since_seq, timeout, self.room.host_id, include_own, _ClosedCheck(self)
-        )
 
     def status(self) -> SessionStatus:
         now = trio.current_time()
@@ -547,18 +535,6 @@ class MemberSession(_Session):
             await self._say_done.wait()
         del self._says[ref]
         return result
-
-    async def listen(
-        self, since_seq: int, timeout: float, *, include_own: bool = False
-    ) -> ListenResult:
-        return await _listen(
-            self._transcript,
-            since_seq,
-            timeout,
-            self.self_member.id,
-            include_own,
-            _ClosedCheck(self),
-        )
 
     def status(self) -> SessionStatus:
         return SessionStatus(
