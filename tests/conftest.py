@@ -13,7 +13,10 @@ from hypothesis import HealthCheck, settings
 # Test-support modules shared by several test directories (no __init__.py under tests/).
 sys.path.insert(0, str(Path(__file__).parent / "_support"))
 
-settings.register_profile("default", max_examples=100, deadline=None)
+# too_slow is about data generation time, which a loaded CI machine stretches; it finds no bug.
+settings.register_profile(
+    "default", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile(
     "ci-fuzz",
     max_examples=2000,

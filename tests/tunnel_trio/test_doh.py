@@ -55,7 +55,7 @@ async def test_a_silent_resolver_times_out_and_the_next_answers(
 ) -> None:
     silent = await run_doh_server(nursery, ca, {}, mode="hang")
     good = await run_doh_server(nursery, ca, {NAME: ["192.0.2.7"]})
-    client = DohClient([silent.url, good.url], ssl_context=client_ssl_context(ca), timeout=0.3)
+    client = DohClient([silent.url, good.url], ssl_context=client_ssl_context(ca), timeout=1.0)
     assert await client.resolve(NAME) == ["192.0.2.7"]
     assert silent.queries == 1
 
@@ -68,7 +68,7 @@ async def test_when_every_resolver_fails_the_error_says_why_for_each(
     client = DohClient(
         [silent.url, f"https://127.0.0.1:{dead_port}/dns-query"],
         ssl_context=client_ssl_context(ca),
-        timeout=0.3,
+        timeout=1.0,
     )
     with pytest.raises(DohError) as caught:
         await client.resolve(NAME)
