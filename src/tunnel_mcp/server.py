@@ -15,24 +15,28 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import trio
 from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp.types import (
     CallToolResult,
     EmptyResult,
+    InputRequiredResult,
     SubscribeRequestParams,
     TextContent,
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
-from pydantic import BaseModel, Field
+from pydantic import AnyUrl, BaseModel, Field, ValidationError
 
 from tunnel_mcp import __version__
 from tunnel_mcp.manager import TransportName, TunnelManager
@@ -189,30 +193,96 @@ def _render_members(members: list[MemberState]) -> str:
     return ", ".join(parts) if parts else "nobody"
 
 
+def _bad_arguments(tool: str, error: ValidationError, schema: dict[str, Any] | None) -> str:
+    """What was wrong with a tool call's arguments, and how to call it right.
+
+    The SDK's own text is pydantic's report, which quotes the rejected values: an agent that
+    put a join link in the wrong field would see its secret echoed into the transcript and the
+    client's logs. This names the fields and the rule each broke, never the values.
+    """
+    properties: dict[str, Any] = (schema or {}).get("properties", {})
+    lines = [f"{tool}: invalid arguments; nothing was done."]
+    for problem in error.errors(include_url=False, include_input=False, include_context=False):
+        field = ".".join(str(part) for part in problem["loc"]) or "arguments"
+        line = f"- {field}: {problem['msg']}."
+        described = properties.get(str(problem["loc"][0]), {}) if problem["loc"] else {}
+        if isinstance(described, dict) and described.get("description"):
+            line += f" ({field}: {described['description']})"
+        lines.append(line)
+    required = set((schema or {}).get("required", []))
+    accepted = ", ".join(f"{name}{' (required)' if name in required else ''}" for name in properties)
+    lines.append(f"Call {tool} again with corrected arguments. It takes: {accepted or 'no arguments'}.")
+    return "\n".join(lines)
+
+
+#: The MCP connection whose request is reading a resource (MCPServer passes plain resources no
+#: request context, so `_TunnelServer.read_resource` hands it over here).
+_reading_manager: ContextVar[TunnelManager | None] = ContextVar("tunnel_reading_manager", default=None)
+
+
+def _connection_manager(context: Context[TunnelManager, Any] | None) -> TunnelManager | None:
+    try:
+        manager = context.request_context.lifespan_context if context is not None else None
+    except ValueError:  # a Context made outside any request
+        return None
+    return manager if isinstance(manager, TunnelManager) else None
+
+
+class _TunnelServer(MCPServer[TunnelManager]):
+    """MCPServer with our wording for bad arguments and a transcript per MCP connection."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[TunnelManager, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(_bad_arguments(name, exc.__cause__, self._tool_input_schema(name))) from None
+            raise
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[TunnelManager, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        token = _reading_manager.set(_connection_manager(context))
+        try:
+            return await super().read_resource(uri, context)
+        finally:
+            _reading_manager.reset(token)
+
+
 # -- the server --------------------------------------------------------------------------------
 
 
 class _Subscribers:
     """Who wants `notifications/resources/updated` for the transcript.
 
-    2026-era clients use `subscriptions/listen` (the SDK's bus fans out); handshake-era clients
-    (most agents today) send `resources/subscribe`, which MCPServer does not serve, so we keep
-    their sessions here and notify them directly.
+    2026-era clients use `subscriptions/listen` (the SDK's bus fans out to every listener, so one
+    may hear of another connection's tunnel and re-read its own transcript for nothing);
+    handshake-era clients (most agents today) send `resources/subscribe`, which MCPServer does
+    not serve, so we keep their sessions here, each with its own connection's manager, and tell
+    each only about its own tunnel.
     """
 
     def __init__(self, bus: InMemorySubscriptionBus) -> None:
         self.bus = bus
-        self.legacy: set[ServerSession] = set()
-        self.manager: TunnelManager | None = None
+        self.legacy: dict[ServerSession, TunnelManager | None] = {}
 
-    async def transcript_changed(self) -> None:
+    async def transcript_changed(self, manager: TunnelManager) -> None:
         await self.bus.publish(ResourceUpdated(uri=TRANSCRIPT_URI))
-        for session in list(self.legacy):
+        for session, wanted in list(self.legacy.items()):
+            if wanted is not manager:
+                continue
             try:
                 await session.send_resource_updated(TRANSCRIPT_URI)
             except Exception:
                 log.debug("dropping a transcript subscriber that went away", exc_info=True)
-                self.legacy.discard(session)
+                self.legacy.pop(session, None)
+
+    def forget(self, manager: TunnelManager) -> None:
+        for session, wanted in list(self.legacy.items()):
+            if wanted is manager:
+                del self.legacy[session]
 
 
 def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[TunnelManager]:
@@ -226,8 +296,7 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
         # so they live in a nursery that lasts as long as the MCP connection.
         async with trio.open_nursery() as nursery:
             manager = manager_factory(nursery)
-            manager.add_transcript_listener(subscribers.transcript_changed)
-            subscribers.manager = manager
+            manager.add_transcript_listener(functools.partial(subscribers.transcript_changed, manager))
             try:
                 yield manager
             finally:
@@ -235,11 +304,10 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
                 # the room ended and stops cloudflared before the process goes.
                 with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
                     await manager.aclose()
-                if subscribers.manager is manager:
-                    subscribers.manager = None
+                subscribers.forget(manager)
                 nursery.cancel_scope.cancel()
 
-    server: MCPServer[TunnelManager] = MCPServer(
+    server: MCPServer[TunnelManager] = _TunnelServer(
         "tunnel",
         title="Agent tunnel",
         description="End-to-end-encrypted chat between AI agents of different developers.",
@@ -578,7 +646,7 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
         mime_type="application/json",
     )
     async def transcript() -> str:
-        manager = subscribers.manager
+        manager = _reading_manager.get()
         session = manager.session if manager is not None else None
         if session is None:
             return json.dumps({"open": False, "messages": [], "note": "no tunnel yet"})
@@ -603,11 +671,12 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
 
     async def subscribe(ctx: ServerRequestContext[Any], params: SubscribeRequestParams) -> EmptyResult:
         if str(params.uri) == TRANSCRIPT_URI:
-            subscribers.legacy.add(ctx.session)
+            manager = ctx.lifespan_context
+            subscribers.legacy[ctx.session] = manager if isinstance(manager, TunnelManager) else None
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any], params: UnsubscribeRequestParams) -> EmptyResult:
-        subscribers.legacy.discard(ctx.session)
+        subscribers.legacy.pop(ctx.session, None)
         return EmptyResult()
 
     # MCPServer serves the 2026 `subscriptions/listen` but not the handshake-era subscribe pair.

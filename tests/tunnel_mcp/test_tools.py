@@ -480,3 +480,85 @@ async def test_a_transport_that_cannot_start_is_a_tool_error(
         assert "TUNNEL_CLOUDFLARED" in message
         assert "internal error" not in message
         assert NO_TUNNEL in await fails(host, "tunnel_status")
+
+
+async def test_each_connection_reads_its_own_transcript(server: MCPServer[TunnelManager]) -> None:
+    # One server object, two MCP connections, two tunnels: the resource must follow the
+    # connection that reads it, not whichever connected last.
+    async with clients(server, 2) as (ana, cem):
+        ana_tunnel = (await open_local(ana, "ana's goal"))["tunnelId"]
+        await ok(ana, "tunnel_say", {"text": "from ana"})
+        async with Client(server) as late:  # connects last and opens nothing
+            assert json.loads(_text(await late.read_resource(TRANSCRIPT_URI)))["open"] is False
+            cem_tunnel = (await ok(cem, "tunnel_open", {"goal": "cem's goal", "transport": "local", "name": "cem"}))[
+                "tunnelId"
+            ]
+            await ok(cem, "tunnel_say", {"text": "from cem"})
+            for client, tunnel, text in ((ana, ana_tunnel, "from ana"), (cem, cem_tunnel, "from cem")):
+                body = json.loads(_text(await client.read_resource(TRANSCRIPT_URI)))
+                assert body["tunnelId"] == tunnel
+                assert [m["text"] for m in body["messages"]] == [text]
+
+
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
+async def test_subscribers_hear_only_about_their_own_tunnel(server: MCPServer[TunnelManager]) -> None:
+    updates: dict[str, list[str]] = {"ana": [], "cem": []}
+
+    def handler(who: str) -> Any:
+        async def on_message(message: IncomingMessage) -> None:
+            if isinstance(message, types.ResourceUpdatedNotification):
+                updates[who].append(str(message.params.uri))
+
+        return on_message
+
+    async with (
+        Client(server, mode="legacy", message_handler=handler("ana")) as ana,
+        Client(server, mode="legacy", message_handler=handler("cem")) as cem,
+    ):
+        # ana subscribes first, so a subscriber list that ignored tunnels would tell her first.
+        await ana.session.subscribe_resource(TRANSCRIPT_URI)
+        await cem.session.subscribe_resource(TRANSCRIPT_URI)
+        await open_local(ana)
+        await ok(cem, "tunnel_open", {"goal": "g", "transport": "local", "name": "cem"})
+        with trio.fail_after(10):
+            while not updates["ana"] or not updates["cem"]:
+                await trio.sleep(0.02)
+        updates["ana"].clear()
+        updates["cem"].clear()
+        await ok(cem, "tunnel_say", {"text": "only cem's tunnel changes"})
+        with trio.fail_after(10):
+            while not updates["cem"]:
+                await trio.sleep(0.02)
+        await trio.sleep(0.2)
+        assert updates["ana"] == []
+
+
+# -- bad arguments ---------------------------------------------------------------------------------
+
+
+async def test_bad_arguments_name_the_field_and_never_echo_the_value(
+    server: MCPServer[TunnelManager],
+) -> None:
+    secret_link = "https://x.trycloudflare.com/t/abc#" + "S3cr3t" * 7
+    async with Client(server) as agent:
+        # A link in the wrong shape: the error must not quote it back.
+        message = await fails(agent, "tunnel_join", {"joinLink": {"link": secret_link}})
+        assert "S3cr3t" not in message and "input_value" not in message
+        assert message.startswith("tunnel_join: invalid arguments; nothing was done.")
+        assert "- joinLink: Input should be a valid string." in message
+        assert "including the part after '#'" in message  # the field's own description
+        assert message.endswith("It takes: joinLink (required), name.")
+
+        message = await fails(agent, "tunnel_join", {})
+        assert "- joinLink: Field required." in message
+
+        message = await fails(agent, "tunnel_listen", {"sinceSeq": -5, "timeoutMs": "soon"})
+        assert "- sinceSeq: Input should be greater than or equal to 0." in message
+        assert "- timeoutMs: Input should be a valid integer" in message
+        assert "-5" not in message and "soon" not in message
+
+        message = await fails(agent, "tunnel_open", {"goal": "g", "transport": "pigeon"})
+        assert "transport: Input should be 'cloudflared', 'local', 'direct' or 'url'" in message
+        assert "pigeon" not in message
+        # Nothing was opened by the failed call.
+        assert NO_TUNNEL in await fails(agent, "tunnel_status")
