@@ -1,15 +1,12 @@
-"""Fixtures for tunnel_trio tests; the local servers themselves live in _servers.py."""
+"""Fixtures for tunnel_trio tests; the local servers themselves live in _support/_servers.py."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import trustme
-
-# Test modules import the helper module as `_servers` (no __init__.py under tests/).
-sys.path.insert(0, str(Path(__file__).parent))
+from _servers import FAKE, HOSTNAME, TUNNEL_HOST, write_leaf_files
 
 
 @pytest.fixture
@@ -24,9 +21,6 @@ def ca_bundle(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "test-ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
-
-
-from _servers import FAKE, HOSTNAME, TUNNEL_HOST, write_leaf_files  # noqa: E402
 
 
 @pytest.fixture

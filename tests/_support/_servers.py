@@ -1,11 +1,10 @@
-"""Local servers for tunnel_trio tests: HTTP(S) over h11, a DoH resolver, trustme helpers.
+"""Local servers for tests: HTTP(S) over h11, a DoH resolver, trustme helpers.
 
 Everything listens on 127.0.0.1 port 0 inside the caller's nursery, so it dies with the test.
 The DNS answers are built here, independently of tunnel_trio._doh, so the product decoder is
 checked against a second implementation rather than against itself.
 
-Import it from a test module with the tests/tunnel_trio directory on sys.path (the package's
-conftest.py puts it there): ``from _servers import run_doh_server``.
+tests/conftest.py puts tests/_support on sys.path: ``from _servers import run_doh_server``.
 """
 
 from __future__ import annotations
