@@ -27,6 +27,8 @@ import trio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from tunnel_trio.session import relay_answers
+
 GOAL = "Agree on the retry policy for the payments client"
 HOST_NAME = "ana"
 GUEST_NAME = "ben"
@@ -406,12 +408,20 @@ async def _story(say: Narrator, transport: str, workdir: Path) -> None:
     leftovers = []
     if relay_port is not None and not _port_refuses(relay_port):
         leftovers.append(f"the relay port {relay_port} still accepts connections")
+    # Through cloudflared the relay's port is the host server's secret; what anyone can check
+    # is the public URL. The relay and cloudflared both lived in (or under) the host server,
+    # so a WebSocket there only opens if something of ours is still running.
+    link_dead = local or not await relay_answers(link)
+    if not link_dead:
+        leftovers.append(f"{hide_secret(link)} still reaches a relay")
     if _no_child_processes() is False:
         leftovers.append("a child process is still running")
     if leftovers:
         raise DemoFailed("; ".join(leftovers))
     if relay_port is not None:
         say.ok(f"the relay's port {relay_port} refuses connections now")
+    if not local:
+        say.ok("the public URL no longer reaches a relay: cloudflared and the relay are gone")
     say.ok("no child process is left running")
     say.say("\nDemo complete: open, join, talk both ways, single-use link, ciphertext on the wire, close.", indent="")
 

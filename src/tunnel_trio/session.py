@@ -21,6 +21,7 @@ from typing import Literal
 import trio
 
 from tunnelproto import (
+    MAX_FRAME,
     ChatMessage,
     ConnectionEnded,
     JoinLink,
@@ -579,6 +580,10 @@ class MemberSession(_Session):
             self._stopped.set()
 
 
+def _describe_overrides(overrides: Mapping[tuple[str, int], tuple[str, int]]) -> str:
+    return ", ".join(f"{h}:{p} at {th}:{tp}" for (h, p), (th, tp) in overrides.items())
+
+
 async def join(
     nursery: trio.Nursery,
     link: str,
@@ -600,6 +605,15 @@ async def join(
             ssl_context = client_ssl_context()
         except ValueError as exc:
             raise TunnelError(str(exc)) from None
+    if resolve_override is None:
+        from ._connect_to import connect_to_from_env
+
+        try:
+            resolve_override = connect_to_from_env() or None
+        except ValueError as exc:
+            raise TunnelError(str(exc)) from None
+        if resolve_override:
+            log.info("TUNNEL_CONNECT_TO: dialling %s", _describe_overrides(resolve_override))
     from ._doh import resolve_fallback
 
     deadline = trio.current_time() + JOIN_TIMEOUT
@@ -647,3 +661,40 @@ async def _join_once(
         return session
     session.guest.stop()
     raise TunnelError("the host did not answer within 30 s: check the link and try again")
+
+
+async def relay_answers(link: str, *, timeout: float = 10.0) -> bool:
+    """Whether a relay still accepts a WebSocket at `link`'s address (the secret is not used).
+
+    For checking that a closed tunnel really is gone: once the host's relay (and its
+    cloudflared) has stopped, the dial fails, whether the port refuses, the name no longer
+    resolves, or Cloudflare's edge answers 530 for a tunnel with no connector. Dials the way
+    `join` does (TUNNEL_CONNECT_TO, TUNNEL_CA_BUNDLE, the DoH fallback) but sends nothing.
+    """
+    from ._connect_to import connect_to_from_env
+    from ._doh import resolve_fallback
+    from ._tls import client_ssl_context
+    from ._ws import WebSocketError, connect_websocket
+
+    try:
+        parsed = JoinLink.parse(link)
+        overrides = connect_to_from_env() or None
+        context = client_ssl_context() if parsed.websocket_url.startswith("wss:") else None
+    except (LinkError, ValueError) as exc:
+        raise TunnelError(str(exc)) from None
+    try:
+        ws = await connect_websocket(
+            parsed.websocket_url,
+            max_message_size=MAX_FRAME,
+            connect_timeout=timeout,
+            ssl_context=context,
+            resolve_fallback=resolve_fallback,
+            resolve_override=overrides,
+        )
+    except (WebSocketError, OSError):
+        return False
+    except Exception:  # noqa: BLE001 - e.g. DohError: nothing answered, which is the point
+        log.debug("relay probe failed", exc_info=True)
+        return False
+    await ws.aclose()
+    return True

@@ -51,6 +51,7 @@ def test_registry_manifest_names_the_package_and_its_settings() -> None:
         "TUNNEL_SKILLS_DIR",
         "TUNNEL_SKIP_SKILL_INSTALL",
         "TUNNEL_CA_BUNDLE",
+        "TUNNEL_CONNECT_TO",
     }
     assert len(manifest["description"]) <= 100
     # The registry verifies PyPI ownership through this marker in the README.
