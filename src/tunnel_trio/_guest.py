@@ -29,7 +29,7 @@ from tunnelproto import (
     Welcomed,
 )
 
-from ._outbox import CloseMarker, Outbox, OutboxFull
+from ._outbox import WRITE_BATCH, CloseMarker, Outbox, OutboxFull
 from ._ws import WebSocket, WebSocketClosed, WebSocketError, connect_websocket
 
 log = logging.getLogger("tunnel_trio.guest")
@@ -284,11 +284,11 @@ class Guest:
     async def _writer(self, ws: WebSocket, outbox: Outbox) -> None:
         try:
             while True:
-                item = await outbox.get()
+                item = await outbox.get_batch(WRITE_BATCH)
                 if isinstance(item, CloseMarker):
                     await ws.close(item.code, item.reason)
                     return
-                await ws.send(item)
+                await ws.send_many(item)
         except WebSocketClosed:
             return
         finally:

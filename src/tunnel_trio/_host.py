@@ -26,7 +26,7 @@ from tunnelproto import (
     Send,
 )
 
-from ._outbox import CloseMarker, Outbox, OutboxFull
+from ._outbox import WRITE_BATCH, CloseMarker, Outbox, OutboxFull
 from ._ws import WebSocket, WebSocketClosed, serve_websocket
 
 log = logging.getLogger("tunnel_trio.host")
@@ -177,12 +177,12 @@ class Relay:
     async def _writer(self, ws: WebSocket, outbox: Outbox, scope: trio.CancelScope) -> None:
         try:
             while True:
-                item = await outbox.get()
+                item = await outbox.get_batch(WRITE_BATCH)
                 if isinstance(item, CloseMarker):
                     with trio.move_on_after(CLOSE_TIMEOUT):
                         await ws.close(item.code, item.reason)
                     break
-                await ws.send(item)
+                await ws.send_many(item)
         except WebSocketClosed:
             pass
         scope.cancel()

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import trio
 
+#: How many queued bytes a writer puts into one write to the socket.
+WRITE_BATCH = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class CloseMarker:
@@ -59,3 +62,20 @@ class Outbox:
         if isinstance(item, bytes):
             self.queued_bytes -= len(item)
         return item
+
+    async def get_batch(self, max_bytes: int) -> list[bytes] | CloseMarker:
+        """Every message queued now, in order, up to `max_bytes` (always at least one); or the
+        close marker when it is next. One write for a burst instead of one per message."""
+        first = await self.get()
+        if isinstance(first, CloseMarker):
+            return first
+        batch, size = [first], len(first)
+        while self._items:
+            item = self._items[0]
+            if isinstance(item, CloseMarker) or size + len(item) > max_bytes:
+                break
+            self._items.popleft()
+            self.queued_bytes -= len(item)
+            batch.append(item)
+            size += len(item)
+        return batch

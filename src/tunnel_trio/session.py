@@ -416,6 +416,21 @@ def _single_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+class _PendingSay:
+    """A say waiting for the host's SayAccepted or SayRejected."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: SayAccepted | SayRejected | None = None
+
+    def answer(self, result: SayAccepted | SayRejected) -> None:
+        if self.result is None:
+            self.result = result
+            self.done.set()
+
+
 class MemberSession(_Session):
     role: Literal["member"] = "member"
 
@@ -427,8 +442,9 @@ class MemberSession(_Session):
         self.self_member = MemberInfo(0, name, False)
         self.connection: ConnectionState = "connecting"
         self._roster: tuple[MemberEntry, ...] = ()
-        self._says: dict[int, SayAccepted | SayRejected | None] = {}
-        self._say_done = trio.Event()
+        # One waiter per unconfirmed say, woken only by its own answer: with a shared event,
+        # n pipelined says would all wake (and re-check) on every answer.
+        self._says: dict[int, _PendingSay] = {}
         self._welcomed = trio.Event()
         self._refused: Refused | None = None
         self._end: ConnectionEnded | None = None
@@ -446,16 +462,15 @@ class MemberSession(_Session):
             if self._welcomed.is_set() and not event.resumed:
                 # A fresh rejoin (our first confirmation was lost): the new seat has new refs,
                 # so says still waiting on the old seat's refs can never be confirmed.
-                for ref, result in list(self._says.items()):
-                    if result is None:
-                        self._says[ref] = SayRejected(
+                for ref, pending in self._says.items():
+                    pending.answer(
+                        SayRejected(
                             ref,
                             "lost",
                             "the connection was re-established as a new member, and this "
                             "message may not have been delivered: send it again if it matters",
                         )
-                self._say_done.set()
-                self._say_done = trio.Event()
+                    )
             self.goal = event.goal
             self.self_member = MemberInfo(event.member_id, event.name, False)
             self._roster = event.roster
@@ -487,16 +502,17 @@ class MemberSession(_Session):
             self._roster = event.members
             self._names.update(event.members)
         elif isinstance(event, (SayAccepted, SayRejected)):
-            self._says[event.ref] = event
-            self._say_done.set()
-            self._say_done = trio.Event()
+            waiting = self._says.get(event.ref)
+            if waiting is not None:
+                waiting.answer(event)
         elif isinstance(event, ConnectionEnded):
             self._end = event
             if not event.resumable:
                 self.closed = True
                 self.closed_reason = event.reason
                 self.connection = "closed"
-                self._say_done.set()
+                for pending in self._says.values():
+                    pending.done.set()  # no answer: _say_once sees `closed`
         self._transcript.poke()
 
     async def say(self, text: str) -> int:
@@ -525,17 +541,19 @@ class MemberSession(_Session):
             ref = self.guest.conn.say(text)
         except LocalProtocolError as exc:
             raise TunnelError(str(exc)) from None
-        self._says[ref] = None
-        self.guest.flush()
-        while (result := self._says.get(ref)) is None:
-            if self.closed:
-                raise NotOpenError(
-                    "the tunnel closed before the host confirmed the message; "
-                    "it may not have been delivered"
-                )
-            await self._say_done.wait()
-        del self._says[ref]
-        return result
+        pending = self._says[ref] = _PendingSay()
+        try:
+            self.guest.flush()
+            while pending.result is None:
+                if self.closed:
+                    raise NotOpenError(
+                        "the tunnel closed before the host confirmed the message; "
+                        "it may not have been delivered"
+                    )
+                await pending.done.wait()
+            return pending.result
+        finally:
+            del self._says[ref]
 
     def status(self) -> SessionStatus:
         return SessionStatus(

@@ -752,3 +752,37 @@ async def test_message_ready_says_whether_receive_would_wait() -> None:
     assert ws.message_ready()
     assert await ws.receive() == b"\x02"
     assert not ws.message_ready()  # the next receive would wait for the network
+
+
+async def test_send_many_writes_one_burst_that_arrives_as_separate_messages() -> None:
+    from trio.testing import memory_stream_pair
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage
+
+    from tunnel_trio._ws import WebSocket, _new_connection
+
+    ours, theirs = memory_stream_pair()
+    writes: list[int] = []
+    real_send_all = ours.send_stream.send_all
+
+    async def counting_send_all(data: bytes | bytearray | memoryview) -> None:
+        writes.append(len(data))
+        await real_send_all(data)
+
+    ours.send_stream.send_all = counting_send_all  # type: ignore[method-assign]
+    ws = WebSocket(ours, _new_connection(ConnectionType.CLIENT, 1 << 20, b""), path="/", remote="x")
+    messages = [b"", b"a", os.urandom(200), os.urandom(70_000)]
+    await ws.send_many(messages)
+    assert len(writes) == 1  # one write for the whole burst
+    peer = Connection(ConnectionType.SERVER)
+    received: list[bytes] = []
+    partial_message = b""
+    while len(received) < len(messages):
+        peer.receive_data(await theirs.receive_some())
+        for event in peer.events():
+            assert isinstance(event, BytesMessage)
+            partial_message += event.data
+            if event.message_finished:
+                received.append(partial_message)
+                partial_message = b""
+    assert received == messages
