@@ -25,9 +25,14 @@ MAX_DEPTH = 4
 MAX_ITEMS = 4096
 
 
+#: Encoded map keys, by key: frames use a few dozen field names over and over.
+_KEY_CACHE: dict[str, bytes] = {}
+_KEY_CACHE_MAX = 512
+
+
 def _head(major: int, arg: int) -> bytes:
     if arg < 24:
-        return bytes([major << 5 | arg])
+        return bytes((major << 5 | arg,))
     if arg < 0x100:
         return bytes([major << 5 | 24, arg])
     if arg < 0x10000:
@@ -52,7 +57,9 @@ def _encode_into(value: Value, out: bytearray) -> None:
     elif value is None:
         out.append(0xF6)
     elif isinstance(value, int):
-        if value >= 0:
+        if 0 <= value < 24:
+            out.append(value)
+        elif value >= 0:
             if value >= 1 << 64:
                 raise ValueError("integer out of range")
             out += _head(0, value)
@@ -74,9 +81,14 @@ def _encode_into(value: Value, out: bytearray) -> None:
     elif isinstance(value, dict):
         items = []
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError("map keys must be text")
-            items.append((encode(key), item))
+            key_bytes = _KEY_CACHE.get(key) if isinstance(key, str) else None
+            if key_bytes is None:
+                if not isinstance(key, str):
+                    raise TypeError("map keys must be text")
+                key_bytes = encode(key)
+                if len(_KEY_CACHE) < _KEY_CACHE_MAX and len(key) <= 32:
+                    _KEY_CACHE[key] = key_bytes
+            items.append((key_bytes, item))
         # RFC 8949 section 4.2.1: keys sorted by the bytewise order of their encodings.
         items.sort(key=lambda pair: pair[0])
         out += _head(5, len(items))
@@ -103,7 +115,11 @@ class _Reader:
         return chunk
 
     def head(self) -> tuple[int, int]:
-        first = self.take(1)[0]
+        pos = self.pos
+        if pos >= len(self.data):
+            raise RemoteProtocolError("frame is truncated", "malformed")
+        first = self.data[pos]
+        self.pos = pos + 1
         major, info = first >> 5, first & 0x1F
         if major == 7:
             return major, info
@@ -126,6 +142,24 @@ def decode(data: bytes) -> Value:
     if reader.pos != len(data):
         raise RemoteProtocolError("trailing bytes after frame", "malformed")
     return value
+
+
+def _decode_key(reader: _Reader, depth: int) -> str:
+    """A map key: `_decode` with a short path for the usual case, a text string."""
+    if depth > MAX_DEPTH:
+        raise RemoteProtocolError("frame nests too deeply", "malformed")
+    start = reader.pos
+    major, arg = reader.head()
+    if major == 3:
+        raw = reader.take(arg)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("text is not valid UTF-8", "malformed") from None
+    # Anything else fails exactly as the general decoder would have failed on it.
+    reader.pos = start
+    _decode(reader, depth)
+    raise RemoteProtocolError("map key is not text", "malformed")
 
 
 def _decode(reader: _Reader, depth: int) -> Value:
@@ -155,9 +189,7 @@ def _decode(reader: _Reader, depth: int) -> Value:
         previous: bytes | None = None
         for _ in range(arg):
             start = reader.pos
-            key = _decode(reader, depth + 1)
-            if not isinstance(key, str):
-                raise RemoteProtocolError("map key is not text", "malformed")
+            key = _decode_key(reader, depth + 1)
             key_bytes = reader.data[start : reader.pos]
             if previous is not None and key_bytes <= previous:
                 raise RemoteProtocolError("map keys unsorted or duplicated", "malformed")
