@@ -728,6 +728,10 @@ async def _open_tcp(
 
     try:
         return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    except UnicodeError:
+        # The idna codec refused the name before any lookup (an empty or over-long label, a
+        # character IDNA forbids): no resolver can find it, so say so instead of crashing.
+        raise WebSocketError(f"could not resolve {endpoint.host}: not a valid host name") from None
     except socket.gaierror as exc:
         if resolve_fallback is None:
             raise WebSocketError(

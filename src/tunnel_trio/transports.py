@@ -71,33 +71,44 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _quoted(value: str) -> str:
+    """`value` quoted for an error message, or nothing when it may hold a secret.
+
+    A join link (its secret follows '#') or user info (a password before '@') pasted into the
+    wrong option must not be echoed back into the agent's transcript and the client's logs.
+    """
+    return "" if "#" in value or "@" in value else f" {value!r}"
+
+
 def parse_bind(bind: str, *, what: str = "bind") -> tuple[str, int]:
     """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); host must be an IP address."""
     text = bind.strip()
+    shown = _quoted(bind)
     example = f"pass {what} as an IP address, e.g. 192.168.1.20 or 192.168.1.20:8765"
     host, port_text = text, ""
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise ValueError(f"invalid {what} {bind!r}: missing ']'; {example}")
+            raise ValueError(f"invalid {what}{shown}: missing ']'; {example}")
         host, rest = text[1:end], text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise ValueError(f"invalid {what} {bind!r}; {example}")
+                raise ValueError(f"invalid {what}{shown}; {example}")
             port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     port = 0
     if port_text:
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-            raise ValueError(f"invalid {what} {bind!r}: the port must be 0-65535; {example}")
+        # ASCII digits only: int() also reads '²' (and fails) or '٣' (and succeeds).
+        digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+        if not digits or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"invalid {what}{shown}: the port must be 0-65535; {example}")
         port = int(port_text)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(
-            f"invalid {what} {bind!r}: {host!r} is not an IP address; {example}"
-        ) from None
+        named = repr(host) if shown else "the host"
+        raise ValueError(f"invalid {what}{shown}: {named} is not an IP address; {example}") from None
     return str(address), port
 
 
@@ -144,6 +155,7 @@ def normalize_public_url(public_url: str) -> str:
     carried into links, and guessing would hand out links that do not work.
     """
     text = public_url.strip()
+    shown = _quoted(public_url)
     hint = (
         "pass publicUrl as the base URL your reverse proxy serves, e.g. https://example.ngrok.app"
     )
@@ -151,21 +163,21 @@ def normalize_public_url(public_url: str) -> str:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"invalid publicUrl {public_url!r}: {exc}; {hint}") from None
+        raise ValueError(f"invalid publicUrl{shown}: {exc}; {hint}") from None
     scheme = {"http": "http", "https": "https", "ws": "http", "wss": "https"}.get(
         parts.scheme.lower()
     )
     if scheme is None:
-        raise ValueError(f"invalid publicUrl {public_url!r}: use http, https, ws or wss; {hint}")
+        raise ValueError(f"invalid publicUrl{shown}: use http, https, ws or wss; {hint}")
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"invalid publicUrl: it must not contain a user name or password; {hint}")
     if parts.path not in ("", "/") or parts.query or parts.fragment or text.endswith(("?", "#")):
         raise ValueError(
-            f"invalid publicUrl {public_url!r}: no path, query or fragment is supported; {hint}"
+            f"invalid publicUrl{shown}: no path, query or fragment is supported; {hint}"
         )
     host = (parts.hostname or "").lower()
     if not host:
-        raise ValueError(f"invalid publicUrl {public_url!r}: no host name; {hint}")
+        raise ValueError(f"invalid publicUrl{shown}: no host name; {hint}")
     default_port = 443 if scheme == "https" else 80
     netloc = _host_for_url(host)
     if port is not None and port != default_port:
