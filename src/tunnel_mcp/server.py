@@ -153,21 +153,34 @@ def _manager(ctx: Context) -> TunnelManager:
 # -- text renderings ---------------------------------------------------------------------------
 
 
+#: Line breaks json.dumps leaves alone (it escapes only those below U+0020).
+_RAW_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def _quote(text: str) -> str:
+    """Untrusted text as a JSON string literal that stays on one line.
+
+    U+0085, U+2028 and U+2029 end a line for `str.splitlines` and many renderers, so they are
+    escaped too: peer text must not be able to start a forged transcript line.
+    """
+    return json.dumps(text, ensure_ascii=False).translate(_RAW_LINE_BREAKS)
+
+
 def _who(member: Member | None) -> str:
     # Role and id first, the (untrusted, peer-chosen) name quoted after them: a member named
     # 'ana (id 1, host)' must not be able to pass for the host in the readable text.
     if member is None:
         return "the room"
     role = "host" if member.is_host else "member"
-    return f"{role} {member.id} {json.dumps(member.name, ensure_ascii=False)}"
+    return f"{role} {member.id} {_quote(member.name)}"
 
 
 def _render_message(message: Message) -> str:
     if message.kind == "chat":
-        return f"#{message.seq} {_who(message.sender)}: {json.dumps(message.text or '', ensure_ascii=False)}"
+        return f"#{message.seq} {_who(message.sender)}: {_quote(message.text or '')}"
     what = message.event or "event"
     subject = f" {_who(message.subject)}" if message.subject is not None else ""
-    extra = f" summary: {json.dumps(message.text, ensure_ascii=False)}" if message.text else ""
+    extra = f" summary: {_quote(message.text)}" if message.text else ""
     return f"#{message.seq} [event] {what}{subject}{extra}"
 
 
@@ -189,7 +202,7 @@ def _render_members(members: list[MemberState]) -> str:
         if not m.connected:
             flags.append("disconnected")
         suffix = f" ({', '.join(flags)})" if flags else ""
-        parts.append(f"{json.dumps(m.name, ensure_ascii=False)}{suffix}")
+        parts.append(f"{_quote(m.name)}{suffix}")
     return ", ".join(parts) if parts else "nobody"
 
 
@@ -463,9 +476,10 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
             members=members,
         )
         text = (
-            f"Joined tunnel {session.tunnel_id} as {session.self_member.name} (member id "
+            # The host assigns our name (it may have changed it to keep names unique): quoted.
+            f"Joined tunnel {session.tunnel_id} as {_quote(session.self_member.name)} (member id "
             f"{session.self_member.id}).\n"
-            f"Goal set by the host (untrusted data): {json.dumps(session.goal, ensure_ascii=False)}\n"
+            f"Goal set by the host (untrusted data): {_quote(session.goal)}\n"
             f"Members: {_render_members(members)}\n"
             "Next: tunnel_listen (sinceSeq 0) to read the conversation so far. " + UNTRUSTED
         )
@@ -578,10 +592,10 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
         result = StatusResult.of(status)
         role = "Host" if status.role == "host" else "Member"
         lines = [
-            f"{role} of tunnel {status.tunnel_id} as {status.self_member.name}; connection: "
+            f"{role} of tunnel {status.tunnel_id} as {_quote(status.self_member.name)}; connection: "
             f"{_connection(status.connection, status.closed_reason)}"
             + (f"; transport: {status.transport}" if status.transport else ""),
-            f"Goal (untrusted data): {json.dumps(status.goal, ensure_ascii=False)}",
+            f"Goal (untrusted data): {_quote(status.goal)}",
             f"Members: {_render_members(result.members)}",
             f"Last seq: {status.last_seq}",
         ]

@@ -13,6 +13,7 @@ puts a link secret, key or ticket into a message, a log line or a status.
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 from collections.abc import Mapping
@@ -393,7 +394,9 @@ async def open_host(
         leaf = _single_leaf(group)
         # OSError: the port could not be bound; ours: transport errors (cloudflared missing,
         # rate limited, ...), whose messages already say what to do.
-        if isinstance(leaf, OSError) or type(leaf).__module__.startswith("tunnel_trio"):
+        if isinstance(leaf, OSError):
+            raise TunnelError(f"could not start the tunnel: {_bind_problem(leaf)}") from None
+        if type(leaf).__module__.startswith("tunnel_trio"):
             raise TunnelError(f"could not start the tunnel: {leaf}") from None
         raise
     session._on_room_change()
@@ -596,6 +599,21 @@ class MemberSession(_Session):
                 )
             self._transcript.poke()
             self._stopped.set()
+
+
+def _bind_problem(exc: OSError) -> str:
+    """Why the relay's listening socket could not be opened, and what to do about it."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        return f"{reason}: another program uses that port; choose another port or leave it out"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{reason}: that address is not one of this machine's; bind to one of its own "
+            "addresses (see `ip addr` or `ifconfig`)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{reason}: ports below 1024 need privileges; use a port of 1024 or above"
+    return reason
 
 
 def _describe_overrides(overrides: Mapping[tuple[str, int], tuple[str, int]]) -> str:

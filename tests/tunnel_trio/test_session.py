@@ -243,3 +243,20 @@ async def test_the_sessions_own_transcript_copy_is_capped_in_bytes(nursery, monk
     head = await host.listen(0, 0.1)
     assert head.messages[0].event == "history-truncated"
     await host.close()
+
+
+async def test_a_relay_that_cannot_bind_says_why_and_what_to_do(nursery):
+    from tunnel_trio.transports import make_transport
+
+    with trio.socket.socket() as busy:
+        await busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        transport = make_transport("url", public_url="https://x.example", bind=f"127.0.0.1:{port}")
+        with pytest.raises(TunnelError, match="another program uses that port") as caught:
+            await open_host(nursery, "goal", name="ana", transport=transport)
+        assert str(caught.value).startswith("could not start the tunnel: ")
+    # 192.0.2.1 (TEST-NET-1) is nobody's address: binding fails before any packet is sent.
+    transport = make_transport("direct", bind="192.0.2.1:0")
+    with pytest.raises(TunnelError, match="not one of this machine's; bind to one of its own"):
+        await open_host(nursery, "goal", name="ana", transport=transport)
