@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import socket
 import ssl
 from collections import deque
@@ -71,6 +72,9 @@ CLOSE_TIMEOUT = 3.0
 #: Upper bound on the HTTP response head a client accepts during the upgrade (h11's default
 #: bound for the server side is the same 16 KiB).
 MAX_RESPONSE_HEAD = 16 * 1024
+
+#: Seconds between two warnings about connections refused over the server's cap.
+REFUSAL_LOG_EVERY = 10.0
 
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -487,15 +491,25 @@ async def serve_websocket(
         raise ValueError("max_message_size must not be negative")
     listeners = await trio.open_tcp_listeners(port, host=host)
     active = 0
+    # A connection flood must not become a log flood: one warning per REFUSAL_LOG_EVERY.
+    refused_unlogged = 0
+    next_refusal_log = -math.inf
 
     async def serve_one(tcp_stream: trio.SocketStream) -> None:
-        nonlocal active
+        nonlocal active, refused_unlogged, next_refusal_log
         if active >= max_connections:
-            logger.warning(
-                "refusing connection from %s: %d connections already open",
-                _peer_name(tcp_stream),
-                active,
-            )
+            refused_unlogged += 1
+            now = trio.current_time()
+            if now >= next_refusal_log:
+                logger.warning(
+                    "refusing connections: %d already open (%d refused since the last "
+                    "warning, the latest from %s)",
+                    active,
+                    refused_unlogged,
+                    _peer_name(tcp_stream),
+                )
+                refused_unlogged = 0
+                next_refusal_log = now + REFUSAL_LOG_EVERY
             await trio.aclose_forcefully(tcp_stream)
             return
         active += 1
@@ -632,8 +646,10 @@ async def _server_handshake(
     try:
         handshake.initiate_upgrade_connection(list(event.headers), event.target)
         ws_events = list(handshake.events())
-    except WsRemoteProtocolError as exc:
-        hint = exc.event_hint
+    except (WsRemoteProtocolError, UnicodeError) as exc:
+        # UnicodeError: wsproto decodes some headers itself (Host as IDNA, the comma lists as
+        # ASCII) and lets a byte they cannot hold escape as a UnicodeError.
+        hint = getattr(exc, "event_hint", None)
         if not isinstance(hint, RejectConnection):
             hint = RejectConnection(status_code=400)
         await stream.send_all(handshake.send(hint))
@@ -820,6 +836,11 @@ async def _client_handshake(
     except WsRemoteProtocolError as exc:
         raise WebSocketError(
             f"{endpoint.address} sent an invalid WebSocket handshake: {exc}"
+        ) from None
+    except UnicodeError:
+        # wsproto decodes some headers itself and lets a byte they cannot hold escape.
+        raise WebSocketError(
+            f"{endpoint.address} sent an invalid WebSocket handshake: an undecodable header"
         ) from None
     for event in events:
         if isinstance(event, AcceptConnection):

@@ -6,6 +6,8 @@ raw wsproto connection over a trio socket.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import ssl
@@ -530,7 +532,51 @@ async def test_connections_beyond_the_cap_are_closed(
     await first.close()
 
 
+async def test_a_connection_flood_logs_one_warning_not_one_per_connection(
+    connect_tcp: TcpConnector, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = await start_server(nursery, echo, max_connections=1)
+    first = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await first.send(b"one")
+    assert await first.receive() == b"one"
+    with caplog.at_level(logging.WARNING, logger="tunnel_trio"):
+        for _ in range(20):
+            assert await read_until_eof(await connect_tcp(port)) == b""
+    refusals = [r for r in caplog.records if "refusing connections" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "1 already open (1 refused since the last warning" in refusals[0].getMessage()
+    await first.close()
+
+
 # -- client: URLs, resolution, timeouts, errors ----------------------------------------------
+
+
+async def test_an_undecodable_header_in_the_servers_answer_is_a_websocket_error(
+    nursery: trio.Nursery,
+) -> None:
+    # A hostile relay: a 101 whose Connection header holds a byte wsproto cannot decode.
+    async def hostile(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade, \xff\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        await trio.sleep(5)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, hostile, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    with pytest.raises(WebSocketError, match="invalid WebSocket handshake: an undecodable header"):
+        await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
 
 
 async def test_request_carries_host_header_and_never_the_fragment(nursery: trio.Nursery) -> None:
