@@ -16,6 +16,7 @@ async def collect(
     with trio.fail_after(timeout):
         while since < until_seq:
             result = await session.listen(since, 5.0, include_own=True)
-            got.extend(m for m in result.messages if m.seq > 0)
+            # A listen may also return messages past until_seq (a later join, say).
+            got.extend(m for m in result.messages if 0 < m.seq <= until_seq)
             since = result.last_seq
     return got
