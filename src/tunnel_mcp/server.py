@@ -153,15 +153,18 @@ def _manager(ctx: Context) -> TunnelManager:
 # -- text renderings ---------------------------------------------------------------------------
 
 
-#: Line breaks json.dumps leaves alone (it escapes only those below U+0020).
-_RAW_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+#: What json.dumps leaves alone (it escapes only controls below U+0020) that still acts on a
+#: display: the line breaks U+0085, U+2028 and U+2029, and DEL and the other C1 controls (U+009B
+#: is the one-character form of ESC [, which json.dumps does escape).
+_RAW_LINE_BREAKS = {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
 
 
 def _quote(text: str) -> str:
     """Untrusted text as a JSON string literal that stays on one line.
 
     U+0085, U+2028 and U+2029 end a line for `str.splitlines` and many renderers, so they are
-    escaped too: peer text must not be able to start a forged transcript line.
+    escaped too: peer text must not be able to start a forged transcript line. So are DEL and
+    the C1 controls, which some terminals obey.
     """
     return json.dumps(text, ensure_ascii=False).translate(_RAW_LINE_BREAKS)
 

@@ -175,7 +175,7 @@ class Guest:
                     return
                 resume = conn.resume_state()
                 if resume is None and not self._ever_welcomed:
-                    self._give_up("the connection dropped before the host welcomed us")
+                    self._give_up(f"the host did not welcome us ({ended.message})")
                     return
                 # resume None after we were in once: a fresh rejoin (see above) that dropped
                 # before its welcome; try it again like any reconnect, within the budget.

@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 import logging
 import ssl
+import sys
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Literal
 
@@ -36,6 +38,7 @@ from tunnelproto import (
     SayRejected,
     TunnelEvent,
     Welcomed,
+    sanitize_name,
 )
 from tunnelproto import Room as _Room
 from tunnelproto import RoomConfig as _RoomConfig
@@ -68,12 +71,19 @@ MESSAGE_OVERHEAD = 200
 
 
 def _size(message: TranscriptMessage) -> int:
-    return MESSAGE_OVERHEAD + (len(message.text) if message.text else 0)
+    # Memory, not characters: a text with one emoji takes 4 bytes a character.
+    return MESSAGE_OVERHEAD + (sys.getsizeof(message.text) if message.text else 0)
 
 
+#: Member names a session remembers; more than a roster frame can hold (the codec's item cap).
+MAX_KNOWN_NAMES = 4096
 SAY_TIMEOUT = 30.0
 JOIN_TIMEOUT = 30.0
 IN_USE_RETRY = 3.0
+
+
+#: Stands in for a message the transcript cap pushed out, until the list is compacted.
+_DROPPED = TranscriptMessage(seq=0, kind="event", ts=0.0, sender=None)
 
 
 class _Transcript:
@@ -108,6 +118,7 @@ class _Transcript:
             # Bounded like the room's own transcript: the oldest go first, the newest stays.
             while self._bytes > self._cap_bytes and len(self._messages) - self._head > 1:
                 self._bytes -= _size(self._messages[self._head])
+                self._messages[self._head] = _DROPPED  # let its text go now, not at compaction
                 self._head += 1
             if self._head > 1024 and self._head * 2 > len(self._messages):
                 del self._messages[: self._head]
@@ -123,23 +134,41 @@ class _Transcript:
 
 
 class _Names:
-    """Member id -> MemberInfo, remembering members who left (their messages stay readable)."""
+    """Member id -> MemberInfo, remembering members who left (their messages stay readable).
+
+    Names come from the host, which may be hostile: each is sanitized as the room does it (so
+    at most 64 characters, on one line), and only the most recent MAX_KNOWN_NAMES ids are kept.
+    """
 
     def __init__(self) -> None:
-        self._known: dict[int, MemberInfo] = {}
+        self._known: OrderedDict[int, MemberInfo] = OrderedDict()
 
     def update(self, roster: tuple[MemberEntry, ...]) -> None:
+        """`roster` as the room made it, or as `_sanitized` cleaned it."""
         for m in roster:
-            self._known[m.id] = MemberInfo(m.id, m.name, m.host)
+            self._remember(MemberInfo(m.id, m.name, m.host))
 
     def learn(self, member_id: int | None, name: str | None) -> None:
         if member_id is not None and name is not None and member_id not in self._known:
-            self._known[member_id] = MemberInfo(member_id, name, False)
+            self._remember(MemberInfo(member_id, sanitize_name(name), False))
+
+    def _remember(self, info: MemberInfo) -> None:
+        self._known[info.id] = info
+        self._known.move_to_end(info.id)
+        while len(self._known) > MAX_KNOWN_NAMES:
+            self._known.popitem(last=False)
 
     def get(self, member_id: int | None) -> MemberInfo | None:
         if member_id is None:
             return None
         return self._known.get(member_id, MemberInfo(member_id, f"member {member_id}", False))
+
+
+def _sanitized(roster: tuple[MemberEntry, ...]) -> tuple[MemberEntry, ...]:
+    """The roster with every name cleaned as the room cleans names (a host may not have)."""
+    return tuple(
+        MemberEntry(id=m.id, name=sanitize_name(m.name), host=m.host, on=m.on) for m in roster
+    )
 
 
 def _event_message(
@@ -475,9 +504,9 @@ class MemberSession(_Session):
                         )
                     )
             self.goal = event.goal
-            self.self_member = MemberInfo(event.member_id, event.name, False)
-            self._roster = event.roster
-            self._names.update(event.roster)
+            self.self_member = MemberInfo(event.member_id, sanitize_name(event.name), False)
+            self._roster = _sanitized(event.roster)
+            self._names.update(self._roster)
             self._welcomed.set()
         elif isinstance(event, Refused):
             self._refused = event
@@ -502,8 +531,8 @@ class MemberSession(_Session):
                     )
                 )
         elif isinstance(event, RosterChanged):
-            self._roster = event.members
-            self._names.update(event.members)
+            self._roster = _sanitized(event.members)
+            self._names.update(self._roster)
         elif isinstance(event, (SayAccepted, SayRejected)):
             waiting = self._says.get(event.ref)
             if waiting is not None:

@@ -34,6 +34,7 @@ from ._events import (
     Welcomed,
 )
 from ._link import JoinLink, ticket_id
+from ._names import one_line
 from ._noise import NoiseError
 from ._room import check_text
 from ._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, MemberState
@@ -295,8 +296,10 @@ class MemberConnection:
         )
 
     def _refused(self, frame: f.Refuse, *, authenticated: bool) -> None:
-        self._events.append(Refused(frame.code, frame.msg[:500]))
-        self._end("refused", frame.msg[:500], resumable=False)
+        # The host's words end up in error messages and statuses: one line, no control codes.
+        message = one_line(frame.msg, 500)
+        self._events.append(Refused(frame.code, message))
+        self._end("refused", message, resumable=False)
 
     def _on_frame(self, frame: f.Frame) -> None:
         if type(frame) not in MEMBER_ACCEPTS:
@@ -329,17 +332,18 @@ class MemberConnection:
             if frame.ref is not None and frame.ref in self._unacked:
                 del self._unacked[frame.ref]
                 self._events.append(
-                    SayRejected(frame.ref, frame.code, frame.msg[:500], frame.retry)
+                    SayRejected(frame.ref, frame.code, one_line(frame.msg, 500), frame.retry)
                 )
             elif frame.ref is None:
                 # A connection-level error (slow-consumer, bad-ack, ...): the host closes the
                 # connection next; keep its reason so the drop is reported truthfully.
-                self._host_error = f"{frame.code[:32]}: {frame.msg[:200]}"
+                self._host_error = f"{one_line(frame.code, 32)}: {one_line(frame.msg, 200)}"
         elif isinstance(frame, f.Close):
             resumable = False
+            reason = one_line(frame.reason, 64)
             self._end(
-                frame.reason[:64],
-                f"the host ended the connection: {frame.reason[:64]}",
+                reason,
+                f"the host ended the connection: {reason}",
                 resumable=resumable,
                 summary=frame.summary,
             )

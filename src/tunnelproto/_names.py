@@ -12,8 +12,15 @@ DEFAULT_NAME = "guest"
 def sanitize_name(raw: str) -> str:
     """Strip control and format characters (newlines, bidi overrides, zero-width tricks), fold
     runs of white space, cap at MAX_NAME_CHARS. Never returns an empty name."""
+    return one_line(raw, MAX_NAME_CHARS) or DEFAULT_NAME
+
+
+def one_line(raw: str, limit: int) -> str:
+    """Untrusted text made fit for one line of human-readable output (a name, or a reason a
+    peer gave): white space, line breaks included, folded to single spaces, every other control
+    or format character dropped, at most `limit` characters. May be empty."""
     kept = []
-    for ch in raw[: MAX_NAME_CHARS * 8]:
+    for ch in raw[: limit * 8]:
         cat = unicodedata.category(ch)
         if ch.isspace():
             kept.append(" ")
@@ -21,8 +28,7 @@ def sanitize_name(raw: str) -> str:
             continue
         else:
             kept.append(ch)
-    name = " ".join("".join(kept).split())[:MAX_NAME_CHARS].strip()
-    return name or DEFAULT_NAME
+    return " ".join("".join(kept).split())[:limit].strip()
 
 
 def unique_name(name: str, taken: Iterable[str]) -> str:
