@@ -37,6 +37,8 @@ log = logging.getLogger("tunnel_trio.guest")
 CONNECT_TIMEOUT = 15.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0
+#: How long a connection must stay up after its welcome for the backoff to start over.
+STABLE_AFTER = 10.0
 #: How long we keep trying to resume; the room holds a seat 120 s by default (spec "Timers").
 RESUME_BUDGET = 120.0
 #: Room for every say a member may have outstanding (all re-sent at once after a resume)
@@ -82,6 +84,7 @@ class Guest:
         self._ended: ConnectionEnded | None = None
         self._welcomed = False
         self._ever_welcomed = False
+        self._welcomed_at = 0.0
         self._serve_scope: trio.CancelScope | None = None
         self._reconnecting = False
         self._refusal: Refused | None = None
@@ -180,9 +183,12 @@ class Guest:
                 # resume None after we were in once: a fresh rejoin (see above) that dropped
                 # before its welcome; try it again like any reconnect, within the budget.
                 if self._welcomed:
-                    # A connection that got all the way in resets the clock and the backoff.
+                    # A connection that got all the way in resets the give-up clock; the
+                    # backoff only once it also stayed up a while, so a host that welcomes us
+                    # and hangs up at once is not redialled twice a second forever.
                     drop_at = trio.current_time()
-                    backoff = BACKOFF_MIN
+                    if drop_at - self._welcomed_at >= STABLE_AFTER:
+                        backoff = BACKOFF_MIN
                 if trio.current_time() - drop_at > self._resume_budget:
                     self._give_up("could not resume within the room's grace period")
                     return
@@ -273,6 +279,7 @@ class Guest:
                 continue
             if isinstance(event, Welcomed):
                 self._welcomed = True
+                self._welcomed_at = trio.current_time()
                 self._ever_welcomed = True
                 self._on_state("connected")
             if isinstance(event, ConnectionEnded):

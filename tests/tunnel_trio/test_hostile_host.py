@@ -1140,3 +1140,30 @@ async def test_the_mcp_tools_show_a_hostile_host_as_quoted_data(fake: Any) -> No
         result = await client.call_tool("tunnel_say", {"text": "hello?"})
         assert result.is_error
         assert clean_line(_text(result))
+
+
+async def test_a_host_that_welcomes_and_hangs_up_is_redialled_ever_more_slowly(
+    fake: Any, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every connection gets all the way in (so the give-up clock restarts each time) and is
+    # dropped at once. The member keeps its seat, but the redials must back off, not spin.
+    import tunnel_trio._guest as guest_module
+
+    monkeypatch.setattr(guest_module, "BACKOFF_MIN", 0.01)
+    monkeypatch.setattr(guest_module, "BACKOFF_MAX", 10.0)  # the module's fixture shrinks it
+    dialled: list[float] = []
+
+    async def welcome_and_hang_up(conn: HostConn) -> None:
+        dialled.append(trio.current_time())
+        await conn.welcome()
+        await conn.ws.close(4001, "bye")
+
+    host = await fake(welcome_and_hang_up, then=welcome_and_hang_up)
+    session = await joined(nursery, host)
+    await until(lambda: len(dialled) >= 7)
+    gaps = [b - a for a, b in zip(dialled, dialled[1:], strict=False)]
+    # 0.01, 0.02, 0.04, ... doubling: the sixth wait alone is 0.32 s. Without backoff each
+    # redial follows the last within a few milliseconds.
+    assert gaps[5] >= 0.3, gaps
+    assert session.status().connection in ("connected", "reconnecting")
+    await session.close()
