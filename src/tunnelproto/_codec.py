@@ -144,6 +144,14 @@ def decode(data: bytes) -> Value:
     return value
 
 
+def _text(reader: _Reader, length: int) -> str:
+    raw = reader.take(length)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("text is not valid UTF-8", "malformed") from None
+
+
 def _decode_key(reader: _Reader, depth: int) -> str:
     """A map key: `_decode` with a short path for the usual case, a text string."""
     if depth > MAX_DEPTH:
@@ -151,11 +159,7 @@ def _decode_key(reader: _Reader, depth: int) -> str:
     start = reader.pos
     major, arg = reader.head()
     if major == 3:
-        raw = reader.take(arg)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RemoteProtocolError("text is not valid UTF-8", "malformed") from None
+        return _text(reader, arg)
     # Anything else fails exactly as the general decoder would have failed on it.
     reader.pos = start
     _decode(reader, depth)
@@ -173,11 +177,7 @@ def _decode(reader: _Reader, depth: int) -> Value:
     if major == 2:
         return reader.take(arg)
     if major == 3:
-        raw = reader.take(arg)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RemoteProtocolError("text is not valid UTF-8", "malformed") from None
+        return _text(reader, arg)
     if major == 4:
         if arg > MAX_ITEMS:
             raise RemoteProtocolError("array too long", "malformed")
