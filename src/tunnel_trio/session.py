@@ -645,6 +645,30 @@ def _bind_problem(exc: OSError) -> str:
     return reason
 
 
+def _dial_settings(
+    link: str,
+    ssl_context: ssl.SSLContext | None,
+    resolve_override: Mapping[tuple[str, int], tuple[str, int]] | None,
+) -> tuple[JoinLink, ssl.SSLContext | None, Mapping[tuple[str, int], tuple[str, int]] | None]:
+    """The parsed link and how to dial it: what the caller gave, else what the environment
+    says (TUNNEL_CA_BUNDLE for wss, TUNNEL_CONNECT_TO). Raises TunnelError saying what to fix."""
+    try:
+        parsed = JoinLink.parse(link)
+        if ssl_context is None and parsed.websocket_url.startswith("wss:"):
+            from ._tls import client_ssl_context
+
+            ssl_context = client_ssl_context()
+        if resolve_override is None:
+            from ._connect_to import connect_to_from_env
+
+            resolve_override = connect_to_from_env() or None
+            if resolve_override:
+                log.info("TUNNEL_CONNECT_TO: dialling %s", _describe_overrides(resolve_override))
+    except (LinkError, ValueError) as exc:
+        raise TunnelError(str(exc)) from None
+    return parsed, ssl_context, resolve_override
+
+
 def _describe_overrides(overrides: Mapping[tuple[str, int], tuple[str, int]]) -> str:
     return ", ".join(f"{h}:{p} at {th}:{tp}" for (h, p), (th, tp) in overrides.items())
 
@@ -659,26 +683,7 @@ async def join(
     connect_timeout: float = 15.0,
 ) -> MemberSession:
     """Join the room behind `link`. Returns once the host welcomed us; raises TunnelError."""
-    try:
-        parsed = JoinLink.parse(link)
-    except LinkError as exc:
-        raise TunnelError(str(exc)) from None
-    if ssl_context is None and parsed.websocket_url.startswith("wss:"):
-        from ._tls import client_ssl_context
-
-        try:
-            ssl_context = client_ssl_context()
-        except ValueError as exc:
-            raise TunnelError(str(exc)) from None
-    if resolve_override is None:
-        from ._connect_to import connect_to_from_env
-
-        try:
-            resolve_override = connect_to_from_env() or None
-        except ValueError as exc:
-            raise TunnelError(str(exc)) from None
-        if resolve_override:
-            log.info("TUNNEL_CONNECT_TO: dialling %s", _describe_overrides(resolve_override))
+    parsed, ssl_context, resolve_override = _dial_settings(link, ssl_context, resolve_override)
     from ._doh import resolve_fallback
 
     deadline = trio.current_time() + JOIN_TIMEOUT
@@ -736,17 +741,10 @@ async def relay_answers(link: str, *, timeout: float = 10.0) -> bool:
     resolves, or Cloudflare's edge answers 530 for a tunnel with no connector. Dials the way
     `join` does (TUNNEL_CONNECT_TO, TUNNEL_CA_BUNDLE, the DoH fallback) but sends nothing.
     """
-    from ._connect_to import connect_to_from_env
     from ._doh import resolve_fallback
-    from ._tls import client_ssl_context
     from ._ws import WebSocketError, connect_websocket
 
-    try:
-        parsed = JoinLink.parse(link)
-        overrides = connect_to_from_env() or None
-        context = client_ssl_context() if parsed.websocket_url.startswith("wss:") else None
-    except (LinkError, ValueError) as exc:
-        raise TunnelError(str(exc)) from None
+    parsed, context, overrides = _dial_settings(link, None, None)
     try:
         ws = await connect_websocket(
             parsed.websocket_url,
@@ -754,7 +752,7 @@ async def relay_answers(link: str, *, timeout: float = 10.0) -> bool:
             connect_timeout=timeout,
             ssl_context=context,
             resolve_fallback=resolve_fallback,
-            resolve_override=overrides,
+            resolve_override=dict(overrides) if overrides else None,
         )
     except (WebSocketError, OSError):
         return False
