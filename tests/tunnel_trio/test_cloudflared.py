@@ -23,7 +23,13 @@ import h11
 import pytest
 import trio
 import trustme
-from _servers import client_ssl_context, run_doh_server, serve_http
+from _servers import (
+    client_ssl_context,
+    run_doh_server,
+    run_http_server,
+    serve_http,
+    server_ssl_context,
+)
 
 from tunnel_trio._cloudflared import (
     RATE_LIMITED_MESSAGE,
@@ -503,6 +509,27 @@ async def test_download_with_a_good_hash_installs_it(tmp_path: Path, mirror: Mir
     # Next time it is found, not downloaded again.
     assert await ensure_cloudflared(env=env, system="Linux", machine="x86_64") == installed
     assert len(mirror.requests) == 2
+
+
+async def test_an_https_download_trusts_the_extra_bundle_and_nothing_else(
+    tmp_path: Path, nursery: trio.Nursery, ca: trustme.CA, ca_bundle: Path
+) -> None:
+    base = await run_http_server(
+        nursery, {"/cloudflared-linux-amd64": (200, [], BINARY)}, ssl_context=server_ssl_context(ca)
+    )
+    pins = write_pins(tmp_path / "pins.json", "linux-amd64", "cloudflared-linux-amd64", BINARY)
+    env = {
+        "TUNNEL_HOME": str(tmp_path / "home"),
+        "PATH": "",
+        "TUNNEL_CLOUDFLARED_PINS": str(pins),
+        "TUNNEL_CLOUDFLARED_BASE_URL": base,
+    }
+    with pytest.raises(CloudflaredError, match="certificate verification failed"):
+        await ensure_cloudflared(env=env, system="Linux", machine="x86_64")
+    assert list((tmp_path / "home" / "bin").iterdir()) == []
+    env["TUNNEL_CA_BUNDLE"] = str(ca_bundle)
+    installed = await ensure_cloudflared(env=env, system="Linux", machine="x86_64")
+    assert installed.read_bytes() == BINARY
 
 
 async def test_download_with_a_bad_hash_is_refused(tmp_path: Path, mirror: Mirror) -> None:
