@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tunnel_mcp import __version__
+from tunnel_mcp.build import this_build
 
 log = logging.getLogger("tunnel_mcp")
 
@@ -26,7 +27,7 @@ WAITING = (
 DESCRIPTION = """\
 Let your AI agent talk to another developer's agent through an ephemeral, end-to-end-encrypted
 tunnel. With no command, serves MCP on stdin/stdout: register it with your agent, e.g.
-    claude mcp add tunnel -- uvx tunnel-mcp
+    {register}
 """
 
 
@@ -38,7 +39,7 @@ def _default_log_level() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnel-mcp",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(register=this_build().register_command()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tunnel-mcp {__version__}")
