@@ -67,7 +67,7 @@ class Build:
         if self.published or self.source == "git":
             command = self._uvx_command()
             same = (
-                "the version I run"
+                "the version I run, so we run the same code"
                 if self.published
                 else f"tunnel-mcp {self.version} exactly as I run it, from its repository; "
                 "it is not on PyPI"
@@ -75,7 +75,8 @@ class Build:
             return (
                 "One-time setup, in a terminal (Claude Code):\n"
                 f"    claude mcp add tunnel -- {command}\n"
-                f"(other MCP clients: add a stdio server that runs `{command}`). This is {same}."
+                f"(other MCP clients: add a stdio server that runs `{command}`).\n"
+                f"This is {same}."
             )
         where = (
             f"install tunnel-mcp {self.version} from its repository, {self.repository}, as its "
