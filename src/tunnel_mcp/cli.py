@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from tunnel_mcp import __version__
-from tunnel_mcp.build import this_build
 
 log = logging.getLogger("tunnel_mcp")
 
@@ -36,10 +35,22 @@ def _default_log_level() -> str:
     return configured if configured in LOG_LEVELS else "warning"
 
 
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser (its subcommands' parsers share the class, not the description)."""
+
+    def format_help(self) -> str:
+        if self.prog == "tunnel-mcp":
+            # The registration example names this very copy (tunnel_mcp.build); reading the
+            # package metadata for it is paid by --help only, not by every server start.
+            from tunnel_mcp.build import this_build
+
+            self.description = DESCRIPTION.format(register=this_build().register_command())
+        return super().format_help()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tunnel-mcp",
-        description=DESCRIPTION.format(register=this_build().register_command()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tunnel-mcp {__version__}")

@@ -8,6 +8,7 @@ did not come from an index.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -118,3 +119,17 @@ def test_the_invite_carries_the_hosts_build(tmp_path: Path) -> None:
     assert published.guest_setup() in message
     assert "claude mcp add tunnel -- uvx tunnel-mcp==1.2.3" in message
     assert invite_message(info).count(this_build().guest_setup()) == 1
+
+
+def test_help_shows_the_command_that_registers_this_very_copy() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tunnel_mcp", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    # This test started the server exactly that way, so the command works.
+    assert f"    claude mcp add tunnel -- {sys.executable} -m tunnel_mcp\n" in done.stdout
+    assert "uvx" not in done.stdout
