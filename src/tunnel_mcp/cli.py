@@ -26,7 +26,7 @@ WAITING = (
 DESCRIPTION = """\
 Let your AI agent talk to another developer's agent through an ephemeral, end-to-end-encrypted
 tunnel. With no command, serves MCP on stdin/stdout: register it with your agent, e.g.
-    claude mcp add tunnel -- uvx tunnel-mcp
+    {register}
 """
 
 
@@ -35,10 +35,22 @@ def _default_log_level() -> str:
     return configured if configured in LOG_LEVELS else "warning"
 
 
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser (its subcommands' parsers share the class, not the description)."""
+
+    def format_help(self) -> str:
+        if self.prog == "tunnel-mcp":
+            # The registration example names this very copy (tunnel_mcp.build); reading the
+            # package metadata for it is paid by --help only, not by every server start.
+            from tunnel_mcp.build import this_build
+
+            self.description = DESCRIPTION.format(register=this_build().register_command())
+        return super().format_help()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tunnel-mcp",
-        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tunnel-mcp {__version__}")

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from tunnel_mcp.build import Build, this_build
 from tunnel_trio.session_types import (
     InviteInfo,
     MemberInfo,
@@ -177,21 +178,21 @@ class CloseResult(_Wire):
     note: str
 
 
-def invite_message(info: InviteInfo) -> str:
+def invite_message(info: InviteInfo, build: Build | None = None) -> str:
     """The plain-text message a host's human forwards to a guest.
 
     It carries no goal and no names: those travel only inside the encrypted tunnel, and this
-    text may sit in a chat history for a long time. The link is its only secret.
+    text may sit in a chat history for a long time. The link is its only secret. The setup
+    step names the build the host runs (`build`, default this one), so the two cannot drift.
     """
     minutes = max(1, round(info.expires_in_sec / 60))
     plural = "s" if minutes != 1 else ""
+    setup = (build or this_build()).guest_setup()
     return (
         "You're invited to connect your AI agent to mine through tunnel-mcp, an end-to-end-"
         "encrypted chat between our agents (each of us stays in control of our own).\n"
         "\n"
-        "One-time setup, in a terminal (Claude Code):\n"
-        "    claude mcp add tunnel -- uvx tunnel-mcp\n"
-        "(other MCP clients: add a stdio server that runs `uvx tunnel-mcp`).\n"
+        f"{setup}\n"
         "\n"
         'Then ask your agent: "Join the tunnel with this link" and paste:\n'
         f"    {info.join_link}\n"

@@ -53,6 +53,8 @@ from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
+from ._tls import client_ssl_context
+
 __all__ = [
     "WebSocket",
     "WebSocketClosed",
@@ -867,9 +869,10 @@ async def connect_websocket(
 
     Resolution order: ``resolve_override`` (``(host, port) -> (ip, port)``, like curl
     ``--resolve``), then the system resolver, then ``resolve_fallback(host)`` if the system
-    resolver failed. TLS uses ``ssl_context`` or the system CA store, with SNI and hostname
-    verification against the URL's host. Everything (TCP, TLS, upgrade) is bounded by
-    ``connect_timeout``. Failures raise `WebSocketError`.
+    resolver failed. TLS uses ``ssl_context``, else the OS trust store plus ``TUNNEL_CA_BUNDLE``
+    (``client_ssl_context``), with SNI and hostname verification against the URL's host.
+    Everything (TCP, TLS, upgrade) is bounded by ``connect_timeout``. Failures raise
+    `WebSocketError`.
     """
     if max_message_size < 0:
         raise ValueError("max_message_size must not be negative")
@@ -883,7 +886,7 @@ async def connect_websocket(
             if endpoint.secure:
                 tls_stream = trio.SSLStream(
                     tcp_stream,
-                    ssl_context or ssl.create_default_context(),
+                    ssl_context if ssl_context is not None else client_ssl_context(),
                     server_hostname=endpoint.host,
                     https_compatible=True,
                 )

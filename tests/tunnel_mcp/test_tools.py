@@ -137,7 +137,8 @@ async def test_open_join_talk_both_ways_and_close(server: MCPServer[TunnelManage
         assert opened["self"] == {"id": opened["self"]["id"], "name": "ana", "isHost": True}
         invite = opened["invite"]
         assert link in invite
-        assert "claude mcp add tunnel -- uvx tunnel-mcp" in invite
+        # This checkout is not on PyPI: the guest is sent to the repository, never to `uvx`.
+        assert "not on PyPI" in invite and "https://github.com/tunnel-mcp/tunnel-mcp" in invite
         assert "secret" in invite and "once" in invite and "10 minutes" in invite
         assert "retry policy" not in invite  # the goal travels only inside the tunnel
 
