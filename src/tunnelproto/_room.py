@@ -351,6 +351,12 @@ class Room:
             raise LocalProtocolError("the host cannot remove itself", "bad-member")
         seat = self._seats.get(member_id)
         if seat is None:
+            if any(
+                c.pending is not None and c.pending.seat_id == member_id
+                for c in self._conns.values()
+            ):
+                # Welcomed, not yet confirmed: nobody has seen this id in the room yet.
+                raise LocalProtocolError(f"member {member_id} is still joining", "joining")
             if 1 < member_id < self._next_member_id:
                 raise LocalProtocolError(f"member {member_id} is no longer in the room", "gone")
             raise LocalProtocolError(f"there is no member {member_id}", "no-member")

@@ -237,3 +237,18 @@ def test_an_unknown_event_kind_is_a_generic_event_for_a_member() -> None:
     room_events = [(e.seq, e.kind, e.member_id) for e in events if isinstance(e, RoomEvent)]
     assert room_events == [(1, "x-new", 7), (2, "joined", 8)]
     assert member.state is MemberState.OPEN
+
+
+def test_a_member_still_joining_cannot_be_removed_yet() -> None:
+    net = Net()
+    ana = net.join("ana", pump=False)
+    net.send_now(ana)
+    ana.hold_out = True  # welcomed, but the room has not seen her confirming ack
+    net.pump()
+    assert ana.is_open and ana.member_id is not None
+    with pytest.raises(LocalProtocolError) as info:
+        net.room.remove(ana.member_id, None, net.now)
+    assert info.value.code == "joining"
+    net.release(ana)
+    net.remove(ana.member_id)
+    assert [m.name for m in net.room.roster()] == ["host"]
