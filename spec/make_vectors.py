@@ -52,6 +52,15 @@ from tunnelproto._link import (
     ticket_id,
 )
 from tunnelproto._noise import PROTOCOL_NAME, CipherState, HandshakeState
+from tunnelproto._phrase import (
+    PHRASE_LABEL,
+    PHRASE_WORDS,
+    WORD_BITS,
+    WORDLIST_SHA256,
+    derive_phrase,
+    phrase_indices,
+    wordlist,
+)
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
 FORMAT = 1
@@ -156,9 +165,15 @@ def frame_json(frame: f.Frame) -> Any:
     return to_json(frame.to_value())
 
 
+#: Event fields the handshake files leave out: the phrase has its own file (phrase.json).
+OMITTED_EVENT_FIELDS = {"phrase"}
+
+
 def event_json(event: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"event": type(event).__name__}
     for fld in dataclasses.fields(event):
+        if fld.name in OMITTED_EVENT_FIELDS:
+            continue
         item = getattr(event, fld.name)
         if isinstance(item, tuple) and item and isinstance(item[0], MemberEntry):
             item = [m.to_value() for m in item]
@@ -330,6 +345,10 @@ def _frame_examples() -> list[tuple[str, str, f.Frame]]:
         ("event left", h2m, f.Event(kind="left", seq=10, ts=_TS, member=3, name="ana (2)")),
         ("event disconnected", h2m, f.Event(kind="disconnected", seq=11, ts=_TS, member=2, name="ana")),
         ("event reconnected", h2m, f.Event(kind="reconnected", seq=12, ts=_TS, member=2, name="ana")),
+        ("event removed (with the host's reason)", h2m,
+         f.Event(kind="removed", seq=12, ts=_TS, member=3, name="ana (2)",
+                 summary="the phrase did not match")),
+        ("event removed (no reason)", h2m, f.Event(kind="removed", seq=12, ts=_TS, member=3, name="ana (2)")),
         ("event closed (with the host's summary)", h2m,
          f.Event(kind="closed", seq=13, ts=_TS, summary="Schema agreed: see orders.json")),
         ("event closed (no summary)", h2m, f.Event(kind="closed", seq=13, ts=_TS)),
@@ -344,6 +363,8 @@ def _frame_examples() -> list[tuple[str, str, f.Frame]]:
         ("close (member leaves)", "member->host (transport)", f.Close(reason="left")),
         ("close (room closed, with summary)", h2m, f.Close(reason="closed", summary="Done, thanks.")),
         ("close (idle)", h2m, f.Close(reason="idle-closed")),
+        ("close (the host removed this member, with its reason)", h2m,
+         f.Close(reason="removed", summary="the phrase did not match")),
         ("error (rate limited say)", h2m,
          f.Error(code="rate-limited", msg="you are sending too fast; wait and send again", ref=4, retry=200)),
         ("error (say too long)", h2m,
@@ -376,7 +397,10 @@ def _invalid_examples() -> list[tuple[str, bytes]]:
         ("integer field as text", enc({"t": "ack", "seq": "3"})),
         ("integer field as a boolean", enc({"t": "ack", "seq": True})),
         ("negative integer field", enc({"t": "ack", "seq": -1})),
-        ("unknown event kind", enc({"t": "event", "kind": "exploded", "seq": 1, "ts": 0})),
+        ("event kind with a character outside a-z 0-9 -",
+         enc({"t": "event", "kind": "Exploded!", "seq": 1, "ts": 0})),
+        ("empty event kind", enc({"t": "event", "kind": "", "seq": 1, "ts": 0})),
+        ("event kind longer than 32 characters", enc({"t": "event", "kind": "x" * 33, "seq": 1, "ts": 0})),
         ("hello.caps with a non-text item", enc({"t": "hello", "v": 1, "name": "a", "sw": "x", "caps": [1]})),
         ("trailing byte after the map", ack + b"\x00"),
         ("truncated map", ack[:-1]),
@@ -392,6 +416,15 @@ def _invalid_examples() -> list[tuple[str, bytes]]:
         ("undefined simple value", bytes.fromhex("a2") + enc("t") + enc("ack") + enc("seq") + b"\xf7"),
         ("invalid UTF-8 in text", bytes.fromhex("a1") + enc("t") + bytes.fromhex("62c328")),
         ("nesting deeper than 4 levels", enc({"t": "ack", "seq": 1, "x": [[[[1]]]]})),
+    ]
+
+
+def _unknown_kind_examples() -> list[tuple[str, f.Event]]:
+    return [
+        ("an event kind from a later version, about a member", f.Event(
+            kind="x-later-kind", seq=15, ts=_TS, member=2, name="ana", summary="some text")),
+        ("an event kind from a later version, with no fields", f.Event(kind="exploded", seq=16, ts=_TS)),
+        ("the longest event kind (32 characters)", f.Event(kind="a" * 31 + "9", seq=17, ts=_TS)),
     ]
 
 
@@ -438,6 +471,14 @@ def build_frames() -> dict[str, Any]:
         else:
             raise AssertionError(f"decoded but should not: {what}")
 
+    # Kinds a member does not know are generic events (section 9): they decode, keep their
+    # fields and take their place in the total order like any other entry.
+    unknown_kinds = []
+    for what, frame in _unknown_kind_examples():
+        data = frame.encode()
+        assert f.decode_frame(data) == frame and frame.kind not in f.EVENT_KINDS, what
+        unknown_kinds.append({"what": what, "value": frame_json(frame), "cbor_hex": data.hex()})
+
     codec = []
     for what, value in _codec_examples():
         data = _codec.encode(value)
@@ -454,6 +495,7 @@ def build_frames() -> dict[str, Any]:
         "frames": frames,
         "accepted": accepted,
         "invalid": invalid,
+        "unknown_event_kinds": unknown_kinds,
         "cbor": codec,
     }
 
@@ -866,6 +908,112 @@ def build_handshakes() -> tuple[dict[str, Any], dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# The verification phrase: phrase.json
+# ---------------------------------------------------------------------------------------------
+
+SPEC_WORDLIST = Path(__file__).resolve().parent / "wordlist.txt"
+
+
+def _phrase_case(what: str, handshake_hash: bytes) -> dict[str, Any]:
+    data = PHRASE_LABEL + handshake_hash
+    digest = hashlib.blake2b(data).digest()
+    indices = phrase_indices(handshake_hash)
+    bits = PHRASE_WORDS * WORD_BITS
+    top = int.from_bytes(digest[:6], "big") >> (48 - bits)
+    assert top == sum(i << (WORD_BITS * (PHRASE_WORDS - 1 - k)) for k, i in enumerate(indices))
+    words = [wordlist()[i] for i in indices]
+    phrase = derive_phrase(handshake_hash)
+    assert phrase == " ".join(words)
+    return {
+        "what": what,
+        "handshake_hash_hex": handshake_hash.hex(),
+        "blake2b_input_hex": data.hex(),
+        "blake2b_512_hex": digest.hex(),
+        "first_44_bits_hex": f"{top:011x}",
+        "indices": list(indices),
+        "words": words,
+        "phrase": phrase,
+    }
+
+
+def build_phrase() -> dict[str, Any]:
+    words = SPEC_WORDLIST.read_bytes()
+    assert hashlib.sha256(words).hexdigest() == WORDLIST_SHA256, "spec/wordlist.txt changed"
+    assert tuple(words.decode("ascii").split("\n")[:-1]) == wordlist()
+    seed = b"tunnel-mcp/1 test vectors: phrase"
+
+    def synthetic(j: int) -> bytes:
+        # Stand-ins for handshake hashes: any 64 bytes will do, the vectors list them.
+        return hashlib.blake2b(j.to_bytes(8, "big"), key=seed).digest()
+
+    cases = [
+        _phrase_case("all-zero handshake hash", bytes(64)),
+        _phrase_case("all-0xff handshake hash", b"\xff" * 64),
+    ]
+    cases += [_phrase_case(f"random handshake hash {j}", synthetic(j)) for j in range(1, 5)]
+    # Hashes whose phrase uses the first and the last word of the list: off-by-one errors in
+    # the bit slicing show up here.
+    for index, what in ((0, "the first word (index 0)"), (2047, "the last word (index 2047)")):
+        j = next(j for j in range(5, 1_000_000) if index in phrase_indices(synthetic(j)))
+        cases.append(_phrase_case(f"a phrase with {what}", synthetic(j)))
+
+    # The scenario of handshake-join.json and handshake-resume.json, run again: both ends of the
+    # join derive the same phrase from its handshake hash, and the resume keeps it.
+    sc, _ = run_scenario()
+    wire = sc.wire
+    join_hash = next(w for w in wire if w["kind"] == "handshake-2" and w["actor"] == "ana/1")
+    resume_hash = next(w for w in wire if w["kind"] == "handshake-2" and w["actor"] == "ana/2")
+    assert sc.room is not None
+    join_phrase = derive_phrase(bytes.fromhex(join_hash["handshake_hash"]))
+    member_id = sc.members["ana/1"].member_id
+    assert member_id is not None
+    assert sc.members["ana/1"].phrase == join_phrase == sc.room.phrase(member_id)
+    assert sc.members["ana/2"].phrase == join_phrase
+    return {
+        "description": (
+            "The verification phrase (section 24): four words of spec/wordlist.txt derived from "
+            "the Noise handshake hash of a join. Synthetic hashes with every intermediate value, "
+            "then the join and the resume of the handshake-*.json scenario."
+        ),
+        "format": FORMAT,
+        "label": PHRASE_LABEL.decode(),
+        "label_hex": PHRASE_LABEL.hex(),
+        "derivation": (
+            "d = BLAKE2b-512(ASCII(label) || handshake_hash) (no key, 64-byte output); the first "
+            "44 bits of d, most significant first, are four 11-bit big-endian word indices; the "
+            "phrase is the four words joined by single spaces (U+0020)."
+        ),
+        "wordlist": {
+            "file": "spec/wordlist.txt",
+            "sha256": WORDLIST_SHA256,
+            "words": len(wordlist()),
+            "first": wordlist()[0],
+            "last": wordlist()[-1],
+        },
+        "examples": cases,
+        "scenario": {
+            "join": {
+                "from": "handshake-join.json",
+                "wire": join_hash["i"],
+                "handshake_hash_hex": join_hash["handshake_hash"],
+                "phrase": join_phrase,
+                "note": "the member and the host derive this phrase; the host keeps it for the seat",
+            },
+            "resume": {
+                "from": "handshake-resume.json",
+                "wire": resume_hash["i"],
+                "handshake_hash_hex": resume_hash["handshake_hash"],
+                "phrase_kept": join_phrase,
+                "phrase_of_this_hash_not_used": derive_phrase(
+                    bytes.fromhex(resume_hash["handshake_hash"])
+                ),
+                "note": "a resume has its own handshake hash, but both ends keep the join's phrase",
+            },
+        },
+    }
+
+
 def build() -> dict[str, str]:
     """File name -> exact file text."""
     join, resume = build_handshakes()
@@ -874,6 +1022,7 @@ def build() -> dict[str, str]:
         "frames.json": dump(build_frames()),
         "handshake-join.json": dump(join),
         "handshake-resume.json": dump(resume),
+        "phrase.json": dump(build_phrase()),
     }
 
 

@@ -88,7 +88,14 @@ class SayResult(_Wire):
 
 
 EventName = Literal[
-    "joined", "left", "disconnected", "reconnected", "closed", "idle-closed", "history-truncated"
+    "joined",
+    "left",
+    "disconnected",
+    "reconnected",
+    "removed",
+    "closed",
+    "idle-closed",
+    "history-truncated",
 ]
 
 
@@ -100,7 +107,8 @@ class Message(_Wire):
     text: str | None = None
     sender: Member | None = Field(default=None, alias="from")
     ts: float = Field(description="When the room stamped it (seconds since the Unix epoch).")
-    event: EventName | None = None
+    # A kind from a later version is passed on as it came (the core only lets well-formed ones in).
+    event: EventName | str | None = None
     subject: Member | None = Field(
         default=None, description="For joined/left/disconnected/reconnected: who it happened to."
     )

@@ -164,7 +164,14 @@ class Guest:
                         log.info("resume refused as unknown; joining afresh with the link")
                         resume = None
                     elif code != "in-use":
-                        self._give_up(f"the host refused to take us back: {self._refusal.message}")
+                        if ended is not None and ended.reason == "removed":
+                            # The host removed our seat while we were away: say just that.
+                            self._on_event(ended)
+                            self._on_state("closed")
+                        else:
+                            self._give_up(
+                                f"the host refused to take us back: {self._refusal.message}"
+                            )
                         return
                     # in-use: our own half-open attempt still holds the invite; retry shortly.
                     if trio.current_time() - drop_at > self._resume_budget:

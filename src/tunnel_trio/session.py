@@ -172,7 +172,13 @@ def _sanitized(roster: tuple[MemberEntry, ...]) -> tuple[MemberEntry, ...]:
 
 
 def _event_message(
-    seq: int, ts: int, kind: str, names: _Names, member: int | None, summary: str | None
+    seq: int,
+    ts: int,
+    kind: str,
+    names: _Names,
+    member: int | None,
+    summary: str | None,
+    phrase: str | None = None,
 ) -> TranscriptMessage:
     return TranscriptMessage(
         seq=seq,
@@ -182,6 +188,7 @@ def _event_message(
         text=summary,
         event=kind,  # type: ignore[arg-type]
         subject=names.get(member),
+        phrase=phrase,
     )
 
 
@@ -192,6 +199,9 @@ class _Session:
     def __init__(self) -> None:
         self.closed = False
         self.closed_reason: str | None = None
+        #: What ended the session, in words to show, when something other than our own close
+        #: ended it (e.g. the host removed us).
+        self.closed_message: str | None = None
         self._transcript = _Transcript(DEFAULT_TRANSCRIPT_CAP)
         self._names = _Names()
         self._scope = trio.CancelScope()
@@ -247,6 +257,11 @@ class _Session:
         return ListenResult([], max(since_seq, 0), True)
 
     def _require_open(self) -> None:
+        if self.closed and self.closed_reason == "removed" and self.closed_message:
+            raise NotOpenError(
+                f"{self.closed_message}. This tunnel is over for you; your link is used, so "
+                "only a new link from the host can bring you back"
+            )
         if self.closed:
             raise NotOpenError(
                 f"the tunnel is closed ({self.closed_reason or 'closed'}): "
@@ -300,7 +315,7 @@ class HostSession(_Session):
             )
         assert entry.event is not None
         return _event_message(
-            entry.seq, entry.ts, entry.event, self._names, entry.member, entry.summary
+            entry.seq, entry.ts, entry.event, self._names, entry.member, entry.summary, entry.phrase
         )
 
     def invite(self, count: int = 1) -> list[InviteInfo]:
@@ -331,6 +346,41 @@ class HostSession(_Session):
         await trio.lowlevel.checkpoint()  # a loop of host says must not starve the relay
         return entry.seq
 
+    def remove(self, member_id: int, reason: str | None = None) -> TranscriptMessage:
+        """Remove a member for good: its seat and tickets end at once (no resume), everyone sees
+        a `removed` event (returned) carrying `reason`, and the member is told, reason included."""
+        self._require_open()
+        if isinstance(member_id, bool) or not isinstance(member_id, int):
+            raise TunnelError("memberId must be a member's id, a whole number from tunnel_status")
+        if member_id == self.room.host_id:
+            raise TunnelError(
+                f"member {member_id} is you, the host: to end the room for everyone, close the "
+                "tunnel instead"
+            )
+        try:
+            entry = self.relay.call(lambda now: self.room.remove(member_id, reason, now))
+        except LocalProtocolError as exc:
+            known = self._names._known.get(member_id)
+            who = f"member {member_id} ({known.name})" if known else f"member {member_id}"
+            if exc.code == "gone":
+                raise TunnelError(
+                    f"{who} is no longer in the room (it left or was removed already): there "
+                    "is nothing to remove"
+                ) from None
+            if exc.code == "joining":
+                raise TunnelError(
+                    f"{who} is still joining (its handshake is not complete): try again in a "
+                    "few seconds"
+                ) from None
+            if exc.code == "no-member":
+                raise TunnelError(
+                    f"there is no member {member_id} in this tunnel: tunnel_status lists the "
+                    "members and their ids"
+                ) from None
+            raise TunnelError(str(exc)) from None
+        assert isinstance(entry, TranscriptEntry)
+        return self._to_message(entry)
+
     def status(self) -> SessionStatus:
         now = trio.current_time()
         warnings = []
@@ -348,7 +398,9 @@ class HostSession(_Session):
             tunnel_id=self.tunnel_id,
             self_member=self.self_member,
             members=[
-                MemberStatus(m.id, m.name, m.host, m.on if not self.closed else False)
+                MemberStatus(
+                    m.id, m.name, m.host, m.on if not self.closed else False, self.room.phrase(m.id)
+                )
                 for m in self.room.roster()
             ],
             pending_invites=[PendingInvite(int(left)) for left in self.room.pending_invites(now)]
@@ -480,6 +532,8 @@ class MemberSession(_Session):
         self._welcomed = trio.Event()
         self._refused: Refused | None = None
         self._end: ConnectionEnded | None = None
+        self._phrase: str | None = None
+        self._phrase_changed = False
         self.guest = Guest(link, name, self._on_event, self._on_state, **dial)  # type: ignore[arg-type]
 
     def _on_state(self, state: str) -> None:
@@ -503,6 +557,9 @@ class MemberSession(_Session):
                             "message may not have been delivered: send it again if it matters",
                         )
                     )
+            if self._phrase is not None and event.phrase != self._phrase:
+                self._phrase_changed = True  # a fresh rejoin: a new seat, a new phrase
+            self._phrase = event.phrase
             self.goal = event.goal
             self.self_member = MemberInfo(event.member_id, sanitize_name(event.name), False)
             self._roster = _sanitized(event.roster)
@@ -542,6 +599,7 @@ class MemberSession(_Session):
             if not event.resumable:
                 self.closed = True
                 self.closed_reason = event.reason
+                self.closed_message = event.message
                 self.connection = "closed"
                 for pending in self._says.values():
                     pending.done.set()  # no answer: _say_once sees `closed`
@@ -587,21 +645,38 @@ class MemberSession(_Session):
         finally:
             del self._says[ref]
 
+    @property
+    def phrase(self) -> str | None:
+        """Our verification phrase (None until welcomed): the human reads it to the host's
+        human over a channel they trust; different words mean someone is in between."""
+        return self._phrase
+
     def status(self) -> SessionStatus:
+        me = self.self_member.id
+        warnings = []
+        if self._phrase_changed:
+            warnings.append(
+                "your verification phrase changed: the connection was re-established as a new "
+                "member, so compare the new phrase with the host"
+            )
         return SessionStatus(
             role="member",
             goal=self.goal,
             tunnel_id=self.tunnel_id,
             self_member=self.self_member,
-            members=[MemberStatus(m.id, m.name, m.host, m.on) for m in self._roster],
+            members=[
+                MemberStatus(m.id, m.name, m.host, m.on, self._phrase if m.id == me else None)
+                for m in self._roster
+            ],
             pending_invites=[],
             last_seq=self._transcript.last_seq,
             transport=None,
             public_url=None,
             connection=self.connection,
             cloudflared_alive=None,
-            warnings=[],
+            warnings=warnings,
             closed_reason=self.closed_reason,
+            closed_message=self.closed_message,
         )
 
     async def close(self, summary: str | None = None) -> None:

@@ -20,6 +20,7 @@ EventKind = Literal[
     "left",
     "disconnected",
     "reconnected",
+    "removed",
     "closed",
     "idle-closed",
     "history-truncated",
@@ -54,10 +55,16 @@ class MemberInfo:
 
 @dataclass(frozen=True, slots=True)
 class MemberStatus:
+    """One member as a status shows it. `phrase` is the member's verification phrase: the host
+    sees every member's, a member only its own (None elsewhere, and for the host's own row). It
+    is for the human to compare with the other end's, so it is kept out of the repr (and so out
+    of any log line that prints a status)."""
+
     id: int
     name: str
     is_host: bool
     connected: bool
+    phrase: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +73,11 @@ class TranscriptMessage:
 
     `kind == "chat"`: `text` is what `sender` said (untrusted data, never instructions).
     `kind == "event"`: `event` names what happened, `subject` is the member it happened to
-    (for joined/left/disconnected/reconnected), `text` is the host's summary for `closed`.
+    (for joined/left/disconnected/reconnected/removed), `text` is the host's words: its summary
+    for `closed`, its reason for `removed`. A kind this version does not know is passed on as
+    it came (a well-formed kind, see spec "Frames"), with its subject and text.
+    `phrase`: on the host's own `joined` entries only, the member's verification phrase (never
+    on a member's copy: the room does not send phrases); kept out of the repr.
     `seq` is 0 only for a local notice that is not part of the shared transcript
     (`history-truncated`).
     """
@@ -78,6 +89,7 @@ class TranscriptMessage:
     text: str | None = None
     event: EventKind | None = None
     subject: MemberInfo | None = None
+    phrase: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +125,6 @@ class SessionStatus:
     cloudflared_alive: bool | None  # None unless the transport is cloudflared
     warnings: list[str] = field(default_factory=list)
     closed_reason: str | None = None
+    #: Once closed: what ended it, in words to show (e.g. "the host removed you from the room
+    #: (the host's reason: ...)"); None while open.
+    closed_message: str | None = None

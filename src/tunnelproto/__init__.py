@@ -23,6 +23,8 @@ from ._frames import PROTOCOL_VERSION, MemberEntry
 from ._link import JoinLink, LinkError
 from ._member import MAX_UNACKED_SAYS, MemberConnection, ResumeState
 from ._names import MAX_NAME_CHARS, sanitize_name
+from ._phrase import derive_phrase
+from ._removal import MAX_REASON_CHARS
 from ._room import (
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_KEEPALIVE_TIMEOUT,
@@ -30,6 +32,7 @@ from ._room import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REFUSED,
+    CLOSE_REMOVED,
     CLOSE_REPLACED,
     CLOSE_ROOM_CLOSED,
     CLOSE_SLOW_CONSUMER,
@@ -49,6 +52,7 @@ __all__ = [
     "CLOSE_NORMAL",
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_REFUSED",
+    "CLOSE_REMOVED",
     "CLOSE_REPLACED",
     "CLOSE_ROOM_CLOSED",
     "CLOSE_SLOW_CONSUMER",
@@ -56,6 +60,7 @@ __all__ = [
     "MAX_FRAME",
     "MAX_NAME_CHARS",
     "MAX_PLAINTEXT",
+    "MAX_REASON_CHARS",
     "MAX_TEXT_BYTES",
     "MAX_UNACKED_SAYS",
     "PROTOCOL_VERSION",
@@ -84,5 +89,6 @@ __all__ = [
     "TranscriptEntry",
     "TunnelEvent",
     "Welcomed",
+    "derive_phrase",
     "sanitize_name",
 ]

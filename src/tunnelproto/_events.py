@@ -7,7 +7,7 @@ Drivers match on the class, never on a string field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._frames import MemberEntry
 
@@ -18,7 +18,12 @@ class TunnelEvent:
 
 @dataclass(frozen=True, slots=True)
 class Welcomed(TunnelEvent):
-    """The handshake finished: we are in the room (or back in it, when `resumed`)."""
+    """The handshake finished: we are in the room (or back in it, when `resumed`).
+
+    `phrase` is the seat's verification phrase: derived at the join, the same on a resume. The
+    member's human compares it with the host's over a channel they trust. Kept out of the repr
+    so that logging an event cannot log it.
+    """
 
     member_id: int
     name: str
@@ -27,6 +32,7 @@ class Welcomed(TunnelEvent):
     last_seq: int
     resumed: bool
     limits: dict[str, int]
+    phrase: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +99,8 @@ class ConnectionEnded(TunnelEvent):
 
     `resumable` says whether a new connection with `MemberConnection.resume_state()` can take
     the seat back (a network drop, a keepalive timeout, being too slow) or whether the room is
-    gone or we left (`reason` is then `closed`, `idle-closed`, `left`, `kicked` ...).
+    gone or we left (`reason` is then `closed`, `idle-closed`, `left`, `removed` ...). After
+    `removed`, `summary` is the host's reason (if it gave one) and `message` says it, cleaned.
     """
 
     reason: str

@@ -188,9 +188,25 @@ class Error(Frame):
     retry: int | None = None  # rate-limited: milliseconds until a say would be accepted
 
 
+#: The event kinds this implementation sends and knows. A member accepts any other well-formed
+#: kind too, as a generic transcript entry (spec "Frames", `event`): kinds can be added without
+#: breaking older members, the way `removed` was.
 EVENT_KINDS = frozenset(
-    {"joined", "left", "disconnected", "reconnected", "closed", "idle-closed", "history-truncated"}
+    {
+        "joined",
+        "left",
+        "disconnected",
+        "reconnected",
+        "removed",
+        "closed",
+        "idle-closed",
+        "history-truncated",
+    }
 )
+#: A well-formed event kind: 1 to MAX_KIND_CHARS of these characters, so that an unknown kind
+#: from a hostile host is still safe to show.
+KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+MAX_KIND_CHARS = 32
 
 
 def _members(value: dict[str, _codec.Value], key: str, where: str) -> tuple[MemberEntry, ...]:
@@ -248,8 +264,8 @@ def _parse(value: dict[str, _codec.Value]) -> Frame:
         )
     if t == "event":
         kind = _get(value, "kind", str, t)
-        if kind not in EVENT_KINDS:
-            raise RemoteProtocolError(f"unknown event kind {kind[:32]!r}", "malformed")
+        if not 0 < len(kind) <= MAX_KIND_CHARS or not KIND_CHARS.issuperset(kind):
+            raise RemoteProtocolError("event.kind is not a well-formed kind", "malformed")
         return Event(
             kind=kind,
             seq=_get(value, "seq", int, t),

@@ -36,6 +36,8 @@ from ._events import (
 from ._link import JoinLink, ticket_id
 from ._names import one_line
 from ._noise import NoiseError
+from ._phrase import derive_phrase
+from ._removal import REMOVED, removed_message
 from ._room import check_text
 from ._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, MemberState
 
@@ -61,6 +63,7 @@ class ResumeState:
     last_seq: int
     next_ref: int
     unacked: tuple[tuple[int, str], ...]  # says sent but not yet seen stamped
+    phrase: str  # the verification phrase of the join: a resume keeps it
 
     def __repr__(self) -> str:
         return (
@@ -97,6 +100,9 @@ class MemberConnection:
         self.name = resume.name if resume else name
         self.goal: str | None = resume.goal if resume else None
         self.roster: tuple[f.MemberEntry, ...] = ()
+        #: The seat's verification phrase, from the join handshake's hash (None until welcomed;
+        #: a resume keeps the join's). Show it to the user, who compares it with the host's.
+        self.phrase: str | None = resume.phrase if resume else None
         self.last_seq = resume.last_seq if resume else 0
         self.limits: dict[str, int] = {}
         self._ticket: bytes | None = resume.ticket if resume else None
@@ -159,7 +165,12 @@ class MemberConnection:
 
     def resume_state(self) -> ResumeState | None:
         """What a new connection needs to take the seat back, or None if there is no seat."""
-        if self._ticket is None or self.member_id is None or self.goal is None:
+        if (
+            self._ticket is None
+            or self.member_id is None
+            or self.goal is None
+            or self.phrase is None
+        ):
             return None
         return ResumeState(
             member_id=self.member_id,
@@ -169,6 +180,7 @@ class MemberConnection:
             last_seq=self.last_seq,
             next_ref=self._next_ref,
             unacked=tuple(sorted(self._unacked.items())),
+            phrase=self.phrase,
         )
 
     def connection_lost(self, now: float) -> None:
@@ -269,6 +281,9 @@ class MemberConnection:
             raise RemoteProtocolError("resume welcome does not match our seat", "malformed")
         send, recv = self._hs.split()
         self._channel = Channel(send, recv)
+        if resume is None:
+            self.phrase = derive_phrase(self._hs.handshake_hash)
+        assert self.phrase is not None
         self.state = MemberState.OPEN
         self.member_id = frame.you
         self.name = frame.name
@@ -292,6 +307,7 @@ class MemberConnection:
                 frame.last,
                 frame.resumed,
                 self.limits,
+                self.phrase,
             )
         )
 
@@ -299,6 +315,11 @@ class MemberConnection:
         # The host's words end up in error messages and statuses: one line, no control codes.
         message = one_line(frame.msg, 500)
         self._events.append(Refused(frame.code, message))
+        if authenticated and frame.code == REMOVED:
+            # Our seat was removed while we were away. Only an encrypted refusal says so: a
+            # plaintext one could come from anyone on the path.
+            self._end(REMOVED, removed_message(None), resumable=False)
+            return
         self._end("refused", message, resumable=False)
 
     def _on_frame(self, frame: f.Frame) -> None:
@@ -339,14 +360,12 @@ class MemberConnection:
                 # connection next; keep its reason so the drop is reported truthfully.
                 self._host_error = f"{one_line(frame.code, 32)}: {one_line(frame.msg, 200)}"
         elif isinstance(frame, f.Close):
-            resumable = False
             reason = one_line(frame.reason, 64)
-            self._end(
-                reason,
-                f"the host ended the connection: {reason}",
-                resumable=resumable,
-                summary=frame.summary,
-            )
+            if reason == REMOVED:
+                message = removed_message(frame.summary)
+            else:
+                message = f"the host ended the connection: {reason}"
+            self._end(reason, message, resumable=False, summary=frame.summary)
         # Pong: receiving it refreshed _last_rx; nothing else to do.
 
     def _expect_seq(self, seq: int) -> None:

@@ -28,6 +28,8 @@ from ._events import Disconnect, Send
 from ._link import SECRET_LEN, TUNNEL_ID_BYTES, JoinLink, b64url, invite_id, ticket_id
 from ._names import sanitize_name, unique_name
 from ._noise import NoiseError
+from ._phrase import derive_phrase
+from ._removal import REMOVED, RemovedTickets, check_reason
 from ._state import ROOM_ACCEPTS, ConnState
 
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
@@ -57,6 +59,7 @@ CLOSE_KEEPALIVE_TIMEOUT = 4003
 CLOSE_SLOW_CONSUMER = 4004
 CLOSE_REPLACED = 4005
 CLOSE_LEFT = 4006
+CLOSE_REMOVED = 4007
 CLOSE_REFUSED = 4008
 CLOSE_TOO_MANY_PENDING = 4009
 
@@ -72,6 +75,7 @@ REFUSAL_MESSAGES = {
     "version-unsupported": "the host speaks another protocol version: update tunnel-mcp",
     "closed": "the room has closed",
     "bad-resume": "the resume request was invalid: join again with a new link",
+    REMOVED: "the host removed you from the room: ask the host for a new link to come back",
 }
 
 
@@ -130,6 +134,9 @@ class TranscriptEntry:
     name: str | None
     summary: str | None
     frame: bytes
+    #: `joined` only: the member's verification phrase, for the host's eyes. Never on the wire
+    #: (it is not in `frame`), and kept out of the repr so that logging an entry cannot log it.
+    phrase: str | None = field(default=None, repr=False)
 
 
 def _held_bytes(entry: TranscriptEntry) -> int:
@@ -168,6 +175,8 @@ class Seat:
     tokens_at: float = 0.0
     #: Recent refused says by ref, so a re-send after resume is refused again (bounded).
     refused: dict[int, f.Error] = field(default_factory=dict)
+    #: The verification phrase of the seat's join handshake (None for the host's own seat).
+    phrase: str | None = field(default=None, repr=False)
 
     def entry(self) -> f.MemberEntry:
         return f.MemberEntry(id=self.id, name=self.name, host=self.is_host, on=self.connected)
@@ -183,6 +192,7 @@ class _Pending:
     invite: Invite | None  # join
     resume_seat: Seat | None  # resume
     last: int  # resume: highest seq the member holds
+    phrase: str | None = field(default=None, repr=False)  # join: from this handshake's hash
 
 
 @dataclass(slots=True)
@@ -235,6 +245,7 @@ class Room:
         self._seats: dict[int, Seat] = {1: host}
         self._invites: dict[bytes, Invite] = {}
         self._tickets: dict[bytes, Seat] = {}
+        self._removed_tickets = RemovedTickets()
         self._conns: dict[int, _Conn] = {}
         self._next_conn = 1
         self._out: list[Send | Disconnect] = []
@@ -302,6 +313,13 @@ class Room:
         seat = self._seats.get(member_id)
         return seat.name if seat else None
 
+    def phrase(self, member_id: int) -> str | None:
+        """The verification phrase of a member's seat, fixed at its join: the host's human
+        compares it with the member's. None for the host itself and for ids not in the room.
+        The room never sends it to anyone."""
+        seat = self._seats.get(member_id)
+        return seat.phrase if seat else None
+
     def entries_since(self, seq: int) -> list[TranscriptEntry]:
         start = max(seq + 1, self.first_seq)
         return self._entries[self._head + start - self.first_seq :]
@@ -322,6 +340,45 @@ class Room:
             if not _is_utf8(summary):
                 raise LocalProtocolError("the summary is not valid Unicode text", "bad-summary")
         self._shutdown("closed", summary, now)
+
+    def remove(self, member_id: int, reason: str | None, now: float) -> TranscriptEntry:
+        """End a member's seat at once and for good (host only): its connections get
+        `close{reason: removed}` and CLOSE_REMOVED, its tickets die (a resume with one is
+        refused `removed`), and everyone else sees the `removed` event this returns."""
+        if self.closed:
+            raise LocalProtocolError("the room is closed", "closed")
+        if member_id == self.host_id:
+            raise LocalProtocolError("the host cannot remove itself", "bad-member")
+        seat = self._seats.get(member_id)
+        if seat is None:
+            if any(
+                c.pending is not None and c.pending.seat_id == member_id
+                for c in self._conns.values()
+            ):
+                # Welcomed, not yet confirmed: nobody has seen this id in the room yet.
+                raise LocalProtocolError(f"member {member_id} is still joining", "joining")
+            if 1 < member_id < self._next_member_id:
+                raise LocalProtocolError(f"member {member_id} is no longer in the room", "gone")
+            raise LocalProtocolError(f"there is no member {member_id}", "no-member")
+        reason = check_reason(reason)
+        del self._seats[seat.id]
+        for old in seat.tickets:
+            self._tickets.pop(old, None)
+        self._removed_tickets.add(seat.tickets)
+        # The seat's connections (the open one, and any resume waiting for its confirmation).
+        conns = [
+            c
+            for c in self._conns.values()
+            if c.seat_id == seat.id or (c.pending is not None and c.pending.resume_seat is seat)
+        ]
+        # The event goes first, so the removed member too gets it if its window has room.
+        entry = self._append_event(REMOVED, now, member=seat.id, name=seat.name, summary=reason)
+        for conn in conns:
+            conn.seat_id = None  # the seat is gone: no "disconnected" event
+            self._send_frame(conn, f.Close(reason=REMOVED, summary=reason))
+            self._drop(conn, now, CLOSE_REMOVED, REMOVED)
+        self._broadcast_roster()
+        return entry
 
     def data_to_send(self) -> list[Send | Disconnect]:
         out, self._out = self._out, []
@@ -433,11 +490,18 @@ class Room:
             return
         invite = self._invites.get(key_id)
         seat = self._tickets.get(key_id)
-        if invite is None and seat is None:
+        removed_psk = self._removed_tickets.get(key_id) if seat is None else None
+        if invite is None and seat is None and removed_psk is None:
             # We hold no key for this id, so this refusal cannot be encrypted (spec 4.3).
             self._plain_refuse(conn, "unknown-invite", now)
             return
-        psk = invite.secret if invite is not None else seat.tickets[key_id]  # type: ignore[union-attr]
+        if invite is not None:
+            psk = invite.secret
+        elif seat is not None:
+            psk = seat.tickets[key_id]
+        else:
+            assert removed_psk is not None
+            psk = removed_psk
         hs = new_handshake(initiator=False, tunnel_id=self.tunnel_id, psk=psk, rng=self._rng)
         try:
             payload = hs.read_message(noise_msg)
@@ -495,6 +559,9 @@ class Room:
         )
         reply = hs.write_message(welcome.encode())
         self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
+        if invite is not None:
+            # Only a join fixes the phrase: the seat keeps it across resumes.
+            pending.phrase = derive_phrase(hs.handshake_hash)
         send, recv = hs.split()
         conn.channel = Channel(send, recv)
         conn.pending = pending
@@ -519,6 +586,8 @@ class Room:
             if hello.last is not None:
                 return "bad-resume"
             return None
+        if seat is None:
+            return REMOVED  # the ticket of a seat the host removed
         if hello.last is None or hello.last > self.last_seq:
             return "bad-resume"
         return None
@@ -561,11 +630,12 @@ class Room:
                 tickets={new_id: pending.new_ticket},
                 tokens=float(self.config.rate_burst),
                 tokens_at=now,
+                phrase=pending.phrase,
             )
             self._seats[seat.id] = seat
             self._tickets[new_id] = seat
             conn.cursor = 1
-            self._append_event("joined", now, member=seat.id, name=seat.name)
+            self._append_event("joined", now, member=seat.id, name=seat.name, phrase=seat.phrase)
         else:
             seat = pending.resume_seat  # type: ignore[assignment]
             assert seat is not None
@@ -699,13 +769,16 @@ class Room:
         member: int | None = None,
         name: str | None = None,
         summary: str | None = None,
+        phrase: str | None = None,
     ) -> TranscriptEntry:
         seq = self.last_seq + 1
         ts = self._ts(now)
         frame = f.Event(
             kind=kind, seq=seq, ts=ts, member=member, name=name, summary=summary
         ).encode()
-        entry = TranscriptEntry(seq, ts, "event", None, summary, kind, member, name, summary, frame)
+        entry = TranscriptEntry(
+            seq, ts, "event", None, summary, kind, member, name, summary, frame, phrase
+        )
         self._append(entry, now)
         return entry
 
@@ -808,6 +881,7 @@ class Room:
                 self._drop(conn, now, CLOSE_ROOM_CLOSED, reason)
         self._invites.clear()
         self._tickets.clear()
+        self._removed_tickets.clear()
 
     def _prune_invites(self, now: float) -> None:
         # Dead invites are kept so a late redeemer hears "used"/"expired" rather than "unknown",

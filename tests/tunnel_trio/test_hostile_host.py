@@ -636,7 +636,9 @@ WRONG_FRAMES: dict[str, Callable[[HostConn], Value]] = {
     "unknown-frame-type": lambda c: {"t": "teleport", "seq": 1},
     "no-type": lambda c: {"seq": 1, "text": "hi"},
     "not-a-map": lambda c: [1, 2, 3],
-    "unknown-event-kind": lambda c: {"t": "event", "kind": "exploded", "seq": 1, "ts": 0},
+    # An unknown kind is a generic event (spec "Frames"), but only a well-formed one.
+    "malformed-event-kind": lambda c: {"t": "event", "kind": "Exploded!\n", "seq": 1, "ts": 0},
+    "overlong-event-kind": lambda c: {"t": "event", "kind": "x" * 33, "seq": 1, "ts": 0},
     "event-with-negative-member": lambda c: {
         "t": "event",
         "kind": "joined",
@@ -708,6 +710,35 @@ async def test_odd_but_legal_frames_keep_the_connection(fake: Any, nursery: trio
     assert [m.sender.id for m in got.messages if m.sender] == [MEMBER_ID, U64, 0, MEMBER_ID]
     assert got.messages[1].sender is not None and clean_name(got.messages[1].sender.name)
     assert session.status().members == []
+
+
+async def test_an_unknown_event_kind_is_kept_as_a_generic_event(
+    fake: Any, nursery: trio.Nursery
+) -> None:
+    """A later host may send kinds this member does not know: they keep their place in the
+    total order, and the connection stays up."""
+
+    async def later(conn: HostConn) -> None:
+        await conn.welcome()
+        await conn.send(
+            conn.chat("one"),
+            conn.event("x-later-kind", member=HOST_ID, name="host\nname", summary="some text"),
+            conn.chat("two"),
+        )
+        await conn.serve()
+
+    host = await fake(later)
+    session = await joined(nursery, host)
+    await until(lambda: session.status().last_seq == 3)
+    got = await session.listen(0, 0.0)
+    assert [(m.seq, m.kind, m.event, m.text) for m in got.messages] == [
+        (1, "chat", None, "one"),
+        (2, "event", "x-later-kind", "some text"),
+        (3, "chat", None, "two"),
+    ]
+    assert got.messages[1].subject is not None and got.messages[1].subject.id == HOST_ID
+    assert await session.say("still here") == 4
+    assert len(host.conns) == 1
 
 
 # -- content at the limits ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from tunnelproto import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REFUSED,
+    CLOSE_REMOVED,
     CLOSE_REPLACED,
     CLOSE_ROOM_CLOSED,
     CLOSE_SLOW_CONSUMER,
@@ -56,6 +57,7 @@ CLOSE_CODES = {
     CLOSE_REPLACED,
     CLOSE_LEFT,
     CLOSE_REFUSED,
+    CLOSE_REMOVED,
 }
 
 # ---------------------------------------------------------------------------------- strategies
@@ -72,8 +74,8 @@ FRAME_TYPES = [
     "ticket", "close", "error", "bogus",
 ]
 EVENT_KINDS = [
-    "joined", "left", "disconnected", "reconnected", "closed", "idle-closed", "history-truncated",
-    "nope",
+    "joined", "left", "disconnected", "reconnected", "removed", "closed", "idle-closed",
+    "history-truncated", "nope", "Bad Kind", "",
 ]
 roster_entries = st.fixed_dictionaries(
     {},
@@ -369,6 +371,8 @@ class RoomMachine(RuleBasedStateMachine):
         self.expired_tries: list[Peer] = []
         self.captured: list[tuple[bytes, ...]] = []
         self.counter = 0
+        #: Peers the host removed, by member id.
+        self.removed: dict[int, Peer] = {}
 
     # -------------------------------------------------------------- helpers
 
@@ -528,6 +532,14 @@ class RoomMachine(RuleBasedStateMachine):
         else:
             assert not peer.is_open
             assert [type(ev) for ev in peer.current_events()][:1] == [Refused]
+            if member_id in self.removed:
+                # Told the truth (while the room remembers the ticket), and for good.
+                refused = peer.current_events()[0]
+                assert isinstance(refused, Refused)
+                assert refused.code in ("removed", "unknown-invite")
+                end = peer.last_end()
+                assert end is not None and not end.resumable
+                assert end.reason == ("removed" if refused.code == "removed" else "refused")
 
     @precondition(lambda self: self._resumable())
     @rule(
@@ -556,6 +568,39 @@ class RoomMachine(RuleBasedStateMachine):
             self.net.drop(peer)
         if finish and peer in self._resumable():
             self._resume(peer)
+
+    def _seated(self) -> list[Peer]:
+        seats = {m.id for m in self.net.room.roster() if not m.host}
+        return [p for p in self.net.peers if p.member_id in seats and p.member_id not in self.removed]
+
+    @precondition(lambda self: self._seated())
+    @rule(
+        i=st.integers(0, 50),
+        reason=st.none() | st.sampled_from(["", "the phrase did not match", "x\n\u202ey" * 200]),
+        gate=st.integers(0, 2),
+    )
+    def remove(self, i: int, reason: str | None, gate: int) -> None:
+        """The host removes a member, connected, dropped or half way through a resume."""
+        if gate != 0 or self.net.room.closed:
+            return
+        peer = self._pick(self._seated(), i)
+        member_id = peer.member_id
+        assert member_id is not None
+        was_open = peer.is_open
+        entry = self.net.remove(member_id, reason)
+        assert (entry.event, entry.member) == ("removed", member_id)
+        assert self.net.room.member_name(member_id) is None
+        assert self.net.room.phrase(member_id) is None
+        self.removed[member_id] = peer
+        if was_open:
+            end = peer.last_end()
+            assert end is not None and end.reason == "removed" and not end.resumable
+            assert peer.disconnects[-1].code == CLOSE_REMOVED
+        with_reason = reason if reason and reason.strip() else None
+        for other in self._open_peers():
+            assert other.entries[-1].seq == entry.seq or other.hold_in or other.hold_out
+        if with_reason is not None:
+            assert entry.summary == with_reason[:1000]
 
     @rule(dt=st.sampled_from(DURATIONS))
     def tick(self, dt: float) -> None:
@@ -592,6 +637,13 @@ class RoomMachine(RuleBasedStateMachine):
         self.net.check()
 
     @invariant()
+    def removed_members_stay_out(self) -> None:
+        seats = {m.id for m in self.net.room.roster()}
+        for member_id, peer in self.removed.items():
+            assert member_id not in seats
+            assert not peer.is_open
+
+    @invariant()
     def invites_admit_at_most_one_and_expired_ones_none(self) -> None:
         for peers in self.admitted.values():
             assert len(peers) <= 1
@@ -608,5 +660,8 @@ class RoomMachine(RuleBasedStateMachine):
             assert set(peer.said) == set(peer.accepted) | set(peer.rejected)
             assert peer.member_id is not None
             assert room.member_name(peer.member_id) == peer.welcomes()[0].name
+            # The seat's phrase: the join's, on both ends, whatever resumes happened since.
+            assert peer.mc.phrase == room.phrase(peer.member_id) == peer.welcomes()[0].phrase
+            assert peer.mc.phrase is not None
         seats = {m.id for m in room.roster()}
         assert len(seats) <= MACHINE_CONFIG.capacity

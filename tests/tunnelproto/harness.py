@@ -291,6 +291,12 @@ class Net:
         self.room.close(summary, self.now)
         self.pump()
 
+    def remove(self, member_id: int, reason: str | None = None) -> TranscriptEntry:
+        """The host removes a member (connected or not) for good."""
+        entry = self.room.remove(member_id, reason, self.now)
+        self.pump()
+        return entry
+
     def drop(self, peer: Peer, *, room_notices: bool = True, pump: bool = True) -> None:
         """The transport under `peer` dies; whatever was in flight is lost. With
         `room_notices=False` only the member notices (a half-open TCP connection): the room

@@ -38,6 +38,8 @@ from tunnelproto import (
     Send,
     _codec,
     _member,
+    _phrase,
+    _removal,
     _room,
 )
 from tunnelproto import _frames as f
@@ -64,7 +66,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC_DIR = ROOT / "spec"
 VECTOR_DIR = SPEC_DIR / "vectors"
 SPEC_FILE = SPEC_DIR / "protocol.md"
-GENERATED = ("link.json", "frames.json", "handshake-join.json", "handshake-resume.json")
+GENERATED = (
+    "link.json",
+    "frames.json",
+    "handshake-join.json",
+    "handshake-resume.json",
+    "phrase.json",
+)
 FRAME_TYPES = {cls.TYPE: cls for cls in f.Frame.__subclasses__()}
 
 
@@ -96,6 +104,8 @@ def from_json(value: Any) -> Any:
 def event_json(event: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"event": type(event).__name__}
     for fld in dataclasses.fields(event):
+        if fld.name == "phrase":
+            continue  # the handshake files leave it to phrase.json
         item = getattr(event, fld.name)
         if isinstance(item, tuple) and item and isinstance(item[0], MemberEntry):
             item = [m.to_value() for m in item]
@@ -255,6 +265,94 @@ def test_frame_invalid(case: dict[str, Any]) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         f.decode_frame(bytes.fromhex(case["cbor_hex"]))
     assert info.value.code == case["code"]
+
+
+@pytest.mark.parametrize(
+    "case", load("frames.json")["unknown_event_kinds"], ids=lambda c: c["what"][:40]
+)
+def test_unknown_event_kinds_decode_as_generic_events(case: dict[str, Any]) -> None:
+    frame = f.decode_frame(bytes.fromhex(case["cbor_hex"]))
+    assert isinstance(frame, f.Event) and frame.kind not in f.EVENT_KINDS
+    assert to_json(frame.to_value()) == case["value"]
+    assert frame.encode().hex() == case["cbor_hex"]
+
+
+def test_a_member_keeps_an_unknown_event_kind_in_the_total_order() -> None:
+    """What section 9 asks of a member, with the vectors' frames: delivered, in order."""
+    from harness import FakeHost
+
+    link = JoinLink("https://h.example", "abcdefghijklmnop", bytes(range(32)))
+    member = MemberConnection(link, "ana", 0.0)
+    host = FakeHost(link)
+    member.receive_data(host.welcome(member.data_to_send()[0]), 0.0)
+    frames = [f.decode_frame(bytes.fromhex(c["cbor_hex"])) for c in load("frames.json")["unknown_event_kinds"]]
+    seq = 0
+    for frame in frames:
+        assert isinstance(frame, f.Event)
+        seq += 1
+        member.receive_data(host.frame(dataclasses.replace(frame, seq=seq)), 0.0)
+    events = []
+    while (event := member.next_event()) is not None:
+        events.append(event)
+    kinds = [(e.seq, e.kind, e.member_id, e.name, e.summary) for e in events if isinstance(e, tunnelproto.RoomEvent)]
+    assert kinds == [(i + 1, fr.kind, fr.member, fr.name, fr.summary) for i, fr in enumerate(frames)]  # type: ignore[attr-defined]
+    assert member.state.value == "open"
+
+
+# ---- the verification phrase ------------------------------------------------------------------
+
+
+def test_wordlist_is_the_same_file_in_spec_and_in_the_package() -> None:
+    from importlib import resources
+
+    shipped = resources.files("tunnelproto").joinpath("wordlist.txt").read_bytes()
+    spec = (SPEC_DIR / "wordlist.txt").read_bytes()
+    assert shipped == spec
+    assert hashlib.sha256(spec).hexdigest() == _phrase.WORDLIST_SHA256 == load("phrase.json")["wordlist"]["sha256"]
+    words = spec.decode("ascii").split("\n")
+    assert words[-1] == "" and len(words[:-1]) == 2048 == len(set(words[:-1]))
+    assert all(re.fullmatch(r"[a-z]{3,8}", w) for w in words[:-1])
+    # The license travels with the list, in both places.
+    for text in (
+        resources.files("tunnelproto").joinpath("wordlist-LICENSE.txt").read_text("utf-8"),
+        (SPEC_DIR / "wordlist-LICENSE.txt").read_text("utf-8"),
+    ):
+        assert "MIT License" in text and "Pavol Rusnak" in text
+
+
+@pytest.mark.parametrize("case", load("phrase.json")["examples"], ids=lambda c: c["what"][:40])
+def test_phrase_vector(case: dict[str, Any]) -> None:
+    PHRASE_LABEL, phrase_indices = _phrase.PHRASE_LABEL, _phrase.phrase_indices
+    doc = load("phrase.json")
+    assert PHRASE_LABEL == doc["label"].encode("ascii") == bytes.fromhex(doc["label_hex"])
+    h = bytes.fromhex(case["handshake_hash_hex"])
+    data = bytes.fromhex(case["blake2b_input_hex"])
+    assert data == PHRASE_LABEL + h
+    # Recomputed from the recorded bytes with nothing of ours but the word list.
+    digest = hashlib.blake2b(data).digest()
+    assert digest.hex() == case["blake2b_512_hex"]
+    top = int.from_bytes(digest, "big") >> (512 - 44)
+    assert f"{top:011x}" == case["first_44_bits_hex"]
+    indices = [(top >> (11 * (3 - k))) & 0x7FF for k in range(4)]
+    assert indices == case["indices"] == list(phrase_indices(h))
+    words = (SPEC_DIR / "wordlist.txt").read_text("ascii").split("\n")
+    assert [words[i] for i in indices] == case["words"]
+    assert tunnelproto.derive_phrase(h) == case["phrase"] == " ".join(case["words"])
+
+
+def test_phrase_vectors_cover_both_ends_of_the_list() -> None:
+    used = {i for case in load("phrase.json")["examples"] for i in case["indices"]}
+    assert {0, 2047} <= used
+
+
+def test_phrase_of_the_scenario_join_is_derived_from_its_recorded_hash() -> None:
+    scenario = load("phrase.json")["scenario"]
+    wire = _wire()
+    join, resume = scenario["join"], scenario["resume"]
+    assert wire[join["wire"]]["handshake_hash"] == join["handshake_hash_hex"]
+    assert wire[resume["wire"]]["handshake_hash"] == resume["handshake_hash_hex"]
+    assert tunnelproto.derive_phrase(bytes.fromhex(join["handshake_hash_hex"])) == join["phrase"]
+    assert resume["phrase_kept"] == join["phrase"] != resume["phrase_of_this_hash_not_used"]
 
 
 @pytest.mark.parametrize("case", load("frames.json")["cbor"], ids=lambda c: c["what"][:40])
@@ -431,6 +529,7 @@ def test_scenario_replays_byte_for_byte() -> None:
     members: dict[str, MemberConnection] = {}
     conn_of: dict[str, int] = {}
     actor_of: dict[int, str] = {}
+    phrases: dict[int, str] = {}
     for step in join["steps"] + resume["steps"]:
         t, do, args, result = step["t"], step["do"], step["args"], step.get("result")
         if do == "room.create":
@@ -490,11 +589,17 @@ def test_scenario_replays_byte_for_byte() -> None:
         for actor, member in members.items():
             seen = []
             while (event := member.next_event()) is not None:
+                if isinstance(event, tunnelproto.Welcomed):
+                    # The phrase both ends hold is the one phrase.json derives from the join.
+                    assert event.phrase == load("phrase.json")["scenario"]["join"]["phrase"]
+                    phrases[event.member_id] = event.phrase
                 seen.append(event_json(event))
             if seen:
                 events[actor] = seen
         assert events == step.get("events", {}), f"step {step['i']} ({do}) reported other events"
     assert all(rng.exhausted() for rng in rngs.values())
+    assert room is not None and phrases
+    assert all(room.phrase(member_id) == phrase for member_id, phrase in phrases.items())
 
 
 def test_resume_vectors_tell_a_consistent_story() -> None:
@@ -620,6 +725,9 @@ def test_spec_documents_every_limit() -> None:
         "MAX_UNACKED_SAYS": _member.MAX_UNACKED_SAYS,
         "MAX_REMEMBERED_REFUSALS": _room.MAX_REMEMBERED_REFUSALS,
         "MAX_TICKETS_PER_SEAT": _room.MAX_TICKETS_PER_SEAT,
+        "MAX_REASON_CHARS": tunnelproto.MAX_REASON_CHARS,
+        "MAX_REMOVED_TICKETS": _removal.MAX_REMOVED_TICKETS,
+        "MAX_KIND_CHARS": f.MAX_KIND_CHARS,
         "MAX_DEPTH": _codec.MAX_DEPTH,
         "MAX_ITEMS": _codec.MAX_ITEMS,
         "SECRET_LEN": SECRET_LEN,
@@ -658,7 +766,7 @@ def test_spec_legality_table_matches_state_tables() -> None:
 def test_spec_constants_and_examples_match_the_vectors() -> None:
     text = spec_text()
     assert PROTOCOL_NAME.decode() in text
-    for label in (INVITE_ID_LABEL, TICKET_ID_LABEL):
+    for label in (INVITE_ID_LABEL, TICKET_ID_LABEL, _phrase.PHRASE_LABEL):
         assert f"`{label.decode()}`" in text and f"`{label.hex()}`" in text
     example = load("link.json")["prologue"]["examples"][0]
     assert example["tunnel_id"] in text and example["prologue_hex"] in text
@@ -668,5 +776,6 @@ def test_spec_constants_and_examples_match_the_vectors() -> None:
     assert f"`0x{MSG2_NOISE:02x}` | `MSG2_NOISE`" in text
     assert f"`0x{MSG2_PLAIN_REFUSE:02x}` | `MSG2_PLAIN_REFUSE`" in text
     assert f"`0x{f.PROTOCOL_VERSION:02x}` (`PROTOCOL_VERSION`)" in text
+    assert f"`{_phrase.WORDLIST_SHA256}`" in text
     for name in GENERATED:
         assert f"`{name}`" in text
