@@ -33,13 +33,19 @@ from ._events import (
     TunnelEvent,
     Welcomed,
 )
+from ._files_member import FilesResume, MemberFiles
 from ._link import JoinLink, ticket_id
 from ._names import one_line
 from ._noise import NoiseError
 from ._phrase import derive_phrase
 from ._removal import REMOVED, removed_message
 from ._room import check_text
-from ._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, MemberState
+from ._state import (
+    MEMBER_ACCEPTS,
+    MEMBER_ACCEPTS_FILES,
+    MEMBER_HANDSHAKE_ACCEPTS,
+    MemberState,
+)
 
 SOFTWARE = "tunnel-mcp-python/1"
 HANDSHAKE_TIMEOUT = 10.0
@@ -64,6 +70,8 @@ class ResumeState:
     next_ref: int
     unacked: tuple[tuple[int, str], ...]  # says sent but not yet seen stamped
     phrase: str  # the verification phrase of the join: a resume keeps it
+    #: Files: unfinished fetches, shares not yet stamped, my offers, the offers known.
+    files: FilesResume | None = None
 
     def __repr__(self) -> str:
         return (
@@ -115,6 +123,9 @@ class MemberConnection:
         self._opened_at = now
         self._last_rx = now
         self._ping_outstanding = False
+        self.caps = tuple(caps)
+        #: File offers and transfers (spec "Files"); on once the welcome has files/1.
+        self.files = MemberFiles(self, resume.files if resume else None)
 
         psk = resume.ticket if resume else link.secret
         key_id = ticket_id(psk, link.tunnel_id) if resume else link.invite_id
@@ -151,11 +162,20 @@ class MemberConnection:
         check_text(text, LocalProtocolError)
         if len(self._unacked) >= MAX_UNACKED_SAYS:
             raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
-        ref = self._next_ref
-        self._next_ref += 1
+        ref = self._take_ref()
         self._unacked[ref] = text
         self._queue(f.Say(ref=ref, text=text))
         return ref
+
+    def has_bulk(self) -> bool:
+        """File chunks are waiting for `pull_bulk` (sharing only)."""
+        return self.files.has_bulk()
+
+    def pull_bulk(self, max_bytes: int) -> list[bytes]:
+        """Seal about `max_bytes` of file chunks now. Call it when the outbound queue is low,
+        after sending what `data_to_send()` returned, and send the result before what it
+        returns next: chat sealed meanwhile goes first, and seal order is send order."""
+        return self.files.pull_bulk(max_bytes)
 
     def leave(self) -> None:
         """Leave the room for good (the seat is freed; no resume)."""
@@ -181,6 +201,7 @@ class MemberConnection:
             next_ref=self._next_ref,
             unacked=tuple(sorted(self._unacked.items())),
             phrase=self.phrase,
+            files=self.files.snapshot(),
         )
 
     def connection_lost(self, now: float) -> None:
@@ -232,6 +253,12 @@ class MemberConnection:
                 self._queue(f.Ping())
 
     # ------------------------------------------------------------------ internals
+
+    def _take_ref(self) -> int:
+        """The next ref: says and shares share one numbering (spec "Sequencing")."""
+        ref = self._next_ref
+        self._next_ref += 1
+        return ref
 
     def _queue(self, frame: f.Frame) -> None:
         assert self._channel is not None
@@ -296,8 +323,16 @@ class MemberConnection:
         # Key confirmation: the room seats us only once this first ack arrives.
         self._queue(f.Ack(seq=self.last_seq))
         self._acked_sent = self.last_seq
-        for ref, text in sorted(self._unacked.items()):
-            self._queue(f.Say(ref=ref, text=text))
+        self.files.on_welcome(frame)
+        # Re-sent in ref order, says and shares together: the room drops a ref it has handled,
+        # so one sent after a higher one would be lost.
+        resend: list[tuple[int, tuple[f.Frame, ...]]] = [
+            (ref, (f.Say(ref=ref, text=text),)) for ref, text in self._unacked.items()
+        ]
+        for _, frames in sorted(resend + self.files.resend(), key=lambda item: item[0]):
+            for say_or_share in frames:
+                self._queue(say_or_share)
+        self.files.after_welcome()
         self._events.append(
             Welcomed(
                 frame.you,
@@ -323,6 +358,11 @@ class MemberConnection:
         self._end("refused", message, resumable=False)
 
     def _on_frame(self, frame: f.Frame) -> None:
+        if type(frame) in MEMBER_ACCEPTS_FILES and self.files.enabled:
+            if isinstance(frame, f.Offer | f.Unoffer):
+                self._expect_seq(frame.seq)
+            self.files.on_frame(frame)
+            return
         if type(frame) not in MEMBER_ACCEPTS:
             raise RemoteProtocolError(
                 f"{frame.TYPE!r} frame is not allowed from the room", "unexpected"
@@ -355,6 +395,8 @@ class MemberConnection:
                 self._events.append(
                     SayRejected(frame.ref, frame.code, one_line(frame.msg, 500), frame.retry)
                 )
+            elif self.files.on_error(frame):
+                pass  # it refused one of our shares
             elif frame.ref is None:
                 # A connection-level error (slow-consumer, bad-ack, ...): the host closes the
                 # connection next; keep its reason so the drop is reported truthfully.

@@ -25,12 +25,16 @@ from ._channel import (
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import Disconnect, Send
+from ._files import DEFAULT_FILE_WINDOW, END_LEFT, END_REMOVED
+from ._files_room import RoomFiles
 from ._link import SECRET_LEN, TUNNEL_ID_BYTES, JoinLink, b64url, invite_id, ticket_id
 from ._names import sanitize_name, unique_name
 from ._noise import NoiseError
 from ._phrase import derive_phrase
 from ._removal import REMOVED, RemovedTickets, check_reason
-from ._state import ROOM_ACCEPTS, ConnState
+from ._state import FILES_CAP, ROOM_ACCEPTS, ROOM_ACCEPTS_FILES, ConnState
+from ._transcript import TranscriptEntry
+from ._transcript import held_bytes as _held_bytes
 
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
 #: Max chat text, in UTF-8 bytes.
@@ -118,30 +122,8 @@ class RoomConfig:
     dead_after: float = 60.0
     rate_burst: int = 20  # say/ping tokens a member may spend at once
     rate_per_sec: float = 5.0  # token refill
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriptEntry:
-    """One entry of the transcript. `frame` is its encoded plaintext, shared by all members."""
-
-    seq: int
-    ts: int
-    kind: str  # "chat" or "event"
-    sender: int | None
-    text: str | None
-    event: str | None
-    member: int | None
-    name: str | None
-    summary: str | None
-    frame: bytes
-    #: `joined` only: the member's verification phrase, for the host's eyes. Never on the wire
-    #: (it is not in `frame`), and kept out of the repr so that logging an entry cannot log it.
-    phrase: str | None = field(default=None, repr=False)
-
-
-def _held_bytes(entry: TranscriptEntry) -> int:
-    # The cap is on memory: each entry holds its encoded frame and, decoded, its text.
-    return len(entry.frame) + (len(entry.text) if entry.text else 0)
+    offer_ttl: float = 30 * 60.0  # a file offer ends this long after it was made
+    file_window: int = DEFAULT_FILE_WINDOW  # bytes a receiver may have outstanding per transfer
 
 
 @dataclass(slots=True)
@@ -209,6 +191,7 @@ class _Conn:
     inflight: deque[tuple[int, int]] = field(default_factory=deque)
     inflight_bytes: int = 0
     stall_since: float = 0.0
+    files: bool = False  # "files/1" is in force on this connection
 
 
 class Room:
@@ -259,6 +242,8 @@ class Room:
         self.close_reason: str | None = None
         #: Bumped whenever the roster changes, so drivers need not compare rosters.
         self.roster_version = 0
+        #: File offers and transfers (spec "Files"): the host's API for sharing and receiving.
+        self.files = RoomFiles(self)
 
     # ------------------------------------------------------------------ host API
 
@@ -373,6 +358,7 @@ class Room:
         ]
         # The event goes first, so the removed member too gets it if its window has room.
         entry = self._append_event(REMOVED, now, member=seat.id, name=seat.name, summary=reason)
+        self.files.on_seat_gone(seat.id, END_REMOVED, now)
         for conn in conns:
             conn.seat_id = None  # the seat is gone: no "disconnected" event
             self._send_frame(conn, f.Close(reason=REMOVED, summary=reason))
@@ -383,6 +369,16 @@ class Room:
     def data_to_send(self) -> list[Send | Disconnect]:
         out, self._out = self._out, []
         return out
+
+    def bulk_connections(self) -> list[int]:
+        """Connections with bulk (file chunks) waiting: the driver wakes their writers, which
+        call `pull_bulk` when their outbound queue runs low."""
+        return self.files.bulk_connections()
+
+    def pull_bulk(self, conn_id: int, max_bytes: int) -> list[bytes]:
+        """Seal about `max_bytes` of bulk for `conn_id` now. Send the result at once, before any
+        later `data_to_send()` output for that connection (seal order is send order)."""
+        return self.files.pull_bulk(conn_id, max_bytes)
 
     # ------------------------------------------------------------------ connections
 
@@ -412,7 +408,9 @@ class Room:
                 return
             assert conn.channel is not None
             frame = conn.channel.open(data)
-            if type(frame) not in ROOM_ACCEPTS[conn.state]:
+            if type(frame) not in ROOM_ACCEPTS[conn.state] and not (
+                conn.files and conn.state is ConnState.OPEN and type(frame) in ROOM_ACCEPTS_FILES
+            ):
                 raise RemoteProtocolError(
                     f"{frame.TYPE!r} frame is not allowed in state {conn.state.value}", "unexpected"
                 )
@@ -436,6 +434,9 @@ class Room:
             return None
         cfg = self.config
         deadlines = [self._last_chat_at + cfg.idle_timeout]
+        offers_end = self.files.next_deadline()
+        if offers_end is not None:
+            deadlines.append(offers_end)
         for conn in self._conns.values():
             if conn.state is not ConnState.OPEN:
                 deadlines.append(conn.opened_at + cfg.handshake_timeout)
@@ -473,6 +474,7 @@ class Room:
         for seat in list(self._seats.values()):
             if not seat.is_host and not seat.connected and now >= seat.disconnected_at + cfg.grace:
                 self._vacate(seat, now)
+        self.files.handle_timer(now)
         if now >= self._last_chat_at + cfg.idle_timeout:
             self._shutdown("idle-closed", None, now)
 
@@ -540,6 +542,16 @@ class Room:
             # us, the member holds only the new ticket. Both die at the next confirmation.
             self._add_ticket(seat, new_ticket, used=key_id)
             roster = self.roster()
+        conn.files = FILES_CAP in hello.caps
+        limits = {
+            "text": MAX_TEXT_BYTES,
+            "frame": MAX_FRAME,
+            "members": self.config.capacity,
+            "burst": self.config.rate_burst,
+            "per_min": int(self.config.rate_per_sec * 60),
+        }
+        if conn.files:
+            limits["file_window"] = self.config.file_window
         welcome = f.Welcome(
             goal=self.goal,
             you=pending.seat_id,
@@ -549,13 +561,8 @@ class Room:
             first=self.first_seq,
             ticket=new_ticket,
             resumed=invite is None,
-            limits={
-                "text": MAX_TEXT_BYTES,
-                "frame": MAX_FRAME,
-                "members": self.config.capacity,
-                "burst": self.config.rate_burst,
-                "per_min": int(self.config.rate_per_sec * 60),
-            },
+            limits=limits,
+            caps=(FILES_CAP,) if conn.files else None,
         )
         reply = hs.write_message(welcome.encode())
         self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
@@ -663,15 +670,20 @@ class Room:
             if was_disconnected:
                 self._append_event("reconnected", now, member=seat.id, name=seat.name)
         self._broadcast_roster()
+        self.files.on_open(conn)
         self._pump(conn, now)
 
     # ------------------------------------------------------------------ internals: open frames
 
     def _on_frame(self, conn: _Conn, frame: f.Frame, now: float) -> None:
         seat = self._seats[conn.seat_id]  # type: ignore[index]
+        if type(frame) in ROOM_ACCEPTS_FILES:
+            self.files.on_frame(conn, seat, frame, now)
+            return
         if isinstance(frame, f.Ack):
             self._on_ack(conn, frame.seq, now)
         elif isinstance(frame, f.Say):
+            self.files.before_say(conn)  # a share's manifest pages come first
             self._on_say(conn, seat, frame, now)
         elif isinstance(frame, f.Ping):
             # Pings spend rate tokens too, so a ping flood cannot make us queue pongs unboundedly.
@@ -815,7 +827,9 @@ class Room:
                 conn.cursor = self.first_seq
                 continue
             entry = self._entries[self._head + conn.cursor - self.first_seq]
-            data = conn.channel.seal(entry.frame)
+            # File entries have a generic `event` for connections without files/1.
+            plain = entry.frame if entry.fallback is None or conn.files else entry.fallback
+            data = conn.channel.seal(plain)
             self._out.append(Send(conn.id, data))
             if not conn.inflight:
                 conn.stall_since = now
@@ -847,6 +861,7 @@ class Room:
             return
         prev = conn.state
         conn.state = ConnState.CLOSED
+        self.files.on_conn_closed(conn.id)
         if code is not None:
             self._out.append(Disconnect(conn.id, code, reason))
         if conn.pending is not None and conn.pending.invite is not None:
@@ -867,12 +882,14 @@ class Room:
         for old in seat.tickets:
             self._tickets.pop(old, None)
         self._append_event("left", now, member=seat.id, name=seat.name)
+        self.files.on_seat_gone(seat.id, END_LEFT, now)
         self._broadcast_roster()
 
     def _shutdown(self, reason: str, summary: str | None, now: float) -> None:
         self._append_event(reason, now, summary=summary)
         self.closed = True
         self.close_reason = reason
+        self.files.on_room_closed()
         for conn in list(self._conns.values()):
             if conn.state is ConnState.OPEN:
                 self._send_frame(conn, f.Close(reason=reason, summary=summary))
