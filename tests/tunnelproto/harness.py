@@ -81,6 +81,8 @@ class Disk:
     complete: set[int] = field(default_factory=set)
     aborted: dict[int, FetchAborted] = field(default_factory=dict)
     reads: list[ReadRequest] = field(default_factory=list)  # outstanding (when not auto)
+    #: transfer -> the whole file it fetches: every ChunkReceived is checked against it.
+    expect: dict[int, bytes] = field(default_factory=dict)
     auto_read: bool = True
     auto_grant: bool = True
     ungranted: dict[int, int] = field(default_factory=dict)
@@ -192,7 +194,8 @@ class Peer:
         elif isinstance(ev, SayRejected):
             self.rejected[ev.ref] = ev
         elif isinstance(ev, ShareAccepted):
-            self.disk.offers[ev.offer_id] = self.disk.shares[ev.ref]
+            if ev.ref in self.disk.shares:
+                self.disk.offers[ev.offer_id] = self.disk.shares[ev.ref]
         else:
             drive_files(self.disk, self.mc.files, ev)
 
@@ -207,6 +210,9 @@ def drive_files(disk: Disk, files: object, ev: object) -> None:
         got = disk.received.setdefault(ev.transfer, bytearray())
         disk.starts.setdefault(ev.transfer, ev.offset)
         assert ev.offset == disk.starts[ev.transfer] + len(got), "a chunk out of order"
+        want = disk.expect.get(ev.transfer)
+        if want is not None:
+            assert ev.data == want[ev.offset : ev.offset + len(ev.data)], "a byte not shared"
         got += ev.data
         disk.ungranted[ev.transfer] = disk.ungranted.get(ev.transfer, 0) + len(ev.data)
         disk.peak_ungranted = max(disk.peak_ungranted, disk.ungranted[ev.transfer])
@@ -261,6 +267,8 @@ class Net:
         self.host_disk = Disk()
         #: Every chunk message the relay pulled, by connection (for memory and order checks).
         self.bulk_out: list[tuple[int, int]] = []
+        #: False: the relay's queues are never low, it pulls nothing from its bulk lane.
+        self.bulk_enabled = True
 
     # ------------------------------------------------------------------ setup
 
@@ -386,6 +394,13 @@ class Net:
         self.pump()
         return info.id
 
+    def fetch(self, peer: Peer, offer: int, file: int, contents: list[bytes], **kw: int) -> int:
+        """`peer` fetches; every chunk it gets is checked against `contents[file]`."""
+        x = peer.mc.files.fetch(offer, file, **kw)
+        peer.disk.expect[x] = contents[file]
+        self.pump()
+        return x
+
     def offer_of(self, peer: Peer, ref: int) -> int:
         (acc,) = [ev for ev in peer.events if isinstance(ev, ShareAccepted) and ev.ref == ref]
         return acc.offer_id
@@ -496,6 +511,7 @@ class Net:
     def _step(self) -> bool:
         moved = False
         for peer in list(self.peers):
+            self._drain_events(peer)  # what local calls (fetch, share) emitted
             moved |= self._flush_member(peer)
         out = self.room.data_to_send()
         if out:
@@ -504,7 +520,7 @@ class Net:
             self._route(item)
         moved |= self._drive_host_files()
         # The bulk lane, after everything above: what a relay does when its queues are low.
-        for conn_id in self.room.bulk_connections():
+        for conn_id in self.room.bulk_connections() if self.bulk_enabled else ():
             peer = self.by_conn.get(conn_id)
             if peer is not None and peer.hold_in:
                 continue  # the member stopped reading: its queue is full, nothing is pulled
