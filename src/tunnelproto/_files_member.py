@@ -123,6 +123,9 @@ class MemberFiles:
         self._next_x = 1
         self._pulls: dict[int, _Pull] = {}
         self._bulk: deque[int] = deque()
+        #: Credit granted since the last `data_to_send()`: one `credit` frame per fetch and
+        #: drain, however many grants (like acks, section 12).
+        self._credit: dict[int, int] = {}
         if resume is not None:
             self._next_x = resume.next_x
             self._fetches = {row[0]: _Fetch(*row) for row in resume.fetches}
@@ -229,11 +232,11 @@ class MemberFiles:
             raise LocalProtocolError(f"credit over the window ({self.window} bytes)",
                                      ERR_OVER_CREDIT)
         fx.limit += n
-        if self._open:
-            self._mc._queue(f.Credit(x=transfer, n=n))
+        self._credit[transfer] = self._credit.get(transfer, 0) + n
 
     def cancel(self, transfer: int) -> None:
         """Stop fetch `transfer` (no event follows; chunks already on the way are dropped)."""
+        self._credit.pop(transfer, None)
         if self._fetches.pop(transfer, None) is not None and self._open:
             self._mc._queue(f.Cancel(x=transfer))
 
@@ -309,6 +312,17 @@ class MemberFiles:
     def _open(self) -> bool:
         return self.enabled and self._mc.state is MemberState.OPEN
 
+    def flush_credit(self) -> None:
+        """Queue the credit granted since the last call (from `data_to_send()`). Credit granted
+        while the connection is not open is carried by the fetch its resume sends."""
+        if not self._credit:
+            return
+        credit, self._credit = self._credit, {}
+        if self._open:
+            for x, n in credit.items():
+                if x in self._fetches:
+                    self._mc._queue(f.Credit(x=x, n=n))
+
     def _require(self) -> None:
         if self._mc.state is not MemberState.OPEN:
             raise LocalProtocolError("not connected to the room", "not-open")
@@ -337,6 +351,7 @@ class MemberFiles:
 
     def after_welcome(self) -> None:
         """Resume: fetch again from the last byte delivered, list again."""
+        self._credit.clear()  # in each fetch's credit
         for fx in sorted(self._fetches.values(), key=lambda fx: fx.x):
             self._mc._queue(f.Fetch(x=fx.x, offer=fx.offer, file=fx.file, at=fx.received,
                                     credit=fx.limit - fx.received))
@@ -383,6 +398,7 @@ class MemberFiles:
         elif isinstance(frame, f.Cancel):
             self._pulls.pop(frame.x, None)
         elif isinstance(frame, f.Abort):
+            self._credit.pop(frame.x, None)
             if self._fetches.pop(frame.x, None) is not None:
                 self._mc._events.append(
                     FetchAborted(frame.x, one_line(frame.code, 32), one_line(frame.msg, 200))

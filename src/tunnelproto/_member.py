@@ -144,7 +144,8 @@ class MemberConnection:
 
     def data_to_send(self) -> list[bytes]:
         # Acks are coalesced here: one per drain, for the highest seq we hold. They pace the
-        # room's window (history and live traffic) and tell it what we have.
+        # room's window (history and live traffic) and tell it what we have. So are credits.
+        self.files.flush_credit()
         if self.state is MemberState.OPEN and self.last_seq > self._acked_sent:
             self._queue(f.Ack(seq=self.last_seq))
             self._acked_sent = self.last_seq
