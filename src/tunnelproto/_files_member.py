@@ -9,8 +9,8 @@ delivered is sent again.
 
 As a sharer: `share()` a manifest (the driver scanned the files); the host then `pull`s, and each
 `ReadRequest` event asks the driver for bytes, which it hands back with `provide_chunk()`. Chunks
-are sealed only in `pull_bulk()`, which the driver calls when its outbound queue is low, so chat
-sealed meanwhile is sent first.
+are sealed only in `pull_bulk()`, which the driver calls when its outbound queue is low (they
+then come out of `data_to_send()`), so chat sealed meanwhile is sent first.
 """
 
 from __future__ import annotations
@@ -281,14 +281,13 @@ class MemberFiles:
     def has_bulk(self) -> bool:
         return bool(self._bulk) and self._open
 
-    def pull_bulk(self, max_bytes: int) -> list[bytes]:
+    def pull_bulk(self, max_bytes: int) -> int:
         """Seal chunk frames, pulls in turn, until about `max_bytes` (at least one when any
-        waits). Send them right away, after what `data_to_send()` returned before this call
-        and before what it returns after."""
+        waits); they join `data_to_send()` behind everything sealed before. Returns the bytes
+        sealed."""
         channel = self._mc._channel
         if channel is None or not self._open:
-            return []
-        out: list[bytes] = []
+            return 0
         size = 0
         while self._bulk and size < max_bytes:
             x = self._bulk.popleft()
@@ -298,13 +297,13 @@ class MemberFiles:
             data = _take(p)
             message = channel.seal(f.encode_chunk(x, p.sent, data))
             p.sent += len(data)
-            out.append(message)
+            self._mc._out.append(message)
             size += len(message)
             if p.buffer:
                 self._bulk.append(x)
             elif p.sent == p.size:
                 del self._pulls[x]  # done: the host ends it when the last byte reaches it
-        return out
+        return size
 
     # ============================================================== hooks called by the member
 

@@ -13,9 +13,9 @@ it (the receiver's outstanding credit) whoever shares and receives:
   the credit back.
 
 Chat never waits behind chunks: chunk frames are sealed only in `pull_bulk`, which the relay
-calls when a connection's outbound queue is low, so everything sealed before (chat, events,
-acks) is already on its way. Control frames (pull, credit, cancel, abort, listing) go out at once
-through `data_to_send()`, like chat.
+calls when a connection's outbound queue is low; they join `data_to_send()` behind everything
+sealed before (chat, events, acks), so at most one batch of chunks is ever ahead of a chat
+message. Control frames (pull, credit, cancel, abort, listing) go out at once, like chat.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ._events import (
     FetchComplete,
     OfferInfo,
     ReadRequest,
+    Send,
     TransferInfo,
     TunnelEvent,
 )
@@ -284,15 +285,14 @@ class RoomFiles:
         """Connections with chunks waiting for `pull_bulk`."""
         return [cid for cid, cf in self._conns.items() if cf.bulk]
 
-    def pull_bulk(self, conn_id: int, max_bytes: int) -> list[bytes]:
+    def pull_bulk(self, conn_id: int, max_bytes: int) -> int:
         """Seal chunk frames for `conn_id`, transfers in turn, until about `max_bytes` (at least
-        one frame when any waits). The messages go on the wire right away, in this order and
-        before anything `data_to_send()` returns afterwards: sealing fixes their nonces."""
+        one frame when any waits); they join `data_to_send()` as Sends, behind everything sealed
+        before. Returns the bytes sealed."""
         cf = self._conns.get(conn_id)
         conn = self._room._conns.get(conn_id)
         if cf is None or conn is None or conn.channel is None:
-            return []
-        out: list[bytes] = []
+            return 0
         size = 0
         while cf.bulk and size < max_bytes:
             tid = cf.bulk.popleft()
@@ -303,14 +303,14 @@ class RoomFiles:
             data = self._take(t)
             message = conn.channel.seal(f.encode_chunk(t.receiver_x, t.sent, data))
             t.sent += len(data)
-            out.append(message)
+            self._room._out.append(Send(conn_id, message))
             size += len(message)
             if t.buffer:
                 cf.bulk.append(tid)
                 cf.queued.add(tid)
             elif t.sent == t.size:
                 self._end(t, cancel_sharer=False)  # done; the sharer's pull ends by itself
-        return out
+        return size
 
     # ============================================================== hooks called by Room
 

@@ -172,10 +172,10 @@ class MemberConnection:
         """File chunks are waiting for `pull_bulk` (sharing only)."""
         return self.files.has_bulk()
 
-    def pull_bulk(self, max_bytes: int) -> list[bytes]:
-        """Seal about `max_bytes` of file chunks now. Call it when the outbound queue is low,
-        after sending what `data_to_send()` returned, and send the result before what it
-        returns next: chat sealed meanwhile goes first, and seal order is send order."""
+    def pull_bulk(self, max_bytes: int) -> int:
+        """Seal about `max_bytes` of file chunks now; they come out of the next `data_to_send()`
+        behind everything sealed before. Call it only when the outbound queue is low: chat
+        sealed meanwhile then goes first. Returns the bytes sealed."""
         return self.files.pull_bulk(max_bytes)
 
     def leave(self) -> None:

@@ -375,9 +375,10 @@ class Room:
         call `pull_bulk` when their outbound queue runs low."""
         return self.files.bulk_connections()
 
-    def pull_bulk(self, conn_id: int, max_bytes: int) -> list[bytes]:
-        """Seal about `max_bytes` of bulk for `conn_id` now. Send the result at once, before any
-        later `data_to_send()` output for that connection (seal order is send order)."""
+    def pull_bulk(self, conn_id: int, max_bytes: int) -> int:
+        """Seal about `max_bytes` of bulk for `conn_id` now; it comes out of the next
+        `data_to_send()` as Sends behind everything sealed before (seal order is send order).
+        Call it only when that connection's outbound queue is low. Returns the bytes sealed."""
         return self.files.pull_bulk(conn_id, max_bytes)
 
     # ------------------------------------------------------------------ connections

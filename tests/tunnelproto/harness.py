@@ -80,7 +80,9 @@ class Disk:
     starts: dict[int, int] = field(default_factory=dict)  # transfer -> first offset
     complete: set[int] = field(default_factory=set)
     aborted: dict[int, FetchAborted] = field(default_factory=dict)
-    reads: list[ReadRequest] = field(default_factory=list)  # outstanding (when not auto)
+    #: Outstanding reads (when not auto), each with the object that asked: a driver answers
+    #: on that one (a read for a connection that died is dropped there).
+    reads: list[tuple[object, ReadRequest]] = field(default_factory=list)
     #: transfer -> the whole file it fetches: every ChunkReceived is checked against it.
     expect: dict[int, bytes] = field(default_factory=dict)
     auto_read: bool = True
@@ -203,9 +205,9 @@ class Peer:
 def drive_files(disk: Disk, files: object, ev: object) -> None:
     """What a file driver does with one event (files: a MemberFiles or a RoomFiles)."""
     if isinstance(ev, ReadRequest):
-        disk.reads.append(ev)
+        disk.reads.append((files, ev))
         if disk.auto_read:
-            serve_reads(disk, files)
+            serve_reads(disk)
     elif isinstance(ev, ChunkReceived):
         got = disk.received.setdefault(ev.transfer, bytearray())
         disk.starts.setdefault(ev.transfer, ev.offset)
@@ -224,9 +226,9 @@ def drive_files(disk: Disk, files: object, ev: object) -> None:
         disk.aborted[ev.transfer] = ev
 
 
-def serve_reads(disk: Disk, files: object) -> None:
+def serve_reads(disk: Disk) -> None:
     reads, disk.reads = disk.reads, []
-    for req in reads:
+    for files, req in reads:
         data = disk.content(req.offer_id, req.file)[req.offset : req.offset + req.size]
         files.provide_chunk(req.transfer, req.offset, data)  # type: ignore[attr-defined]
 
@@ -524,20 +526,16 @@ class Net:
             peer = self.by_conn.get(conn_id)
             if peer is not None and peer.hold_in:
                 continue  # the member stopped reading: its queue is full, nothing is pulled
-            for data in self.room.pull_bulk(conn_id, BULK_BATCH):
-                moved = True
-                self.bulk_out.append((conn_id, len(data)))
-                self._route(Send(conn_id, data))
+            sealed = self.room.pull_bulk(conn_id, BULK_BATCH)
+            assert 0 < sealed <= BULK_BATCH + MAX_FRAME
+            self.bulk_out.append((conn_id, sealed))
+            moved = True
+            for item in self.room.data_to_send():
+                self._route(item)
         for peer in list(self.peers):
             if peer.transport_open and not peer.hold_out and peer.mc.has_bulk():
-                chunks = peer.mc.pull_bulk(BULK_BATCH)
-                moved |= bool(chunks)
-                for data in chunks:
-                    peer.sent.append(data)
-                    self.wire.append(data)
-                    assert len(data) <= MAX_FRAME
-                    if peer.conn_id is not None:
-                        self.room.receive(peer.conn_id, data, self.now)
+                moved |= peer.mc.pull_bulk(BULK_BATCH) > 0
+                self._flush_member(peer)
         if self.room.closed and self.close_seq is None:
             self.close_seq = self.room.last_seq
         return moved
@@ -602,7 +600,7 @@ class Net:
         while (ev := peer.mc.next_event()) is not None:
             peer.record(ev)
         if peer.disk.auto_read and peer.disk.reads:
-            serve_reads(peer.disk, peer.mc.files)
+            serve_reads(peer.disk)
 
     # ------------------------------------------------------------------ checks
 

@@ -396,7 +396,7 @@ def test_a_file_that_changed_on_the_sharers_disk_aborts_the_fetch() -> None:
     oid = net.offer_of(ana, net.share(ana, contents))
     ana.disk.auto_read = False
     x = net.fetch(bob, oid, 0, contents)
-    (req,) = ana.disk.reads
+    ((_, req),) = ana.disk.reads
     ana.mc.files.read_failed(req.transfer, "changed", "the file changed since it was shared")
     net.pump()
     assert bob.disk.aborted[x].code == "changed"
@@ -411,7 +411,7 @@ def test_the_hosts_reads_fail_the_same_way() -> None:
     oid = net.host_share(contents)
     net.host_disk.auto_read = False
     x = net.fetch(bob, oid, 0, contents)
-    (req,) = net.host_disk.reads
+    ((_, req),) = net.host_disk.reads
     with pytest.raises(LocalProtocolError):
         net.room.files.provide_chunk(req.transfer, req.offset + 1, b"x")
     net.room.files.read_failed(req.transfer, "whatever", "disk on fire")
@@ -592,7 +592,7 @@ def _transfer_in_progress(net: Net) -> tuple[Peer, Peer, int, int, list[bytes]]:
     ana.disk.auto_read = False
     bob.disk.auto_grant = False
     x = net.fetch(bob, oid, 0, contents, credit=100_000)
-    (req,) = ana.disk.reads
+    ((_, req),) = ana.disk.reads
     return ana, bob, req.transfer, x, contents
 
 
