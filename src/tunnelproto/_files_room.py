@@ -108,6 +108,9 @@ class _Transfer:
     head_pos: int = 0  # bytes of buffer[0] already sent
     reading: int = 0  # host shares: bytes of the outstanding ReadRequest (0: none)
     state: TransferState = TransferState.RELAYING
+    #: Chunks sent to the receiver since its last credit: a credit is "paced" (see `paced`)
+    #: only when one came before it.
+    unanswered: int = 0
 
     @property
     def sharer(self) -> int:
@@ -303,6 +306,7 @@ class RoomFiles:
             data = self._take(t)
             message = conn.channel.seal(f.encode_chunk(t.receiver_x, t.sent, data))
             t.sent += len(data)
+            t.unanswered += 1
             self._room._out.append(Send(conn_id, message))
             size += len(message)
             if t.buffer:
@@ -333,11 +337,33 @@ class RoomFiles:
             raise RemoteProtocolError("a new say or share before a share's manifest ended",
                                       "unexpected")
 
+    def paced(self, conn_id: int, frame: f.Frame) -> bool:
+        """True for a file frame the room itself asked for, whose number and size the room
+        bounds: a chunk inside the credit of a pull from this connection, and a credit for a
+        fetch of this connection's that the host has sent a chunk of since its last credit.
+        An inbound budget should not charge these (like acks that retire entries), and should
+        give back the transport bytes of a paced chunk: they are bounded by the receivers'
+        windows, and charging them would cut off every sharer of a large file. No side effect:
+        call it before `on_frame`."""
+        if isinstance(frame, f.Chunk):
+            t = self._transfers.get(frame.x)
+            return (
+                t is not None
+                and t.sharer_conn == conn_id
+                and frame.at == t.received
+                and 0 < len(frame.data) <= MAX_CHUNK
+                and frame.at + len(frame.data) <= min(t.pull_limit, t.size)
+            )
+        if isinstance(frame, f.Credit):
+            cf = self._conns.get(conn_id)
+            tid = cf.fetches.get(frame.x) if cf is not None else None
+            t = self._transfers.get(tid) if tid is not None else None
+            return t is not None and t.unanswered > 0 and frame.n > 0
+        return False
+
     def on_frame(self, conn: _Conn, seat: Seat, frame: f.Frame, now: float) -> None:
         """A frame of ROOM_ACCEPTS_FILES from an OPEN connection with files/1."""
         cf = self._conns[conn.id]
-        # BUDGET: the frame/byte budget of the room (rate-limit helper) charges file frames
-        # here, before they do any work: a chunk by its bytes, every other one as a frame.
         if isinstance(frame, f.Chunk):
             self._on_chunk(conn, frame)
         elif isinstance(frame, f.Credit):
@@ -346,6 +372,7 @@ class RoomFiles:
                 if t.limit + frame.n - t.sent > self.window:
                     raise RemoteProtocolError(
                         f"credit over the window ({self.window} bytes)", ERR_OVER_CREDIT)
+                t.unanswered = 0
                 self._credit(t, frame.n)
         elif isinstance(frame, f.Fetch):
             self._on_fetch(conn, cf, seat, frame)

@@ -679,6 +679,9 @@ class Room:
     def _on_frame(self, conn: _Conn, frame: f.Frame, now: float) -> None:
         seat = self._seats[conn.seat_id]  # type: ignore[index]
         if type(frame) in ROOM_ACCEPTS_FILES:
+            # BUDGET: file frames are charged like any frame, except those `self.files.paced`
+            # says the room asked for (a pulled chunk within credit, a credit answering chunks):
+            # free of the frame budget, and a paced chunk's transport bytes are given back.
             self.files.on_frame(conn, seat, frame, now)
             return
         if isinstance(frame, f.Ack):

@@ -7,7 +7,7 @@ import hashlib
 import random
 
 import pytest
-from harness import FakeHost, Net, Peer, grant_all, manifest, seal_as_member
+from harness import FakeHost, Net, Peer, grant_all, manifest, seal_as_member, serve_reads
 
 from tunnelproto import (
     CLOSE_PROTOCOL_ERROR,
@@ -764,3 +764,37 @@ def test_a_member_bounds_what_a_host_makes_it_remember() -> None:
         mc.receive_data(host.frame(_frames.Pull(x=i, offer=5, file=0, at=0, credit=10)), 0.0)
     answers = [host.open(d) for d in mc.data_to_send()]
     assert {type(a) for a in answers} == {_frames.Abort} and mc.files._pulls == {}
+
+
+def test_paced_frames_are_the_ones_the_room_asked_for() -> None:
+    """What an inbound budget may leave uncharged: chunks inside a pull's credit, and one credit
+    per run of chunks sent; not a chunk out of turn, nor a credit the room did not prompt."""
+    net = net_with(file_window=WINDOW)
+    ana, bob, hx, x, _ = _transfer_in_progress(net)
+    files = net.room.files
+    assert files.paced(ana.conn_id or 0, _frames.Chunk(x=hx, at=0, data=b"x" * 1000))
+    assert not files.paced(ana.conn_id or 0, _frames.Chunk(x=hx, at=1, data=b"x"))
+    assert not files.paced(ana.conn_id or 0, _frames.Chunk(x=hx, at=0, data=bytes(100_001)))
+    assert not files.paced(bob.conn_id or 0, _frames.Chunk(x=hx, at=0, data=b"x"))
+    assert not files.paced(ana.conn_id or 0, _frames.Chunk(x=hx + 9, at=0, data=b"x"))
+    # No chunk has reached bob yet: his credit is not prompted by the room.
+    assert not files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=10))
+    serve_reads(ana.disk)
+    net.pump()
+    assert bob.disk.received[x]
+    assert files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=10))
+    assert not files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=0))
+    assert not files.paced(ana.conn_id or 0, _frames.Credit(x=x, n=10))
+    net.bulk_enabled = False  # what comes next waits at the host, unsent
+    ana.disk.auto_read = True
+    grant_all(bob.disk, bob.mc.files)
+    net.pump()
+    assert host_buffered(net) > 0
+    # The credit was taken; no chunk went to bob since: another credit is not prompted.
+    assert not files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=10))
+    net.bulk_enabled = True
+    net.pump()
+    assert x not in bob.disk.complete  # bob does not grant: the transfer waits for credit
+    assert files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=10))
+    assert not files.paced(bob.conn_id or 0, _frames.Fetch(x=x + 1, offer=1, file=0, at=0,
+                                                           credit=1))
