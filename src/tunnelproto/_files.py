@@ -2,6 +2,45 @@
 member's `_files_member.py`; this module holds the caps, the checks of a manifest, the paging of
 manifests into frames, and the state tables of offers and transfers.
 
+How a driver uses files (all calls sans-IO; drain outputs after every call, as for chat):
+
+Host (the relay, `room = Room(...)`; files are `room.files`, a `RoomFiles`):
+- Every member connection that announced "files/1" has it; nothing to configure.
+  `RoomConfig.offer_ttl` (1800 s) and `file_window` (1 MiB) are the knobs.
+- Bulk lane: after each `data_to_send()` drain, for each `room.bulk_connections()` whose
+  outbound queue is low (under a batch), call `room.pull_bulk(conn, batch)` and drain
+  `data_to_send()` again right away. Never pull for a connection whose queue is not low: that
+  is what keeps chat ahead of chunks.
+- Events: drain `room.files.take_events()` after every room call. `ReadRequest(transfer,
+  offer_id, file, offset, size)`: read that range of the host's own offer (in a thread), then
+  `room.files.provide_chunk(transfer, offset, data)` (False: it ended, drop the data) or
+  `room.files.read_failed(transfer, "changed" | "unreadable", message)`.
+  `ChunkReceived(transfer, offset, data)`: the host's own fetch; write, then
+  `room.files.grant(transfer, len(data))`. `FetchComplete(transfer)`, `FetchAborted(transfer,
+  code, message)`: the host's fetch ended.
+- Calls: `room.files.share(name, entries, now, note=)` -> OfferInfo; `unshare(offer_id, now)`;
+  `offers()` / `offer(id)` (live, whole manifests); `fetch(offer_id, file, now, at=, credit=)`
+  -> transfer id; `grant`; `cancel(transfer)`; `transfers()` -> [TransferInfo] for status.
+  Offers and their ends are transcript entries (`TranscriptEntry.event` "file-offer" /
+  "file-offer-ended", `.offer` an OfferInfo with the first manifest page, `.summary` the reason
+  of an end).
+
+Member (`conn = MemberConnection(link, name, now, caps=(FILES_CAP,))`; files are `conn.files`):
+- `conn.files.enabled` once welcomed by a host with files/1. A resume is built from
+  `resume_state()` as before, with the same caps: unfinished fetches (same transfer ids),
+  unstamped shares and pending listings carry over by themselves.
+- Bulk lane: when the outbound queue is low and `conn.has_bulk()`, `conn.pull_bulk(batch)`,
+  then send `data_to_send()`.
+- Events (from `next_event()`, in order with chat): `FileOffer(offer)` / `FileOfferEnded`
+  (total order, `seq`); `ShareAccepted(ref, offer_id, seq)` / `ShareRejected(ref, code, ...)`;
+  `FileList(offer_id, files)` / `FileListFailed`; `ReadRequest` -> `conn.files.provide_chunk`
+  or `read_failed` on the same object that asked; `ChunkReceived` -> write, then
+  `conn.files.grant(transfer, n)` on the current connection object; `FetchComplete`,
+  `FetchAborted(transfer, code, message)`.
+- Calls: `share(name, entries, note=)` -> ref; `unshare(offer_id)`; `offers()` / `offer(id)`;
+  `request_files(offer_id)` (whole manifest, for offers over one page); `fetch(offer_id, file,
+  at=, credit=)` -> transfer id; `grant`; `cancel`; `transfers()`.
+
 What belongs here: sizes, counts, lengths, the shape of a path (relative, '/'-separated, no '.'
 or '..'), the order of the states. What does not: disk I/O and the full rules for names on a
 real file system (Windows device names, case clashes, Unicode look-alikes): those are the
