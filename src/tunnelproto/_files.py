@@ -22,8 +22,8 @@ Host (the relay, `room = Room(...)`; files are `room.files`, a `RoomFiles`):
   `offers()` / `offer(id)` (live, whole manifests); `fetch(offer_id, file, now, at=, credit=)`
   -> transfer id; `grant`; `cancel(transfer)`; `transfers()` -> [TransferInfo] for status.
   Offers and their ends are transcript entries (`TranscriptEntry.event` "file-offer" /
-  "file-offer-ended", `.offer` an OfferInfo with the first manifest page, `.summary` the reason
-  of an end).
+  "file-offer-ended", `.offer` an OfferInfo without its files, `.summary` the reason of an
+  end; the first page is in `.frame`, the whole manifest in `offer(id)` while it lives).
 
 Member (`conn = MemberConnection(link, name, now, caps=(FILES_CAP,))`; files are `conn.files`):
 - `conn.files.enabled` once welcomed by a host with files/1. A resume is built from

@@ -470,10 +470,12 @@ class RoomFiles:
         fallback = f.Event(kind=KIND_OFFER, seq=seq, ts=ts, member=sharer, name=sharer_name,
                            summary=summary)
         info = OfferInfo(oid, sharer, name, len(files), total, first, note, seq, ts)
+        # The entry keeps the offer without its files: they are in `frame` already (the
+        # transcript cap counts encoded bytes), and in `offers()` while the offer lives.
         entry = TranscriptEntry(
             seq, ts, "event", None, summary, KIND_OFFER, sharer, sharer_name, summary,
             dataclasses.replace(head, files=first).encode(), fallback=fallback.encode(),
-            offer=info,
+            offer=dataclasses.replace(info, files=()),
         )
         offer = _Offer(dataclasses.replace(info, files=files), sharer_name, ref,
                        now + room.config.offer_ttl, sizes)

@@ -27,7 +27,8 @@ class TranscriptEntry:
     #: Files (events `file-offer`, `file-offer-ended`): `frame` is the `offer` or `unoffer`
     #: frame that connections with files/1 get, `fallback` the generic `event` the others get.
     fallback: bytes | None = field(default=None, repr=False)
-    #: Files: the offer (with the manifest's first page only; `room.files.offer(id)` has all).
+    #: Files: the offer, without its files (`room.files.offer(id)` has them while it lives;
+    #: `frame` holds the first page).
     offer: OfferInfo | None = None
 
 
