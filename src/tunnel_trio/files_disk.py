@@ -998,9 +998,6 @@ class ShareReader:
                 f"cannot open {shown} any more ({exc.strerror}); it may have been replaced, "
                 "share it again"
             ) from None
-        if _changed_since_scan(source, fd):
-            os.close(fd)
-            raise _changed_error(shown)
         self._index, self._fd = index, fd
         return fd
 
@@ -1162,27 +1159,26 @@ def _check_target(root: Path, parts: Sequence[str]) -> bool:
             raise FileShareError(
                 f"cannot look at {shown}: {exc.strerror}; choose another saveTo"
             ) from None
-        last = depth == len(parts) - 1
-        if _is_link(st):
-            raise FileShareError(
-                f"{shown} is a symbolic link; nothing is ever written through or over a link "
-                "(not even with overwrite). Choose another saveTo"
-            )
-        if not last and not stat.S_ISDIR(st.st_mode):
-            raise FileShareError(
-                f"{shown} exists and is not a folder, but the offer puts files inside it; "
-                "choose another saveTo"
-            )
-        if last and stat.S_ISDIR(st.st_mode):
-            raise FileShareError(
-                f"{shown} is a folder; a received file never replaces a folder (not even with "
-                "overwrite). Choose another saveTo"
-            )
-        if last and not stat.S_ISREG(st.st_mode):
-            raise FileShareError(
-                f"{shown} is a special file; it is never replaced. Choose another saveTo"
-            )
+        if depth == len(parts) - 1:
+            _refuse_existing(st, shown, overwrite=True)
+        elif _is_link(st):
+            raise _through_link_error(shown)
+        elif not stat.S_ISDIR(st.st_mode):
+            raise _not_a_folder_error(shown)
     return True
+
+
+def _through_link_error(shown: str) -> FileShareError:
+    return FileShareError(
+        f"{shown} is a symbolic link; nothing is ever written through a link. Choose another saveTo"
+    )
+
+
+def _not_a_folder_error(shown: str) -> FileShareError:
+    return FileShareError(
+        f"{shown} exists and is not a folder, but the offer puts files inside it; "
+        "choose another saveTo"
+    )
 
 
 class _Dir:
@@ -1240,14 +1236,8 @@ class _Dir:
                 f"cannot create or open the folder {shown} ({exc.strerror}); choose another saveTo"
             ) from None
         if st is not None and _is_link(st):
-            raise FileShareError(
-                f"{shown} is a symbolic link; nothing is ever written through a link. "
-                "Choose another saveTo"
-            )
-        raise FileShareError(
-            f"{shown} exists and is not a folder, but the offer puts files inside it; "
-            "choose another saveTo"
-        )
+            raise _through_link_error(shown)
+        raise _not_a_folder_error(shown)
 
     def create_exclusive(self, name: str) -> int:
         if self.fd is not None:

@@ -810,7 +810,9 @@ def test_a_plan_refuses_a_file_where_a_folder_is_needed_and_never_replaces_a_fol
     (tmp_path / "in" / "folder").mkdir()
     with pytest.raises(FileShareError, match="not a folder"):
         plan_receive(str(tmp_path / "in"), [entry("notes/x", b"x")], overwrite=True)
-    with pytest.raises(FileShareError, match="never replaces a folder"):
+    with pytest.raises(
+        FileShareError, match="is a folder; it is never replaced, not even with overwrite"
+    ):
         plan_receive(str(tmp_path / "in"), [entry("folder", b"x")], overwrite=True)
     with pytest.raises(FileShareError, match="is not a folder"):
         plan_receive(str(tmp_path / "in" / "notes" / "deeper"), [entry("x", b"")], overwrite=True)
@@ -862,7 +864,17 @@ def test_a_save_to_that_is_a_file_is_refused(tmp_path: Path) -> None:
 # --- FileWriter -------------------------------------------------------------------------------
 
 
-def test_a_folder_round_trips_and_lands_with_the_normal_file_mode(tmp_path: Path) -> None:
+@pytest.fixture(params=["dir-fd", "checked-paths"])
+def dir_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Folders opened by descriptor (Linux, macOS), or by lstat-checked paths (Windows)."""
+    if request.param == "checked-paths":
+        monkeypatch.setattr(fd, "_USE_DIR_FD", False)
+    return str(request.param)
+
+
+def test_a_folder_round_trips_and_lands_with_the_normal_file_mode(
+    tmp_path: Path, dir_mode: str
+) -> None:
     files = {"a.txt": b"a" * 5000, "deep/er/b.bin": bytes(range(256)) * 10, "empty": b""}
     for name, data in files.items():
         write(tmp_path / "share" / name, data)
@@ -927,7 +939,7 @@ def no_leftovers(folder: Path) -> None:
     assert [p for p in listing(folder) if "tunnel-part" in p] == []
 
 
-def test_a_hash_mismatch_leaves_nothing(tmp_path: Path) -> None:
+def test_a_hash_mismatch_leaves_nothing(tmp_path: Path, dir_mode: str) -> None:
     wrong = ManifestEntry("f.txt", 3, hashlib.sha256(b"abc").digest())
     plan = plan_receive(str(tmp_path / "in"), [wrong], overwrite=False)
     writer = plan.writer(0)
@@ -954,12 +966,14 @@ def test_an_incomplete_file_is_not_finished_and_leaves_nothing(tmp_path: Path) -
     plan = plan_receive(str(tmp_path), [entry("f", b"abc")], overwrite=False)
     writer = plan.writer(0)
     writer.write(0, b"ab")
-    with pytest.raises(FileShareError, match="incomplete"):
+    with pytest.raises(FileShareError, match=r"incomplete \(2 of 3 bytes\)"):
         writer.finish()
     assert listing(tmp_path) == []
 
 
-def test_a_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dir_mode: str
+) -> None:
     plan = plan_receive(str(tmp_path), [entry("f", b"a" * 100)], overwrite=False)
     writer = plan.writer(0)
     writer.write(0, b"a" * 40)
@@ -977,7 +991,7 @@ def test_a_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert listing(tmp_path) == []
 
 
-def test_a_cancel_leaves_nothing(tmp_path: Path) -> None:
+def test_a_cancel_leaves_nothing(tmp_path: Path, dir_mode: str) -> None:
     plan = plan_receive(str(tmp_path), [entry("d/f", b"abc"), entry("g", b"x")], overwrite=False)
     writer = plan.writer(0)
     writer.write(0, b"ab")
@@ -990,7 +1004,7 @@ def test_a_cancel_leaves_nothing(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["d"]  # folders made for the offer stay
 
 
-def test_a_file_that_appears_meanwhile_is_not_clobbered(tmp_path: Path) -> None:
+def test_a_file_that_appears_meanwhile_is_not_clobbered(tmp_path: Path, dir_mode: str) -> None:
     plan = plan_receive(str(tmp_path), [entry("f.txt", b"abc")], overwrite=False)
     writer = plan.writer(0)
     writer.write(0, b"abc")
@@ -1010,7 +1024,7 @@ def test_a_file_that_appears_before_writing_starts_is_not_clobbered(tmp_path: Pa
 
 
 def test_without_hard_links_the_no_overwrite_move_is_still_checked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dir_mode: str
 ) -> None:
     def no_links(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
@@ -1032,7 +1046,7 @@ def test_without_hard_links_the_no_overwrite_move_is_still_checked(
 
 @pytest.mark.parametrize("swap", ["folder", "target"])
 def test_a_symlink_slipped_in_after_the_plan_is_never_written_through(
-    tmp_path: Path, swap: str
+    tmp_path: Path, swap: str, dir_mode: str
 ) -> None:
     save_to = tmp_path / "in"
     elsewhere = tmp_path / "elsewhere"
@@ -1049,7 +1063,9 @@ def test_a_symlink_slipped_in_after_the_plan_is_never_written_through(
     assert listing(elsewhere) == []
 
 
-def test_a_symlink_slipped_in_just_before_the_move_is_not_replaced(tmp_path: Path) -> None:
+def test_a_symlink_slipped_in_just_before_the_move_is_not_replaced(
+    tmp_path: Path, dir_mode: str
+) -> None:
     plan = plan_receive(str(tmp_path / "in"), [entry("f", b"x")], overwrite=True)
     writer = plan.writer(0)
     writer.write(0, b"x")
