@@ -65,8 +65,9 @@ SHA-256 runs as bytes arrive, so a writer that outlives a dropped connection con
 stopped. `finish()` checks size and hash, fsyncs, sets the normal file mode, then moves the file
 into place: without overwrite by hard link (or, where links are unsupported, a checked rename),
 so a file created meanwhile is never clobbered; with overwrite by `os.replace`. A failed
-`finish()` (mismatch, full disk, a target that appeared), an `abort()` or an exception inside
-``with writer:`` removes the temporary file: no partial file is ever left under its real name.
+`finish()` (mismatch, full disk, a target that appeared), an `abort()`, or leaving
+``with writer:`` without `finish()` removes the temporary file: no partial file is ever left
+under its real name (only a process that dies mid-receive can leave a hidden ``.*.tunnel-part``).
 Folders created for the offer stay. Create writers one at a time (each holds two descriptors).
 
 `default_save_dir(offer_name, *, is_folder, home=None)` is where an offer goes when the agent
@@ -315,7 +316,7 @@ _WINDOWS_RESERVED = frozenset(
 _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 #: Characters drawn like '/' or '\\' (a disguised path, and Windows' "best fit" maps some of
 #: them to real separators in narrow-character APIs).
-_LOOKALIKE_SEPARATORS = frozenset("\u2215\u2044\u29f8\u29f9\uff0f\uff3c")
+_LOOKALIKE_SEPARATORS = frozenset("\u2044\u2215\u2216\u29f5\u29f8\u29f9\ufe68\uff0f\uff3c")
 #: Unicode categories refused anywhere in a name: controls, format characters (bidi overrides,
 #: zero-width), lone surrogates (not encodable), line and paragraph separators.
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -345,25 +346,29 @@ def _fold(name: str) -> str:
     return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
 
 
-def _component_problem(part: str) -> str | None:
+def _component_problem(part: str) -> tuple[str, str] | None:
     if part == "":
-        return "it has an empty component ('//', or '/' at the start or end)"
+        return SKIP_BAD_NAME, "it has an empty component ('//', or '/' at the start or end)"
     if part in (".", ".."):
-        return f"it has a '{part}' component; files must stay inside the folder they are saved to"
-    if len(part) >= 2 and part[1] == ":" and part[0].isascii() and part[0].isalpha():
-        return "it starts with a drive letter; paths must be relative"
+        return SKIP_BAD_NAME, (
+            f"it has a '{part}' component; files must stay inside the folder they are saved to"
+        )
     for ch in part:
         if ch in _WINDOWS_FORBIDDEN:
-            return f"it contains {ch!r}, which Windows does not allow in file names"
+            return SKIP_BAD_NAME, f"it contains {ch!r}, which Windows does not allow in names"
     if part[-1] in ". ":
-        return "a component ends with a dot or a space (Windows drops them, merging names)"
+        return SKIP_BAD_NAME, (
+            "a component ends with a dot or a space (Windows drops them, merging names)"
+        )
     stem = part.split(".", 1)[0].rstrip(" ").upper()
     if stem in _WINDOWS_RESERVED:
-        return f"{stem} is a reserved device name on Windows"
+        return SKIP_BAD_NAME, f"{stem} is a reserved device name on Windows"
     if part.casefold() in (".git", "git~1"):
-        return "it has a '.git' component, which could plant git hooks or configuration"
+        return SKIP_BAD_NAME, (
+            "it has a '.git' component, which could plant git hooks or configuration"
+        )
     if len(part.encode("utf-8")) > MAX_NAME_BYTES:
-        return f"a component is longer than {MAX_NAME_BYTES} bytes (MAX_NAME_BYTES)"
+        return SKIP_OVER_CAP, f"a component is longer than {MAX_NAME_BYTES} bytes (MAX_NAME_BYTES)"
     return None
 
 
@@ -382,6 +387,8 @@ def _path_problem(path: str) -> tuple[str, str] | None:
         return SKIP_BAD_NAME, "it contains a backslash; paths use '/' between folders"
     if path.startswith("/"):
         return SKIP_BAD_NAME, "it is an absolute path; paths must be relative"
+    if len(path) >= 2 and path[1] == ":" and path[0].isascii() and path[0].isalpha():
+        return SKIP_BAD_NAME, "it starts with a drive letter; paths must be relative"
     if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         return SKIP_OVER_CAP, f"it is longer than {MAX_PATH_BYTES} bytes (MAX_PATH_BYTES)"
     parts = path.split("/")
@@ -390,8 +397,7 @@ def _path_problem(path: str) -> tuple[str, str] | None:
     for part in parts:
         problem = _component_problem(part)
         if problem is not None:
-            reason = SKIP_OVER_CAP if "MAX_NAME_BYTES" in problem else SKIP_BAD_NAME
-            return reason, problem
+            return problem
     return None
 
 
@@ -920,7 +926,7 @@ def _scan_folder(root: Path, name: str, shown: str) -> Share:
         try:
             digest = _hash_source(found.disk, found.st, file_shown)
         except FileNotFoundError:
-            raise _changed_error(file_shown) from None
+            continue  # deleted since the listing: nothing to send, as in the walk
         except OSError:
             scan.skip(found.path.split("/"), SKIP_UNREADABLE)
             continue
@@ -1472,8 +1478,7 @@ class FileWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is not None:
-            self.abort()
+        self.abort()  # a no-op once finished; otherwise the block ended without finish()
 
 
 @contextmanager

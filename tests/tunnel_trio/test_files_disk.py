@@ -13,6 +13,7 @@ import stat
 import subprocess
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import example, given
@@ -466,6 +467,42 @@ def test_an_unreadable_file_in_a_folder_is_skipped(
     assert skipped(share) == {"locked.txt": fd.SKIP_UNREADABLE}
 
 
+def test_a_file_deleted_during_the_scan_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "share"
+    write(root / "ok.txt", "ok")
+    doomed = write(root / "doomed.tmp", "gone soon")
+    real_open = os.open
+
+    def deleting(path: object, *args: object, **kwargs: object) -> int:
+        if Path(str(path)) == doomed:
+            doomed.unlink()
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fd.os, "open", deleting)
+    share = scan_share(str(root))
+    assert paths(share) == ["ok.txt"] and share.skipped == ()
+
+
+def test_a_file_written_to_during_the_scan_fails_it_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = write(tmp_path / "live.log", "line\n" * 10)
+    real_read = os.read
+
+    def read_then_append(fileno: int, n: int) -> bytes:
+        data = real_read(fileno, n)
+        with open(log, "ab") as f:
+            f.write(b"another line\n")
+        return data
+
+    monkeypatch.setattr(fd, "HASH_CHUNK", 8)
+    monkeypatch.setattr(fd.os, "read", read_then_append)
+    with pytest.raises(SourceChangedError, match="changed while it was being shared.*a copy"):
+        scan_share(str(log))
+
+
 # --- scan_share: git --------------------------------------------------------------------------
 
 
@@ -850,7 +887,8 @@ def test_an_existing_file_is_refused_without_overwrite_and_replaced_with_it(
 
 
 def test_a_plan_checks_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fd.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(9, 9, 2))  # type: ignore[attr-defined]
+    usage = SimpleNamespace(total=9, used=7, free=2)
+    monkeypatch.setattr(fd.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(DiskFullError, match="not enough free space.*needs 3 bytes.*2 bytes"):
         plan_receive(str(tmp_path / "in"), [entry("f", b"abc")], overwrite=False)
 
@@ -1000,6 +1038,8 @@ def test_a_cancel_leaves_nothing(tmp_path: Path, dir_mode: str) -> None:
     with pytest.raises(RuntimeError), plan.writer(1) as other:
         other.write(0, b"x")
         raise RuntimeError("the transfer was cancelled")
+    with plan.writer(1) as forgotten:
+        forgotten.write(0, b"x")  # the block ends without finish(): nothing is kept
     no_leftovers(tmp_path)
     assert listing(tmp_path) == ["d"]  # folders made for the offer stay
 
