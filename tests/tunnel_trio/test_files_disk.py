@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -448,20 +449,29 @@ def test_a_decomposed_name_on_disk_is_offered_in_nfc_and_still_read(tmp_path: Pa
         assert reader.read(0, 0, 6) == b"coffee"
 
 
+def when_opening(monkeypatch: pytest.MonkeyPatch, path: Path, act: Callable[[], object]) -> None:
+    """Run `act` just before the module opens `path` (what root or timing cannot stage)."""
+    real_open = os.open
+
+    def opening(name: object, *args: object, **kwargs: object) -> int:
+        if Path(str(name)) == path:
+            act()
+        return real_open(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fd.os, "open", opening)
+
+
 def test_an_unreadable_file_in_a_folder_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "share"
     write(root / "ok.txt", "ok")
     locked = write(root / "locked.txt", "no")
-    real_open = os.open
 
-    def guarded(path: object, *args: object, **kwargs: object) -> int:
-        if Path(str(path)) == locked:  # chmod 000 does not stop root, so refuse here
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+    def refuse() -> None:  # chmod 000 does not stop root, so refuse here
+        raise PermissionError(errno.EACCES, "Permission denied", str(locked))
 
-    monkeypatch.setattr(fd.os, "open", guarded)
+    when_opening(monkeypatch, locked, refuse)
     share = scan_share(str(root))
     assert paths(share) == ["ok.txt"]
     assert skipped(share) == {"locked.txt": fd.SKIP_UNREADABLE}
@@ -473,14 +483,7 @@ def test_a_file_deleted_during_the_scan_is_left_out(
     root = tmp_path / "share"
     write(root / "ok.txt", "ok")
     doomed = write(root / "doomed.tmp", "gone soon")
-    real_open = os.open
-
-    def deleting(path: object, *args: object, **kwargs: object) -> int:
-        if Path(str(path)) == doomed:
-            doomed.unlink()
-        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fd.os, "open", deleting)
+    when_opening(monkeypatch, doomed, doomed.unlink)
     share = scan_share(str(root))
     assert paths(share) == ["ok.txt"] and share.skipped == ()
 
