@@ -5,6 +5,24 @@ none of them touches the disk or judges a file name themselves. Everything here 
 and blocking: callers run it in a worker thread (`trio.to_thread.run_sync`). Pure stdlib, plus
 `git` as a subprocess when a shared folder is inside a git work tree.
 
+At a glance::
+
+    share = scan_share(path, cwd=...)            # Share: entries, sources, skipped, warnings
+    with ShareReader(share) as reader:           # sharer, per fetch
+        data = reader.read(index, offset, size)  # <= MAX_READ_BYTES
+    check_relative_path(name) -> str             # both sides: the one name rule (NFC)
+    plan = plan_receive(save_to, entries, overwrite=False)   # receiver, before any write
+    writer = plan.writer(index)                  # one file; .written says where to resume
+    writer.write(writer.written, data); writer.finish()      # or writer.abort()
+    default_save_dir(offer_name, is_folder=...)  # when the agent gives no saveTo
+
+Caps (named constants, each with its own error): MAX_OFFER_BYTES (4 GiB), MAX_OFFER_FILES (1000),
+MAX_PATH_DEPTH (32), MAX_PATH_BYTES (1024, UTF-8), MAX_NAME_BYTES (255, UTF-8), plus
+MAX_SCAN_ENTRIES (entries a folder scan looks at), MAX_SKIPPED_LISTED and MAX_READ_BYTES.
+Errors: `FileShareError`, and its subclasses `SourceChangedError` (a shared file changed or
+vanished), `BadRangeError` (a read or write outside a file), `HashMismatchError` and
+`DiskFullError` (nothing was kept), so a caller can map each to the protocol's error.
+
 Sharing (the sharer's side)
 ---------------------------
 `scan_share(path, *, cwd=None) -> Share` turns a file or a folder into one offer:
@@ -16,21 +34,29 @@ Sharing (the sharer's side)
   `git check-ignore --stdin`; a nested repository is asked separately; a folder git ignores is
   skipped whole, without looking inside); names that match `SECRET_PATTERNS` are skipped;
   symlinks and special files (fifo, socket, device) are never followed nor sent; names that
-  `check_relative_path` refuses are skipped, so every offer can be received on any system.
-  `Share.skipped` says what was left out and why (one of the `SKIP_*` phrases; a folder skipped
-  whole is listed once, with a trailing '/'). If the folder is in a work tree but git is missing
-  or cannot read it, `Share.warnings` says so and nothing is skipped for git.
+  `check_relative_path` refuses are skipped, so every offer can be received on any system, and
+  so is the later of two names that differ only in case (or Unicode normalisation); a folder
+  deeper than MAX_PATH_DEPTH is skipped, and a file that cannot be opened. `Share.skipped` says
+  what was left out and why (one of the `SKIP_*` phrases, escaped so a name cannot break a line;
+  a folder skipped whole is listed once, with a trailing '/'; past MAX_SKIPPED_LISTED entries
+  they are only counted in `skipped_unlisted`). If the folder is in a work tree but git is
+  missing or cannot read it, `Share.warnings` says so and nothing is skipped for git. Too many
+  files (MAX_OFFER_FILES), bytes (MAX_OFFER_BYTES, checked before hashing) or entries to look at
+  (MAX_SCAN_ENTRIES) fail the scan with a clear error rather than send part of a folder.
 - The shared path itself being a symlink is refused (share the real path): following it would
   send something other than what the human approved by name. Symlinks higher up in the path
   (macOS /tmp, a symlinked home) are resolved. A folder that git ignores, named exactly, is shared
   (with a warning): naming it is the human's choice.
 - Each file's SHA-256 is computed by streaming (`HASH_CHUNK` at a time). A file that changes
-  while it is read makes the scan fail with a clear error (share a copy of a file being written).
+  while it is read makes the scan fail with a clear error (share a copy of a file being written);
+  one deleted meanwhile is left out. `Share.sources[i]` records where `entries[i]` is on disk
+  (the disk name may be NFD, as macOS can store it) and its device, inode, size and mtime.
 
 `ShareReader(share).read(index, offset, size) -> bytes` serves a range of a manifest file. It
 opens with O_NOFOLLOW (and O_NONBLOCK, so a file swapped for a fifo cannot hang the thread),
-checks that the open file is the very file scanned (device and inode) and that its size and
-mtime have not changed; otherwise `SourceChangedError`. Bad ranges raise `BadRangeError`.
+keeps one file open at a time, and after each read checks that the open file is the very file
+scanned (device and inode) with the same size and mtime; otherwise `SourceChangedError` and the
+bytes are dropped. Ranges outside the file, or over MAX_READ_BYTES, raise `BadRangeError`.
 
 Receiving (the receiver's side)
 -------------------------------

@@ -429,15 +429,22 @@ def test_an_undecodable_name_is_skipped_and_listed_printably(tmp_path: Path) -> 
     share.skipped[0].path.encode("utf-8")  # safe for JSON and the terminal
 
 
-def test_names_that_differ_only_in_case_keep_the_first(tmp_path: Path) -> None:
+def test_names_that_differ_only_in_case_or_normalisation_keep_the_first(tmp_path: Path) -> None:
     root = tmp_path / "share"
     write(root / "README", "upper")
     write(root / "readme", "lower")
     write(root / "Docs" / "a.txt", "1")
     write(root / "docs", "a file named like the folder")
+    write(root / "cafe\u0301", "decomposed")
+    write(root / "caf\u00e9", "composed: the same name once normalised")
     share = scan_share(str(root))
-    assert paths(share) == ["Docs/a.txt", "README"]
-    assert skipped(share) == {"docs": fd.SKIP_NAME_CLASH, "readme": fd.SKIP_NAME_CLASH}
+    assert paths(share) == ["Docs/a.txt", "README", "caf\u00e9"]
+    assert share.sources[2].path.name == "cafe\u0301"
+    assert skipped(share) == {
+        "caf\u00e9": fd.SKIP_NAME_CLASH,
+        "docs": fd.SKIP_NAME_CLASH,
+        "readme": fd.SKIP_NAME_CLASH,
+    }
 
 
 def test_a_decomposed_name_on_disk_is_offered_in_nfc_and_still_read(tmp_path: Path) -> None:
