@@ -614,6 +614,7 @@ class MemberSession(_Session):
         self._says: dict[int, _PendingSay] = {}
         #: Where queued says that the host rate-limited are re-sent from (the join's nursery).
         self._nursery: trio.Nursery | None = None
+        self._resending = 0  # queued says waiting to be sent again after a rate limit
         self._welcomed = trio.Event()
         self._refused: Refused | None = None
         self._end: ConnectionEnded | None = None
@@ -731,19 +732,22 @@ class MemberSession(_Session):
             and pending.tries < QUEUED_RETRIES
             and self._nursery is not None
         ):
+            self._resending += 1
             self._nursery.start_soon(self._send_later, pending.text, wait, pending.tries + 1)
         else:
             self._undelivered(pending.text, f"the host did not accept it: {refusal.message}")
 
     async def _send_later(self, text: str, wait: float, tries: int) -> None:
-        await trio.sleep(wait)
         try:
+            await trio.sleep(wait)
             conn = await self._open_connection(math.inf)
             assert conn is not None
             ref = conn.say(text)
         except (TunnelError, LocalProtocolError) as exc:
             self._undelivered(text, f"it could not be sent again: {exc}")
             return
+        finally:
+            self._resending -= 1
         self._says[ref] = _PendingSay(text, queued=True, tries=tries)
         self.guest.flush()
 
@@ -843,7 +847,7 @@ class MemberSession(_Session):
         # While our link is down we cannot know who is on: nobody is shown connected.
         linked = self.connection == "connected"
         left = self._gives_up_in() if self.connection == "reconnecting" else None
-        queued = sum(1 for p in self._says.values() if p.queued)
+        queued = self._resending + sum(1 for p in self._says.values() if p.queued)
         warnings = []
         if left is not None:
             warnings.append(

@@ -47,6 +47,8 @@ class DropProxy:
                     await dst.send_all(chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        if self.blackhole:
+            await trio.sleep_forever()  # a partition does not carry the close either
         scope.cancel()
 
     def drop_all(self) -> None:

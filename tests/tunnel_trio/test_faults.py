@@ -412,3 +412,34 @@ async def test_a_lost_first_confirmation_ends_in_a_fresh_join_even_through_more_
     assert (await collect(host, seq))[-1].text == "made it"
     assert not ben.closed
     await host.close()
+
+
+async def test_a_partitioned_member_notices_no_later_than_the_host(nursery, autojump_clock):
+    # Virtual time: a partition (everything lost, nothing closed) while the host keeps talking.
+    # The host notices by its stall timer (30 s); the member must not go on saying "connected"
+    # after that (it used to, until its own 60 s keepalive ran out).
+    host = await open_host(nursery, "goal", name="ana")
+    proxy = DropProxy(host.relay.port)
+    await nursery.start(proxy.run)
+    ben = await _seated(nursery, host, proxy, "ben")
+    start = trio.current_time()
+    proxy.blackhole = True
+
+    async def host_talks():
+        while True:
+            await host.say("anyone?")
+            await trio.sleep(5)
+
+    nursery.start_soon(host_talks)
+    noticed: dict[str, float] = {}
+    with trio.fail_after(600):
+        while len(noticed) < 2:
+            now = trio.current_time() - start
+            if ben.status().connection != "connected":
+                noticed.setdefault("member", now)
+            if not any(m.name == "ben" and m.connected for m in host.status().members):
+                noticed.setdefault("host", now)
+            await trio.sleep(0.5)
+    assert noticed["member"] <= noticed["host"], noticed
+    assert 20 <= noticed["member"] <= 31, noticed
+    await host.close()

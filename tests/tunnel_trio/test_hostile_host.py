@@ -814,6 +814,62 @@ async def test_a_say_the_host_never_answers_is_reported_queued(
     await probe(session)
 
 
+def _queued_then(answer: dict[str, Any] | None) -> tuple[trio.Event, Script, Script]:
+    """Scripts for a say that goes unanswered until the connection drops (`drop` is set by the
+    test), then meets `answer` (an error frame's fields) on the resumed connection, then an
+    honest room."""
+    drop = trio.Event()
+
+    async def first(conn: HostConn) -> None:
+        await conn.welcome()
+        assert isinstance(await conn.receive(), f.Ack)
+        assert isinstance(await conn.receive(), f.Say)  # never answered
+        await drop.wait()
+        await conn.ws.aclose()
+
+    async def resumed(conn: HostConn) -> None:
+        await conn.welcome()
+        while not isinstance(frame := await conn.receive(), f.Say):
+            pass
+        assert answer is not None
+        await conn.send(f.Error(ref=frame.ref, **answer))
+        await conn.serve()
+
+    return drop, first, resumed
+
+
+async def test_a_queued_say_the_host_rate_limits_after_the_resume_is_sent_again(
+    fake: Any, nursery: trio.Nursery
+) -> None:
+    drop, first, resumed = _queued_then({"code": "rate-limited", "msg": "slow down", "retry": 50})
+    host = await fake(first, resumed)
+    session = await joined(nursery, host)
+    assert (await session.send("hold on", wait=0.2)).queued
+    drop.set()
+    await until(lambda: session.status().queued_says == 0 and len(host.conns) >= 2)
+    said = [x for c in host.conns for x in c.received if isinstance(x, f.Say)]
+    assert [x.text for x in said] == ["hold on"] * 3  # unanswered, rate-limited, stamped
+    got = await session.listen(0, 0.0, include_own=True)
+    assert [(m.kind, m.event, m.text) for m in got.messages] == [("chat", None, "hold on")]
+    await probe(session)
+
+
+async def test_a_queued_say_the_host_refuses_comes_back_as_undelivered(
+    fake: Any, nursery: trio.Nursery
+) -> None:
+    drop, first, resumed = _queued_then({"code": "x\n", "msg": FORGERIES[0]})
+    host = await fake(first, resumed)
+    session = await joined(nursery, host)
+    assert (await session.send("hold on", wait=0.2)).queued
+    drop.set()
+    await until(lambda: session.status().queued_says == 0 and len(host.conns) >= 2)
+    got = (await session.listen(0, 0.0)).messages
+    assert [(m.seq, m.event, m.text) for m in got] == [(0, "undelivered", "hold on")]
+    assert got[0].reason and clean_line(got[0].reason) and "did not accept" in got[0].reason
+    assert (await session.listen(0, 0.0)).messages == []  # handed out once
+    await probe(session)
+
+
 async def test_hostile_refusals_of_a_say_end_in_a_clean_tunnel_error(
     fake: Any, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
