@@ -589,31 +589,32 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
             gives_up_in_sec=status.gives_up_in_sec,
         )
         if result.messages:
-            head = f"{len(result.messages)} new (lastSeq {result.last_seq})."
-            if result.more:
-                head += f" More are waiting: call tunnel_listen again now with sinceSeq {result.last_seq}."
-            lines = [f"{head} {UNTRUSTED}"]
             # Chat text shown whole up to a budget, then shortened: the structured content holds
             # every text whole, and a text-only client re-listens from the first shortened one
             # (which then comes first, and the first message is always shown whole).
             budget = TEXT_FULL_CHARS
             shortened_from: int | None = None
+            rendered = []
             for m in result.messages:
                 size = len(m.text or "")
                 if m.kind != "chat" or size <= budget or m is result.messages[0]:
-                    lines.append(_render_message(m))
+                    rendered.append(_render_message(m))
                     budget -= size if m.kind == "chat" else 0
                     continue
                 budget = 0
-                lines.append(_render_message(m, PREVIEW_CHARS))
+                rendered.append(_render_message(m, PREVIEW_CHARS))
                 if size > PREVIEW_CHARS and shortened_from is None:
                     shortened_from = m.seq
+            # The advice goes in the first line: every other line is one message.
+            head = f"{len(result.messages)} new (lastSeq {result.last_seq})."
+            if result.more:
+                head += f" More are waiting: call tunnel_listen again now with sinceSeq {result.last_seq}."
             if shortened_from is not None:
-                lines.append(
-                    f"Long messages from #{shortened_from} on are shortened in this text; the structured "
-                    "result carries them whole. If you can read only this text, call tunnel_listen with "
-                    f"sinceSeq {shortened_from - 1} to read them."
+                head += (
+                    f" Long texts from #{shortened_from} on are shortened here (the structured result "
+                    f"has them whole; text-only readers: tunnel_listen sinceSeq {shortened_from - 1})."
                 )
+            lines = [f"{head} {UNTRUSTED}", *rendered]
         elif result.timed_out:
             lines = [
                 f"Nothing new after #{sinceSeq} in {timeout:g} s (timed out). "
