@@ -44,7 +44,12 @@ from ._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, MemberState
 SOFTWARE = "tunnel-mcp-python/1"
 HANDSHAKE_TIMEOUT = 10.0
 PING_AFTER = 20.0
-DEAD_AFTER = 60.0
+#: How long the member waits for any answer to its ping. A live host answers at once, and hears
+#: the member's ping before its own 20 s ping timer fires, so 10 s of silence after a ping means
+#: the link is gone. The member then knows (at 30 s) no later than the host does: its stall
+#: timer fires at 30 s while entries are in flight, its dead timer at 60 s when nothing is.
+PONG_TIMEOUT = 10.0
+DEAD_AFTER = PING_AFTER + PONG_TIMEOUT
 #: Most says awaiting their seq at once; past it `say()` refuses (the room is not answering).
 MAX_UNACKED_SAYS = 256
 #: Capabilities a member may announce in hello, and their length.
@@ -225,7 +230,11 @@ class MemberConnection:
             self.state = MemberState.ERROR
         elif self.state is MemberState.OPEN:
             if now >= self._last_rx + DEAD_AFTER:
-                self._end("timeout", "no traffic from the host for 60 s", resumable=True)
+                self._end(
+                    "timeout",
+                    f"no traffic from the host for {DEAD_AFTER:g} s (it did not answer a ping)",
+                    resumable=True,
+                )
                 self.state = MemberState.ERROR
             elif not self._ping_outstanding and now >= self._last_rx + PING_AFTER:
                 self._ping_outstanding = True

@@ -703,11 +703,17 @@ def test_spec_documents_every_event_kind_refusal_and_timer() -> None:
     for code in ("empty", "too-long", "rate-limited", "slow-consumer", "malformed", "unexpected",
                  "bad-ack", "decrypt", "too-large"):
         assert f"| `{code}` |" in errors, code
-    # The member's timers are the room's defaults, and the spec gives one value for both.
+    # The member's timers are the room's defaults, except its dead timer: 10 s after an
+    # unanswered ping, so that it learns of a dead link no later than the room (whose stall
+    # timer fires at 30 s with entries in flight, its dead timer at 60 s without).
     config = RoomConfig()
     assert _member.HANDSHAKE_TIMEOUT == config.handshake_timeout
     assert _member.PING_AFTER == config.ping_after
-    assert _member.DEAD_AFTER == config.dead_after
+    assert _member.DEAD_AFTER == _member.PING_AFTER + _member.PONG_TIMEOUT
+    assert _member.DEAD_AFTER <= min(config.stall_timeout, config.dead_after)
+    timers = _section("## 17.")
+    dead_row = next(line for line in timers.splitlines() if line.startswith("| Dead |"))
+    assert f"{_member.DEAD_AFTER:g} s" in dead_row and f"{config.dead_after:g} s" in dead_row
 
 
 def test_spec_documents_every_limit() -> None:
