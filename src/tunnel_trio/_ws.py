@@ -223,15 +223,17 @@ class WebSocket:
 
         Raises `WebSocketClosed` once the connection is closed. A text message is a protocol
         error for this transport (close 1003); a message over the size limit closes with 1009.
+        When another task is closing the connection, this raises only once that close is
+        complete (bounded by ``close_timeout``): a caller that tears the connection down as
+        soon as ``receive()`` raises can never cut off a close frame still being written.
         """
         async with self._receive_lock:
-            while True:
-                if self._close_code is not None:
-                    raise self._closed_error()
+            while self._close_code is None:
                 event = await self._next_event()
                 if self._close_code is not None:
-                    # Another task started closing while we waited; it owns the shutdown.
-                    continue
+                    # Another task started closing while we waited; it owns the shutdown
+                    # (and will want the receive lock to read the peer's Close).
+                    break
                 if event is None:
                     self._begin_close(CLOSE_ABNORMAL, "connection lost")
                     await self._finish()
@@ -253,6 +255,9 @@ class WebSocket:
                 elif isinstance(event, Ping):
                     await self._send_event(event.response())
                 # Pong: nothing to do, we never wait for one.
+        # Outside the receive lock: a closer in another task may need it to drain.
+        await self._finished.wait()
+        raise self._closed_error()
 
     def message_ready(self) -> bool:
         """True if a complete message is already parsed, so `receive()` will not wait.
