@@ -22,11 +22,13 @@ import trio
 from tunnel_trio._ws import WebSocket, WebSocketClosed, connect_websocket
 from tunnel_trio.session import RoomConfig, open_host
 from tunnelproto import (
+    CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REFUSED,
     CLOSE_REPLACED,
     CLOSE_ROOM_CLOSED,
+    CLOSE_TOO_MANY_PENDING,
     MAX_FRAME,
     ConnectionEnded,
     JoinLink,
@@ -169,6 +171,37 @@ async def test_a_resume_closes_the_connection_it_replaces_4005_every_time(host) 
         codes.append(await close_code(old))
         old = new
     assert tally(codes) == {CLOSE_REPLACED: TRIES}
+
+
+async def test_the_oldest_idle_connection_pushed_out_hears_4009_every_time(nursery) -> None:
+    host = await open_host(nursery, "close codes", name="ana", config=RoomConfig(max_pending=1))
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    codes = []
+    idle = await dial(link)
+    for _ in range(TRIES):
+        newcomer = await dial(link)
+        codes.append(await close_code(idle, chatter=False))  # a word would be its message 1
+        idle = newcomer
+    assert tally(codes) == {CLOSE_TOO_MANY_PENDING: TRIES}
+
+
+async def test_silent_connections_are_closed_4002_every_time(nursery) -> None:
+    host = await open_host(
+        nursery,
+        "close codes",
+        name="ana",
+        config=RoomConfig(max_pending=2 * TRIES, message1_timeout=1.0),
+    )
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    codes: list[int] = []
+
+    async def silent() -> None:
+        codes.append(await close_code(await dial(link), chatter=False))
+
+    async with trio.open_nursery() as nursery:  # all at once: the message 1 timer, 50 times
+        for _ in range(TRIES):
+            nursery.start_soon(silent)
+    assert tally(codes) == {CLOSE_HANDSHAKE_TIMEOUT: TRIES}
 
 
 async def test_closing_the_room_reaches_every_connection_with_its_code(host) -> None:
