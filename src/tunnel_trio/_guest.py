@@ -3,7 +3,10 @@
 One supervisor task owns the seat. It dials, runs one connection (reader in this task, a writer
 task draining the connection's `Outbox`, a timer task for the core's deadlines) and, when the
 connection drops while the room still holds our seat, dials again with the resume ticket after
-an exponential backoff (0.5 s doubling to 10 s) for at most the room's grace period.
+an exponential backoff (0.5 s doubling to 10 s) for at most the room's grace period. A join
+the host turns away as busy (HTTP 503, or close 4009 / 4002 before the welcome) is retried the
+same way for a short while; any other end of a join before its welcome is reported, with what
+the host's close code says.
 Events are handed to `on_event` in order, from the reader task only.
 """
 
@@ -16,6 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from tunnelproto import (
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REFUSED,
+    CLOSE_ROOM_CLOSED,
+    CLOSE_TOO_MANY_PENDING,
     MAX_FRAME,
     MAX_TEXT_BYTES,
     MAX_UNACKED_SAYS,
@@ -41,13 +49,44 @@ BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0
 #: How long we keep trying to resume; the room holds a seat 120 s by default (spec "Timers").
 RESUME_BUDGET = 120.0
+#: How long a join that the host turned away as busy (close 4009 or 4002 before the welcome,
+#: HTTP 503 at the door) keeps retrying: under the session's 30 s wait for a welcome.
+JOIN_RETRY_BUDGET = 20.0
+#: Close codes that end a join attempt without saying the join is hopeless (spec section 20).
+RETRY_JOIN_CODES = frozenset({CLOSE_TOO_MANY_PENDING, CLOSE_HANDSHAKE_TIMEOUT})
+#: What a close from the host before its welcome means, for the member's error message.
+CLOSE_EXPLANATIONS = {
+    CLOSE_ROOM_CLOSED: "the room has closed",
+    CLOSE_PROTOCOL_ERROR: "the host found our handshake malformed",
+    CLOSE_HANDSHAKE_TIMEOUT: "the host gave up waiting for our handshake",
+    CLOSE_REFUSED: "the host refused us",
+    CLOSE_TOO_MANY_PENDING: (
+        "the host is busy: too many connections are being set up at once; try again shortly"
+    ),
+}
 #: Room for every say a member may have outstanding (all re-sent at once after a resume)
 #: plus control frames, so a well-behaved member never overflows its own queue.
 OUTBOX_LIMIT = MAX_UNACKED_SAYS * (MAX_TEXT_BYTES + 1024) + 1024 * 1024
 
 
 class DialError(Exception):
-    """Could not reach the host at all (message is safe to show)."""
+    """Could not reach the host at all (message is safe to show).
+
+    ``busy``: the host (or something in front of it) answered that it is overloaded, so the
+    same dial may well work a moment later.
+    """
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+def explain_close(code: int | None) -> str | None:
+    """Why the host closed a connection with `code`, in words (None: nothing specific)."""
+    if code is None:
+        return None
+    text = CLOSE_EXPLANATIONS.get(code)
+    return f"{text} (close code {code})" if text else None
 
 
 ResolveFallback = Callable[[str], Awaitable[list[str]]]
@@ -88,6 +127,8 @@ class Guest:
         self._serve_scope: trio.CancelScope | None = None
         self._reconnecting = False
         self._refusal: Refused | None = None
+        #: The close code the host ended the current connection with (None: no close frame).
+        self._close_code: int | None = None
 
     # ---- API used by the session ----
 
@@ -133,15 +174,20 @@ class Guest:
         with self._stop:
             started = False
             resume: ResumeState | None = None
-            drop_at = trio.current_time()
+            drop_at = join_at = trio.current_time()
             backoff = BACKOFF_MIN
             while True:
                 try:
                     ws = await self._dial()
                 except DialError as exc:
-                    if not started:
-                        raise
-                    if trio.current_time() - drop_at > self._resume_budget:
+                    if not self._ever_welcomed:
+                        # Still joining: only a busy host is worth another try, briefly.
+                        if not exc.busy or trio.current_time() - join_at > JOIN_RETRY_BUDGET:
+                            if not started:
+                                raise
+                            self._give_up(f"could not join: {exc}")
+                            return
+                    elif trio.current_time() - drop_at > self._resume_budget:
                         self._give_up(f"could not reconnect to the host: {exc}")
                         return
                     await trio.sleep(backoff)
@@ -151,7 +197,8 @@ class Guest:
                 self.conn = conn
                 self._welcomed = False
                 self._refusal = None
-                self._reconnecting = started
+                # A join retried after a busy host is still a join: its refusal is the join's.
+                self._reconnecting = started and self._ever_welcomed
                 ended = await self._serve(ws, conn, started, task_status)
                 started = True
                 if self._leaving or ended is None:
@@ -177,8 +224,21 @@ class Guest:
                 if not ended.resumable:
                     return
                 resume = conn.resume_state()
+                why = explain_close(self._close_code)
                 if resume is None and not self._ever_welcomed:
-                    self._give_up(f"the host did not welcome us ({ended.message})")
+                    if (
+                        self._close_code in RETRY_JOIN_CODES
+                        and trio.current_time() - join_at < JOIN_RETRY_BUDGET
+                    ):
+                        log.info("join turned away (%s); retrying in %.1f s", why, backoff)
+                        await trio.sleep(backoff)
+                        backoff = min(BACKOFF_MAX, backoff * 2)
+                        continue
+                    self._give_up(
+                        f"the host did not welcome us: {why}"
+                        if why
+                        else f"the host did not welcome us ({ended.message})"
+                    )
                     return
                 # resume None after we were in once: a fresh rejoin (see above) that dropped
                 # before its welcome; try it again like any reconnect, within the budget.
@@ -192,7 +252,9 @@ class Guest:
                 if trio.current_time() - drop_at > self._resume_budget:
                     self._give_up("could not resume within the room's grace period")
                     return
-                log.info("connection lost (%s); reconnecting in %.1f s", ended.reason, backoff)
+                log.info(
+                    "connection lost (%s); reconnecting in %.1f s", why or ended.reason, backoff
+                )
                 self._on_state("reconnecting")
                 await trio.sleep(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
@@ -217,6 +279,11 @@ class Guest:
                 raise DialError(
                     "the host answered 404: the tunnel in this link is gone or the link is wrong"
                 ) from None
+            if status == 503:
+                raise DialError(
+                    "the host is busy: too many connections at once (HTTP 503); try again shortly",
+                    busy=True,
+                ) from None
             raise DialError(str(exc)) from None
 
     async def _serve(
@@ -229,6 +296,7 @@ class Guest:
         outbox = Outbox(OUTBOX_LIMIT)
         self._outbox = outbox
         self._ended = None
+        self._close_code = None
         self._writer_done = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
@@ -242,7 +310,10 @@ class Guest:
                     while self._ended is None:
                         try:
                             data = await ws.receive()
-                        except WebSocketClosed:
+                        except WebSocketClosed as exc:
+                            # Ours when we closed first; 1006 when no close frame came.
+                            if exc.code != 1006:
+                                self._close_code = exc.code
                             conn.connection_lost(trio.current_time())
                             self._drain(conn)
                             break
