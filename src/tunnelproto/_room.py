@@ -498,6 +498,12 @@ class Room:
             roster = self.roster() + (f.MemberEntry(id=member_id, name=name, host=False, on=True),)
         else:
             assert seat is not None and hello.last is not None
+            # One resume of a seat confirms at a time: a member retries only once its earlier
+            # attempt is dead to it, and without this one member could fill every pending slot
+            # with resumes it never confirms (those are never pushed out to make room).
+            for other in list(self._conns.values()):
+                if other.pending is not None and other.pending.resume_seat is seat:
+                    self._drop(other, now, CLOSE_REPLACED, "replaced by a newer resume")
             pending = _Pending(seat.id, seat.name, new_ticket, None, seat, hello.last)
             # The new ticket is valid from now on, not only from confirmation: if this
             # connection dies after the welcome reached the member but before its ack reached

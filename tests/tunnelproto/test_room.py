@@ -7,6 +7,7 @@ from harness import START, Net, Peer, seal_as_member
 
 from tunnelproto import (
     CLOSE_REFUSED,
+    CLOSE_REPLACED,
     CLOSE_TOO_MANY_PENDING,
     MAX_FRAME,
     MAX_NAME_CHARS,
@@ -430,6 +431,30 @@ def test_connections_past_message_1_are_never_pushed_out() -> None:
     assert end is not None and end.resumable  # to the member it looks like a dropped socket
     net.tick(10.0)  # the two time out and free their slots
     assert net.join("late").is_open
+
+
+def test_resumes_a_member_never_confirms_hold_one_pending_slot() -> None:
+    # A member could otherwise fill every pending slot with resumes of its seat that it never
+    # confirms (they are past message 1, so never pushed out) and lock everyone else out.
+    net = Net(config=RoomConfig(max_pending=3))
+    ana = net.join("ana")
+    state = ana.mc.resume_state()
+    attempts = []
+    for _ in range(5):
+        mc = MemberConnection(ana.link, "ana", net.now, resume=state)
+        conn = net.open_raw()
+        out = net.feed_raw(conn, mc.data_to_send()[0])
+        assert isinstance(out[0], Send) and out[0].data[0] == 0x00  # a welcome, never acked
+        attempts.append(conn)
+    # Each newer resume replaced the one before it; only the newest is still waiting.
+    for conn in attempts[:-1]:
+        assert net.raw_disconnected(conn) == Disconnect(
+            conn, CLOSE_REPLACED, "replaced by a newer resume"
+        )
+    assert net.raw_disconnected(attempts[-1]) is None
+    assert net.join("bob").is_open and net.join("cy").is_open
+    assert ana.is_open  # the seat's live connection is untouched until a resume confirms
+    net.check()
 
 
 def test_a_room_with_seated_members_still_takes_new_connections() -> None:
