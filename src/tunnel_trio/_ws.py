@@ -19,6 +19,11 @@ Design notes (the *why*):
 * The opening handshakes are done with h11 + wsproto's handshake; the established framing
   runs on a `wsproto.connection.Connection` we build ourselves, so the size limit applies on
   both sides and bytes that arrived right after the handshake are not lost.
+* A server holds at most ``max_connections``. At the cap a newcomer evicts the oldest
+  connection that has made no progress (`ConnectionSlots`), so connections that never finish
+  their request head cannot lock real clients out.
+* A close started by one task is never cut short by another: ``receive()`` raises only once
+  the Close frame is out and the close handshake is over, so the peer always learns the code.
 * Error messages name host and port only: never the path (it carries the tunnel id) and never
   the URL fragment (it carries the key and is never sent anywhere).
 """
