@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 from dropproxy import DropProxy
+from rawhttp import upgrade_request
 
 from tunnel_trio._ws import WebSocketClosed, connect_websocket
 from tunnel_trio.session import RoomConfig, join, open_host
@@ -181,18 +182,6 @@ async def nothing_left_behind(host, connections: int = 1) -> None:
 # -- raw HTTP and WebSocket ---------------------------------------------------------------------
 
 
-def upgrade_request(path: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\n"
-        "Host: 127.0.0.1\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-        "\r\n"
-    ).encode("ascii")
-
-
 def frame(
     opcode: int,
     payload: bytes = b"",
@@ -292,6 +281,18 @@ def close_code(frames: list[tuple[int, bytes]]) -> int | None:
         if opcode == OP_CLOSE:
             return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
     return None
+
+
+async def read_answer(stream: trio.SocketStream, timeout: float = GUARD) -> bytes:
+    """Everything the relay sends until it hangs up (EOF or reset)."""
+    answer = bytearray()
+    with trio.fail_after(timeout):
+        try:
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        except trio.BrokenResourceError:
+            pass
+    return bytes(answer)
 
 
 async def wait_closed(stream: trio.SocketStream, timeout: float) -> float:
@@ -422,14 +423,8 @@ async def test_idle_tcp_connections_are_capped_and_go_away(start_pair, tcp, nurs
     closed: list[tuple[int, bytes, float]] = []  # (opened as n-th, answer, seconds open)
 
     async def closes(n: int, stream: trio.SocketStream, opened: float) -> None:
-        answer = bytearray()
-        with trio.fail_after(GUARD):
-            try:
-                while chunk := await stream.receive_some(65536):
-                    answer += chunk
-            except trio.BrokenResourceError:
-                pass
-        closed.append((n, bytes(answer), trio.current_time() - opened))
+        answer = await read_answer(stream)
+        closed.append((n, answer, trio.current_time() - opened))
 
     async with pair.talking(), trio.open_nursery() as waiters:
         for n in range(300):
@@ -471,14 +466,7 @@ async def test_malformed_upgrade_headers_get_a_400_not_a_traceback(start_pair, t
         for name, (old, new) in MALFORMED_UPGRADES.items():
             stream = await tcp(pair.host.relay.port)
             await stream.send_all(upgrade_request(path_of(pair)).replace(old, new))
-            answer = b""
-            with trio.fail_after(GUARD):
-                try:
-                    while chunk := await stream.receive_some(65536):
-                        answer += chunk
-                except trio.BrokenResourceError:
-                    pass
-            answers[name] = answer.split(b"\r\n", 1)[0]
+            answers[name] = (await read_answer(stream)).split(b"\r\n", 1)[0]
     assert answers == {name: b"HTTP/1.1 400 " for name in MALFORMED_UPGRADES}
     await pair.exchange()
 
