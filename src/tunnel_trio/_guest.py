@@ -38,7 +38,7 @@ from tunnelproto import (
 )
 
 from ._outbox import WRITE_BATCH, CloseMarker, Outbox, OutboxFull
-from ._ws import WebSocket, WebSocketClosed, WebSocketError, connect_websocket
+from ._ws import CLOSE_ABNORMAL, WebSocket, WebSocketClosed, WebSocketError, connect_websocket
 
 log = logging.getLogger("tunnel_trio.guest")
 
@@ -312,7 +312,7 @@ class Guest:
                             data = await ws.receive()
                         except WebSocketClosed as exc:
                             # Ours when we closed first; 1006 when no close frame came.
-                            if exc.code != 1006:
+                            if exc.code != CLOSE_ABNORMAL:
                                 self._close_code = exc.code
                             conn.connection_lost(trio.current_time())
                             self._drain(conn)
