@@ -4,8 +4,10 @@ One supervisor task owns the seat. It dials, runs one connection (reader in this
 task draining the connection's `Outbox`, a timer task for the core's deadlines) and, when the
 connection drops while the room still holds our seat, dials again with the resume ticket: at
 once after an ordinary drop, then with an exponential backoff (0.5 s doubling to 10 s), for at
-most the room's grace period (`gives_up_at` says until when). Events are handed to `on_event`
-in order, from the reader task only.
+most the room's grace period (`gives_up_at` says until when). A join the host turns away as
+busy (HTTP 503, or close 4009 / 4002 before the welcome) is retried the same way for a short
+while; any other end of a join before its welcome is reported, with what the host's close
+code says. Events are handed to `on_event` in order, from the reader task only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from tunnelproto import (
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REFUSED,
+    CLOSE_ROOM_CLOSED,
+    CLOSE_TOO_MANY_PENDING,
     MAX_FRAME,
     MAX_TEXT_BYTES,
     MAX_UNACKED_SAYS,
@@ -31,7 +38,7 @@ from tunnelproto import (
 )
 
 from ._outbox import WRITE_BATCH, CloseMarker, Outbox, OutboxFull
-from ._ws import WebSocket, WebSocketClosed, WebSocketError, connect_websocket
+from ._ws import CLOSE_ABNORMAL, WebSocket, WebSocketClosed, WebSocketError, connect_websocket
 
 log = logging.getLogger("tunnel_trio.guest")
 
@@ -45,6 +52,21 @@ BACKOFF_MAX = 10.0
 STABLE_AFTER = 2.0
 #: How long we keep trying to resume; the room holds a seat 120 s by default (spec "Timers").
 RESUME_BUDGET = 120.0
+#: How long a join that the host turned away as busy (close 4009 or 4002 before the welcome,
+#: HTTP 503 at the door) keeps retrying: under the session's 30 s wait for a welcome.
+JOIN_RETRY_BUDGET = 20.0
+#: Close codes that end a join attempt without saying the join is hopeless (spec section 20).
+RETRY_JOIN_CODES = frozenset({CLOSE_TOO_MANY_PENDING, CLOSE_HANDSHAKE_TIMEOUT})
+#: What a close from the host before its welcome means, for the member's error message.
+CLOSE_EXPLANATIONS = {
+    CLOSE_ROOM_CLOSED: "the room has closed",
+    CLOSE_PROTOCOL_ERROR: "the host found our handshake malformed",
+    CLOSE_HANDSHAKE_TIMEOUT: "the host gave up waiting for our handshake",
+    CLOSE_REFUSED: "the host refused us",
+    CLOSE_TOO_MANY_PENDING: (
+        "the host is busy: too many connections are being set up at once; try again shortly"
+    ),
+}
 #: Room for every say a member may have outstanding (all re-sent at once after a resume)
 #: plus control frames, so a well-behaved member never overflows its own queue.
 OUTBOX_LIMIT = MAX_UNACKED_SAYS * (MAX_TEXT_BYTES + 1024) + 1024 * 1024
@@ -55,19 +77,23 @@ class DialError(Exception):
 
     `stopped`: something answered at the host's address but not the room's relay (the port
     refused the connection, or a proxy or Cloudflare's edge said the tunnel is gone or its
-    origin is down): the host's server has stopped. Otherwise the host could not be reached
-    (timeouts, name resolution, no route): it, or our own network, may be down.
+    origin is down): the host's server has stopped. `busy`: the relay itself answered that it
+    is overloaded (HTTP 503 from our own relay), so the same dial may well work a moment later.
+    Otherwise the host could not be reached (timeouts, name resolution, no route): it, or our
+    own network, may be down.
     """
 
-    def __init__(self, message: str, *, stopped: bool = False) -> None:
+    def __init__(self, message: str, *, stopped: bool = False, busy: bool = False) -> None:
         super().__init__(message)
         self.stopped = stopped
+        self.busy = busy
 
 
 #: HTTP answers to the upgrade that mean the relay behind the address is gone: 404 (the tunnel
-#: id is unknown: the relay restarted or closed it), 502/503/504 (a proxy found no origin),
-#: 530 (Cloudflare: the tunnel has no connector, its cloudflared stopped).
-_STOPPED_STATUSES = frozenset({404, 502, 503, 504, 530})
+#: id is unknown: the relay restarted or closed it), 502/504 (a proxy found no origin), 530
+#: (Cloudflare: the tunnel has no connector, its cloudflared stopped). 503 is our own relay
+#: saying it is busy (see `busy`).
+_STOPPED_STATUSES = frozenset({404, 502, 504, 530})
 
 #: Reasons (ConnectionEnded.reason) the member gives when it stops trying to reconnect.
 GAVE_UP_STOPPED = "host-stopped"
@@ -86,6 +112,14 @@ def _refused_connection(exc: BaseException | None) -> bool:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+def explain_close(code: int | None) -> str | None:
+    """Why the host closed a connection with `code`, in words (None: nothing specific)."""
+    if code is None:
+        return None
+    text = CLOSE_EXPLANATIONS.get(code)
+    return f"{text} (close code {code})" if text else None
 
 
 ResolveFallback = Callable[[str], Awaitable[list[str]]]
@@ -129,6 +163,8 @@ class Guest:
         #: While reconnecting: the trio time at which we stop trying; None while connected.
         self.gives_up_at: float | None = None
         self._last_problem: DialError | None = None
+        #: The close code the host ended the current connection with (None: no close frame).
+        self._close_code: int | None = None
 
     # ---- API used by the session ----
 
@@ -174,18 +210,36 @@ class Guest:
         with self._stop:
             started = False
             resume: ResumeState | None = None
+            join_at = trio.current_time()
             # `wait` is the pause before the next dial, `backoff` the one after it.
             wait, backoff = BACKOFF_MIN, BACKOFF_MIN * 2
+            # A join the host turned away as busy: the next dial retries it.
+            retry_join = False
             while True:
-                if started:
+                if retry_join:
+                    retry_join = False
+                    await trio.sleep(wait)
+                    wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
+                elif started:
                     if not await self._pause(wait):
                         return
                     wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
                 try:
                     ws = await self._dial_within(self.gives_up_at if started else None)
                 except DialError as exc:
-                    if not started:
-                        raise
+                    if not self._ever_welcomed:
+                        # Still joining: only a busy host is worth another try, briefly.
+                        if exc.busy and trio.current_time() - join_at <= JOIN_RETRY_BUDGET:
+                            log.info("join turned away (%s); retrying in %.1f s", exc, wait)
+                            retry_join = True
+                            continue
+                        if not started:
+                            raise
+                        self._give_up(
+                            GAVE_UP_STOPPED if exc.stopped else GAVE_UP_UNREACHABLE,
+                            f"could not join: {exc}",
+                        )
+                        return
                     log.info("could not reconnect (%s); next try in %.1f s", exc, wait)
                     self._last_problem = exc
                     continue
@@ -195,7 +249,8 @@ class Guest:
                 self.conn = conn
                 self._welcomed = False
                 self._refusal = None
-                self._reconnecting = started
+                # A join retried after a busy host is still a join: its refusal is the join's.
+                self._reconnecting = started and self._ever_welcomed
                 ended = await self._serve(ws, conn, started, task_status)
                 started = True
                 if self._leaving or ended is None:
@@ -226,9 +281,20 @@ class Guest:
                 if not ended.resumable:
                     return
                 resume = conn.resume_state()
+                why = explain_close(self._close_code)
                 if resume is None and not self._ever_welcomed:
+                    if (
+                        self._close_code in RETRY_JOIN_CODES
+                        and trio.current_time() - join_at < JOIN_RETRY_BUDGET
+                    ):
+                        log.info("join turned away (%s); retrying in %.1f s", why, wait)
+                        retry_join = True
+                        continue
                     self._give_up(
-                        GAVE_UP_UNREACHABLE, f"the host did not welcome us ({ended.message})"
+                        GAVE_UP_UNREACHABLE,
+                        f"the host did not welcome us: {why}"
+                        if why
+                        else f"the host did not welcome us ({ended.message})",
                     )
                     return
                 # resume None after we were in once: a fresh rejoin (see above) that dropped
@@ -243,7 +309,9 @@ class Guest:
                     # loop.
                     if now - self._welcomed_at >= STABLE_AFTER:
                         wait, backoff = 0.0, BACKOFF_MIN
-                    log.info("connection lost (%s); reconnecting in %.1f s", ended.reason, wait)
+                    log.info(
+                        "connection lost (%s); reconnecting in %.1f s", why or ended.reason, wait
+                    )
                     self._reconnecting_until(now + self._resume_budget)
                 else:
                     self._reconnecting_until(self.gives_up_at)
@@ -312,6 +380,11 @@ class Guest:
                     "the host answered 404: the tunnel in this link is gone or the link is wrong",
                     stopped=True,
                 ) from None
+            if status == 503:
+                raise DialError(
+                    "the host is busy: too many connections at once (HTTP 503); try again shortly",
+                    busy=True,
+                ) from None
             stopped = status in _STOPPED_STATUSES or _refused_connection(exc)
             raise DialError(str(exc), stopped=stopped) from None
 
@@ -325,6 +398,7 @@ class Guest:
         outbox = Outbox(OUTBOX_LIMIT)
         self._outbox = outbox
         self._ended = None
+        self._close_code = None
         self._writer_done = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
@@ -338,7 +412,10 @@ class Guest:
                     while self._ended is None:
                         try:
                             data = await ws.receive()
-                        except WebSocketClosed:
+                        except WebSocketClosed as exc:
+                            # Ours when we closed first; 1006 when no close frame came.
+                            if exc.code != CLOSE_ABNORMAL:
+                                self._close_code = exc.code
                             conn.connection_lost(trio.current_time())
                             self._drain(conn)
                             break

@@ -43,7 +43,12 @@ DEFAULT_CAPACITY = 16
 #: Largest capacity: a welcome or roster frame for this many members with the longest names
 #: (64 characters, 4 UTF-8 bytes each) plus the longest goal stays under the max plaintext.
 MAX_CAPACITY = 64
-DEFAULT_MAX_PENDING = 8
+#: Connections not yet OPEN at once. At the cap the oldest one still waiting for message 1 is
+#: closed to make room (see `Room.open_connection`), so the cap is what an attacker must keep
+#: refilling: it is sized well above the sockets one client needs (1) and a whole room resuming
+#: at once (`DEFAULT_CAPACITY`), and each pending connection holds little (no keys before
+#: message 1, at most one `MAX_FRAME` message being reassembled by the driver).
+DEFAULT_MAX_PENDING = 32
 #: Refused says remembered per seat for re-sends after a resume (a member holds at most 256
 #: unanswered says, see `_member.MAX_UNACKED_SAYS`).
 MAX_REMEMBERED_REFUSALS = 256
@@ -107,7 +112,8 @@ def check_text(text: str, error: type[LocalProtocolError] | type[RemoteProtocolE
 class RoomConfig:
     capacity: int = DEFAULT_CAPACITY  # members including the host
     invite_ttl: float = 600.0
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 10.0  # from the connection's arrival to key confirmation
+    message1_timeout: float = 5.0  # from the connection's arrival to a complete message 1
     max_pending: int = DEFAULT_MAX_PENDING  # unauthenticated connections at once
     idle_timeout: float = 30 * 60.0  # no chat for this long closes the room
     grace: float = 120.0  # a dropped member's seat is held this long
@@ -387,13 +393,26 @@ class Room:
     # ------------------------------------------------------------------ connections
 
     def open_connection(self, now: float) -> int | None:
-        """A new transport connection arrived. None: refuse it (closed, or too many
-        unauthenticated connections); the driver should close it with CLOSE_TOO_MANY_PENDING."""
+        """A new transport connection arrived. None: refuse it; the driver closes it with
+        CLOSE_ROOM_CLOSED if the room is closed, else CLOSE_TOO_MANY_PENDING.
+
+        With `max_pending` connections not yet OPEN, the oldest of them still waiting for
+        message 1 is closed (CLOSE_TOO_MANY_PENDING) to make room, rather than the newcomer
+        refused: otherwise a few idle sockets, reopened as they time out, would lock every
+        member out. A real member sends message 1 one round trip after its upgrade, so it is
+        never the oldest idle connection for long; an attacker opening more only pushes out
+        its own. Past message 1 a connection holds a live invite or ticket and is not evicted;
+        only when every pending connection is that far is the newcomer refused.
+        """
         if self.closed:
             return None
-        pending = sum(1 for c in self._conns.values() if c.state is not ConnState.OPEN)
-        if pending >= self.config.max_pending:
-            return None
+        pending = [c for c in self._conns.values() if c.state is not ConnState.OPEN]
+        if len(pending) >= self.config.max_pending:
+            # _conns keeps arrival order, so the first one waiting for message 1 is the oldest.
+            idle = next((c for c in pending if c.state is ConnState.HANDSHAKE), None)
+            if idle is None:
+                return None
+            self._drop(idle, now, CLOSE_TOO_MANY_PENDING, "too many pending connections")
         conn = _Conn(id=self._next_conn, opened_at=now, last_rx=now)
         self._next_conn += 1
         self._conns[conn.id] = conn
@@ -438,7 +457,7 @@ class Room:
         deadlines = [self._last_chat_at + cfg.idle_timeout]
         for conn in self._conns.values():
             if conn.state is not ConnState.OPEN:
-                deadlines.append(conn.opened_at + cfg.handshake_timeout)
+                deadlines.append(self._handshake_deadline(conn))
                 continue
             deadlines.append(conn.last_rx + cfg.dead_after)
             if not conn.ping_outstanding:
@@ -456,7 +475,7 @@ class Room:
         cfg = self.config
         for conn in list(self._conns.values()):
             if conn.state is not ConnState.OPEN:
-                if now >= conn.opened_at + cfg.handshake_timeout:
+                if now >= self._handshake_deadline(conn):
                     self._drop(conn, now, CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
                 continue
             if now >= conn.last_rx + cfg.dead_after:
@@ -475,6 +494,15 @@ class Room:
                 self._vacate(seat, now)
         if now >= self._last_chat_at + cfg.idle_timeout:
             self._shutdown("idle-closed", None, now)
+
+    def _handshake_deadline(self, conn: _Conn) -> float:
+        # Message 1 is due one round trip after the upgrade, so a connection that sends
+        # nothing gives its pending slot back well before the whole handshake's deadline.
+        cfg = self.config
+        limit = cfg.handshake_timeout
+        if conn.state is ConnState.HANDSHAKE:
+            limit = min(limit, cfg.message1_timeout)
+        return conn.opened_at + limit
 
     # ------------------------------------------------------------------ internals: handshake
 
@@ -534,6 +562,12 @@ class Room:
             roster = self.roster() + (f.MemberEntry(id=member_id, name=name, host=False, on=True),)
         else:
             assert seat is not None and hello.last is not None
+            # One resume of a seat confirms at a time: a member retries only once its earlier
+            # attempt is dead to it, and without this one member could fill every pending slot
+            # with resumes it never confirms (those are never pushed out to make room).
+            for other in list(self._conns.values()):
+                if other.pending is not None and other.pending.resume_seat is seat:
+                    self._drop(other, now, CLOSE_REPLACED, "replaced by a newer resume")
             pending = _Pending(seat.id, seat.name, new_ticket, None, seat, hello.last)
             # The new ticket is valid from now on, not only from confirmation: if this
             # connection dies after the welcome reached the member but before its ack reached

@@ -324,7 +324,7 @@ async def test_garbage_after_handshake_kills_only_that_connection(nursery):
     await host.close()
 
 
-async def test_unauthenticated_connections_are_capped(nursery):
+async def test_idle_connections_at_the_pending_cap_give_way_to_a_member(nursery):
     from tunnelproto import CLOSE_TOO_MANY_PENDING
 
     host = await open_host(nursery, "goal", name="ana", config=RoomConfig(max_pending=3))
@@ -332,24 +332,22 @@ async def test_unauthenticated_connections_are_capped(nursery):
     idle = [
         await connect_websocket(link.websocket_url, max_message_size=MAX_FRAME) for _ in range(3)
     ]
+    # A fourth arrival pushes out the oldest idle one, which hears why.
     extra = await connect_websocket(link.websocket_url, max_message_size=MAX_FRAME)
     with trio.fail_after(5):
         try:
-            await extra.receive()
+            await idle[0].receive()
         except WebSocketClosed as exc:
             assert exc.code == CLOSE_TOO_MANY_PENDING
         else:
-            raise AssertionError("expected the fourth pending connection to be refused")
-    # The real member still gets in once the idle ones are gone.
-    for ws in idle:
-        await ws.aclose()
+            raise AssertionError("expected the oldest pending connection to be closed")
+    # The real member gets in while the other idle ones still hold their slots.
     with trio.fail_after(5):
-        while True:
-            try:
-                await join(nursery, str(link), name="ben")
-                break
-            except Exception:
-                await trio.sleep(0.05)
+        ben = await join(nursery, str(link), name="ben")
+    seq = await ben.say("made it")
+    assert (await collect(host, seq))[-1].text == "made it"
+    for ws in idle[1:] + [extra]:
+        await ws.aclose()
     await host.close()
 
 

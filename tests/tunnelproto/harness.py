@@ -251,6 +251,7 @@ class Net:
     def open_raw(self) -> int:
         conn_id = self.room.open_connection(self.now)
         assert conn_id is not None
+        self.pump()  # as a driver does: an arrival may push out another connection
         return conn_id
 
     def feed_raw(self, conn_id: int, data: bytes) -> list[Send | Disconnect]:

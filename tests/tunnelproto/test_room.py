@@ -7,6 +7,8 @@ from harness import START, Net, Peer, seal_as_member
 
 from tunnelproto import (
     CLOSE_REFUSED,
+    CLOSE_REPLACED,
+    CLOSE_TOO_MANY_PENDING,
     MAX_FRAME,
     MAX_NAME_CHARS,
     MAX_TEXT_BYTES,
@@ -390,20 +392,69 @@ def test_rate_limit_rejects_with_retry_and_is_not_fatal() -> None:
     net.check()
 
 
-def test_unauthenticated_connection_cap() -> None:
+def test_a_newcomer_at_the_pending_cap_pushes_out_the_oldest_idle_connection() -> None:
     net = Net(config=RoomConfig(max_pending=3))
     ana = net.join("ana")  # seated connections do not count
-    conns = [net.open_raw() for _ in range(3)]
+    idle = [net.open_raw() for _ in range(3)]
+    # Refusing the newcomer would let 3 idle sockets, reopened as they time out, lock the door.
+    # The oldest idle one goes instead, with the code that says why.
+    newcomer = net.open_raw()
+    assert net.raw_disconnected(idle[0]) == Disconnect(
+        idle[0], CLOSE_TOO_MANY_PENDING, "too many pending connections"
+    )
+    assert [net.raw_disconnected(c) for c in idle[1:] + [newcomer]] == [None, None, None]
+    # A real member gets in past them, every time, however often they are reopened.
+    for i in range(5):
+        net.open_raw()
+        peer = net.join(f"bob{i}")
+        assert peer.is_open and not peer.refused_at_door
+    assert ana.is_open
+    net.check()
+
+
+def test_connections_past_message_1_are_never_pushed_out() -> None:
+    # Past message 1 a connection holds a live invite or ticket: it is never evicted, and when
+    # every pending slot holds one, the newcomer is the one refused.
+    net = Net(config=RoomConfig(max_pending=2))
+    links = [net.link(invite) for invite in net.mint(2)]
+    confirming = []
+    for i, link in enumerate(links):
+        mc = MemberConnection(link, f"m{i}", net.now)
+        conn = net.open_raw()
+        net.feed_raw(conn, mc.data_to_send()[0])  # message 1; the ack is not sent yet
+        confirming.append(conn)
     assert net.room.open_connection(net.now) is None
-    peer = net.join("bob")
+    assert [net.raw_disconnected(c) for c in confirming] == [None, None]
+    peer = net.join("late")
     assert peer.refused_at_door and not peer.is_open
     end = peer.last_end()
     assert end is not None and end.resumable  # to the member it looks like a dropped socket
-    net.tick(10.0)  # the three time out and free their slots
-    for conn in conns:
-        assert net.raw_disconnected(conn) is not None
-    assert net.join("bob").is_open
-    assert ana.is_open
+    net.tick(10.0)  # the two time out and free their slots
+    assert net.join("late").is_open
+
+
+def test_resumes_a_member_never_confirms_hold_one_pending_slot() -> None:
+    # A member could otherwise fill every pending slot with resumes of its seat that it never
+    # confirms (they are past message 1, so never pushed out) and lock everyone else out.
+    net = Net(config=RoomConfig(max_pending=3))
+    ana = net.join("ana")
+    state = ana.mc.resume_state()
+    attempts = []
+    for _ in range(5):
+        mc = MemberConnection(ana.link, "ana", net.now, resume=state)
+        conn = net.open_raw()
+        out = net.feed_raw(conn, mc.data_to_send()[0])
+        assert isinstance(out[0], Send) and out[0].data[0] == 0x00  # a welcome, never acked
+        attempts.append(conn)
+    # Each newer resume replaced the one before it; only the newest is still waiting.
+    for conn in attempts[:-1]:
+        assert net.raw_disconnected(conn) == Disconnect(
+            conn, CLOSE_REPLACED, "replaced by a newer resume"
+        )
+    assert net.raw_disconnected(attempts[-1]) is None
+    assert net.join("bob").is_open and net.join("cy").is_open
+    assert ana.is_open  # the seat's live connection is untouched until a resume confirms
+    net.check()
 
 
 def test_a_room_with_seated_members_still_takes_new_connections() -> None:

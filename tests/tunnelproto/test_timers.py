@@ -24,11 +24,27 @@ from tunnelproto import (
 # ---------------------------------------------------------------------------------- handshake
 
 
-def test_room_drops_a_connection_that_sends_nothing_after_10_seconds() -> None:
+def test_room_drops_a_connection_that_sends_no_message_1_after_5_seconds() -> None:
+    # A member sends message 1 one round trip after its upgrade; a socket that stays silent
+    # gives its pending slot back at 5 s, not at the whole handshake's 10 s.
     net = Net()
     conn = net.open_raw()
+    assert net.room.next_deadline() == START + 5.0
+    net.tick(4.99)
+    assert net.raw_disconnected(conn) is None
+    net.tick(0.01)
+    assert net.raw_disconnected(conn) == Disconnect(conn, CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
+
+
+def test_message_1_in_time_gets_the_whole_handshake_deadline() -> None:
+    net = Net()
+    (invite,) = net.mint(1)
+    mc = MemberConnection(net.link(invite), "ana", net.now)
+    conn = net.open_raw()
+    net.tick(4.9)
+    net.feed_raw(conn, mc.data_to_send()[0])  # message 1, just in time; no ack follows
     assert net.room.next_deadline() == START + 10.0
-    net.tick(9.99)
+    net.tick(5.09)
     assert net.raw_disconnected(conn) is None
     net.tick(0.01)
     assert net.raw_disconnected(conn) == Disconnect(conn, CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
