@@ -24,6 +24,7 @@ from ._link import JoinLink, LinkError
 from ._member import MAX_UNACKED_SAYS, MemberConnection, ResumeState
 from ._names import MAX_NAME_CHARS, sanitize_name
 from ._room import (
+    CLOSE_FLOODING,
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_KEEPALIVE_TIMEOUT,
     CLOSE_LEFT,
@@ -43,6 +44,7 @@ from ._room import (
 from ._state import ConnState, MemberState
 
 __all__ = [
+    "CLOSE_FLOODING",
     "CLOSE_HANDSHAKE_TIMEOUT",
     "CLOSE_KEEPALIVE_TIMEOUT",
     "CLOSE_LEFT",
