@@ -355,12 +355,10 @@ class MemberConnection:
         elif isinstance(frame, f.Close):
             resumable = False
             reason = one_line(frame.reason, 64)
-            self._end(
-                reason,
-                f"the host ended the connection: {reason}",
-                resumable=resumable,
-                summary=frame.summary,
-            )
+            message = f"the host ended the connection: {reason}"
+            if self._host_error is not None:  # e.g. flooding: the error said why
+                message += f" ({self._host_error})"
+            self._end(reason, message, resumable=resumable, summary=frame.summary)
         # Pong: receiving it refreshed _last_rx; nothing else to do.
 
     def _expect_seq(self, seq: int) -> None:

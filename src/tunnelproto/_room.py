@@ -73,9 +73,6 @@ CLOSE_REFUSED = 4008
 CLOSE_TOO_MANY_PENDING = 4009
 CLOSE_FLOODING = 4010
 
-#: Close codes for fatal errors other than a plain protocol error.
-_CLOSE_FOR_ERROR = {"flooding": CLOSE_FLOODING}
-
 REFUSAL_MESSAGES = {
     "unknown-invite": "this tunnel has no such invite: ask the host for a fresh link",
     "used": "this invite was already used (links are single-use): ask the host for a new one",
@@ -199,7 +196,7 @@ class Seat:
     last_ref: int = 0
     tokens: float = 0.0
     tokens_at: float = 0.0
-    #: The inbound budget (spec section 18), per seat so that a resume does not refill it.
+    #: The inbound budget (spec section 18), per seat so that reconnecting does not refill it.
     budget: InboundBudget | None = None
     #: Recent refused says by ref, so a re-send after resume is refused again (bounded).
     refused: dict[int, f.Error] = field(default_factory=dict)
@@ -728,8 +725,8 @@ class Room:
         way to refuse it is to end the connection (spec section 18)."""
         if seat.budget is not None and not seat.budget.bytes.spend(size, now):
             raise RemoteProtocolError(
-                "you sent more bytes than the room takes (refused or ignored frames count too): "
-                "connection closed",
+                "you sent more bytes than the room takes (refused and ignored frames count too): "
+                "you were removed from the room",
                 "flooding",
             )
 
@@ -737,8 +734,8 @@ class Room:
     def _spend_frame(seat: Seat, now: float) -> None:
         if seat.budget is not None and not seat.budget.frames.spend(1.0, now):
             raise RemoteProtocolError(
-                "you sent more frames than the room takes (refused or ignored frames count too): "
-                "connection closed",
+                "you sent more frames than the room takes (refused and ignored frames count too): "
+                "you were removed from the room",
                 "flooding",
             )
 
@@ -841,9 +838,17 @@ class Room:
     def _fail(self, conn: _Conn, exc: RemoteProtocolError, now: float) -> None:
         if conn.state is not ConnState.HANDSHAKE:
             self._send_frame(conn, f.Error(code=exc.code, msg=str(exc)))
-        code = _CLOSE_FOR_ERROR.get(exc.code, CLOSE_PROTOCOL_ERROR)
-        reason = exc.code if code != CLOSE_PROTOCOL_ERROR else f"protocol error: {exc.code}"
-        self._drop(conn, now, code, reason)
+        if exc.code == "flooding" and conn.seat_id is not None:
+            # Over its budget: the member loses its seat, as if it had left. Holding the seat
+            # would let it resume at once, again and again, and every round trip would cost a
+            # handshake and put 'disconnected'/'reconnected' in everyone's transcript.
+            seat = self._seats[conn.seat_id]
+            conn.seat_id = None
+            self._send_frame(conn, f.Close(reason="flooding"))
+            self._drop(conn, now, CLOSE_FLOODING, "flooding")
+            self._vacate(seat, now)
+            return
+        self._drop(conn, now, CLOSE_PROTOCOL_ERROR, f"protocol error: {exc.code}")
 
     def _drop(self, conn: _Conn, now: float, code: int | None, reason: str) -> None:
         """End one connection. code None: the driver already knows it is gone."""

@@ -2,7 +2,8 @@
 
 A member's frames are charged against a frame budget and a byte budget whatever they are (a
 refused say, an ignored re-sent one, an ack that acknowledges nothing, a pong nobody asked for).
-A frame the budget cannot pay for ends the connection with `error{flooding}` and close 4010.
+A frame the budget cannot pay for ends the connection and the seat: `error{flooding}`,
+`close{reason: flooding}`, close 4010, and `left` for the others.
 The honest patterns (says at the rate limit at the largest size, an ack for every entry, pings,
 256 says re-sent at once after a resume) must never meet it.
 """
@@ -18,6 +19,7 @@ from tunnelproto import (
     MAX_TEXT_BYTES,
     ConnectionEnded,
     Disconnect,
+    Refused,
     RoomConfig,
     _codec,
     _frames,
@@ -173,10 +175,12 @@ def test_a_flooder_is_cut_off_and_the_room_goes_on(kind: str) -> None:
     (cut,) = mallory.disconnects
     assert cut == Disconnect(mallory.conn_ids[-1] or 0, CLOSE_FLOODING, "flooding")
     ended = mallory.last_end()
-    assert isinstance(ended, ConnectionEnded) and ended.resumable
-    assert "flooding" in ended.message  # the host's error frame reached the member first
-    # The seat is held, as for any other dropped connection; everyone else carries on.
-    assert [(e.kind, e.name) for e in ana.entries[-1:]] == [("disconnected", "mallory")]
+    assert isinstance(ended, ConnectionEnded) and not ended.resumable
+    assert ended.reason == "flooding"
+    assert "removed from the room" in ended.message  # the error frame said why
+    # The seat is gone, as if the member had left (no 'disconnected' first); the room goes on.
+    assert [(e.kind, e.name) for e in ana.entries[-1:]] == [("left", "mallory")]
+    assert "mallory" not in [m.name for m in net.room.roster()]
     net.say(ana, "still here")
     net.host_say("me too")
     assert ana.texts[-2:] == ["still here", "me too"]
@@ -202,18 +206,30 @@ def test_a_flood_of_refused_says_costs_at_most_the_burst_then_the_refill() -> No
     assert flooding_cuts(mallory)
 
 
-def test_resuming_does_not_refill_the_budget() -> None:
+def test_a_flooder_cannot_come_back_by_resuming() -> None:
     net = Net()
     mallory = net.join("mallory")
-    first = flood(net, mallory, lambda i: _frames.Ack(seq=0), limit=1100)
-    assert first > 1000
-    net.resume(mallory)  # at once: the seat's budget is still spent
+    state = mallory.mc.resume_state()
+    flood(net, mallory, lambda i: _frames.Ack(seq=0), limit=1100)
+    net.resume(mallory, state=state)  # its ticket died with the seat
+    assert not mallory.is_open
+    assert [e.code for e in mallory.current_events() if isinstance(e, Refused)] == [
+        "unknown-invite"
+    ]
+
+
+def test_reconnecting_does_not_refill_the_budget() -> None:
+    # The budget is the seat's: dropping the connection and resuming at once (which any member
+    # may do) buys no fresh frames; only time does (100 a second).
+    net = Net()
+    mallory = net.join("mallory")
+    for _ in range(1000):
+        data = seal_as_member(mallory, _frames.Ack(seq=0).encode())
+        net.room.receive(mallory.conn_id or 0, data, net.now)
+    net.pump()
     assert mallory.is_open
-    again = flood(net, mallory, lambda i: _frames.Ack(seq=0), limit=10)
-    assert again <= 2
-    assert len(flooding_cuts(mallory)) == 2
-    # Time refills it: 10 s later the member can send 1000 frames (100 a second) again.
-    net.tick(10.0)
+    net.drop(mallory)
     net.resume(mallory)
-    third = flood(net, mallory, lambda i: _frames.Ack(seq=0), limit=1100)
-    assert 990 <= third <= 1010
+    assert mallory.is_open
+    assert flood(net, mallory, lambda i: _frames.Ack(seq=0), limit=100) == 25
+    assert flooding_cuts(mallory)
