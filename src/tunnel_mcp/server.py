@@ -164,14 +164,34 @@ def _manager(ctx: Context) -> TunnelManager:
 _RAW_LINE_BREAKS = {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
 
 
+@functools.cache
+def _display_escapes() -> dict[int, str]:
+    """`_RAW_LINE_BREAKS` plus every format character (Unicode category Cf), built on first use.
+
+    Format characters are invisible yet change what a reader sees: U+202E (right-to-left
+    override) makes "exe.txt" read as "txt.exe", zero-width characters (U+200B, U+2060, U+FEFF)
+    hide inside words and links, and the tag characters (U+E0000 block) carry whole hidden
+    texts. Each becomes its JSON escape (a surrogate pair beyond the BMP), so the literal stays
+    valid JSON and decodes back to the exact text.
+    """
+    import unicodedata
+
+    table = dict(_RAW_LINE_BREAKS)
+    for code in range(0x110000):
+        if unicodedata.category(chr(code)) == "Cf":
+            table[code] = json.dumps(chr(code))[1:-1]
+    return table
+
+
 def _quote(text: str) -> str:
-    """Untrusted text as a JSON string literal that stays on one line.
+    """Untrusted text as a JSON string literal that stays on one line and shows what it holds.
 
     U+0085, U+2028 and U+2029 end a line for `str.splitlines` and many renderers, so they are
     escaped too: peer text must not be able to start a forged transcript line. So are DEL and
-    the C1 controls, which some terminals obey.
+    the C1 controls, which some terminals obey, and the invisible format characters (bidi
+    overrides, zero-width characters: see `_display_escapes`).
     """
-    return json.dumps(text, ensure_ascii=False).translate(_RAW_LINE_BREAKS)
+    return json.dumps(text, ensure_ascii=False).translate(_display_escapes())
 
 
 def _who(member: Member | None) -> str:

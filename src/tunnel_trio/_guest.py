@@ -67,6 +67,9 @@ CLOSE_EXPLANATIONS = {
         "the host is busy: too many connections are being set up at once; try again shortly"
     ),
 }
+#: After a refusal or a close frame (the host's or ours), how long we wait for the host to close
+#: the WebSocket before closing it ourselves (spec section 20: the host closes first).
+HOST_CLOSE_WAIT = 2.0
 #: Room for every say a member may have outstanding (all re-sent at once after a resume)
 #: plus control frames, so a well-behaved member never overflows its own queue.
 OUTBOX_LIMIT = MAX_UNACKED_SAYS * (MAX_TEXT_BYTES + 1024) + 1024 * 1024
@@ -186,12 +189,11 @@ class Guest:
         self._deadline_moved.set()
 
     async def leave(self) -> None:
-        """Leave for good: tell the room, give the close a moment to go out, stop."""
+        """Leave for good: tell the room, then (in `_serve`) wait for it to close, and stop."""
         self._leaving = True
         if self.conn is not None and self._outbox is not None and self.conn.state.value == "open":
             self.conn.leave()
             self.flush()
-            self._outbox.close(1000, "left")
         else:
             # Not connected (dialing, or waiting to reconnect): there is nobody to tell; the
             # room frees the seat when its grace period ends.
@@ -400,6 +402,7 @@ class Guest:
         self._ended = None
         self._close_code = None
         self._writer_done = trio.Event()
+        socket_closed = False
         try:
             async with trio.open_nursery() as nursery:
                 self._serve_scope = nursery.cancel_scope
@@ -416,6 +419,7 @@ class Guest:
                             # Ours when we closed first; 1006 when no close frame came.
                             if exc.code != CLOSE_ABNORMAL:
                                 self._close_code = exc.code
+                            socket_closed = True
                             conn.connection_lost(trio.current_time())
                             self._drain(conn)
                             break
@@ -429,7 +433,17 @@ class Guest:
                             self.flush()
                 finally:
                     ended = self._ended
-                    if ended is not None and not ended.resumable and not outbox.closing:
+                    if ended is not None and not ended.resumable and not socket_closed:
+                        # Refused, closed by the host, or we left: the host closes the socket
+                        # next (spec section 20). Wait for that, so the close code is the
+                        # host's; close first only if it does not come.
+                        socket_closed = await self._host_closes(ws)
+                    if (
+                        ended is not None
+                        and not ended.resumable
+                        and not socket_closed
+                        and not outbox.closing
+                    ):
                         outbox.close(1000, ended.reason)
                     if outbox.closing:
                         # Let the writer put the goodbye on the wire, briefly.
@@ -440,6 +454,18 @@ class Guest:
             with trio.CancelScope(shield=True):
                 await ws.aclose()
         return self._ended
+
+    @staticmethod
+    async def _host_closes(ws: WebSocket) -> bool:
+        """Read (and ignore) until the host closes the WebSocket; False if it has not within
+        HOST_CLOSE_WAIT."""
+        with trio.move_on_after(HOST_CLOSE_WAIT):
+            try:
+                while True:
+                    await ws.receive()
+            except WebSocketClosed:
+                return True
+        return False
 
     def _drain(self, conn: MemberConnection) -> None:
         while (event := conn.next_event()) is not None:

@@ -26,6 +26,7 @@ from ._names import MAX_NAME_CHARS, sanitize_name
 from ._phrase import derive_phrase
 from ._removal import MAX_REASON_CHARS
 from ._room import (
+    CLOSE_FLOODING,
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_KEEPALIVE_TIMEOUT,
     CLOSE_LEFT,
@@ -46,6 +47,7 @@ from ._room import (
 from ._state import ConnState, MemberState
 
 __all__ = [
+    "CLOSE_FLOODING",
     "CLOSE_HANDSHAKE_TIMEOUT",
     "CLOSE_KEEPALIVE_TIMEOUT",
     "CLOSE_LEFT",

@@ -20,7 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _frames as f
-from ._channel import MAX_FRAME, MSG2_NOISE, MSG2_PLAIN_REFUSE, Channel, new_handshake
+from ._channel import (
+    MAX_FRAME,
+    MSG2_NOISE,
+    MSG2_PLAIN_REFUSE,
+    Channel,
+    Message,
+    message_bytes,
+    new_handshake,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     ChatMessage,
@@ -33,7 +41,7 @@ from ._events import (
     TunnelEvent,
     Welcomed,
 )
-from ._link import JoinLink, ticket_id
+from ._link import JoinLink, ticket_id, ticket_psk
 from ._names import one_line
 from ._noise import NoiseError
 from ._phrase import derive_phrase
@@ -121,8 +129,13 @@ class MemberConnection:
         self._last_rx = now
         self._ping_outstanding = False
 
-        psk = resume.ticket if resume else link.secret
-        key_id = ticket_id(psk, link.tunnel_id) if resume else link.invite_id
+        # The secret (link or ticket) is never the key itself: the key id and the PSK are each
+        # derived from it under their own label (spec section 4).
+        if resume is not None:
+            key_id = ticket_id(resume.ticket, link.tunnel_id)
+            psk = ticket_psk(resume.ticket, link.tunnel_id)
+        else:
+            key_id, psk = link.invite_id, link.psk
         self._hs = new_handshake(initiator=True, tunnel_id=link.tunnel_id, psk=psk, rng=rng)
         hello = f.Hello(
             v=f.PROTOCOL_VERSION,
@@ -197,9 +210,10 @@ class MemberConnection:
             self._end("connection-lost", message, resumable=True)
             self.state = MemberState.ERROR
 
-    def receive_data(self, data: bytes, now: float) -> None:
-        """One transport message. Raises RemoteProtocolError (and the connection is dead) if the
-        room broke the protocol; never anything else for any input."""
+    def receive_data(self, data: Message, now: float) -> None:
+        """One transport message (any bytes-like object). Raises RemoteProtocolError (and the
+        connection is dead) if the room broke the protocol; never anything else for any input."""
+        data = message_bytes(data)
         if self.state not in (MemberState.HANDSHAKE, MemberState.OPEN):
             return
         self._last_rx = now
@@ -374,6 +388,8 @@ class MemberConnection:
                 message = removed_message(frame.summary)
             else:
                 message = f"the host ended the connection: {reason}"
+                if self._host_error is not None:  # e.g. flooding: the error said why
+                    message += f" ({self._host_error})"
             self._end(reason, message, resumable=False, summary=frame.summary)
         # Pong: receiving it refreshed _last_rx; nothing else to do.
 

@@ -784,8 +784,12 @@ async def test_a_member_flooding_says_is_rate_limited_and_others_are_not(start_p
 async def test_a_member_flooding_says_without_reading_is_cut_off(start_pair, caplog):
     # Refusals (rate-limited errors) are control frames: no window paces them. A member that
     # floods says and never reads the refusals makes its outbound queue grow up to the relay's
-    # bound, where the relay cuts it off instead of buffering more.
-    pair = await start_pair(invites=2, window=16 * 1024)
+    # bound, where the relay cuts it off instead of buffering more. (The room's inbound budget
+    # would cut this flood first, after 1024 frames: it is lifted here to test the relay's own
+    # bound, the last line of defence; test_flooding.py has the budget over real sockets.)
+    pair = await start_pair(
+        invites=2, window=16 * 1024, inbound_frame_burst=10**9, inbound_frames_per_sec=1e9
+    )
     host = pair.host
     ws, conn = await _raw_member(host.initial_invites[1].join_link, "mallory")
     ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

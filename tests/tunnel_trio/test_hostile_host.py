@@ -47,7 +47,7 @@ from tunnel_trio.session_types import (
 from tunnelproto import MAX_FRAME, MAX_PLAINTEXT, MAX_UNACKED_SAYS, JoinLink, _codec
 from tunnelproto import _frames as f
 from tunnelproto._channel import MSG2_NOISE, MSG2_PLAIN_REFUSE, Channel, new_handshake, split_msg1
-from tunnelproto._link import b64url, invite_id, ticket_id
+from tunnelproto._link import b64url, invite_id, invite_psk, ticket_id, ticket_psk
 from tunnelproto._noise import HandshakeState
 
 # Guards against hangs only: no test waits this long when the member behaves.
@@ -144,9 +144,9 @@ class FakeHost:
         try:
             version, key_id, noise = split_msg1(await ws.receive())
             assert version == f.PROTOCOL_VERSION
-            keys = {
-                invite_id(self.secret, self.tunnel_id): self.secret,
-                ticket_id(self.ticket, self.tunnel_id): self.ticket,
+            keys = {  # key id -> PSK
+                invite_id(self.secret, self.tunnel_id): invite_psk(self.secret, self.tunnel_id),
+                ticket_id(self.ticket, self.tunnel_id): ticket_psk(self.ticket, self.tunnel_id),
             }
             if key_id not in keys:
                 refuse = f.Refuse(code="unknown-invite", msg="no such invite")
@@ -157,7 +157,7 @@ class FakeHost:
             )
             hello = f.decode_frame(hs.read_message(noise))
             assert isinstance(hello, f.Hello)
-            conn = HostConn(self, ws, hs, hello, resumed=keys[key_id] == self.ticket)
+            conn = HostConn(self, ws, hs, hello, resumed=key_id == ticket_id(self.ticket, self.tunnel_id))
             index = len(self.conns)
             self.conns.append(conn)
             script = self.scripts[index] if index < len(self.scripts) else self.then
@@ -776,7 +776,8 @@ async def test_hostile_but_valid_content_is_kept_as_data(fake: Any, nursery: tri
             conn.event("joined", member=5, name=FORGERIES[0] * 500),
             conn.event("left", member=U64, name=FORGERIES[3], summary=FORGERIES[1]),
             conn.event("closed", summary=FORGERIES[0] * 1000),  # an event, not the end
-            conn.event("reconnected"),
+            # (Which fields each kind must carry is the decoder's rule: spec section 9.)
+            conn.event("reconnected", member=U64, name=FORGERIES[2]),
         ]
         await conn.send(*frames)
         await jump.wait()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from harness import START, Net, Peer, seal_as_member
+from harness import BASE_URL, START, Net, Peer, seal_as_member
 
 from tunnelproto import (
     CLOSE_REFUSED,
@@ -19,6 +19,7 @@ from tunnelproto import (
     MemberConnection,
     MemberEntry,
     Refused,
+    RemoteProtocolError,
     Room,
     RoomConfig,
     RoomEvent,
@@ -248,7 +249,7 @@ def test_unknown_invite_gets_a_plaintext_refusal() -> None:
     net = Net()
     stranger = Room("other", "h", START, tunnel_id=net.room.tunnel_id)
     (foreign,) = stranger.mint_invites(1, START)
-    peer = net.join("eve", net.link(foreign))
+    peer = net.join("eve", foreign.link(BASE_URL, stranger.tunnel_id))
     (refused,) = [e for e in peer.events if isinstance(e, Refused)]
     assert refused.code == "unknown-invite"
     assert "fresh link" in refused.message
@@ -551,3 +552,44 @@ def test_capacity_is_capped_so_a_full_roster_fits_one_frame() -> None:
         len(Roster(members=roster).encode()) + len(("\U0001f600" * MAX_GOAL_CHARS).encode())
         < MAX_PLAINTEXT
     )
+
+
+# ---------------------------------------------------------------------------------- input types
+
+
+def test_transport_messages_may_be_any_bytes_like_object() -> None:
+    # Drivers get bytearray or memoryview from their sockets as often as bytes: a peer's
+    # message must not fail on its container (before, Room.receive raised TypeError).
+    room = Room("goal", "host", START)
+    (invite,) = room.mint_invites(1, START)
+    mc = MemberConnection(invite.link(BASE_URL, room.tunnel_id), "ana", START)
+    conn = room.open_connection(START)
+    assert conn is not None
+    wrappers = (bytearray, memoryview, lambda b: memoryview(bytearray(b)))
+
+    def exchange() -> None:
+        for i, data in enumerate(mc.data_to_send()):
+            room.receive(conn, wrappers[i % 3](data), START)
+        for i, out in enumerate(room.data_to_send()):
+            assert isinstance(out, Send)
+            mc.receive_data(wrappers[i % 3](out.data), START)
+
+    exchange()  # message 1 -> message 2
+    exchange()  # confirming ack -> history and roster
+    ref = mc.say("hello")
+    exchange()
+    exchange()
+    events = list(iter(mc.next_event, None))
+    assert isinstance(events[0], Welcomed)
+    assert SayAccepted(ref, 2) in events
+    # Garbage in a bytearray is still only the peer's fault: the room drops the connection.
+    room.receive(conn, bytearray(b"\x00" * 40), START)
+    assert any(isinstance(o, Disconnect) for o in room.data_to_send())
+    with pytest.raises(RemoteProtocolError):
+        mc.receive_data(bytearray(b"\x00" * 40), START)
+    # Something that is not bytes at all is the driver's bug.
+    room2 = Room("goal", "host", START)
+    conn2 = room2.open_connection(START)
+    assert conn2 is not None
+    with pytest.raises(LocalProtocolError):
+        room2.receive(conn2, "text", START)  # type: ignore[arg-type]
