@@ -39,6 +39,7 @@ from tunnelproto import (
     RemoteProtocolError,
     Room,
     Send,
+    TunnelEvent,
     _codec,
 )
 from tunnelproto import _frames as f
@@ -46,12 +47,17 @@ from tunnelproto._channel import MSG2_NOISE, MSG2_PLAIN_REFUSE, PROLOGUE_LABEL, 
 from tunnelproto._link import (
     ID_LEN,
     INVITE_ID_LABEL,
+    INVITE_PSK_LABEL,
+    PSK_LEN,
     TICKET_ID_LABEL,
+    TICKET_PSK_LABEL,
     b64url,
     invite_id,
+    invite_psk,
     ticket_id,
+    ticket_psk,
 )
-from tunnelproto._noise import PROTOCOL_NAME, CipherState, HandshakeState
+from tunnelproto._noise import PROTOCOL_NAME, CipherState, HandshakeState, SymmetricState
 from tunnelproto._phrase import (
     PHRASE_LABEL,
     PHRASE_WORDS,
@@ -66,8 +72,10 @@ VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
 FORMAT = 1
 
 NOTATION = (
-    'A CBOR byte string is written {"$hex": "<lowercase hex>"}; any other CBOR value is the '
-    "obvious JSON value. Every *_hex / hex field is lowercase hex of the exact bytes."
+    'A CBOR byte string is written {"$hex": "<lowercase hex>"}; an integer beyond 2^53 - 1 in '
+    'absolute value is written {"$int": "<decimal>"} (many JSON parsers, JavaScript\'s among '
+    "them, silently round larger numbers); any other CBOR value is the obvious JSON value. "
+    "Every *_hex / hex field is lowercase hex of the exact bytes."
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -85,8 +93,38 @@ RNG_DOC = (
     "Each named stream is the concatenation of blocks B_j = BLAKE2b(key=seed, "
     "data=uint64_be(j), digest_size=64) for j = 0, 1, 2, ...; a call rng(n) returns the next n "
     "unused bytes of its stream. The seeds are the ASCII strings listed under 'seeds'. Every "
-    "call is also listed with its bytes, so a replay needs no BLAKE2b at all."
+    "call is also listed with its bytes, so a replay needs no BLAKE2b at all. Each call is "
+    "tagged: 'role' (who drew it: host, member, generator), 'actor' (which member connection, "
+    "or null), 'purpose' (one of PURPOSES); 'used_for' is the same in prose."
 )
+
+#: What a recorded random draw is for (the `purpose` field of an rng call).
+PURPOSES = {
+    "tunnel-id": "the 12 bytes whose base64url is the tunnel id (host)",
+    "invite-secret": "the 32-byte secret of an invite: the link's #fragment (host)",
+    "ticket-secret": "the 32-byte resume ticket secret sent in a welcome (host)",
+    "noise-ephemeral": (
+        "a 32-byte Noise ephemeral private key: the member's is the initiator's e, the host's "
+        "the responder's"
+    ),
+    "link-secret": "a secret for an example link (generator only, not drawn by the core)",
+    "tunnel-id-example": "a tunnel id for an example (generator only, not drawn by the core)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One expected rng call: its size and what it is for."""
+
+    n: int
+    purpose: str
+    role: str  # host | member | generator
+    used_for: str
+    actor: str | None = None
+
+    def __post_init__(self) -> None:
+        assert self.purpose in PURPOSES, self.purpose
+        assert self.role in ("host", "member", "generator"), self.role
 
 
 class StreamRng:
@@ -103,7 +141,7 @@ class StreamRng:
         self._block = 0
         self.offset = 0
         self.calls: list[dict[str, Any]] = []
-        self._expected: list[tuple[int, str]] = []
+        self._expected: list[Draw] = []
 
     def _more(self) -> None:
         self._buffer += hashlib.blake2b(
@@ -114,9 +152,11 @@ class StreamRng:
     def __call__(self, n: int) -> bytes:
         if not self._expected:
             raise AssertionError(f"unexpected rng({n}) call on stream {self.name!r}")
-        want, purpose = self._expected.pop(0)
-        if want != n:
-            raise AssertionError(f"stream {self.name!r}: expected rng({want}) for {purpose}, got rng({n})")
+        draw = self._expected.pop(0)
+        if draw.n != n:
+            raise AssertionError(
+                f"stream {self.name!r}: expected rng({draw.n}) for {draw.used_for}, got rng({n})"
+            )
         while len(self._buffer) < n:
             self._more()
         out, self._buffer = self._buffer[:n], self._buffer[n:]
@@ -127,22 +167,25 @@ class StreamRng:
                 "offset": self.offset,
                 "n": n,
                 "hex": out.hex(),
-                "used_for": purpose,
+                "role": draw.role,
+                "actor": draw.actor,
+                "purpose": draw.purpose,
+                "used_for": draw.used_for,
             }
         )
         self.offset += n
         return out
 
     @contextmanager
-    def expecting(self, *calls: tuple[int, str]) -> Iterator[None]:
+    def expecting(self, *calls: Draw) -> Iterator[None]:
         self._expected = list(calls)
         yield
         if self._expected:
             raise AssertionError(f"stream {self.name!r}: calls not made: {self._expected}")
 
-    def take(self, n: int, purpose: str) -> bytes:
+    def take(self, n: int, purpose: str, used_for: str) -> bytes:
         """Draw bytes for the generator itself (e.g. secrets for link vectors)."""
-        with self.expecting((n, purpose)):
+        with self.expecting(Draw(n, purpose, "generator", used_for)):
             return self(n)
 
 
@@ -151,9 +194,15 @@ class StreamRng:
 # ---------------------------------------------------------------------------------------------
 
 
+#: The largest integer every JSON parser reads exactly (JavaScript's Number.MAX_SAFE_INTEGER).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
 def to_json(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$hex": value.hex()}
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+        return {"$int": str(value)}
     if isinstance(value, f.FileEntry):
         return to_json(value.to_value())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -169,15 +218,9 @@ def frame_json(frame: f.Frame) -> Any:
     return to_json(frame.to_value())
 
 
-#: Event fields the handshake files leave out: the phrase has its own file (phrase.json).
-OMITTED_EVENT_FIELDS = {"phrase"}
-
-
 def event_json(event: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"event": type(event).__name__}
     for fld in dataclasses.fields(event):
-        if fld.name in OMITTED_EVENT_FIELDS:
-            continue
         item = getattr(event, fld.name)
         if isinstance(item, tuple) and item and isinstance(item[0], MemberEntry):
             item = [m.to_value() for m in item]
@@ -196,9 +239,9 @@ def dump(obj: Any) -> str:
 
 def build_links() -> dict[str, Any]:
     rng = StreamRng("links", SEEDS["links"])
-    tid = b64url(rng.take(12, "tunnel id of the valid links (12 bytes, base64url)"))
-    tid2 = b64url(rng.take(12, "tunnel id of the key-id example (12 bytes, base64url)"))
-    secrets = [rng.take(32, f"secret of valid link {i}") for i in range(7)]
+    tid = b64url(rng.take(12, "tunnel-id-example", "tunnel id of the valid links (base64url)"))
+    tid2 = b64url(rng.take(12, "tunnel-id-example", "tunnel id of the key-id example"))
+    secrets = [rng.take(32, "link-secret", f"secret of valid link {i}") for i in range(7)]
     s = b64url(secrets[0])
 
     raw_valid = [
@@ -228,6 +271,7 @@ def build_links() -> dict[str, Any]:
                 "tunnel_id": link.tunnel_id,
                 "secret_hex": link.secret.hex(),
                 "invite_id_hex": link.invite_id.hex(),
+                "invite_psk_hex": link.psk.hex(),
                 "websocket_url": link.websocket_url,
                 "canonical": str(link),
             }
@@ -275,22 +319,33 @@ def build_links() -> dict[str, Any]:
     key_secret = secrets[0]
     key_ids = {
         "construction": (
-            "id = BLAKE2b(data = label || ASCII(tunnel_id), key = secret (32 bytes), "
-            "digest_size = 16); digest_size is the BLAKE2b output-length parameter, not a "
-            "truncation of a 64-byte digest"
+            "id = BLAKE2b(data = id label || ASCII(tunnel_id), key = secret (32 bytes), "
+            "digest_size = 16); psk = BLAKE2b(data = psk label || ASCII(tunnel_id), key = "
+            "secret, digest_size = 32). digest_size is the BLAKE2b output-length parameter, not "
+            "a truncation of a 64-byte digest. The secret itself is never a key."
         ),
         "invite_label_ascii": INVITE_ID_LABEL.decode(),
         "invite_label_hex": INVITE_ID_LABEL.hex(),
         "ticket_label_ascii": TICKET_ID_LABEL.decode(),
         "ticket_label_hex": TICKET_ID_LABEL.hex(),
+        "invite_psk_label_ascii": INVITE_PSK_LABEL.decode(),
+        "invite_psk_label_hex": INVITE_PSK_LABEL.hex(),
+        "ticket_psk_label_ascii": TICKET_PSK_LABEL.decode(),
+        "ticket_psk_label_hex": TICKET_PSK_LABEL.hex(),
+        "id_len": ID_LEN,
+        "psk_len": PSK_LEN,
         "examples": [
             {
                 "tunnel_id": t,
                 "secret_hex": key_secret.hex(),
                 "invite_id_input_hex": (INVITE_ID_LABEL + t.encode()).hex(),
                 "invite_id_hex": invite_id(key_secret, t).hex(),
+                "invite_psk_input_hex": (INVITE_PSK_LABEL + t.encode()).hex(),
+                "invite_psk_hex": invite_psk(key_secret, t).hex(),
                 "ticket_id_input_hex": (TICKET_ID_LABEL + t.encode()).hex(),
                 "ticket_id_hex": ticket_id(key_secret, t).hex(),
+                "ticket_psk_input_hex": (TICKET_PSK_LABEL + t.encode()).hex(),
+                "ticket_psk_hex": ticket_psk(key_secret, t).hex(),
             }
             for t in (tid, tid2)
         ],
@@ -426,6 +481,12 @@ def _file_frame_examples() -> list[tuple[str, str, f.Frame]]:
     ]
 
 
+#: Distinct short unknown keys (one or two characters, none a frame field), for the MAX_ITEMS
+#: examples.
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_SHORT_KEYS = [a + b for a in _ALPHABET for b in _ALPHABET if a + b not in ("ts",)]
+
+
 def _accepted_examples() -> list[tuple[str, bytes, f.Frame]]:
     """Encodings that are not what an encoder writes but that a decoder must accept."""
     enc = _codec.encode
@@ -435,6 +496,15 @@ def _accepted_examples() -> list[tuple[str, bytes, f.Frame]]:
          enc({"t": "close", "reason": "left", "summary": None}), f.Close(reason="left")),
         ("hello without caps means no capabilities",
          enc({"t": "hello", "v": 1, "name": "ana", "sw": "x"}), f.Hello(v=1, name="ana", sw="x")),
+        ("an event field its kind does not carry is ignored (here `first` on joined)",
+         enc({"t": "event", "kind": "joined", "seq": 2, "ts": _TS, "member": 2, "name": "ana",
+              "first": 1}),
+         f.Event(kind="joined", seq=2, ts=_TS, member=2, name="ana")),
+        ("a map of exactly MAX_ITEMS (4096) pairs: MAX_ITEMS counts key/value pairs",
+         enc({"t": "ack", "seq": 3, **dict.fromkeys(_SHORT_KEYS[: _codec.MAX_ITEMS - 2], 0)}),
+         f.Ack(seq=3)),
+        ("an array of exactly MAX_ITEMS (4096) items",
+         enc({"t": "ack", "seq": 3, "x": [0] * _codec.MAX_ITEMS}), f.Ack(seq=3)),
     ]
 
 
@@ -469,6 +539,21 @@ def _invalid_examples() -> list[tuple[str, bytes]]:
         ("undefined simple value", bytes.fromhex("a2") + enc("t") + enc("ack") + enc("seq") + b"\xf7"),
         ("invalid UTF-8 in text", bytes.fromhex("a1") + enc("t") + bytes.fromhex("62c328")),
         ("nesting deeper than 4 levels", enc({"t": "ack", "seq": 1, "x": [[[[1]]]]})),
+        ("say.ref 0 (refs start at 1)", enc({"t": "say", "ref": 0, "text": "hi"})),
+        ("event joined without member",
+         enc({"t": "event", "kind": "joined", "seq": 2, "ts": _TS, "name": "ana"})),
+        ("event left without name",
+         enc({"t": "event", "kind": "left", "seq": 2, "ts": _TS, "member": 2})),
+        ("event history-truncated without first",
+         enc({"t": "event", "kind": "history-truncated", "seq": 0, "ts": _TS})),
+        ("event history-truncated with a seq other than 0",
+         enc({"t": "event", "kind": "history-truncated", "seq": 7, "ts": _TS, "first": 9})),
+        ("event joined with seq 0 (only history-truncated has seq 0)",
+         enc({"t": "event", "kind": "joined", "seq": 0, "ts": _TS, "member": 2, "name": "a"})),
+        ("a map of MAX_ITEMS + 1 (4097) pairs",
+         enc({"t": "ack", "seq": 3, **dict.fromkeys(_SHORT_KEYS[: _codec.MAX_ITEMS - 1], 0)})),
+        ("an array of MAX_ITEMS + 1 (4097) items",
+         enc({"t": "ack", "seq": 3, "x": [0] * (_codec.MAX_ITEMS + 1)})),
     ]
 
 
@@ -594,7 +679,7 @@ class Scenario:
     # -- running steps ---------------------------------------------------------------------
 
     def step(self, t: float, do: str, args: dict[str, Any],
-             rng: dict[str, list[tuple[int, str]]] | None = None,
+             rng: dict[str, list[Draw]] | None = None,
              note: str = "") -> dict[str, Any]:
         rng = rng or {}
         before = {name: len(s.calls) for name, s in self.rngs.items()}
@@ -629,7 +714,7 @@ class Scenario:
         return record
 
     @contextmanager
-    def _expect(self, rng: dict[str, list[tuple[int, str]]]) -> Iterator[None]:
+    def _expect(self, rng: dict[str, list[Draw]]) -> Iterator[None]:
         managers = [self.rngs[name].expecting(*calls) for name, calls in rng.items()]
         for m in managers:
             m.__enter__()
@@ -671,12 +756,16 @@ class Scenario:
             assert conn is not None
             self.members[actor] = member
             self.actor_of_conn[conn] = actor
-            psk = resume.ticket if resume else link.secret
+            # The PSK is derived from the secret (spec section 4), never the secret itself.
+            psk = ticket_psk(resume.ticket, link.tunnel_id) if resume else link.psk
             self.conns[actor] = _ConnInfo(actor, conn, psk, "ticket id" if resume else "invite id",
                                           e_member)
             return {"conn": conn}
         if do == "member.say":
             return {"ref": self.members[args["actor"]].say(args["text"])}
+        if do == "member.leave":
+            self.members[args["actor"]].leave()
+            return None
         if do == "deliver":
             for i in args["wire"]:
                 msg = self.wire[i]
@@ -787,10 +876,106 @@ class Scenario:
 
     def deliver_msg1(self, t: float, actor: str, wire: int, *, ticket: bool, note: str) -> dict[str, Any]:
         """Deliver handshake message 1: the room draws its ephemeral, and a ticket if it admits."""
-        calls = [(32, f"{actor}: host's Noise ephemeral private key (responder e)")]
+        calls = [Draw(32, "noise-ephemeral", "host", "host's Noise ephemeral private key "
+                      "(responder e)", actor)]
         if ticket:
-            calls.append((32, f"{actor}: resume ticket secret sent in the welcome"))
+            calls.append(Draw(32, "ticket-secret", "host", "resume ticket secret sent in the "
+                              "welcome", actor))
         return self.step(t, "deliver", {"wire": [wire]}, rng={"room": calls}, note=note)
+
+
+def _member_e(actor: str) -> Draw:
+    return Draw(32, "noise-ephemeral", "member", "member's Noise ephemeral private key "
+                "(initiator e)", actor)
+
+
+#: How to replay `steps` (spec section 22 says the same).
+CONVENTIONS = {
+    "steps": (
+        "Run the steps in order. Each is one call at time t (seconds on the host's monotonic "
+        "clock; wall-clock ms = (t + epoch_offset) * 1000, floored). After the call, drain the "
+        "host's output once (every Send and disconnect, in order), then each member's output "
+        "once, members in the order they were created: that is `emits`, host first. Then "
+        "collect each member's events: that is `events`."
+    ),
+    "acks": (
+        "A member acks when its output is drained, never while it receives: if the highest "
+        "seq it holds is above the last seq it acked, it appends one ack{seq: that seq} after "
+        "whatever else it queued since the last drain. A step that delivers several entries "
+        "therefore yields one ack, for the last of them. The key-confirmation ack is queued "
+        "when the welcome is read, before any re-sent say."
+    ),
+    "deliver": (
+        "`deliver` hands earlier wire messages, in the listed order, to their receivers: "
+        "member->host via the host's receive(conn, bytes, t); host->member via the member's "
+        "receive(bytes, t). `disconnect` entries are never delivered (they are the host "
+        "closing the WebSocket)."
+    ),
+    "messages": (
+        "Event fields named `message` are the reference implementation's wording, shown to "
+        "users: informative, not part of the protocol. Every other field is normative."
+    ),
+}
+
+STEP_VOCABULARY = {
+    "room.create": "args goal, host_name, epoch_offset; result tunnel_id. Draws the tunnel id.",
+    "host.say": "args text; result seq. The host member's own chat message (ref 0).",
+    "host.mint_invites": "args count, base_url; result links. Draws one invite secret each.",
+    "member.connect": (
+        "args actor (a name for this member connection), name, link, rng (the stream its "
+        "ephemeral comes from), resume_from (optional: the actor whose resume state this "
+        "connection uses), caps (optional: the capabilities its hello announces, e.g. "
+        "[\"files/1\"]; none if absent); result conn (the host's id for the new WebSocket). "
+        "Creates the member connection (which queues message 1) and opens the host's connection."
+    ),
+    "member.say": "args actor, text; result ref.",
+    "member.leave": "args actor. The member leaves for good (queues close{reason: left}).",
+    "deliver": "args wire: indices into `wire`, delivered in order (see conventions).",
+    "drop": (
+        "args actor. The WebSocket dies under both sides: the host's connection_lost(conn, t) "
+        "and the member's connection_lost(t)."
+    ),
+    # Files (files.json): the calls of the drivers' files API (spec section 26).
+    "member.share": (
+        "args actor, name, note (optional), files_cbor (each file entry's CBOR, hex); result "
+        "ref. Queues the share frame (and any manifest pages)."
+    ),
+    "member.unshare": "args actor, offer. Queues unshare{offer}.",
+    "member.fetch": (
+        "args actor, offer, file, at, credit; result transfer (the member's id x for it). "
+        "Queues fetch."
+    ),
+    "member.grant": (
+        "args actor, transfer, n: the driver wrote n more bytes. The credit is queued at the "
+        "next drain (credits granted between two drains add up)."
+    ),
+    "member.provide_chunk": (
+        "args actor, transfer, offset, data_hex: the driver's answer to a ReadRequest; result "
+        "accepted. Nothing is sealed until member.pull_bulk."
+    ),
+    "member.pull_bulk": (
+        "args actor, max_bytes: the member's outbound queue is low; result sealed (bytes of "
+        "chunk messages sealed now, at least one frame when any waits)."
+    ),
+    "host.pull_bulk": (
+        "args actor (whose connection), max_bytes: that connection's outbound queue is low; "
+        "result sealed. The chunks the host holds for it are sealed now."
+    ),
+}
+
+#: Every event class (in definition order): the same names serve every scenario.
+EVENT_CLASSES = tuple(TunnelEvent.__subclasses__())
+
+
+def vocabulary() -> dict[str, Any]:
+    """The names used in `steps`: step kinds and events (the members', and the host's own in
+    files.json's `host_events`) with their fields."""
+    return {
+        "steps": STEP_VOCABULARY,
+        "events": {
+            cls.__name__: [fld.name for fld in dataclasses.fields(cls)] for cls in EVENT_CLASSES
+        },
+    }
 
 
 def run_files_step(room: Room, members: dict[str, MemberConnection], conns: dict[str, Any],
@@ -826,18 +1011,20 @@ def run_scenario() -> tuple[Scenario, int]:
     sc = Scenario()
     t = T0
     sc.step(t, "room.create", {"goal": GOAL, "host_name": "bo", "epoch_offset": EPOCH_OFFSET},
-            rng={"room": [(12, "tunnel id (12 bytes; base64url of them is the tunnel id)")]},
+            rng={"room": [Draw(12, "tunnel-id", "host", "tunnel id (12 bytes; base64url of them "
+                               "is the tunnel id)")]},
             note="The host opens a room. Its own member ('bo') is member id 1.")
     sc.step(t + 1, "host.say", {"text": "Hi! The draft is in the goal; say what you would change."},
             note="Seq 1, before anyone joined: the member will get it as history.")
     rec = sc.step(t + 2, "host.mint_invites", {"count": 1, "base_url": BASE_URL},
-                  rng={"room": [(32, "invite secret (the link's #fragment)")]})
+                  rng={"room": [Draw(32, "invite-secret", "host",
+                                     "invite secret (the link's #fragment)")]})
     link = rec["result"]["links"][0]
 
     # --- join ---
     rec = sc.step(t + 10, "member.connect",
                   {"actor": "ana/1", "name": "ana", "link": link, "rng": "member"},
-                  rng={"member": [(32, "ana/1: member's Noise ephemeral private key (initiator e)")]},
+                  rng={"member": [_member_e("ana/1")]},
                   note="The member dials the WebSocket URL; the host's driver calls open_connection.")
     (msg1,) = rec["emits"]
     rec = sc.deliver_msg1(t + 10, "ana/1", msg1, ticket=True,
@@ -864,7 +1051,7 @@ def run_scenario() -> tuple[Scenario, int]:
     # --- refused stranger: the invite is single-use ---
     rec = sc.step(t + 13, "member.connect",
                   {"actor": "eve", "name": "eve", "link": link, "rng": "probe"},
-                  rng={"probe": [(32, "eve: member's Noise ephemeral private key")]},
+                  rng={"probe": [_member_e("eve")]},
                   note="Someone else uses the same (already used) link.")
     sc.deliver_msg1(t + 13, "eve", rec["emits"][0], ticket=False,
                     note="The room still holds the used invite's key, so it refuses inside Noise "
@@ -887,7 +1074,7 @@ def run_scenario() -> tuple[Scenario, int]:
     rec = sc.step(t + 30, "member.connect",
                   {"actor": "ana/2", "name": "ana", "link": link, "rng": "member",
                    "resume_from": "ana/1"},
-                  rng={"member": [(32, "ana/2: member's Noise ephemeral private key (initiator e)")]},
+                  rng={"member": [_member_e("ana/2")]},
                   note="A new connection with the resume state of ana/1: key id = ticket id, "
                        "psk = ticket secret, hello.last = 3.")
     rec = sc.deliver_msg1(t + 30, "ana/2", rec["emits"][0], ticket=True,
@@ -904,12 +1091,27 @@ def run_scenario() -> tuple[Scenario, int]:
     rec = sc.step(t + 32, "member.connect",
                   {"actor": "ana/old-ticket", "name": "ana", "link": link, "rng": "probe",
                    "resume_from": "ana/1"},
-                  rng={"probe": [(32, "ana/old-ticket: member's Noise ephemeral private key")]},
+                  rng={"probe": [_member_e("ana/old-ticket")]},
                   note="Replaying the resume with ana/1's ticket, which died at the resume.")
     rec = sc.step(t + 32, "deliver", {"wire": rec["emits"]},
                   note="The room holds no key for that id: the refusal can only be plaintext "
                        "(type byte 0x01).")
-    sc.step(t + 32.25, "deliver", {"wire": [rec["emits"][0]]})
+    sc.step(t + 32.25, "deliver", {"wire": [rec["emits"][0]]},
+            note="A plaintext refusal of a resume: that ticket is dead, so the attempt ends "
+                 "for good (Refused, then ConnectionEnded not resumable); section 14.")
+
+    # --- leaving ---
+    rec = sc.step(t + 40, "member.leave", {"actor": "ana/2"},
+                  note="The member leaves: it queues close{reason: left} and is CLOSED at once "
+                       "(ConnectionEnded 'left', not resumable). It sends nothing more.")
+    rec = sc.step(t + 40.25, "deliver", {"wire": rec["emits"]},
+                  note="The room answers close{reason: left}, then closes the WebSocket with "
+                       "1000 (the disconnect entry), and appends 'left' (seq 8) for the others.")
+    answer = [w for w in rec["emits"] if sc.wire[w]["kind"] != "disconnect"]
+    sc.step(t + 40.5, "deliver", {"wire": answer},
+            note="The answer reaches a member that is already CLOSED: it is not even decrypted; "
+                 "no event, nothing sent. The member learns the end from the host's WebSocket "
+                 "close (1000), which it waits for (section 20).")
     return sc, resume_start
 
 
@@ -947,6 +1149,8 @@ def build_handshakes() -> tuple[dict[str, Any], dict[str, Any]]:
                 "ASCII(tunnel_id)"
             ),
             **extra,
+            "conventions": CONVENTIONS,
+            "vocabulary": vocabulary(),
             "rng": {
                 "doc": RNG_DOC,
                 "seeds": {k: v.decode() for k, v in SEEDS.items() if k != "links"},
@@ -967,6 +1171,7 @@ def build_handshakes() -> tuple[dict[str, Any], dict[str, Any]]:
             "link": link,
             "invite_secret_hex": parsed.secret.hex(),
             "invite_id_hex": parsed.invite_id.hex(),
+            "invite_psk_hex": parsed.psk.hex(),
         },
     )
     welcome = next(w for w in sc.wire if w["kind"] == "handshake-2" and w["actor"] == "ana/1")
@@ -982,14 +1187,13 @@ def build_handshakes() -> tuple[dict[str, Any], dict[str, Any]]:
             "continues": "handshake-join.json",
             "ticket_secret_hex": ticket.hex(),
             "ticket_id_hex": ticket_id(ticket, tunnel_id).hex(),
+            "ticket_psk_hex": ticket_psk(ticket, tunnel_id).hex(),
             "new_ticket_secret_hex": ticket2.hex(),
             "new_ticket_id_hex": ticket_id(ticket2, tunnel_id).hex(),
+            "new_ticket_psk_hex": ticket_psk(ticket2, tunnel_id).hex(),
         },
     )
     return join, resume
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1052,7 +1256,11 @@ def build_phrase() -> dict[str, Any]:
     join_phrase = derive_phrase(bytes.fromhex(join_hash["handshake_hash"]))
     member_id = sc.members["ana/1"].member_id
     assert member_id is not None
-    assert sc.members["ana/1"].phrase == join_phrase == sc.room.phrase(member_id)
+    # The room's own copy: its `joined` entry for the seat (the scenario ends with a leave).
+    joined = next(
+        e for e in sc.room.entries_since(0) if e.event == "joined" and e.member == member_id
+    )
+    assert sc.members["ana/1"].phrase == join_phrase == joined.phrase
     assert sc.members["ana/2"].phrase == join_phrase
     return {
         "description": (
@@ -1099,6 +1307,113 @@ def build_phrase() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# handshake-low-order.json
+# ---------------------------------------------------------------------------------------------
+
+#: X25519 public keys of small order (RFC 7748 section 6.1 / Noise section 12.1): with any
+#: private key, X25519 outputs 32 zero bytes. Many libraries refuse them (libsodium returns an
+#: error); section 5 of the spec says to use the all-zero output instead.
+LOW_ORDER_POINTS = [
+    ("u = 0", bytes(32)),
+    ("u = 1", bytes([1]) + bytes(31)),
+    ("u of order 8", bytes.fromhex(
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")),
+]
+
+
+def build_low_order() -> dict[str, Any]:
+    """A member that holds the invite secret sends a small-order `e`: the room must answer
+    with a welcome computed with ee = 32 zero bytes, and seat the member at its ack."""
+    rng = StreamRng("room", b"tunnel-mcp/1 test vectors: low-order room")
+    with rng.expecting(Draw(12, "tunnel-id", "host", "tunnel id")):
+        room = Room(GOAL, "bo", T0, rng=rng, epoch_offset=EPOCH_OFFSET)  # see "goal" below
+    invites_draws = [Draw(32, "invite-secret", "host", f"invite secret {i}")
+                     for i in range(len(LOW_ORDER_POINTS))]
+    with rng.expecting(*invites_draws):
+        invites = room.mint_invites(len(LOW_ORDER_POINTS), T0)
+    pro = prologue(room.tunnel_id)
+    cases = []
+    for (what, point), invite in zip(LOW_ORDER_POINTS, invites, strict=True):
+        link = invite.link(BASE_URL, room.tunnel_id)
+        hello = f.Hello(v=1, name="lo", sw="vector-generator/1").encode()
+        # Message 1 needs no private key: NNpsk0's first message is psk, e and the payload.
+        ini = SymmetricState(PROTOCOL_NAME)
+        ini.mix_hash(pro)
+        ini.mix_key_and_hash(link.psk)
+        ini.mix_hash(point)
+        ini.mix_key(point)
+        msg1 = bytes([f.PROTOCOL_VERSION]) + link.invite_id + point + ini.encrypt_and_hash(hello)
+        conn = room.open_connection(T0)
+        assert conn is not None
+        actor = f"low-order/{len(cases) + 1}"
+        with rng.expecting(
+            Draw(32, "noise-ephemeral", "host", "host's Noise ephemeral private key", actor),
+            Draw(32, "ticket-secret", "host", "resume ticket secret sent in the welcome", actor),
+        ):
+            room.receive(conn, msg1, T0)
+        (reply,) = room.data_to_send()
+        assert isinstance(reply, Send) and reply.data[0] == MSG2_NOISE
+        msg2 = reply.data
+        # The member's side: X25519(its private, host e) for a small-order point is zero
+        # whatever the private key, so the sender of such a point can finish the handshake.
+        ini.mix_hash(msg2[1:33])
+        ini.mix_key(msg2[1:33])
+        ini.mix_key(bytes(32))  # ee
+        welcome = ini.decrypt_and_hash(msg2[33:])
+        send, recv = ini.split()
+        handshake_hash = ini.get_handshake_hash()
+        ack = send.encrypt_with_ad(b"", f.Ack(seq=0).encode())
+        room.receive(conn, ack, T0)
+        # (Earlier cases' connections get the new roster and events too: not recorded.)
+        after = [recv.decrypt_with_ad(b"", out.data) for out in room.data_to_send()
+                 if isinstance(out, Send) and out.conn == conn]
+        frames = [frame_json(f.decode_frame(p)) for p in after]
+        assert any(fr.get("kind") == "joined" for fr in frames), frames
+        cases.append({
+            "what": what,
+            "actor": actor,
+            "conn": conn,
+            "invite_secret_hex": link.secret.hex(),
+            "invite_psk_hex": link.psk.hex(),
+            "e_hex": point.hex(),
+            "msg1_hex": msg1.hex(),
+            "hello_hex": hello.hex(),
+            "host_e_private_hex": rng.calls[-2]["hex"],
+            "msg2_hex": msg2.hex(),
+            "ee_output_hex": bytes(32).hex(),
+            "welcome_hex": welcome.hex(),
+            "welcome": frame_json(f.decode_frame(welcome)),
+            "handshake_hash": handshake_hash.hex(),
+            "transport_keys": {"member->host": send._k.hex() if send._k else None,
+                               "host->member": recv._k.hex() if recv._k else None},
+            "ack_hex": ack.hex(),
+            "room_answers_the_ack_with": frames,
+        })
+    return {
+        "description": (
+            "A member that holds an invite secret sends a small-order X25519 public key as its "
+            "ephemeral e. The DH output is then 32 zero bytes: the host uses it (it does not "
+            "reject the handshake), answers with a welcome and seats the member at its "
+            "confirming ack. An implementation whose X25519 function refuses small-order keys "
+            "must catch that and use 32 zero bytes to reproduce msg2, the handshake hash and "
+            "the transport keys."
+        ),
+        "format": FORMAT,
+        "notation": NOTATION,
+        "protocol_name": PROTOCOL_NAME.decode(),
+        "goal": GOAL,
+        "host_name": "bo",
+        "tunnel_id": room.tunnel_id,
+        "prologue_hex": pro.hex(),
+        "epoch_offset": EPOCH_OFFSET,
+        "t": T0,
+        "rng": {"doc": RNG_DOC, "seeds": {"room": "tunnel-mcp/1 test vectors: low-order room"},
+                "calls": rng.calls},
+        "cases": cases,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Files: files.json
 # ---------------------------------------------------------------------------------------------
 
@@ -1125,8 +1440,8 @@ def _chunk_layout() -> list[dict[str, Any]]:
         assert frame == _codec.encode({"t": "chunk", "x": x, "at": at, "data": data})
         assert f.decode_frame(frame) == f.Chunk(x=x, at=at, data=data)
         prefix = frame[: len(frame) - n]
-        cases.append({"x": x, "at": at, "data_len": n, "frame_len": len(frame),
-                      "prefix_hex": prefix.hex()})
+        cases.append(to_json({"x": x, "at": at, "data_len": n, "frame_len": len(frame),
+                              "prefix_hex": prefix.hex()}))
     return cases
 
 
@@ -1147,6 +1462,12 @@ def _files_invalid() -> list[tuple[str, bytes, str]]:
         ("chunk with a negative at", enc({"t": "chunk", "x": 1, "at": -1, "data": b"a"}),
          "malformed"),
         ("credit without n", enc({"t": "credit", "x": 1}), "malformed"),
+        ("event file-offer without summary (all three fields are required)",
+         enc({"t": "event", "kind": "file-offer", "seq": 20, "ts": _TS, "member": 2,
+              "name": "ana"}), "malformed"),
+        ("event file-offer-ended without member",
+         enc({"t": "event", "kind": "file-offer-ended", "seq": 21, "ts": _TS, "name": "ana",
+              "summary": "withdrawn"}), "malformed"),
         ("share whose files is not an array",
          enc({"t": "share", "ref": 1, "name": "n", "count": 1, "total": 1, "files": {}}),
          "malformed"),
@@ -1181,14 +1502,33 @@ def _paging() -> dict[str, Any]:
     }
 
 
+#: How to replay the files scenario: as the handshake one, plus the host's own events.
+FILES_CONVENTIONS = {
+    **CONVENTIONS,
+    "host_events": (
+        "After `emits`, and before the members' events, the host's own file events are "
+        "collected once (room.files.take_events(): ReadRequest for the host's offers, "
+        "ChunkReceived, FetchComplete, FetchAborted for its fetches): that is `host_events`, "
+        "absent from a step that had none."
+    ),
+    "bulk": (
+        "Chunks are sealed only by the pull_bulk steps (each side's driver calls pull_bulk "
+        "when that connection's outbound queue is low): a chunk the host holds for a receiver "
+        "waits, unsealed, behind any chat sealed before it."
+    ),
+}
+
+
 def run_files_scenario() -> Scenario:
     sc = Scenario(FILES_SEEDS)
     t = T0
     sc.step(t, "room.create", {"goal": "Share the failing test's fixtures", "host_name": "bo",
                                "epoch_offset": EPOCH_OFFSET},
-            rng={"room": [(12, "tunnel id")]})
+            rng={"room": [Draw(12, "tunnel-id", "host", "tunnel id (12 bytes; base64url of them "
+                               "is the tunnel id)")]})
     rec = sc.step(t + 1, "host.mint_invites", {"count": 3, "base_url": BASE_URL},
-                  rng={"room": [(32, f"invite secret {i}") for i in range(3)]})
+                  rng={"room": [Draw(32, "invite-secret", "host", f"invite secret {i} (the "
+                                     "link's #fragment)") for i in range(3)]})
     links = rec["result"]["links"]
 
     def settle(t: float, emits: list[int]) -> None:
@@ -1200,7 +1540,7 @@ def run_files_scenario() -> Scenario:
         if caps:
             args["caps"] = caps
         rec = sc.step(t, "member.connect", args,
-                      rng={"member": [(32, f"{actor}: member's Noise ephemeral private key")]})
+                      rng={"member": [_member_e(actor)]})
         rec = sc.deliver_msg1(t, actor, rec["emits"][0], ticket=True,
                               note="" if caps else "No caps in hello: no caps in the welcome.")
         settle(t, rec["emits"])
@@ -1324,6 +1664,8 @@ def build_files() -> dict[str, Any]:
                    "i * 7 mod 256 (2500 bytes).",
             "tunnel_id": sc._tunnel_id(),
             "epoch_offset": EPOCH_OFFSET,
+            "conventions": FILES_CONVENTIONS,
+            "vocabulary": vocabulary(),
             "rng": {"doc": RNG_DOC, "seeds": {k: v.decode() for k, v in FILES_SEEDS.items()},
                     "calls": [c for s in sc.rngs.values() for c in s.calls]},
             "steps": sc.steps,
@@ -1341,6 +1683,7 @@ def build() -> dict[str, str]:
         "handshake-join.json": dump(join),
         "handshake-resume.json": dump(resume),
         "phrase.json": dump(build_phrase()),
+        "handshake-low-order.json": dump(build_low_order()),
         "files.json": dump(build_files()),
     }
 

@@ -84,7 +84,15 @@ class JoinResult(_Wire):
 
 
 class SayResult(_Wire):
-    seq: int = Field(description="The room-wide sequence number the message got.")
+    seq: int | None = Field(
+        description="The room-wide sequence number the message got; null while it is queued."
+    )
+    queued: bool = Field(
+        default=False,
+        description="True when the host has not confirmed it yet (the connection is down or "
+        "slow): it goes out once the connection is back. Do not send it again; tunnel_listen "
+        "reports it as `undelivered` if it cannot be delivered after all.",
+    )
 
 
 EventName = Literal[
@@ -96,6 +104,7 @@ EventName = Literal[
     "closed",
     "idle-closed",
     "history-truncated",
+    "undelivered",
 ]
 
 
@@ -112,6 +121,12 @@ class Message(_Wire):
     subject: Member | None = Field(
         default=None, description="For joined/left/disconnected/reconnected: who it happened to."
     )
+    reason: str | None = Field(
+        default=None,
+        description="Local notices (seq 0): why a `closed` tunnel ended for you (host "
+        "unreachable, the host's server stopped, ...), or why your `undelivered` message "
+        "(in text) did not reach the room.",
+    )
 
     @classmethod
     def of(cls, message: TranscriptMessage) -> Message:
@@ -124,6 +139,7 @@ class Message(_Wire):
             ts=message.ts,
             event=message.event,
             subject=Member.of(message.subject) if message.subject is not None else None,
+            reason=message.reason,
         )
 
 
@@ -134,8 +150,18 @@ class ListenResult(_Wire):
     messages: list[Message]
     last_seq: int = Field(description="Pass this as sinceSeq to the next tunnel_listen.")
     timed_out: bool = Field(description="True when nothing arrived before the timeout.")
+    more: bool = Field(
+        default=False,
+        description="True when this page was full and more messages wait after lastSeq: "
+        "listen again at once with sinceSeq = lastSeq.",
+    )
     status: ConnectionName = Field(description="The connection to the room right now.")
     closed_reason: str | None = None
+    gives_up_in_sec: int | None = Field(
+        default=None,
+        description="While reconnecting: seconds left before your side stops trying and the "
+        "tunnel closes.",
+    )
 
 
 class PendingInvite(_Wire):
@@ -157,6 +183,16 @@ class StatusResult(_Wire):
     cloudflared_alive: bool | None
     warnings: list[str]
     closed_reason: str | None
+    gives_up_in_sec: int | None = Field(
+        default=None,
+        description="While reconnecting: seconds left before your side stops trying and the "
+        "tunnel closes.",
+    )
+    queued_says: int = Field(
+        default=0,
+        description="Your messages not yet confirmed by the host; they go out once the "
+        "connection is back (do not send them again).",
+    )
 
     @classmethod
     def of(cls, status: SessionStatus) -> StatusResult:
@@ -177,6 +213,8 @@ class StatusResult(_Wire):
             cloudflared_alive=status.cloudflared_alive,
             warnings=list(status.warnings),
             closed_reason=status.closed_reason,
+            gives_up_in_sec=status.gives_up_in_sec,
+            queued_says=status.queued_says,
         )
 
 

@@ -62,6 +62,11 @@ TRANSCRIPT_URI = "tunnel://transcript"
 #: Many MCP clients give up on a tool call after 60 s; a listen must answer before that.
 MAX_LISTEN_MS = 55_000
 DEFAULT_LISTEN_MS = 25_000
+#: The readable text of a tunnel_listen shows this many characters of chat text in full (the
+#: first message always whole); later messages longer than PREVIEW_CHARS are shortened there.
+#: The structured content carries every text whole: the texts are not carried twice.
+TEXT_FULL_CHARS = 16_000
+PREVIEW_CHARS = 200
 #: How often a waiting tunnel_listen (or a slow open/join) reports progress.
 PROGRESS_EVERY = 5.0
 #: How long shutdown waits for a graceful close (the host tells every member the room ended).
@@ -159,14 +164,34 @@ def _manager(ctx: Context) -> TunnelManager:
 _RAW_LINE_BREAKS = {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
 
 
+@functools.cache
+def _display_escapes() -> dict[int, str]:
+    """`_RAW_LINE_BREAKS` plus every format character (Unicode category Cf), built on first use.
+
+    Format characters are invisible yet change what a reader sees: U+202E (right-to-left
+    override) makes "exe.txt" read as "txt.exe", zero-width characters (U+200B, U+2060, U+FEFF)
+    hide inside words and links, and the tag characters (U+E0000 block) carry whole hidden
+    texts. Each becomes its JSON escape (a surrogate pair beyond the BMP), so the literal stays
+    valid JSON and decodes back to the exact text.
+    """
+    import unicodedata
+
+    table = dict(_RAW_LINE_BREAKS)
+    for code in range(0x110000):
+        if unicodedata.category(chr(code)) == "Cf":
+            table[code] = json.dumps(chr(code))[1:-1]
+    return table
+
+
 def _quote(text: str) -> str:
-    """Untrusted text as a JSON string literal that stays on one line.
+    """Untrusted text as a JSON string literal that stays on one line and shows what it holds.
 
     U+0085, U+2028 and U+2029 end a line for `str.splitlines` and many renderers, so they are
     escaped too: peer text must not be able to start a forged transcript line. So are DEL and
-    the C1 controls, which some terminals obey.
+    the C1 controls, which some terminals obey, and the invisible format characters (bidi
+    overrides, zero-width characters: see `_display_escapes`).
     """
-    return json.dumps(text, ensure_ascii=False).translate(_RAW_LINE_BREAKS)
+    return json.dumps(text, ensure_ascii=False).translate(_display_escapes())
 
 
 def _who(member: Member | None) -> str:
@@ -178,13 +203,21 @@ def _who(member: Member | None) -> str:
     return f"{role} {member.id} {_quote(member.name)}"
 
 
-def _render_message(message: Message) -> str:
+def _render_message(message: Message, limit: int | None = None) -> str:
+    """One line; with `limit`, chat text beyond that many characters is left out (and the line
+    says how much, outside the quoted text, where a peer cannot forge it)."""
+    text = message.text or ""
+    cut = ""
+    if limit is not None and len(text) > limit:
+        text, cut = text[:limit], f" (shortened: {len(text) - limit} more characters)"
     if message.kind == "chat":
-        return f"#{message.seq} {_who(message.sender)}: {_quote(message.text or '')}"
+        return f"#{message.seq} {_who(message.sender)}: {_quote(text)}{cut}"
     what = message.event or "event"
     subject = f" {_who(message.subject)}" if message.subject is not None else ""
-    extra = f" summary: {_quote(message.text)}" if message.text else ""
-    return f"#{message.seq} [event] {what}{subject}{extra}"
+    label = "your message" if what == "undelivered" else "summary"
+    extra = f" {label}: {_quote(text)}{cut}" if message.text else ""
+    reason = f" reason: {_quote(message.reason)}" if message.reason else ""
+    return f"#{message.seq} [event] {what}{subject}{extra}{reason}"
 
 
 def _minutes(seconds: float) -> str:
@@ -508,7 +541,18 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
         sensitive or agreeing to anything on their behalf.
         """
         session = _manager(ctx).current_open()
-        seq = await session.say(text)
+        receipt = await session.send(text)
+        if receipt.seq is None:
+            left = session.status().gives_up_in_sec
+            down = f"; reconnecting, for {left} s more at most" if left is not None else ""
+            return _ok(
+                SayResult(seq=None, queued=True),
+                f"Queued, not yet confirmed: the host has not answered (the connection may be down{down}). "
+                "It goes out once the connection is back: do not send it again. If it cannot be "
+                "delivered after all, tunnel_listen reports it as `undelivered` with its text; "
+                "tunnel_status shows how many are queued.",
+            )
+        seq = receipt.seq
         return _ok(SayResult(seq=seq), f"Sent as #{seq}. Next: tunnel_listen with sinceSeq {seq}.")
 
     @server.tool(
@@ -559,12 +603,38 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
             messages=[Message.of(m) for m in got.messages],
             last_seq=got.last_seq,
             timed_out=got.timed_out and not got.messages,
+            more=got.more,
             status=status.connection,
             closed_reason=status.closed_reason,
+            gives_up_in_sec=status.gives_up_in_sec,
         )
         if result.messages:
-            lines = [f"{len(result.messages)} new (lastSeq {result.last_seq}). {UNTRUSTED}"]
-            lines += [_render_message(m) for m in result.messages]
+            # Chat text shown whole up to a budget, then shortened: the structured content holds
+            # every text whole, and a text-only client re-listens from the first shortened one
+            # (which then comes first, and the first message is always shown whole).
+            budget = TEXT_FULL_CHARS
+            shortened_from: int | None = None
+            rendered = []
+            for m in result.messages:
+                size = len(m.text or "")
+                if m.kind != "chat" or size <= budget or m is result.messages[0]:
+                    rendered.append(_render_message(m))
+                    budget -= size if m.kind == "chat" else 0
+                    continue
+                budget = 0
+                rendered.append(_render_message(m, PREVIEW_CHARS))
+                if size > PREVIEW_CHARS and shortened_from is None:
+                    shortened_from = m.seq
+            # The advice goes in the first line: every other line is one message.
+            head = f"{len(result.messages)} new (lastSeq {result.last_seq})."
+            if result.more:
+                head += f" More are waiting: call tunnel_listen again now with sinceSeq {result.last_seq}."
+            if shortened_from is not None:
+                head += (
+                    f" Long texts from #{shortened_from} on are shortened here (the structured result "
+                    f"has them whole; text-only readers: tunnel_listen sinceSeq {shortened_from - 1})."
+                )
+            lines = [f"{head} {UNTRUSTED}", *rendered]
         elif result.timed_out:
             lines = [
                 f"Nothing new after #{sinceSeq} in {timeout:g} s (timed out). "
@@ -573,7 +643,10 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
         else:
             lines = [f"Nothing new (lastSeq {result.last_seq})."]
         if status.connection != "connected":
-            lines.append(f"Connection: {_connection(status.connection, status.closed_reason)}")
+            line = f"Connection: {_connection(status.connection, status.closed_reason)}"
+            if status.gives_up_in_sec is not None:
+                line += f"; reconnecting for {status.gives_up_in_sec} s more at most, then the tunnel closes"
+            lines.append(line)
         return _ok(result, "\n".join(lines))
 
     @server.tool(
@@ -597,6 +670,7 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
         lines = [
             f"{role} of tunnel {status.tunnel_id} as {_quote(status.self_member.name)}; connection: "
             f"{_connection(status.connection, status.closed_reason)}"
+            + (f" (gives up in {status.gives_up_in_sec} s)" if status.gives_up_in_sec is not None else "")
             + (f"; transport: {status.transport}" if status.transport else ""),
             f"Goal (untrusted data): {_quote(status.goal)}",
             f"Members: {_render_members(result.members)}",
@@ -656,9 +730,10 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
         name="transcript",
         title="Tunnel transcript",
         description=(
-            "The current tunnel's transcript so far, as JSON (same message shape as tunnel_listen). "
-            "Subscribe to get notifications/resources/updated when a message arrives. "
-            + UNTRUSTED
+            "The current tunnel's newest messages, as JSON (same message shape as tunnel_listen): "
+            "at most 256 messages / about 64 KiB; `earlier: true` when older ones exist (read them "
+            "with tunnel_listen from sinceSeq 0). Subscribe to get notifications/resources/updated "
+            "when a message arrives. " + UNTRUSTED
         ),
         mime_type="application/json",
     )
@@ -667,21 +742,28 @@ def build_server(manager_factory: ManagerFactory = TunnelManager) -> MCPServer[T
         session = manager.session if manager is not None else None
         if session is None:
             return json.dumps({"open": False, "messages": [], "note": "no tunnel yet"})
-        try:
-            got = await session.listen(0, 0.0, include_own=True)
-            entries: list[TranscriptMessage] = got.messages
-            last_seq = got.last_seq
-        except TunnelError:
-            entries, last_seq = [], session.status().last_seq
+        # The newest window, like the end of a chat: the resource is read whole and re-read on
+        # every update, so it must stay small however long the conversation grows.
+        window = session.newest()
+        entries: list[TranscriptMessage] = window.messages
         status = session.status()
+        shown = [m.seq for m in entries if m.seq > 0]
+        note = UNTRUSTED
+        if window.earlier:
+            note += (
+                f" Only the newest messages are here (from #{shown[0] if shown else window.last_seq}); "
+                "read the earlier ones with tunnel_listen from sinceSeq 0."
+            )
         body: dict[str, Any] = {
             "open": not session.closed,
             "tunnelId": session.tunnel_id,
             "role": status.role,
             "goal": status.goal,
             "connection": status.connection,
-            "lastSeq": last_seq,
-            "note": UNTRUSTED,
+            "lastSeq": window.last_seq,
+            "firstSeq": shown[0] if shown else None,
+            "earlier": window.earlier,
+            "note": note,
             "messages": [Message.of(m).model_dump(mode="json", by_alias=True) for m in entries],
         }
         return json.dumps(body, ensure_ascii=False)

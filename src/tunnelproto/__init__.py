@@ -53,6 +53,7 @@ from ._names import MAX_NAME_CHARS, sanitize_name
 from ._phrase import derive_phrase
 from ._removal import MAX_REASON_CHARS
 from ._room import (
+    CLOSE_FLOODING,
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_KEEPALIVE_TIMEOUT,
     CLOSE_LEFT,
@@ -73,6 +74,7 @@ from ._state import ConnState, MemberState
 from ._transcript import TranscriptEntry
 
 __all__ = [
+    "CLOSE_FLOODING",
     "CLOSE_HANDSHAKE_TIMEOUT",
     "CLOSE_KEEPALIVE_TIMEOUT",
     "CLOSE_LEFT",

@@ -563,6 +563,26 @@ EVENT_KINDS = frozenset(
 KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 MAX_KIND_CHARS = 32
 
+#: The optional fields of `event` that each kind requires and those it may carry (spec section
+#: 9, `event`). The decoder enforces this, being stateless: a `joined` without `member` is
+#: malformed whoever receives it. Fields a kind does not carry are ignored like unknown keys.
+#: Whether a seq fits the member's transcript is the member's business (section 11).
+EVENT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "joined": (frozenset({"member", "name"}), frozenset()),
+    "left": (frozenset({"member", "name"}), frozenset()),
+    "disconnected": (frozenset({"member", "name"}), frozenset()),
+    "reconnected": (frozenset({"member", "name"}), frozenset()),
+    "removed": (frozenset({"member", "name"}), frozenset({"summary"})),
+    "closed": (frozenset(), frozenset({"summary"})),
+    "idle-closed": (frozenset(), frozenset()),
+    "history-truncated": (frozenset({"first"}), frozenset()),
+    # Files (section 26.2), for members without files/1: the sharer, and the offer's summary
+    # or the reason it ended.
+    "file-offer": (frozenset({"member", "name", "summary"}), frozenset()),
+    "file-offer-ended": (frozenset({"member", "name", "summary"}), frozenset()),
+}
+_ALL_EVENT_FIELDS = frozenset({"member", "name", "summary", "first"})
+
 
 def _members(value: dict[str, _codec.Value], key: str, where: str) -> tuple[MemberEntry, ...]:
     items = _get(value, key, list, where)
@@ -613,7 +633,12 @@ def _parse(value: dict[str, _codec.Value]) -> Frame:
     if t == "refuse":
         return Refuse(code=_get(value, "code", str, t), msg=_get(value, "msg", str, t))
     if t == "say":
-        return Say(ref=_get(value, "ref", int, t), text=_get(value, "text", str, t))
+        ref = _get(value, "ref", int, t)
+        if ref == 0:
+            # Refs start at 1 (0 is the host member's "no ref" in message.ref): a field rule,
+            # so the decoder checks it, like a negative integer.
+            raise RemoteProtocolError("say.ref must be at least 1", "malformed")
+        return Say(ref=ref, text=_get(value, "text", str, t))
     if t == "message":
         return Message(
             seq=_get(value, "seq", int, t),
@@ -626,15 +651,20 @@ def _parse(value: dict[str, _codec.Value]) -> Frame:
         kind = _get(value, "kind", str, t)
         if not 0 < len(kind) <= MAX_KIND_CHARS or not KIND_CHARS.issuperset(kind):
             raise RemoteProtocolError("event.kind is not a well-formed kind", "malformed")
-        return Event(
-            kind=kind,
-            seq=_get(value, "seq", int, t),
-            ts=_get(value, "ts", int, t),
-            member=_opt(value, "member", int, t),
-            name=_opt(value, "name", str, t),
-            summary=_opt(value, "summary", str, t),
-            first=_opt(value, "first", int, t),
-        )
+        seq = _get(value, "seq", int, t)
+        if (seq == 0) != (kind == "history-truncated"):
+            raise RemoteProtocolError(
+                "event.seq is 0 for history-truncated and only for it", "malformed"
+            )
+        # A kind this version does not know may carry any of the fields, all optional.
+        required, optional = EVENT_FIELDS.get(kind, (frozenset(), _ALL_EVENT_FIELDS))
+        fields: dict[str, Any] = {}
+        for key, typ in (("member", int), ("name", str), ("summary", str), ("first", int)):
+            if key in required:
+                fields[key] = _get(value, key, typ, f"{t} {kind}")
+            elif key in optional:
+                fields[key] = _opt(value, key, typ, t)
+        return Event(kind=kind, seq=seq, ts=_get(value, "ts", int, t), **fields)
     if t == "ack":
         return Ack(seq=_get(value, "seq", int, t))
     if t == "roster":

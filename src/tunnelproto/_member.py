@@ -20,7 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _frames as f
-from ._channel import MAX_FRAME, MSG2_NOISE, MSG2_PLAIN_REFUSE, Channel, new_handshake
+from ._channel import (
+    MAX_FRAME,
+    MSG2_NOISE,
+    MSG2_PLAIN_REFUSE,
+    Channel,
+    Message,
+    message_bytes,
+    new_handshake,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     ChatMessage,
@@ -34,7 +42,7 @@ from ._events import (
     Welcomed,
 )
 from ._files_member import FilesResume, MemberFiles
-from ._link import JoinLink, ticket_id
+from ._link import JoinLink, ticket_id, ticket_psk
 from ._names import one_line
 from ._noise import NoiseError
 from ._phrase import derive_phrase
@@ -50,7 +58,12 @@ from ._state import (
 SOFTWARE = "tunnel-mcp-python/1"
 HANDSHAKE_TIMEOUT = 10.0
 PING_AFTER = 20.0
-DEAD_AFTER = 60.0
+#: How long the member waits for any answer to its ping. A live host answers at once, and hears
+#: the member's ping before its own 20 s ping timer fires, so 10 s of silence after a ping means
+#: the link is gone. The member then knows (at 30 s) no later than the host does: its stall
+#: timer fires at 30 s while entries are in flight, its dead timer at 60 s when nothing is.
+PONG_TIMEOUT = 10.0
+DEAD_AFTER = PING_AFTER + PONG_TIMEOUT
 #: Most says awaiting their seq at once; past it `say()` refuses (the room is not answering).
 MAX_UNACKED_SAYS = 256
 #: Capabilities a member may announce in hello, and their length.
@@ -127,8 +140,13 @@ class MemberConnection:
         #: File offers and transfers (spec "Files"); on once the welcome has files/1.
         self.files = MemberFiles(self, resume.files if resume else None)
 
-        psk = resume.ticket if resume else link.secret
-        key_id = ticket_id(psk, link.tunnel_id) if resume else link.invite_id
+        # The secret (link or ticket) is never the key itself: the key id and the PSK are each
+        # derived from it under their own label (spec section 4).
+        if resume is not None:
+            key_id = ticket_id(resume.ticket, link.tunnel_id)
+            psk = ticket_psk(resume.ticket, link.tunnel_id)
+        else:
+            key_id, psk = link.invite_id, link.psk
         self._hs = new_handshake(initiator=True, tunnel_id=link.tunnel_id, psk=psk, rng=rng)
         hello = f.Hello(
             v=f.PROTOCOL_VERSION,
@@ -214,9 +232,10 @@ class MemberConnection:
             self._end("connection-lost", message, resumable=True)
             self.state = MemberState.ERROR
 
-    def receive_data(self, data: bytes, now: float) -> None:
-        """One transport message. Raises RemoteProtocolError (and the connection is dead) if the
-        room broke the protocol; never anything else for any input."""
+    def receive_data(self, data: Message, now: float) -> None:
+        """One transport message (any bytes-like object). Raises RemoteProtocolError (and the
+        connection is dead) if the room broke the protocol; never anything else for any input."""
+        data = message_bytes(data)
         if self.state not in (MemberState.HANDSHAKE, MemberState.OPEN):
             return
         self._last_rx = now
@@ -247,7 +266,11 @@ class MemberConnection:
             self.state = MemberState.ERROR
         elif self.state is MemberState.OPEN:
             if now >= self._last_rx + DEAD_AFTER:
-                self._end("timeout", "no traffic from the host for 60 s", resumable=True)
+                self._end(
+                    "timeout",
+                    f"no traffic from the host for {DEAD_AFTER:g} s (it did not answer a ping)",
+                    resumable=True,
+                )
                 self.state = MemberState.ERROR
             elif not self._ping_outstanding and now >= self._last_rx + PING_AFTER:
                 self._ping_outstanding = True
@@ -408,6 +431,8 @@ class MemberConnection:
                 message = removed_message(frame.summary)
             else:
                 message = f"the host ended the connection: {reason}"
+                if self._host_error is not None:  # e.g. flooding: the error said why
+                    message += f" ({self._host_error})"
             self._end(reason, message, resumable=False, summary=frame.summary)
         # Pong: receiving it refreshed _last_rx; nothing else to do.
 

@@ -80,7 +80,7 @@ FRAME_TYPES = [
 ]
 EVENT_KINDS = [
     "joined", "left", "disconnected", "reconnected", "removed", "closed", "idle-closed",
-    "history-truncated", "nope", "Bad Kind", "",
+    "history-truncated", "file-offer", "file-offer-ended", "nope", "Bad Kind", "",
 ]
 file_entries = st.fixed_dictionaries(
     {},

@@ -272,14 +272,18 @@ class Net:
         self.bulk_out: list[tuple[int, int]] = []
         #: False: the relay's queues are never low, it pulls nothing from its bulk lane.
         self.bulk_enabled = True
+        self._links: dict[bytes, JoinLink] = {}
 
     # ------------------------------------------------------------------ setup
 
     def mint(self, n: int = 1) -> list[Invite]:
-        return self.room.mint_invites(n, self.now)
+        invites = self.room.mint_invites(n, self.now)
+        for invite in invites:  # kept as the human who forwarded it would: the room forgets
+            self._links[invite.invite_id] = invite.link(BASE_URL, self.room.tunnel_id)
+        return invites
 
     def link(self, invite: Invite) -> JoinLink:
-        return invite.link(BASE_URL, self.room.tunnel_id)
+        return self._links[invite.invite_id]
 
     def join(
         self,
@@ -355,6 +359,7 @@ class Net:
     def open_raw(self) -> int:
         conn_id = self.room.open_connection(self.now)
         assert conn_id is not None
+        self.pump()  # as a driver does: an arrival may push out another connection
         return conn_id
 
     def feed_raw(self, conn_id: int, data: bytes) -> list[Send | Disconnect]:
@@ -715,7 +720,7 @@ class FakeHost:
         hs = new_handshake(
             initiator=False,
             tunnel_id=self.link.tunnel_id,
-            psk=self.link.secret if psk is None else psk,
+            psk=self.link.psk if psk is None else psk,
             rng=self.rng,
         )
         hs.read_message(msg1[1 + ID_LEN :])
@@ -771,7 +776,7 @@ def craft_msg1(
     """Handshake message 1 made with the link's real secret but carrying any `payload` as the
     hello: reaches the room's hello parsing, which random bytes never would."""
     hs = new_handshake(
-        initiator=True, tunnel_id=link.tunnel_id, psk=link.secret, rng=rng or DetRng(b"craft")
+        initiator=True, tunnel_id=link.tunnel_id, psk=link.psk, rng=rng or DetRng(b"craft")
     )
     noise = hs.write_message(payload[: MAX_PLAINTEXT - 32])
     return bytes([version]) + (link.invite_id if key_id is None else key_id) + noise

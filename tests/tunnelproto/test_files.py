@@ -102,7 +102,8 @@ def test_file_frames_from_a_member_without_files_are_unexpected() -> None:
 
 
 def test_a_member_refuses_file_frames_it_did_not_negotiate() -> None:
-    link = Net().link(Net().mint()[0])
+    net = Net()
+    link = net.link(net.mint()[0])  # the Net that minted the invite keeps its link
     mc = MemberConnection(link, "ana", 0.0, caps=(FILES_CAP,))
     host = FakeHost(link)
     mc.receive_data(host.welcome(mc.data_to_send()[0]), 0.0)  # no caps in the welcome

@@ -173,7 +173,8 @@ def test_the_reason_is_bounded_and_blank_is_none() -> None:
 
 
 def test_the_member_cleans_the_hosts_reason() -> None:
-    link = Net().link(Net().mint(1)[0])
+    net = Net()
+    link = net.link(net.mint(1)[0])
     member = MemberConnection(link, "ana", 0.0)
     host = FakeHost(link)
     member.receive_data(host.welcome(member.data_to_send()[0]), 0.0)
@@ -192,7 +193,8 @@ def test_the_member_cleans_the_hosts_reason() -> None:
 
 def test_a_plaintext_removed_refusal_is_not_believed() -> None:
     """Only an encrypted refusal can say `removed`: anyone on the path can forge a plaintext one."""
-    link = Net().link(Net().mint(1)[0])
+    net = Net()
+    link = net.link(net.mint(1)[0])
     member = MemberConnection(link, "ana", 0.0)
     member.data_to_send()
     forged = b"\x01" + _frames.Refuse(code="removed", msg="you were removed").encode()
@@ -223,7 +225,8 @@ def test_removed_tickets_are_remembered_within_a_bound() -> None:
 
 
 def test_an_unknown_event_kind_is_a_generic_event_for_a_member() -> None:
-    link = Net().link(Net().mint(1)[0])
+    net = Net()
+    link = net.link(net.mint(1)[0])
     member = MemberConnection(link, "ana", 0.0)
     host = FakeHost(link)
     member.receive_data(host.welcome(member.data_to_send()[0]), 0.0)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nacl.bindings import crypto_scalarmult_base
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+from nacl.exceptions import CryptoError
 
 import tunnelproto
 from tunnelproto import (
@@ -55,13 +56,18 @@ from tunnelproto._channel import (
 from tunnelproto._link import (
     ID_LEN,
     INVITE_ID_LABEL,
+    INVITE_PSK_LABEL,
+    PSK_LEN,
     SECRET_LEN,
     TICKET_ID_LABEL,
+    TICKET_PSK_LABEL,
     TUNNEL_ID_BYTES,
     invite_id,
+    invite_psk,
     ticket_id,
+    ticket_psk,
 )
-from tunnelproto._noise import PROTOCOL_NAME, CipherState, HandshakeState
+from tunnelproto._noise import PROTOCOL_NAME, CipherState, HandshakeState, SymmetricState
 from tunnelproto._state import (
     MEMBER_ACCEPTS,
     MEMBER_ACCEPTS_FILES,
@@ -81,8 +87,10 @@ GENERATED = (
     "handshake-join.json",
     "handshake-resume.json",
     "phrase.json",
+    "handshake-low-order.json",
     "files.json",
 )
+MAX_SAFE_INTEGER = 2**53 - 1
 FRAME_TYPES = {cls.TYPE: cls for cls in f.Frame.__subclasses__()}
 
 
@@ -94,6 +102,8 @@ def load(name: str) -> Any:
 def to_json(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$hex": value.hex()}
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+        return {"$int": str(value)}
     if isinstance(value, f.FileEntry):
         return to_json(value.to_value())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -109,6 +119,10 @@ def from_json(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"$hex"}:
             return bytes.fromhex(value["$hex"])
+        if set(value) == {"$int"}:
+            number = int(value["$int"])
+            assert abs(number) > MAX_SAFE_INTEGER, "small integers are plain JSON numbers"
+            return number
         return {k: from_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [from_json(v) for v in value]
@@ -118,8 +132,6 @@ def from_json(value: Any) -> Any:
 def event_json(event: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"event": type(event).__name__}
     for fld in dataclasses.fields(event):
-        if fld.name == "phrase":
-            continue  # the handshake files leave it to phrase.json
         item = getattr(event, fld.name)
         if isinstance(item, tuple) and item and isinstance(item[0], MemberEntry):
             item = [m.to_value() for m in item]
@@ -207,6 +219,12 @@ def test_valid_link(case: dict[str, Any]) -> None:
         digest_size=16,
     ).digest()
     assert documented.hex() == case["invite_id_hex"]
+    psk = hashlib.blake2b(
+        b"tunnel-mcp/1 invite-psk" + case["tunnel_id"].encode("ascii"),
+        key=bytes.fromhex(case["secret_hex"]),
+        digest_size=32,
+    ).digest()
+    assert psk.hex() == case["invite_psk_hex"] == link.psk.hex() != case["secret_hex"]
     assert case["secret_hex"] not in repr(link)
 
 
@@ -225,18 +243,26 @@ def test_key_ids() -> None:
     doc = load("link.json")["key_ids"]
     assert bytes.fromhex(doc["invite_label_hex"]) == INVITE_ID_LABEL == doc["invite_label_ascii"].encode()
     assert bytes.fromhex(doc["ticket_label_hex"]) == TICKET_ID_LABEL == doc["ticket_label_ascii"].encode()
+    assert bytes.fromhex(doc["invite_psk_label_hex"]) == INVITE_PSK_LABEL
+    assert bytes.fromhex(doc["ticket_psk_label_hex"]) == TICKET_PSK_LABEL
+    assert INVITE_PSK_LABEL == doc["invite_psk_label_ascii"].encode()
+    assert TICKET_PSK_LABEL == doc["ticket_psk_label_ascii"].encode()
+    assert (doc["id_len"], doc["psk_len"]) == (ID_LEN, PSK_LEN) == (16, 32)
     for ex in doc["examples"]:
         secret, tid = bytes.fromhex(ex["secret_hex"]), ex["tunnel_id"]
-        for label, kind, derive in (
-            (INVITE_ID_LABEL, "invite", invite_id),
-            (TICKET_ID_LABEL, "ticket", ticket_id),
+        for label, name, size, derive in (
+            (INVITE_ID_LABEL, "invite_id", ID_LEN, invite_id),
+            (TICKET_ID_LABEL, "ticket_id", ID_LEN, ticket_id),
+            (INVITE_PSK_LABEL, "invite_psk", PSK_LEN, invite_psk),
+            (TICKET_PSK_LABEL, "ticket_psk", PSK_LEN, ticket_psk),
         ):
-            data = bytes.fromhex(ex[f"{kind}_id_input_hex"])
+            data = bytes.fromhex(ex[f"{name}_input_hex"])
             assert data == label + tid.encode("ascii")
-            expected = ex[f"{kind}_id_hex"]
-            assert hashlib.blake2b(data, key=secret, digest_size=ID_LEN).hexdigest() == expected
+            expected = ex[f"{name}_hex"]
+            assert hashlib.blake2b(data, key=secret, digest_size=size).hexdigest() == expected
             assert derive(secret, tid).hex() == expected
-        assert ex["invite_id_hex"] != ex["ticket_id_hex"]
+        values = [ex[f"{n}_hex"] for n in ("invite_id", "ticket_id", "invite_psk", "ticket_psk")]
+        assert len(set(values + [ex["secret_hex"]])) == 5
 
 
 def test_prologue() -> None:
@@ -397,10 +423,13 @@ def _handshake_cases() -> list[dict[str, Any]]:
     join, resume = _scenario()
     calls, wire = _rng_calls(), _wire()
     steps = join["steps"] + resume["steps"]
+    tunnel_id = join["tunnel_id"]
     psk = {
-        "invite": bytes.fromhex(join["invite_secret_hex"]),
-        "ticket": bytes.fromhex(resume["ticket_secret_hex"]),
+        "invite": invite_psk(bytes.fromhex(join["invite_secret_hex"]), tunnel_id),
+        "ticket": ticket_psk(bytes.fromhex(resume["ticket_secret_hex"]), tunnel_id),
     }
+    assert psk["invite"].hex() == join["invite_psk_hex"]
+    assert psk["ticket"].hex() == resume["ticket_psk_hex"]
     cases = []
     for step in steps:
         if step["do"] != "member.connect":
@@ -413,7 +442,16 @@ def _handshake_cases() -> list[dict[str, Any]]:
         if msg2["kind"] != "handshake-2":
             continue  # a plaintext refusal: no Noise reply to check
         e_host = calls[(deliver["rng"][0]["stream"], deliver["rng"][0]["index"])]
-        assert "Noise ephemeral" in e_member["used_for"] and "responder e" in e_host["used_for"]
+        assert (e_member["purpose"], e_member["role"], e_member["actor"]) == (
+            "noise-ephemeral",
+            "member",
+            actor,
+        )
+        assert (e_host["purpose"], e_host["role"], e_host["actor"]) == (
+            "noise-ephemeral",
+            "host",
+            actor,
+        )
         cases.append(
             {
                 "actor": actor,
@@ -439,7 +477,9 @@ def test_handshake_bytes(case: dict[str, Any]) -> None:
 
     msg1 = bytes.fromhex(m1["hex"])
     resume = m1["layout"]["key_id_is"] == "ticket id"
-    key_id = (ticket_id if resume else invite_id)(psk, tunnel_id)
+    join, resume_doc = _scenario()
+    secret = bytes.fromhex(resume_doc["ticket_secret_hex"] if resume else join["invite_secret_hex"])
+    key_id = (ticket_id if resume else invite_id)(secret, tunnel_id)
     assert msg1[0] == 1 and msg1[1:17] == key_id
     assert msg1[17:49] == crypto_scalarmult_base(case["e_member"])
     assert 65 <= len(msg1) <= MAX_MSG1
@@ -567,6 +607,8 @@ def test_scenario_replays_byte_for_byte() -> None:
             conn_of[args["actor"]], actor_of[conn] = conn, args["actor"]
         elif do == "member.say":
             assert members[args["actor"]].say(args["text"]) == result["ref"]
+        elif do == "member.leave":
+            members[args["actor"]].leave()
         elif do == "deliver":
             for i in args["wire"]:
                 msg = wire[i]
@@ -613,7 +655,155 @@ def test_scenario_replays_byte_for_byte() -> None:
         assert events == step.get("events", {}), f"step {step['i']} ({do}) reported other events"
     assert all(rng.exhausted() for rng in rngs.values())
     assert room is not None and phrases
-    assert all(room.phrase(member_id) == phrase for member_id, phrase in phrases.items())
+    # The room's side of the same join (its seat is gone by the end: the member left).
+    joined = {e.member: e.phrase for e in room.entries_since(0) if e.event == "joined"}
+    assert all(joined[member_id] == phrase for member_id, phrase in phrases.items())
+
+
+def test_a_small_order_ephemeral_gives_an_all_zero_dh_that_is_used() -> None:
+    doc = load("handshake-low-order.json")
+    pro = bytes.fromhex(doc["prologue_hex"])
+    assert pro == prologue(doc["tunnel_id"])
+    assert len(doc["cases"]) >= 2
+    for case in doc["cases"]:
+        secret = bytes.fromhex(case["invite_secret_hex"])
+        psk = invite_psk(secret, doc["tunnel_id"])
+        assert psk.hex() == case["invite_psk_hex"]
+        e, e_host = bytes.fromhex(case["e_hex"]), bytes.fromhex(case["host_e_private_hex"])
+        hello = bytes.fromhex(case["hello_hex"])
+        # libsodium, like many X25519 libraries, refuses these keys: the rule (spec section 5)
+        # is to use 32 zero bytes, which X25519 itself (RFC 7748) would output.
+        with pytest.raises(CryptoError):
+            crypto_scalarmult(e_host, e)
+        assert case["ee_output_hex"] == "00" * 32
+        # Message 1, written without any private key (NNpsk0's first message is psk, e).
+        ini = SymmetricState(PROTOCOL_NAME)
+        ini.mix_hash(pro)
+        ini.mix_key_and_hash(psk)
+        ini.mix_hash(e)
+        ini.mix_key(e)
+        msg1 = bytes([1]) + invite_id(secret, doc["tunnel_id"]) + e + ini.encrypt_and_hash(hello)
+        assert msg1.hex() == case["msg1_hex"]
+        # The host's side, through the Noise layer: it answers instead of failing.
+        res = HandshakeState(initiator=False, prologue=pro, psk=psk, ephemeral_private=e_host)
+        assert res.read_message(msg1[17:]) == hello
+        welcome = bytes.fromhex(case["welcome_hex"])
+        msg2 = bytes.fromhex(case["msg2_hex"])
+        assert msg2[0] == MSG2_NOISE and res.write_message(welcome) == msg2[1:]
+        assert to_json(f.decode_frame(welcome).to_value()) == case["welcome"]
+        # The sender of the small-order key finishes the handshake with ee = zeros.
+        ini.mix_hash(msg2[1:33])
+        ini.mix_key(msg2[1:33])
+        ini.mix_key(bytes(32))
+        assert ini.decrypt_and_hash(msg2[33:]) == welcome
+        assert ini.get_handshake_hash().hex() == case["handshake_hash"] == res.handshake_hash.hex()
+        send, recv = ini.split()
+        keys = case["transport_keys"]
+        for cipher, direction in ((send, "member->host"), (recv, "host->member")):
+            assert cipher.encrypt_with_ad(b"", b"") == CipherState(
+                bytes.fromhex(keys[direction])
+            ).encrypt_with_ad(b"", b"")
+        assert send.encrypt_with_ad(b"", b"") != b""  # (keys checked; nonce 0 used above)
+
+
+def test_the_room_seats_a_member_whose_ephemeral_has_small_order() -> None:
+    doc = load("handshake-low-order.json")
+    rng = ReplayRng(list(doc["rng"]["calls"]))
+    room = Room(doc["goal"], doc["host_name"], doc["t"], rng=rng, epoch_offset=doc["epoch_offset"])
+    assert room.tunnel_id == doc["tunnel_id"]
+    room.mint_invites(len(doc["cases"]), doc["t"])
+    for case in doc["cases"]:
+        conn = room.open_connection(doc["t"])
+        assert conn == case["conn"]
+        room.receive(conn, bytes.fromhex(case["msg1_hex"]), doc["t"])
+        (reply,) = room.data_to_send()
+        assert isinstance(reply, Send) and reply.data.hex() == case["msg2_hex"]
+        room.receive(conn, bytes.fromhex(case["ack_hex"]), doc["t"])
+        recv = CipherState(bytes.fromhex(case["transport_keys"]["host->member"]))
+        got = [
+            to_json(f.decode_frame(recv.decrypt_with_ad(b"", out.data)).to_value())
+            for out in room.data_to_send()
+            if isinstance(out, Send) and out.conn == conn
+        ]
+        assert got == case["room_answers_the_ack_with"]
+        assert any(frame.get("kind") == "joined" for frame in got)
+    assert rng.exhausted()
+
+
+def _walk(value: Any) -> Any:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item)
+    else:
+        yield value
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_no_integer_in_the_vectors_is_beyond_2_53(name: str) -> None:
+    # JavaScript's JSON.parse silently rounds 2^64 - 1; such integers are {"$int": "..."}.
+    assert all(
+        abs(v) <= MAX_SAFE_INTEGER for v in _walk(load(name)) if isinstance(v, int)
+    )
+
+
+def test_big_integers_are_written_as_decimal_strings() -> None:
+    values = {c["what"]: c["value"] for c in load("frames.json")["cbor"]}
+    assert values["2^64 - 1 (largest)"] == {"$int": str(2**64 - 1)}
+    assert values["-2^64 (smallest)"] == {"$int": str(-(2**64))}
+    assert values["2^32"] == 2**32  # within 2^53: a plain number
+
+
+SPEC_PURPOSES = ("tunnel-id", "invite-secret", "ticket-secret", "noise-ephemeral")
+
+
+@pytest.mark.parametrize("name", [n for n in GENERATED if n not in ("frames.json", "phrase.json")])
+def test_every_random_draw_is_tagged_with_role_actor_and_purpose(name: str) -> None:
+    doc = load(name)
+    calls = (doc["rng"] if "rng" in doc else doc["scenario"]["rng"])["calls"]
+    assert calls
+    for call in calls:
+        assert call["role"] in ("host", "member", "generator"), call
+        assert call["actor"] is None or isinstance(call["actor"], str), call
+        if call["role"] == "generator":
+            assert call["purpose"] in ("link-secret", "tunnel-id-example"), call
+        else:
+            assert call["purpose"] in SPEC_PURPOSES, call
+        if call["purpose"] == "noise-ephemeral":
+            assert call["actor"] is not None and call["n"] == 32
+        assert call["n"] == (12 if call["purpose"].startswith("tunnel-id") else 32)
+    section = _chapter("22.")
+    for purpose in SPEC_PURPOSES:
+        assert f"`{purpose}`" in section, f"spec section 22 does not define purpose {purpose!r}"
+
+
+def test_step_and_event_vocabulary_is_defined_and_used_exactly() -> None:
+    member_events = {
+        cls.__name__: [fld.name for fld in dataclasses.fields(cls)]
+        for cls in tunnelproto.TunnelEvent.__subclasses__()
+    }
+    section = _chapter("22.")
+    docs = (*_scenario(), load("files.json")["scenario"])
+    for doc in docs:
+        vocabulary = doc["vocabulary"]
+        assert vocabulary == docs[0]["vocabulary"]  # one vocabulary for every scenario
+        assert vocabulary["events"] == member_events
+        for step in doc["steps"]:
+            assert step["do"] in vocabulary["steps"], step["do"]
+            for got in (*step.get("events", {}).values(), step.get("host_events", [])):
+                for event in got:
+                    fields = [k for k in event if k != "event"]
+                    assert fields == member_events[event["event"]], event
+        assert set(doc["conventions"]) >= {"steps", "acks", "deliver", "messages"}
+    for step_kind in _scenario()[0]["vocabulary"]["steps"]:
+        assert f"`{step_kind}`" in section, f"spec section 22: no step {step_kind!r}"
+    for name, fields in member_events.items():
+        row = _row_with(f"| `{name}` |")
+        assert row is not None, f"spec section 22: no row for event {name}"
+        for fld in fields:
+            assert f"`{fld}`" in row, f"spec: event {name} lacks field {fld!r}"
 
 
 def test_resume_vectors_tell_a_consistent_story() -> None:
@@ -670,6 +860,14 @@ def _section(heading_needle: str, prefix: str = "#") -> str:
     return "\n".join(lines[start:end])
 
 
+def _chapter(number: str) -> str:
+    """A numbered `## ` section with all its subsections."""
+    lines = spec_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {number} "))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
 def _num(value: float | int) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -708,16 +906,21 @@ def test_spec_documents_every_close_code() -> None:
 
 def test_spec_documents_every_event_kind_refusal_and_timer() -> None:
     section = _section("`event`", prefix="#### ")
+    # Every kind we send has its fields rule, so the decoder checks what the spec requires.
+    assert set(f.EVENT_FIELDS) == set(f.EVENT_KINDS)
     for kind in f.EVENT_KINDS:
         assert f"| `{kind}` |" in section, kind
+        required, optional = f.EVENT_FIELDS[kind]
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{kind}` |"))
+        assert all(f"`{name}`" in row for name in required | optional), kind
     refusals = _section("### 19.1")
     for code in _room.REFUSAL_MESSAGES:
         assert f"| `{code}` |" in refusals, code
     errors = _section("### 19.2")
     for code in ("empty", "too-long", "rate-limited", "slow-consumer", "malformed", "unexpected",
-                 "bad-ack", "decrypt", "too-large", _files.ERR_TOO_LARGE, _files.ERR_BAD_PATH,
-                 _files.ERR_BAD_OFFER, _files.ERR_OFFER_LIMIT, _files.ERR_BAD_CHUNK,
-                 _files.ERR_OVER_CREDIT, _files.ERR_BAD_TRANSFER):
+                 "bad-ack", "decrypt", "too-large", "flooding", _files.ERR_TOO_LARGE,
+                 _files.ERR_BAD_PATH, _files.ERR_BAD_OFFER, _files.ERR_OFFER_LIMIT,
+                 _files.ERR_BAD_CHUNK, _files.ERR_OVER_CREDIT, _files.ERR_BAD_TRANSFER):
         assert f"| `{code}` |" in errors, code
     aborts = _section("#### `abort`")
     for code in _files.ABORT_CODES:
@@ -725,11 +928,17 @@ def test_spec_documents_every_event_kind_refusal_and_timer() -> None:
     ends = _section("### 26.4")
     for reason in _files.END_REASONS:
         assert f"| `{reason}` |" in ends, reason
-    # The member's timers are the room's defaults, and the spec gives one value for both.
+    # The member's timers are the room's defaults, except its dead timer: 10 s after an
+    # unanswered ping, so that it learns of a dead link no later than the room (whose stall
+    # timer fires at 30 s with entries in flight, its dead timer at 60 s without).
     config = RoomConfig()
     assert _member.HANDSHAKE_TIMEOUT == config.handshake_timeout
     assert _member.PING_AFTER == config.ping_after
-    assert _member.DEAD_AFTER == config.dead_after
+    assert _member.DEAD_AFTER == _member.PING_AFTER + _member.PONG_TIMEOUT
+    assert _member.DEAD_AFTER <= min(config.stall_timeout, config.dead_after)
+    timers = _section("## 17.")
+    dead_row = next(line for line in timers.splitlines() if line.startswith("| Dead |"))
+    assert f"{_member.DEAD_AFTER:g} s" in dead_row and f"{config.dead_after:g} s" in dead_row
 
 
 def test_spec_documents_every_limit() -> None:
@@ -754,6 +963,7 @@ def test_spec_documents_every_limit() -> None:
         "MAX_ITEMS": _codec.MAX_ITEMS,
         "SECRET_LEN": SECRET_LEN,
         "ID_LEN": ID_LEN,
+        "PSK_LEN": PSK_LEN,
         "TUNNEL_ID_BYTES": TUNNEL_ID_BYTES,
         "MAX_OFFER_BYTES": _files.MAX_OFFER_BYTES,
         "MAX_OFFER_FILES": _files.MAX_OFFER_FILES,
@@ -808,7 +1018,13 @@ def test_spec_legality_table_matches_state_tables() -> None:
 def test_spec_constants_and_examples_match_the_vectors() -> None:
     text = spec_text()
     assert PROTOCOL_NAME.decode() in text
-    for label in (INVITE_ID_LABEL, TICKET_ID_LABEL, _phrase.PHRASE_LABEL):
+    for label in (
+        INVITE_ID_LABEL,
+        TICKET_ID_LABEL,
+        INVITE_PSK_LABEL,
+        TICKET_PSK_LABEL,
+        _phrase.PHRASE_LABEL,
+    ):
         assert f"`{label.decode()}`" in text and f"`{label.hex()}`" in text
     example = load("link.json")["prologue"]["examples"][0]
     assert example["tunnel_id"] in text and example["prologue_hex"] in text
@@ -842,7 +1058,9 @@ def test_files_capability_vector() -> None:
 
 
 @pytest.mark.parametrize(
-    "case", load("files.json")["chunk_layout"]["cases"], ids=lambda c: f"x{c['x']}-n{c['data_len']}"
+    "case",
+    [from_json(c) for c in load("files.json")["chunk_layout"]["cases"]],
+    ids=lambda c: f"x{c['x']}-n{c['data_len']}",
 )
 def test_chunk_layout(case: dict[str, Any]) -> None:
     data = bytes(i % 256 for i in range(case["data_len"]))
@@ -858,7 +1076,7 @@ def test_chunk_layout(case: dict[str, Any]) -> None:
 
 
 def test_chunk_layout_covers_every_size_class() -> None:
-    cases = load("files.json")["chunk_layout"]["cases"]
+    cases = from_json(load("files.json")["chunk_layout"]["cases"])
     ints = {c["x"] for c in cases} | {c["at"] for c in cases}
     assert ints >= {0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1}
     assert {c["data_len"] for c in cases} >= {1, 23, 24, 255, 256, _files.MAX_CHUNK}
