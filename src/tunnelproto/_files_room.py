@@ -108,8 +108,9 @@ class _Transfer:
     head_pos: int = 0  # bytes of buffer[0] already sent
     reading: int = 0  # host shares: bytes of the outstanding ReadRequest (0: none)
     state: TransferState = TransferState.RELAYING
-    #: Chunks sent to the receiver since its last credit: a credit is "paced" (see `paced`)
-    #: only when one came before it.
+    #: Chunks sent to the receiver and not yet answered by a credit: a credit is "paced" (see
+    #: `paced`) only while there is one, and each answers one. A receiver may credit once per
+    #: run of chunks or once per chunk (its driver drains after every message it reads).
     unanswered: int = 0
 
     @property
@@ -340,9 +341,10 @@ class RoomFiles:
     def paced(self, conn_id: int, frame: f.Frame) -> bool:
         """True for a file frame the room itself asked for, whose number and size the room
         bounds: a chunk inside the credit of a pull from this connection, and a credit for a
-        fetch of this connection's that the host has sent a chunk of since its last credit.
-        An inbound budget should not charge these (like acks that retire entries), and should
-        give back the transport bytes of a paced chunk: they are bounded by the receivers'
+        fetch of this connection's answering a chunk the host sent it (each chunk answers one
+        credit: there are never more paced credits than chunks sent).
+        The room's inbound budget does not charge these a frame (like acks that retire
+        entries), and gives back a paced chunk's data bytes: they are bounded by the receivers'
         windows, and charging them would cut off every sharer of a large file. No side effect:
         call it before `on_frame`."""
         if isinstance(frame, f.Chunk):
@@ -372,7 +374,8 @@ class RoomFiles:
                 if t.limit + frame.n - t.sent > self.window:
                     raise RemoteProtocolError(
                         f"credit over the window ({self.window} bytes)", ERR_OVER_CREDIT)
-                t.unanswered = 0
+                if frame.n > 0 and t.unanswered > 0:
+                    t.unanswered -= 1  # the chunk this credit answers (see `paced`)
                 self._credit(t, frame.n)
         elif isinstance(frame, f.Fetch):
             self._on_fetch(conn, cf, seat, frame)

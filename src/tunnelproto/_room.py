@@ -761,8 +761,8 @@ class Room:
         seat = self._seats[conn.seat_id]  # type: ignore[index]
         if type(frame) in ROOM_ACCEPTS_FILES:
             # File frames are charged like any frame, except those the room asked for
-            # (`RoomFiles.paced`: a chunk within a pull's credit, one credit per run of chunks
-            # the host sent): their number is bounded by the credit receivers grant, so they
+            # (`RoomFiles.paced`: a chunk within a pull's credit, a credit answering a chunk the
+            # host sent): their number is bounded by the credit receivers grant, so they
             # are free of the frame budget, as an ack that retires entries is. A paced chunk's
             # data bytes are given back too (charging them would cut off every sharer of a
             # large file once the byte burst ran out); the rest of its message stays charged,

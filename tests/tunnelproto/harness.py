@@ -126,6 +126,9 @@ class Peer:
     refused_at_door: bool = False
     hold_in: bool = False  # room -> member messages wait in `inbox` (the member stopped reading)
     hold_out: bool = False  # member -> room messages wait in `outbox`
+    #: The member's driver drains its output after every message it reads (as a driver that
+    #: answers each message at once would), rather than once all that arrived together is read.
+    drain_each: bool = False
     inbox: list[bytes] = field(default_factory=list)
     outbox: list[bytes] = field(default_factory=list)
     connections: list[MemberConnection] = field(default_factory=list)
@@ -601,6 +604,8 @@ class Net:
         except RemoteProtocolError as exc:
             peer.errors.append(exc)
         self._drain_events(peer)
+        if peer.drain_each:
+            self._flush_member(peer)
 
     def _drain_events(self, peer: Peer) -> None:
         while (ev := peer.mc.next_event()) is not None:

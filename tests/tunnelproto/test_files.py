@@ -770,7 +770,7 @@ def test_a_member_bounds_what_a_host_makes_it_remember() -> None:
 
 def test_paced_frames_are_the_ones_the_room_asked_for() -> None:
     """What an inbound budget may leave uncharged: chunks inside a pull's credit, and one credit
-    per run of chunks sent; not a chunk out of turn, nor a credit the room did not prompt."""
+    per chunk sent; not a chunk out of turn, nor a credit the room did not prompt."""
     net = net_with(file_window=WINDOW)
     ana, bob, hx, x, _ = _transfer_in_progress(net)
     files = net.room.files
@@ -783,16 +783,20 @@ def test_paced_frames_are_the_ones_the_room_asked_for() -> None:
     assert not files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=10))
     serve_reads(ana.disk)
     net.pump()
-    assert bob.disk.received[x]
+    chunks = events_of(bob, ChunkReceived)
+    assert len(chunks) == 2  # 100 000 bytes of credit: a full chunk and the rest
     assert files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=10))
     assert not files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=0))
     assert not files.paced(ana.conn_id or 0, _frames.Credit(x=x, n=10))
     net.bulk_enabled = False  # what comes next waits at the host, unsent
     ana.disk.auto_read = True
-    grant_all(bob.disk, bob.mc.files)
-    net.pump()
+    bob.disk.ungranted.clear()
+    for chunk in chunks:  # a credit per chunk (a driver that drains after each write)
+        assert files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=10))
+        bob.mc.files.grant(x, len(chunk.data))
+        net.pump()
     assert host_buffered(net) > 0
-    # The credit was taken; no chunk went to bob since: another credit is not prompted.
+    # Each chunk sent was answered; no chunk went to bob since: another credit is not prompted.
     assert not files.paced(bob.conn_id or 0, _frames.Credit(x=x, n=10))
     net.bulk_enabled = True
     net.pump()
