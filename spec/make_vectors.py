@@ -31,22 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from tunnelproto import (
-    ChatMessage,
-    ConnectionEnded,
     Disconnect,
     JoinLink,
     LinkError,
     MemberConnection,
     MemberEntry,
-    Refused,
     RemoteProtocolError,
     Room,
-    RoomEvent,
-    RosterChanged,
-    SayAccepted,
-    SayRejected,
     Send,
-    Welcomed,
+    TunnelEvent,
     _codec,
 )
 from tunnelproto import _frames as f
@@ -210,6 +203,10 @@ def to_json(value: Any) -> Any:
         return {"$hex": value.hex()}
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
         return {"$int": str(value)}
+    if isinstance(value, f.FileEntry):
+        return to_json(value.to_value())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {fld.name: to_json(getattr(value, fld.name)) for fld in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -432,6 +429,55 @@ def _frame_examples() -> list[tuple[str, str, f.Frame]]:
         ("error (say too long)", h2m,
          f.Error(code="too-long", msg="the message is too long (40000 bytes, max 32768): split it", ref=5)),
         ("error (fatal, no ref)", h2m, f.Error(code="bad-ack", msg="ack for a seq the room never sent")),
+        *_file_frame_examples(),
+    ]
+
+
+_ENTRIES = (
+    f.FileEntry("fixtures/orders.json", 2500, hashlib.sha256(b"orders").digest()),
+    f.FileEntry("README.txt", 21, hashlib.sha256(b"readme").digest()),
+)
+
+
+def _file_frame_examples() -> list[tuple[str, str, f.Frame]]:
+    h2m = "host->member (transport, files/1)"
+    m2h = "member->host (transport, files/1)"
+    both = "either direction (transport, files/1)"
+    return [
+        ("welcome (with files/1 in force)", "host->member (payload of handshake message 2)",
+         f.Welcome(goal="Share the fixtures", you=2, name="ana", roster=_ROSTER[:2], last=0,
+                   first=1, ticket=bytes(range(32)), resumed=False,
+                   limits={**_LIMITS, "file_window": 1048576}, caps=("files/1",))),
+        ("event file-offer (for a member without files/1)", h2m.replace(", files/1", ""),
+         f.Event(kind="file-offer", seq=20, ts=_TS, member=2, name="ana",
+                 summary="fixtures (2 files, 2521 bytes)")),
+        ("event file-offer-ended (for a member without files/1)", h2m.replace(", files/1", ""),
+         f.Event(kind="file-offer-ended", seq=21, ts=_TS, member=2, name="ana",
+                 summary="withdrawn")),
+        ("share (the whole manifest in one page)", m2h,
+         f.Share(ref=3, name="fixtures", count=2, total=2521, files=_ENTRIES,
+                 note="the inputs of the failing test")),
+        ("share (first page of a longer manifest)", m2h,
+         f.Share(ref=4, name="big", count=3, total=2521 + 7, files=_ENTRIES)),
+        ("manifest (the next page)", m2h,
+         f.Manifest(ref=4, at=2, files=(f.FileEntry("z", 7, bytes(32)),))),
+        ("unshare", m2h, f.Unshare(offer=5)),
+        ("offer", h2m,
+         f.Offer(seq=20, ts=_TS, from_=2, ref=3, id=5, name="fixtures", count=2, total=2521,
+                 files=_ENTRIES, note="the inputs of the failing test")),
+        ("unoffer", h2m, f.Unoffer(seq=21, ts=_TS, id=5, from_=2, reason="withdrawn")),
+        ("list", m2h, f.ListFiles(offer=6, at=2)),
+        ("listing", h2m, f.Listing(offer=6, at=2, files=(f.FileEntry("z", 7, bytes(32)),))),
+        ("listing (empty: the offer is gone)", h2m, f.Listing(offer=6, at=2, files=())),
+        ("fetch", m2h, f.Fetch(x=1, offer=5, file=0, at=0, credit=1048576)),
+        ("fetch (resumed from byte 1000)", m2h, f.Fetch(x=1, offer=5, file=0, at=1000, credit=4096)),
+        ("pull", h2m, f.Pull(x=7, offer=5, file=0, at=0, credit=1048576)),
+        ("credit", both, f.Credit(x=1, n=65408)),
+        ("chunk", both, f.Chunk(x=1, at=1000, data=b"0123456789")),
+        ("cancel", both, f.Cancel(x=1)),
+        ("abort (offer gone)", both, f.Abort(x=1, code="gone", msg="the offer ended (withdrawn)")),
+        ("abort (file changed on the sharer's disk)", both,
+         f.Abort(x=7, code="changed", msg="fixtures/orders.json changed since it was shared")),
     ]
 
 
@@ -620,8 +666,9 @@ class _ConnInfo:
 class Scenario:
     """Runs the scripted scenario and records steps, wire messages and rng calls."""
 
-    def __init__(self) -> None:
-        self.rngs = {name: StreamRng(name, SEEDS[name]) for name in ("room", "member", "probe")}
+    def __init__(self, seeds: dict[str, bytes] | None = None) -> None:
+        seeds = seeds or {name: SEEDS[name] for name in ("room", "member", "probe")}
+        self.rngs = {name: StreamRng(name, seed) for name, seed in seeds.items()}
         self.room: Room | None = None
         self.members: dict[str, MemberConnection] = {}
         self.conns: dict[str, _ConnInfo] = {}  # by actor
@@ -651,6 +698,9 @@ class Scenario:
         if used:
             record["rng"] = used
         record["emits"] = self._drain(len(self.steps))
+        host_events = [event_json(ev) for ev in self.room.files.take_events()] if self.room else []
+        if host_events:
+            record["host_events"] = host_events
         events = {}
         for actor, member in self.members.items():
             got = []
@@ -700,7 +750,7 @@ class Scenario:
                 resume = self.members[args["resume_from"]].resume_state()
                 assert resume is not None
             member = MemberConnection(link, args["name"], t, resume=resume,
-                                      rng=self.rngs[args["rng"]])
+                                      rng=self.rngs[args["rng"]], caps=tuple(args.get("caps", ())))
             e_member = bytes.fromhex(self.rngs[args["rng"]].calls[-1]["hex"])
             conn = room.open_connection(t)
             assert conn is not None
@@ -735,7 +785,7 @@ class Scenario:
             room.connection_lost(self.conns[actor].conn, t)
             self.members[actor].connection_lost(t)
             return None
-        raise AssertionError(do)
+        return run_files_step(room, self.members, self.conns, t, do, args)
 
     # -- recording wire messages -----------------------------------------------------------
 
@@ -874,8 +924,9 @@ STEP_VOCABULARY = {
     "member.connect": (
         "args actor (a name for this member connection), name, link, rng (the stream its "
         "ephemeral comes from), resume_from (optional: the actor whose resume state this "
-        "connection uses); result conn (the host's id for the new WebSocket). Creates the "
-        "member connection (which queues message 1) and opens the host's connection."
+        "connection uses), caps (optional: the capabilities its hello announces, e.g. "
+        "[\"files/1\"]; none if absent); result conn (the host's id for the new WebSocket). "
+        "Creates the member connection (which queues message 1) and opens the host's connection."
     ),
     "member.say": "args actor, text; result ref.",
     "member.leave": "args actor. The member leaves for good (queues close{reason: left}).",
@@ -884,22 +935,74 @@ STEP_VOCABULARY = {
         "args actor. The WebSocket dies under both sides: the host's connection_lost(conn, t) "
         "and the member's connection_lost(t)."
     ),
+    # Files (files.json): the calls of the drivers' files API (spec section 26).
+    "member.share": (
+        "args actor, name, note (optional), files_cbor (each file entry's CBOR, hex); result "
+        "ref. Queues the share frame (and any manifest pages)."
+    ),
+    "member.unshare": "args actor, offer. Queues unshare{offer}.",
+    "member.fetch": (
+        "args actor, offer, file, at, credit; result transfer (the member's id x for it). "
+        "Queues fetch."
+    ),
+    "member.grant": (
+        "args actor, transfer, n: the driver wrote n more bytes. The credit is queued at the "
+        "next drain (credits granted between two drains add up)."
+    ),
+    "member.provide_chunk": (
+        "args actor, transfer, offset, data_hex: the driver's answer to a ReadRequest; result "
+        "accepted. Nothing is sealed until member.pull_bulk."
+    ),
+    "member.pull_bulk": (
+        "args actor, max_bytes: the member's outbound queue is low; result sealed (bytes of "
+        "chunk messages sealed now, at least one frame when any waits)."
+    ),
+    "host.pull_bulk": (
+        "args actor (whose connection), max_bytes: that connection's outbound queue is low; "
+        "result sealed. The chunks the host holds for it are sealed now."
+    ),
 }
 
-EVENT_CLASSES = (
-    Welcomed, Refused, ChatMessage, RoomEvent, RosterChanged, SayAccepted, SayRejected,
-    ConnectionEnded,
-)
+#: Every event class (in definition order): the same names serve every scenario.
+EVENT_CLASSES = tuple(TunnelEvent.__subclasses__())
 
 
 def vocabulary() -> dict[str, Any]:
-    """The names used in `steps`: step kinds and member events with their fields."""
+    """The names used in `steps`: step kinds and events (the members', and the host's own in
+    files.json's `host_events`) with their fields."""
     return {
         "steps": STEP_VOCABULARY,
         "events": {
             cls.__name__: [fld.name for fld in dataclasses.fields(cls)] for cls in EVENT_CLASSES
         },
     }
+
+
+def run_files_step(room: Room, members: dict[str, MemberConnection], conns: dict[str, Any],
+                   t: float, do: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    """The files steps (files.json): the API calls of the host's and the members' drivers."""
+    if do == "member.share":
+        files = [f.FileEntry.from_value(_codec.decode(bytes.fromhex(e))) for e in args["files_cbor"]]
+        return {"ref": members[args["actor"]].files.share(args["name"], files, note=args.get("note"))}
+    if do == "member.fetch":
+        x = members[args["actor"]].files.fetch(args["offer"], args["file"], at=args["at"],
+                                               credit=args["credit"])
+        return {"transfer": x}
+    if do == "member.provide_chunk":
+        ok = members[args["actor"]].files.provide_chunk(args["transfer"], args["offset"],
+                                                        bytes.fromhex(args["data_hex"]))
+        return {"accepted": ok}
+    if do == "member.grant":
+        members[args["actor"]].files.grant(args["transfer"], args["n"])
+        return None
+    if do == "member.unshare":
+        members[args["actor"]].files.unshare(args["offer"])
+        return None
+    if do == "member.pull_bulk":
+        return {"sealed": members[args["actor"]].pull_bulk(args["max_bytes"])}
+    if do == "host.pull_bulk":
+        return {"sealed": room.pull_bulk(conns[args["actor"]].conn, args["max_bytes"])}
+    raise AssertionError(do)
 
 
 def run_scenario() -> tuple[Scenario, int]:
@@ -1310,6 +1413,267 @@ def build_low_order() -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# Files: files.json
+# ---------------------------------------------------------------------------------------------
+
+FILES_SEEDS = {
+    "room": b"tunnel-mcp/1 test vectors: files room",
+    "member": b"tunnel-mcp/1 test vectors: files members",
+}
+#: The bytes of the scenario's shared file: byte i is i * 7 mod 256 (2500 bytes).
+ORDERS = bytes(i * 7 % 256 for i in range(2500))
+README = b"run: make test-orders"
+
+
+def _pattern(n: int) -> bytes:
+    return bytes(i % 256 for i in range(n))
+
+
+def _chunk_layout() -> list[dict[str, Any]]:
+    cases = []
+    for x, at, n in [(0, 0, 1), (1, 1000, 10), (23, 23, 23), (24, 24, 24), (255, 255, 255),
+                     (256, 65535, 256), (65535, 65536, 1000), (65536, 2**32 - 1, 65408),
+                     (2**32, 2**32, 2), (2**64 - 1, 2**64 - 1, 65408)]:
+        data = _pattern(n)
+        frame = f.Chunk(x=x, at=at, data=data).encode()
+        assert frame == _codec.encode({"t": "chunk", "x": x, "at": at, "data": data})
+        assert f.decode_frame(frame) == f.Chunk(x=x, at=at, data=data)
+        prefix = frame[: len(frame) - n]
+        cases.append(to_json({"x": x, "at": at, "data_len": n, "frame_len": len(frame),
+                              "prefix_hex": prefix.hex()}))
+    return cases
+
+
+def _files_invalid() -> list[tuple[str, bytes, str]]:
+    enc = _codec.encode
+    good = f.Chunk(x=1, at=0, data=b"abc").encode()
+    return [
+        ("file entry hash of 31 bytes",
+         enc({"t": "listing", "offer": 1, "at": 0, "files": [{"p": "a", "s": 1, "h": bytes(31)}]}),
+         "malformed"),
+        ("file entry without a path",
+         enc({"t": "listing", "offer": 1, "at": 0, "files": [{"s": 1, "h": bytes(32)}]}),
+         "malformed"),
+        ("chunk data as text", enc({"t": "chunk", "x": 1, "at": 0, "data": "abc"}), "malformed"),
+        ("chunk with a non-shortest x (1 as 0x18 0x01)",
+         good[:11] + b"\x18\x01" + good[12:], "malformed"),
+        ("chunk with a trailing byte", good + b"\x00", "malformed"),
+        ("chunk with a negative at", enc({"t": "chunk", "x": 1, "at": -1, "data": b"a"}),
+         "malformed"),
+        ("credit without n", enc({"t": "credit", "x": 1}), "malformed"),
+        ("event file-offer without summary (all three fields are required)",
+         enc({"t": "event", "kind": "file-offer", "seq": 20, "ts": _TS, "member": 2,
+              "name": "ana"}), "malformed"),
+        ("event file-offer-ended without member",
+         enc({"t": "event", "kind": "file-offer-ended", "seq": 21, "ts": _TS, "name": "ana",
+              "summary": "withdrawn"}), "malformed"),
+        ("share whose files is not an array",
+         enc({"t": "share", "ref": 1, "name": "n", "count": 1, "total": 1, "files": {}}),
+         "malformed"),
+    ]
+
+
+def _paging() -> dict[str, Any]:
+    from tunnelproto._files import entry_size, share_frames
+
+    entries = tuple(
+        f.FileEntry(f"fixtures/dir-{i // 100:02d}/case-{i:04d}-input.json", i,
+                    hashlib.sha256(b"%d" % i).digest())
+        for i in range(1000)
+    )
+    frames = share_frames(9, "a folder", None, entries)
+    pages = []
+    for frame in frames:
+        data = frame.encode()
+        assert len(data) <= 65519
+        first = frame.at if isinstance(frame, f.Manifest) else 0
+        pages.append({"t": frame.TYPE, "at": first, "entries": len(frame.files),
+                      "frame_bytes": len(data)})
+    return {
+        "manifest": "1000 entries: path fixtures/dir-<i // 100, 2 digits>/case-<i, 4 digits>"
+                    "-input.json, size i, hash SHA-256(ASCII(decimal i))",
+        "entry_0": {"value": to_json(entries[0].to_value()),
+                    "cbor_hex": _codec.encode(entries[0].to_value()).hex(),
+                    "encoded_bytes": entry_size(entries[0])},
+        "share_ref": 9,
+        "share_name": "a folder",
+        "pages": pages,
+    }
+
+
+#: How to replay the files scenario: as the handshake one, plus the host's own events.
+FILES_CONVENTIONS = {
+    **CONVENTIONS,
+    "host_events": (
+        "After `emits`, and before the members' events, the host's own file events are "
+        "collected once (room.files.take_events(): ReadRequest for the host's offers, "
+        "ChunkReceived, FetchComplete, FetchAborted for its fetches): that is `host_events`, "
+        "absent from a step that had none."
+    ),
+    "bulk": (
+        "Chunks are sealed only by the pull_bulk steps (each side's driver calls pull_bulk "
+        "when that connection's outbound queue is low): a chunk the host holds for a receiver "
+        "waits, unsealed, behind any chat sealed before it."
+    ),
+}
+
+
+def run_files_scenario() -> Scenario:
+    sc = Scenario(FILES_SEEDS)
+    t = T0
+    sc.step(t, "room.create", {"goal": "Share the failing test's fixtures", "host_name": "bo",
+                               "epoch_offset": EPOCH_OFFSET},
+            rng={"room": [Draw(12, "tunnel-id", "host", "tunnel id (12 bytes; base64url of them "
+                               "is the tunnel id)")]})
+    rec = sc.step(t + 1, "host.mint_invites", {"count": 3, "base_url": BASE_URL},
+                  rng={"room": [Draw(32, "invite-secret", "host", f"invite secret {i} (the "
+                                     "link's #fragment)") for i in range(3)]})
+    links = rec["result"]["links"]
+
+    def settle(t: float, emits: list[int]) -> None:
+        while emits:
+            emits = sc.step(t, "deliver", {"wire": emits})["emits"]
+
+    def join(t: float, actor: str, link: str, caps: list[str]) -> None:
+        args: dict[str, Any] = {"actor": actor, "name": actor, "link": link, "rng": "member"}
+        if caps:
+            args["caps"] = caps
+        rec = sc.step(t, "member.connect", args,
+                      rng={"member": [_member_e(actor)]})
+        rec = sc.deliver_msg1(t, actor, rec["emits"][0], ticket=True,
+                              note="" if caps else "No caps in hello: no caps in the welcome.")
+        settle(t, rec["emits"])
+
+    join(t + 2, "ana", links[0], ["files/1"])
+    join(t + 3, "bob", links[1], ["files/1"])
+    join(t + 4, "old", links[2], [])
+    files = [f.FileEntry("fixtures/orders.json", len(ORDERS), hashlib.sha256(ORDERS).digest()),
+             f.FileEntry("README.txt", len(README), hashlib.sha256(README).digest())]
+    rec = sc.step(t + 10, "member.share",
+                  {"actor": "ana", "name": "fixtures", "note": "the inputs of the failing test",
+                   "files_cbor": [_codec.encode(e.to_value()).hex() for e in files]},
+                  note="Ana shares two files: one share frame (the manifest fits one page).")
+    rec = sc.step(t + 10.25, "deliver", {"wire": rec["emits"]},
+                  note="The room stamps offer 1: an offer frame for ana and bob, the generic "
+                       "event file-offer for old (no files/1), all at seq 5.")
+    settle(t + 10.5, rec["emits"])
+    rec = sc.step(t + 20, "member.fetch",
+                  {"actor": "bob", "offer": 1, "file": 0, "at": 0, "credit": 1000},
+                  note="Bob fetches orders.json with 1000 bytes of credit.")
+    rec = sc.step(t + 20.25, "deliver", {"wire": rec["emits"]},
+                  note="The host pulls from ana with the same credit (pull id 1).")
+    rec = sc.step(t + 20.5, "deliver", {"wire": rec["emits"]},
+                  note="Ana's core asks its driver for bytes 0..999 (a ReadRequest).")
+    offset = 0
+    for n, grant_after in ((1000, 1000), (1000, 1500), (500, 0)):
+        sc.step(t + 21, "member.provide_chunk",
+                {"actor": "ana", "transfer": 1, "offset": offset,
+                 "data_hex": ORDERS[offset: offset + n].hex()},
+                note="The driver hands the bytes over; nothing is sealed yet.")
+        rec = sc.step(t + 21, "member.pull_bulk", {"actor": "ana", "max_bytes": 65536},
+                      note="Ana's outbound queue is low: the chunk is sealed now.")
+        rec = sc.step(t + 21.25, "deliver", {"wire": rec["emits"]},
+                      note="The host keeps the bytes for bob, unsealed, until bob's queue is low.")
+        if offset == 0:
+            rec = sc.step(t + 21.3, "host.say", {"text": "Thanks ana, bob is fetching it."},
+                          note="Chat sealed now goes out before the chunk that waits.")
+            settle(t + 21.3, rec["emits"])
+        rec = sc.step(t + 21.5, "host.pull_bulk", {"actor": "bob", "max_bytes": 65536},
+                      note="Bob's queue is low: the chunk is re-sealed for him, with his id.")
+        rec = sc.step(t + 21.75, "deliver", {"wire": rec["emits"]})
+        offset += n
+        if grant_after:
+            rec = sc.step(t + 22, "member.grant", {"actor": "bob", "transfer": 1, "n": grant_after},
+                          note="Bob's driver wrote the bytes and grants credit back.")
+            rec = sc.step(t + 22.25, "deliver", {"wire": rec["emits"]},
+                          note="The host passes the credit on to ana.")
+            sc.step(t + 22.5, "deliver", {"wire": rec["emits"]})
+    rec = sc.step(t + 30, "member.unshare", {"actor": "ana", "offer": 1},
+                  note="Ana withdraws the offer.")
+    rec = sc.step(t + 30.25, "deliver", {"wire": rec["emits"]},
+                  note="unoffer for ana and bob, file-offer-ended for old (seq 7).")
+    settle(t + 30.5, rec["emits"])
+    return sc
+
+
+def _check_files_scenario(sc: Scenario) -> None:
+    ev = {a: [e for s in sc.steps for e in s.get("events", {}).get(a, [])] for a in sc.members}
+    got = b"".join(bytes.fromhex(e["data"]["$hex"]) for e in ev["bob"] if e["event"] == "ChunkReceived")
+    assert got == ORDERS
+    assert [e["event"] for e in ev["bob"] if e["event"].startswith("Fetch")] == ["FetchComplete"]
+    assert [e["kind"] for e in ev["old"] if e["event"] == "RoomEvent"][-2:] == [
+        "file-offer", "file-offer-ended"]
+    assert any(e["event"] == "ShareAccepted" for e in ev["ana"])
+    assert [e["event"] for e in ev["ana"]].count("ReadRequest") == 3
+
+
+def build_files() -> dict[str, Any]:
+    sc = run_files_scenario()
+    _check_files_scenario(sc)
+    hello = f.Hello(v=1, name="ana", sw="tunnel-mcp-python/1", caps=("files/1",))
+    fallbacks = []
+    for what, entry, event in [
+        ("an offer", next(e for e in _file_frame_examples() if e[2].TYPE == "offer")[2],
+         next(e for e in _file_frame_examples() if e[0].startswith("event file-offer "))[2]),
+        ("its end", next(e for e in _file_frame_examples() if e[2].TYPE == "unoffer")[2],
+         next(e for e in _file_frame_examples() if e[0].startswith("event file-offer-ended"))[2]),
+    ]:
+        fallbacks.append({"what": what, "files_1": frame_json(entry),
+                          "without_files_1": frame_json(event),
+                          "without_files_1_cbor_hex": event.encode().hex()})
+    invalid = []
+    for what, data, code in _files_invalid():
+        try:
+            f.decode_frame(data)
+        except RemoteProtocolError as exc:
+            assert exc.code == code, what
+            invalid.append({"what": what, "cbor_hex": data.hex(), "error": "RemoteProtocolError",
+                            "code": exc.code})
+        else:
+            raise AssertionError(f"decoded but should not: {what}")
+    extra = _codec.encode({"t": "chunk", "x": 1, "at": 0, "data": b"abc", "zz": 1})
+    accepted = [{"what": "a chunk with an unknown key (not the canonical four-key form: the "
+                         "general decoder takes it)", "cbor_hex": extra.hex(),
+                 "decodes_to": frame_json(f.decode_frame(extra))}]
+    return {
+        "description": (
+            "Files (spec section 26): the capability, the chunk layout, the generic events for "
+            "members without files/1, inputs a decoder must reject or accept, the paging of a "
+            "long manifest, and a scripted transfer through the host."
+        ),
+        "format": FORMAT,
+        "notation": NOTATION,
+        "capability": {"cap": "files/1", "hello": frame_json(hello),
+                       "hello_cbor_hex": hello.encode().hex(),
+                       "welcome_caps": ["files/1"], "welcome_limits_key": "file_window"},
+        "chunk_layout": {
+            "doc": "Each case: the chunk frame of x, at and data_len bytes where data byte i is "
+                   "i mod 256; the frame is prefix_hex followed by the data.",
+            "cases": _chunk_layout(),
+        },
+        "fallbacks": fallbacks,
+        "invalid": invalid,
+        "accepted": accepted,
+        "paging": _paging(),
+        "scenario": {
+            "doc": "The format of handshake-join.json. Steps member.share, member.fetch, "
+                   "member.provide_chunk, member.grant, member.unshare, member.pull_bulk and "
+                   "host.pull_bulk are the drivers' calls of the files API; host_events are "
+                   "what the room told its own driver. Ana's file: byte i of orders.json is "
+                   "i * 7 mod 256 (2500 bytes).",
+            "tunnel_id": sc._tunnel_id(),
+            "epoch_offset": EPOCH_OFFSET,
+            "conventions": FILES_CONVENTIONS,
+            "vocabulary": vocabulary(),
+            "rng": {"doc": RNG_DOC, "seeds": {k: v.decode() for k, v in FILES_SEEDS.items()},
+                    "calls": [c for s in sc.rngs.values() for c in s.calls]},
+            "steps": sc.steps,
+            "wire": sc.wire,
+        },
+    }
+
+
 def build() -> dict[str, str]:
     """File name -> exact file text."""
     join, resume = build_handshakes()
@@ -1320,6 +1684,7 @@ def build() -> dict[str, str]:
         "handshake-resume.json": dump(resume),
         "phrase.json": dump(build_phrase()),
         "handshake-low-order.json": dump(build_low_order()),
+        "files.json": dump(build_files()),
     }
 
 

@@ -38,6 +38,12 @@ class TokenBucket:
         self._tokens -= amount
         return True
 
+    def refund(self, amount: float, now: float) -> None:
+        """Give back `amount` tokens spent on something that turned out to be free (never past
+        `burst`): what a message costs is known only once it is decrypted."""
+        self._refill(now)
+        self._tokens = min(self._burst, self._tokens + amount)
+
 
 class InboundBudget:
     """A seat's bytes and frames. One per seat, not per connection: resuming does not refill it."""

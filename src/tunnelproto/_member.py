@@ -41,13 +41,19 @@ from ._events import (
     TunnelEvent,
     Welcomed,
 )
+from ._files_member import FilesResume, MemberFiles
 from ._link import JoinLink, ticket_id, ticket_psk
 from ._names import one_line
 from ._noise import NoiseError
 from ._phrase import derive_phrase
 from ._removal import REMOVED, removed_message
 from ._room import check_text
-from ._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, MemberState
+from ._state import (
+    MEMBER_ACCEPTS,
+    MEMBER_ACCEPTS_FILES,
+    MEMBER_HANDSHAKE_ACCEPTS,
+    MemberState,
+)
 
 SOFTWARE = "tunnel-mcp-python/1"
 HANDSHAKE_TIMEOUT = 10.0
@@ -77,6 +83,8 @@ class ResumeState:
     next_ref: int
     unacked: tuple[tuple[int, str], ...]  # says sent but not yet seen stamped
     phrase: str  # the verification phrase of the join: a resume keeps it
+    #: Files: unfinished fetches, shares not yet stamped, my offers, the offers known.
+    files: FilesResume | None = None
 
     def __repr__(self) -> str:
         return (
@@ -128,6 +136,9 @@ class MemberConnection:
         self._opened_at = now
         self._last_rx = now
         self._ping_outstanding = False
+        self.caps = tuple(caps)
+        #: File offers and transfers (spec "Files"); on once the welcome has files/1.
+        self.files = MemberFiles(self, resume.files if resume else None)
 
         # The secret (link or ticket) is never the key itself: the key id and the PSK are each
         # derived from it under their own label (spec section 4).
@@ -151,7 +162,8 @@ class MemberConnection:
 
     def data_to_send(self) -> list[bytes]:
         # Acks are coalesced here: one per drain, for the highest seq we hold. They pace the
-        # room's window (history and live traffic) and tell it what we have.
+        # room's window (history and live traffic) and tell it what we have. So are credits.
+        self.files.flush_credit()
         if self.state is MemberState.OPEN and self.last_seq > self._acked_sent:
             self._queue(f.Ack(seq=self.last_seq))
             self._acked_sent = self.last_seq
@@ -169,11 +181,20 @@ class MemberConnection:
         check_text(text, LocalProtocolError)
         if len(self._unacked) >= MAX_UNACKED_SAYS:
             raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
-        ref = self._next_ref
-        self._next_ref += 1
+        ref = self._take_ref()
         self._unacked[ref] = text
         self._queue(f.Say(ref=ref, text=text))
         return ref
+
+    def has_bulk(self) -> bool:
+        """File chunks are waiting for `pull_bulk` (sharing only)."""
+        return self.files.has_bulk()
+
+    def pull_bulk(self, max_bytes: int) -> int:
+        """Seal about `max_bytes` of file chunks now; they come out of the next `data_to_send()`
+        behind everything sealed before. Call it only when the outbound queue is low: chat
+        sealed meanwhile then goes first. Returns the bytes sealed."""
+        return self.files.pull_bulk(max_bytes)
 
     def leave(self) -> None:
         """Leave the room for good (the seat is freed; no resume)."""
@@ -199,6 +220,7 @@ class MemberConnection:
             next_ref=self._next_ref,
             unacked=tuple(sorted(self._unacked.items())),
             phrase=self.phrase,
+            files=self.files.snapshot(),
         )
 
     def connection_lost(self, now: float) -> None:
@@ -255,6 +277,12 @@ class MemberConnection:
                 self._queue(f.Ping())
 
     # ------------------------------------------------------------------ internals
+
+    def _take_ref(self) -> int:
+        """The next ref: says and shares share one numbering (spec "Sequencing")."""
+        ref = self._next_ref
+        self._next_ref += 1
+        return ref
 
     def _queue(self, frame: f.Frame) -> None:
         assert self._channel is not None
@@ -319,8 +347,16 @@ class MemberConnection:
         # Key confirmation: the room seats us only once this first ack arrives.
         self._queue(f.Ack(seq=self.last_seq))
         self._acked_sent = self.last_seq
-        for ref, text in sorted(self._unacked.items()):
-            self._queue(f.Say(ref=ref, text=text))
+        self.files.on_welcome(frame)
+        # Re-sent in ref order, says and shares together: the room drops a ref it has handled,
+        # so one sent after a higher one would be lost.
+        resend: list[tuple[int, tuple[f.Frame, ...]]] = [
+            (ref, (f.Say(ref=ref, text=text),)) for ref, text in self._unacked.items()
+        ]
+        for _, frames in sorted(resend + self.files.resend(), key=lambda item: item[0]):
+            for say_or_share in frames:
+                self._queue(say_or_share)
+        self.files.after_welcome()
         self._events.append(
             Welcomed(
                 frame.you,
@@ -346,6 +382,11 @@ class MemberConnection:
         self._end("refused", message, resumable=False)
 
     def _on_frame(self, frame: f.Frame) -> None:
+        if type(frame) in MEMBER_ACCEPTS_FILES and self.files.enabled:
+            if isinstance(frame, f.Offer | f.Unoffer):
+                self._expect_seq(frame.seq)
+            self.files.on_frame(frame)
+            return
         if type(frame) not in MEMBER_ACCEPTS:
             raise RemoteProtocolError(
                 f"{frame.TYPE!r} frame is not allowed from the room", "unexpected"
@@ -378,6 +419,8 @@ class MemberConnection:
                 self._events.append(
                     SayRejected(frame.ref, frame.code, one_line(frame.msg, 500), frame.retry)
                 )
+            elif self.files.on_error(frame):
+                pass  # it refused one of our shares
             elif frame.ref is None:
                 # A connection-level error (slow-consumer, bad-ack, ...): the host closes the
                 # connection next; keep its reason so the drop is reported truthfully.

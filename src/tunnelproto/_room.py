@@ -28,6 +28,8 @@ from ._channel import (
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import Disconnect, Send
+from ._files import DEFAULT_FILE_WINDOW, END_LEFT, END_REMOVED
+from ._files_room import RoomFiles
 from ._link import (
     SECRET_LEN,
     TUNNEL_ID_BYTES,
@@ -42,7 +44,9 @@ from ._names import sanitize_name, unique_name
 from ._noise import NoiseError
 from ._phrase import derive_phrase
 from ._removal import REMOVED, RemovedTickets, check_reason
-from ._state import ROOM_ACCEPTS, ConnState
+from ._state import FILES_CAP, ROOM_ACCEPTS, ROOM_ACCEPTS_FILES, ConnState
+from ._transcript import TranscriptEntry
+from ._transcript import held_bytes as _held_bytes
 
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
 #: Max chat text, in UTF-8 bytes.
@@ -137,6 +141,8 @@ class RoomConfig:
     dead_after: float = 60.0
     rate_burst: int = 20  # say/ping tokens a member may spend at once
     rate_per_sec: float = 5.0  # token refill
+    offer_ttl: float = 30 * 60.0  # a file offer ends this long after it was made
+    file_window: int = DEFAULT_FILE_WINDOW  # bytes a receiver may have outstanding per transfer
     # The inbound budget (spec section 18): what a seat's frames may cost the host, whatever
     # they are. Sized so that an honest member never meets it: says at the rate limit at the
     # largest size, an ack for every entry, pings, and all 256 unanswered says re-sent at once
@@ -145,30 +151,6 @@ class RoomConfig:
     inbound_frames_per_sec: float = 100.0
     inbound_byte_burst: int = 16 * 1024 * 1024  # transport bytes at once
     inbound_bytes_per_sec: float = 512 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriptEntry:
-    """One entry of the transcript. `frame` is its encoded plaintext, shared by all members."""
-
-    seq: int
-    ts: int
-    kind: str  # "chat" or "event"
-    sender: int | None
-    text: str | None
-    event: str | None
-    member: int | None
-    name: str | None
-    summary: str | None
-    frame: bytes
-    #: `joined` only: the member's verification phrase, for the host's eyes. Never on the wire
-    #: (it is not in `frame`), and kept out of the repr so that logging an entry cannot log it.
-    phrase: str | None = field(default=None, repr=False)
-
-
-def _held_bytes(entry: TranscriptEntry) -> int:
-    # The cap is on memory: each entry holds its encoded frame and, decoded, its text.
-    return len(entry.frame) + (len(entry.text) if entry.text else 0)
 
 
 @dataclass(slots=True)
@@ -247,6 +229,7 @@ class _Conn:
     inflight: deque[tuple[int, int]] = field(default_factory=deque)
     inflight_bytes: int = 0
     stall_since: float = 0.0
+    files: bool = False  # "files/1" is in force on this connection
 
 
 class Room:
@@ -297,6 +280,8 @@ class Room:
         self.close_reason: str | None = None
         #: Bumped whenever the roster changes, so drivers need not compare rosters.
         self.roster_version = 0
+        #: File offers and transfers (spec "Files"): the host's API for sharing and receiving.
+        self.files = RoomFiles(self)
 
     # ------------------------------------------------------------------ host API
 
@@ -412,6 +397,7 @@ class Room:
         ]
         # The event goes first, so the removed member too gets it if its window has room.
         entry = self._append_event(REMOVED, now, member=seat.id, name=seat.name, summary=reason)
+        self.files.on_seat_gone(seat.id, END_REMOVED, now)
         for conn in conns:
             conn.seat_id = None  # the seat is gone: no "disconnected" event
             self._send_frame(conn, f.Close(reason=REMOVED, summary=reason))
@@ -422,6 +408,17 @@ class Room:
     def data_to_send(self) -> list[Send | Disconnect]:
         out, self._out = self._out, []
         return out
+
+    def bulk_connections(self) -> list[int]:
+        """Connections with bulk (file chunks) waiting: the driver wakes their writers, which
+        call `pull_bulk` when their outbound queue runs low."""
+        return self.files.bulk_connections()
+
+    def pull_bulk(self, conn_id: int, max_bytes: int) -> int:
+        """Seal about `max_bytes` of bulk for `conn_id` now; it comes out of the next
+        `data_to_send()` as Sends behind everything sealed before (seal order is send order).
+        Call it only when that connection's outbound queue is low. Returns the bytes sealed."""
+        return self.files.pull_bulk(conn_id, max_bytes)
 
     # ------------------------------------------------------------------ connections
 
@@ -468,7 +465,9 @@ class Room:
                 # Charged before decrypting: decryption is the cost the budget bounds.
                 self._spend_bytes(self._seats[conn.seat_id], len(data), now)  # type: ignore[index]
             frame = conn.channel.open(data)
-            if type(frame) not in ROOM_ACCEPTS[conn.state]:
+            if type(frame) not in ROOM_ACCEPTS[conn.state] and not (
+                conn.files and conn.state is ConnState.OPEN and type(frame) in ROOM_ACCEPTS_FILES
+            ):
                 raise RemoteProtocolError(
                     f"{frame.TYPE!r} frame is not allowed in state {conn.state.value}", "unexpected"
                 )
@@ -492,6 +491,9 @@ class Room:
             return None
         cfg = self.config
         deadlines = [self._last_chat_at + cfg.idle_timeout]
+        offers_end = self.files.next_deadline()
+        if offers_end is not None:
+            deadlines.append(offers_end)
         for conn in self._conns.values():
             if conn.state is not ConnState.OPEN:
                 deadlines.append(self._handshake_deadline(conn))
@@ -529,6 +531,7 @@ class Room:
         for seat in list(self._seats.values()):
             if not seat.is_host and not seat.connected and now >= seat.disconnected_at + cfg.grace:
                 self._vacate(seat, now)
+        self.files.handle_timer(now)
         if now >= self._last_chat_at + cfg.idle_timeout:
             self._shutdown("idle-closed", None, now)
 
@@ -611,6 +614,16 @@ class Room:
             # us, the member holds only the new ticket. Both die at the next confirmation.
             self._add_ticket(seat, new_ticket, used=key_id)
             roster = self.roster()
+        conn.files = FILES_CAP in hello.caps
+        limits = {
+            "text": MAX_TEXT_BYTES,
+            "frame": MAX_FRAME,
+            "members": self.config.capacity,
+            "burst": self.config.rate_burst,
+            "per_min": int(self.config.rate_per_sec * 60),
+        }
+        if conn.files:
+            limits["file_window"] = self.config.file_window
         welcome = f.Welcome(
             goal=self.goal,
             you=pending.seat_id,
@@ -620,13 +633,8 @@ class Room:
             first=self.first_seq,
             ticket=new_ticket,
             resumed=invite is None,
-            limits={
-                "text": MAX_TEXT_BYTES,
-                "frame": MAX_FRAME,
-                "members": self.config.capacity,
-                "burst": self.config.rate_burst,
-                "per_min": int(self.config.rate_per_sec * 60),
-            },
+            limits=limits,
+            caps=(FILES_CAP,) if conn.files else None,
         )
         reply = hs.write_message(welcome.encode())
         self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
@@ -744,12 +752,28 @@ class Room:
             if was_disconnected:
                 self._append_event("reconnected", now, member=seat.id, name=seat.name)
         self._broadcast_roster()
+        self.files.on_open(conn)
         self._pump(conn, now)
 
     # ------------------------------------------------------------------ internals: open frames
 
     def _on_frame(self, conn: _Conn, frame: f.Frame, now: float) -> None:
         seat = self._seats[conn.seat_id]  # type: ignore[index]
+        if type(frame) in ROOM_ACCEPTS_FILES:
+            # File frames are charged like any frame, except those the room asked for
+            # (`RoomFiles.paced`: a chunk within a pull's credit, a credit answering a chunk the
+            # host sent): their number is bounded by the credit receivers grant, so they
+            # are free of the frame budget, as an ack that retires entries is. A paced chunk's
+            # data bytes are given back too (charging them would cut off every sharer of a
+            # large file once the byte burst ran out); the rest of its message stays charged,
+            # so padding a 1-byte chunk with unknown keys costs what any frame costs.
+            if self.files.paced(conn.id, frame):
+                if isinstance(frame, f.Chunk) and seat.budget is not None:
+                    seat.budget.bytes.refund(len(frame.data), now)
+            else:
+                self._spend_frame(seat, now)
+            self.files.on_frame(conn, seat, frame, now)
+            return
         if isinstance(frame, f.Ack) and self._on_ack(conn, frame.seq, now):
             return  # retired entries: paced by what the room sent, so free of the frame budget
         if not isinstance(frame, f.Close):  # the last frame of a connection costs nothing
@@ -757,6 +781,7 @@ class Room:
         if isinstance(frame, f.Ack):
             pass  # an ack that retired nothing: charged above, nothing else to do
         elif isinstance(frame, f.Say):
+            self.files.before_say(conn)  # a share's manifest pages come first
             self._on_say(conn, seat, frame, now)
         elif isinstance(frame, f.Ping):
             # Pings spend rate tokens too, so a ping flood cannot make us queue pongs unboundedly.
@@ -921,7 +946,9 @@ class Room:
                 conn.cursor = self.first_seq
                 continue
             entry = self._entries[self._head + conn.cursor - self.first_seq]
-            data = conn.channel.seal(entry.frame)
+            # File entries have a generic `event` for connections without files/1.
+            plain = entry.frame if entry.fallback is None or conn.files else entry.fallback
+            data = conn.channel.seal(plain)
             self._out.append(Send(conn.id, data))
             if not conn.inflight:
                 conn.stall_since = now
@@ -963,6 +990,7 @@ class Room:
             return
         prev = conn.state
         conn.state = ConnState.CLOSED
+        self.files.on_conn_closed(conn.id)
         if code is not None:
             self._out.append(Disconnect(conn.id, code, reason))
         if conn.pending is not None and conn.pending.invite is not None:
@@ -983,12 +1011,14 @@ class Room:
         for old in seat.tickets:
             self._tickets.pop(old, None)
         self._append_event("left", now, member=seat.id, name=seat.name)
+        self.files.on_seat_gone(seat.id, END_LEFT, now)
         self._broadcast_roster()
 
     def _shutdown(self, reason: str, summary: str | None, now: float) -> None:
         self._append_event(reason, now, summary=summary)
         self.closed = True
         self.close_reason = reason
+        self.files.on_room_closed()
         for conn in list(self._conns.values()):
             if conn.state is ConnState.OPEN:
                 self._send_frame(conn, f.Close(reason=reason, summary=summary))

@@ -5,10 +5,12 @@ refused say, an ignored re-sent one, an ack that acknowledges nothing, a pong no
 A frame the budget cannot pay for ends the connection and the seat: `error{flooding}`,
 `close{reason: flooding}`, close 4010, and `left` for the others.
 The honest patterns (says at the rate limit at the largest size, an ack for every entry, pings,
-256 says re-sent at once after a resume) must never meet it.
+256 says re-sent at once after a resume, sharing and receiving a large file) must never meet it.
 """
 
 from __future__ import annotations
+
+import random
 
 import pytest
 from harness import Net, Peer, seal_as_member
@@ -16,9 +18,11 @@ from harness import Net, Peer, seal_as_member
 from tunnelproto import (
     CLOSE_FLOODING,
     CLOSE_NORMAL,
+    MAX_CHUNK,
     MAX_TEXT_BYTES,
     ConnectionEnded,
     Disconnect,
+    ReadRequest,
     Refused,
     RoomConfig,
     _codec,
@@ -233,3 +237,116 @@ def test_reconnecting_does_not_refill_the_budget() -> None:
     assert mallory.is_open
     assert flood(net, mallory, lambda i: _frames.Ack(seq=0), limit=100) == 25
     assert flooding_cuts(mallory)
+
+
+# ------------------------------------------------------------------------ files (section 26.10)
+
+#: A budget so small that every sharer and receiver of a few MiB would meet it if its chunks
+#: and credits were charged: 8 frames and 256 KiB at once, next to nothing a second after.
+TIGHT = RoomConfig(
+    inbound_frame_burst=8,
+    inbound_frames_per_sec=0.01,
+    inbound_byte_burst=256 * 1024,
+    inbound_bytes_per_sec=64.0,
+)
+TRANSFERS = {
+    # The default budget: a file larger than the byte burst (16 MiB), at a frozen clock.
+    "default budget": (RoomConfig(), 20 * 1024 * 1024),
+    # 4 MiB is 65 chunks and as many credits: eight times the frame burst.
+    "tight budget": (TIGHT, 4 * 1024 * 1024),
+}
+
+
+@pytest.mark.parametrize("drain", ["per batch", "per message"])
+@pytest.mark.parametrize("budget", sorted(TRANSFERS))
+def test_sharing_and_receiving_a_large_file_at_full_speed_are_never_cut(
+    budget: str, drain: str
+) -> None:
+    # The clock never moves: nothing refills, so only what the room paced itself (the chunks of
+    # its pulls, the credits answering the chunks it sent) can carry a file past the bursts.
+    # The relay seals several chunks per pull; a receiver's driver may drain its output once
+    # they have all been read (one credit for them) or after each (a credit per chunk).
+    config, size = TRANSFERS[budget]
+    assert size > config.inbound_byte_burst
+    if config is TIGHT:
+        assert size > 8 * config.inbound_frame_burst * MAX_CHUNK  # chunks, and credits
+    net = Net(config=config)
+    ana, bob = net.join("ana", files=True), net.join("bob", files=True)
+    ana.drain_each = bob.drain_each = drain == "per message"
+    contents = [random.Random(7).randbytes(size)]
+    oid = net.offer_of(ana, net.share(ana, contents))
+    start = net.now
+    x = net.fetch(bob, oid, 0, contents)
+    assert net.now == start
+    assert x in bob.disk.complete and bytes(bob.disk.received[x]) == contents[0]
+    assert_never_cut(net, ana, bob)
+    # Both are still in good standing: each can chat on.
+    net.say(ana, "done")
+    net.say(bob, "thanks")
+    assert bob.texts[-2:] == ["done", "thanks"]
+    assert_never_cut(net, ana, bob)
+
+
+def _finished_transfer(net: Net) -> tuple[Peer, Peer, int, int]:
+    """Ana shared a small file and bob fetched all of it: the host's pull id and bob's x."""
+    ana, bob = net.join("ana", files=True), net.join("bob", files=True)
+    contents = [random.Random(8).randbytes(3000)]
+    oid = net.offer_of(ana, net.share(ana, contents))
+    x = net.fetch(bob, oid, 0, contents)
+    (pulled,) = [ev for ev in ana.events if isinstance(ev, ReadRequest)]
+    assert x in bob.disk.complete and not net.room.files.transfers()
+    return ana, bob, pulled.transfer, x
+
+
+UNASKED = {
+    # A chunk for a transfer that ended is dropped quietly (it may have crossed a cancel on the
+    # wire), so it is not an error: only the budget stops a stream of them.
+    "a sharer's chunks nobody asked for": "chunk",
+    "a receiver's credits for a fetch that ended": "credit",
+}
+
+
+@pytest.mark.parametrize("what", sorted(UNASKED))
+def test_file_frames_the_room_did_not_ask_for_are_charged(what: str) -> None:
+    net = Net()
+    ana, bob, pulled, x = _finished_transfer(net)
+    if UNASKED[what] == "chunk":
+        mallory, make = ana, lambda i: _frames.Chunk(x=pulled, at=0, data=bytes(1000))
+    else:
+        mallory, make = bob, lambda i: _frames.Credit(x=x, n=1000)
+    # Nothing but its frame burst (1024) goes through: these frames are not paced.
+    sent = flood(net, mallory, make, limit=1100)
+    assert RoomConfig().inbound_frame_burst - 2 <= sent <= RoomConfig().inbound_frame_burst + 1
+    assert flooding_cuts(mallory)
+    other = bob if mallory is ana else ana
+    assert_never_cut(net, other)
+
+
+def test_a_paced_chunk_padded_with_unknown_keys_pays_for_the_padding() -> None:
+    # Only a paced chunk's data is given back: 1-byte chunks inside the credit, each carrying
+    # 60 KB of unknown keys (which the decoder ignores), cost their padding like any frame.
+    net = Net()
+    ana, bob = net.join("ana", files=True), net.join("bob", files=True)
+    contents = [random.Random(9).randbytes(1024 * 1024)]
+    oid = net.offer_of(ana, net.share(ana, contents))
+    ana.disk.auto_read = False  # ana's driver never reads: the pull stays open, at byte 0
+    bob.disk.auto_grant = False  # (ana's core, which sends none of these chunks, gets no credit)
+    net.fetch(bob, oid, 0, contents)
+    ((_, request),) = ana.disk.reads
+    pull = request.transfer
+
+    def padded_chunk(i: int) -> _frames.Frame:
+        class Padded(_frames.Frame):
+            def to_value(self) -> dict[str, _codec.Value]:
+                return {"t": "chunk", "x": pull, "at": i, "data": contents[0][i : i + 1],
+                        "x-pad": "p" * 60000}
+
+        return Padded()
+
+    assert net.room.files.paced(ana.conn_id or 0, _frames.Chunk(x=pull, at=0, data=b"x"))
+    sent = flood(net, ana, padded_chunk, limit=400)
+    most = RoomConfig().inbound_byte_burst // 60000
+    assert most - 5 <= sent <= most + 1
+    assert flooding_cuts(ana)
+    assert bytes(bob.disk.received[1]) == contents[0][: sent - 1]  # the paid-for bytes came
+    assert_never_cut(net, bob)

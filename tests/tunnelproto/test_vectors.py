@@ -28,6 +28,7 @@ from nacl.exceptions import CryptoError
 
 import tunnelproto
 from tunnelproto import (
+    FILES_CAP,
     Disconnect,
     JoinLink,
     LinkError,
@@ -38,6 +39,7 @@ from tunnelproto import (
     RoomConfig,
     Send,
     _codec,
+    _files,
     _member,
     _phrase,
     _removal,
@@ -66,7 +68,14 @@ from tunnelproto._link import (
     ticket_psk,
 )
 from tunnelproto._noise import PROTOCOL_NAME, CipherState, HandshakeState, SymmetricState
-from tunnelproto._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, ROOM_ACCEPTS, ConnState
+from tunnelproto._state import (
+    MEMBER_ACCEPTS,
+    MEMBER_ACCEPTS_FILES,
+    MEMBER_HANDSHAKE_ACCEPTS,
+    ROOM_ACCEPTS,
+    ROOM_ACCEPTS_FILES,
+    ConnState,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_DIR = ROOT / "spec"
@@ -79,6 +88,7 @@ GENERATED = (
     "handshake-resume.json",
     "phrase.json",
     "handshake-low-order.json",
+    "files.json",
 )
 MAX_SAFE_INTEGER = 2**53 - 1
 FRAME_TYPES = {cls.TYPE: cls for cls in f.Frame.__subclasses__()}
@@ -94,6 +104,10 @@ def to_json(value: Any) -> Any:
         return {"$hex": value.hex()}
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
         return {"$int": str(value)}
+    if isinstance(value, f.FileEntry):
+        return to_json(value.to_value())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {fld.name: to_json(getattr(value, fld.name)) for fld in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -747,7 +761,8 @@ SPEC_PURPOSES = ("tunnel-id", "invite-secret", "ticket-secret", "noise-ephemeral
 
 @pytest.mark.parametrize("name", [n for n in GENERATED if n not in ("frames.json", "phrase.json")])
 def test_every_random_draw_is_tagged_with_role_actor_and_purpose(name: str) -> None:
-    calls = load(name)["rng"]["calls"]
+    doc = load(name)
+    calls = (doc["rng"] if "rng" in doc else doc["scenario"]["rng"])["calls"]
     assert calls
     for call in calls:
         assert call["role"] in ("host", "member", "generator"), call
@@ -770,12 +785,14 @@ def test_step_and_event_vocabulary_is_defined_and_used_exactly() -> None:
         for cls in tunnelproto.TunnelEvent.__subclasses__()
     }
     section = _chapter("22.")
-    for doc in _scenario():
+    docs = (*_scenario(), load("files.json")["scenario"])
+    for doc in docs:
         vocabulary = doc["vocabulary"]
+        assert vocabulary == docs[0]["vocabulary"]  # one vocabulary for every scenario
         assert vocabulary["events"] == member_events
         for step in doc["steps"]:
             assert step["do"] in vocabulary["steps"], step["do"]
-            for got in step.get("events", {}).values():
+            for got in (*step.get("events", {}).values(), step.get("host_events", [])):
                 for event in got:
                     fields = [k for k in event if k != "event"]
                     assert fields == member_events[event["event"]], event
@@ -889,15 +906,28 @@ def test_spec_documents_every_close_code() -> None:
 
 def test_spec_documents_every_event_kind_refusal_and_timer() -> None:
     section = _section("`event`", prefix="#### ")
+    # Every kind we send has its fields rule, so the decoder checks what the spec requires.
+    assert set(f.EVENT_FIELDS) == set(f.EVENT_KINDS)
     for kind in f.EVENT_KINDS:
         assert f"| `{kind}` |" in section, kind
+        required, optional = f.EVENT_FIELDS[kind]
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{kind}` |"))
+        assert all(f"`{name}`" in row for name in required | optional), kind
     refusals = _section("### 19.1")
     for code in _room.REFUSAL_MESSAGES:
         assert f"| `{code}` |" in refusals, code
     errors = _section("### 19.2")
     for code in ("empty", "too-long", "rate-limited", "slow-consumer", "malformed", "unexpected",
-                 "bad-ack", "decrypt", "too-large", "flooding"):
+                 "bad-ack", "decrypt", "too-large", "flooding", _files.ERR_TOO_LARGE,
+                 _files.ERR_BAD_PATH, _files.ERR_BAD_OFFER, _files.ERR_OFFER_LIMIT,
+                 _files.ERR_BAD_CHUNK, _files.ERR_OVER_CREDIT, _files.ERR_BAD_TRANSFER):
         assert f"| `{code}` |" in errors, code
+    aborts = _section("#### `abort`")
+    for code in _files.ABORT_CODES:
+        assert f"| `{code}` |" in aborts, code
+    ends = _section("### 26.4")
+    for reason in _files.END_REASONS:
+        assert f"| `{reason}` |" in ends, reason
     # The member's timers are the room's defaults, except its dead timer: 10 s after an
     # unanswered ping, so that it learns of a dead link no later than the room (whose stall
     # timer fires at 30 s with entries in flight, its dead timer at 60 s without).
@@ -935,6 +965,21 @@ def test_spec_documents_every_limit() -> None:
         "ID_LEN": ID_LEN,
         "PSK_LEN": PSK_LEN,
         "TUNNEL_ID_BYTES": TUNNEL_ID_BYTES,
+        "MAX_OFFER_BYTES": _files.MAX_OFFER_BYTES,
+        "MAX_OFFER_FILES": _files.MAX_OFFER_FILES,
+        "MAX_PATH_DEPTH": _files.MAX_PATH_DEPTH,
+        "MAX_PATH_BYTES": _files.MAX_PATH_BYTES,
+        "MAX_NAME_BYTES": _files.MAX_NAME_BYTES,
+        "MAX_OFFER_NAME_BYTES": _files.MAX_OFFER_NAME_BYTES,
+        "MAX_NOTE_CHARS": _files.MAX_NOTE_CHARS,
+        "MAX_MANIFEST_BYTES": _files.MAX_MANIFEST_BYTES,
+        "MAX_MEMBER_OFFERS": _files.MAX_MEMBER_OFFERS,
+        "MAX_ROOM_OFFERS": _files.MAX_ROOM_OFFERS,
+        "MAX_MEMBER_TRANSFERS": _files.MAX_MEMBER_TRANSFERS,
+        "MAX_ROOM_TRANSFERS": _files.MAX_ROOM_TRANSFERS,
+        "MAX_CHUNK": _files.MAX_CHUNK,
+        "MAX_FILE_WINDOW": _files.MAX_FILE_WINDOW,
+        "READ_SIZE": _files.READ_SIZE,
     }
     for name, value in constants.items():
         assert _row_with(f"| `{name}` |", f"| {value} |"), f"spec: no limit row {name} = {value}"
@@ -952,14 +997,19 @@ def test_spec_legality_table_matches_state_tables() -> None:
         cells = [c.strip() for c in line.strip("|").split("|")]
         match = re.fullmatch(r"`([a-z]+)`", cells[0])
         if match:
-            rows[match.group(1)] = [c == "yes" for c in cells[1:]]
+            rows[match.group(1)] = cells[1:]
     assert set(rows) == set(FRAME_TYPES)
+
+    def cell(always: bool, with_files: bool) -> str:
+        assert not (always and with_files), "a frame is in a table and in its files/1 extension"
+        return "yes" if always else "files/1" if with_files else "no"
+
     for name, cls in FRAME_TYPES.items():
         actual = [
-            cls in ROOM_ACCEPTS[ConnState.CONFIRMING],
-            cls in ROOM_ACCEPTS[ConnState.OPEN],
-            cls in MEMBER_HANDSHAKE_ACCEPTS,
-            cls in MEMBER_ACCEPTS,
+            cell(cls in ROOM_ACCEPTS[ConnState.CONFIRMING], False),
+            cell(cls in ROOM_ACCEPTS[ConnState.OPEN], cls in ROOM_ACCEPTS_FILES),
+            cell(cls in MEMBER_HANDSHAKE_ACCEPTS, False),
+            cell(cls in MEMBER_ACCEPTS, cls in MEMBER_ACCEPTS_FILES),
         ]
         assert rows[name] == actual, f"spec legality row for {name!r} differs from _state.py"
     assert not ROOM_ACCEPTS[ConnState.HANDSHAKE] and not ROOM_ACCEPTS[ConnState.CLOSED]
@@ -987,3 +1037,180 @@ def test_spec_constants_and_examples_match_the_vectors() -> None:
     assert f"`{_phrase.WORDLIST_SHA256}`" in text
     for name in GENERATED:
         assert f"`{name}`" in text
+
+
+# =============================================================================================
+# files.json (spec section 26)
+# =============================================================================================
+
+
+def test_files_capability_vector() -> None:
+    cap = load("files.json")["capability"]
+    assert cap["cap"] == FILES_CAP == "files/1"
+    hello = f.decode_frame(bytes.fromhex(cap["hello_cbor_hex"]))
+    assert isinstance(hello, f.Hello) and hello.caps == (FILES_CAP,)
+    assert to_json(hello.to_value()) == cap["hello"]
+    welcome = next(
+        c for c in load("frames.json")["frames"] if c["type"] == "welcome" and c["value"].get("caps")
+    )
+    assert welcome["value"]["caps"] == cap["welcome_caps"]
+    assert cap["welcome_limits_key"] in welcome["value"]["limits"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [from_json(c) for c in load("files.json")["chunk_layout"]["cases"]],
+    ids=lambda c: f"x{c['x']}-n{c['data_len']}",
+)
+def test_chunk_layout(case: dict[str, Any]) -> None:
+    data = bytes(i % 256 for i in range(case["data_len"]))
+    frame = bytes.fromhex(case["prefix_hex"]) + data
+    assert len(frame) == case["frame_len"] <= tunnelproto.MAX_PLAINTEXT
+    # map(4), "t": "chunk", "x": as spec section 26.6 spells it out.
+    assert frame.startswith(bytes.fromhex("a4" "6174" "656368756e6b" "6178"))
+    chunk = f.Chunk(x=case["x"], at=case["at"], data=data)
+    assert f.encode_chunk(case["x"], case["at"], data) == frame == chunk.encode()
+    assert _codec.encode({"t": "chunk", "x": case["x"], "at": case["at"], "data": data}) == frame
+    assert f.decode_frame(frame) == chunk  # the direct reader
+    assert _codec.decode(frame) == {"t": "chunk", "x": case["x"], "at": case["at"], "data": data}
+
+
+def test_chunk_layout_covers_every_size_class() -> None:
+    cases = from_json(load("files.json")["chunk_layout"]["cases"])
+    ints = {c["x"] for c in cases} | {c["at"] for c in cases}
+    assert ints >= {0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1}
+    assert {c["data_len"] for c in cases} >= {1, 23, 24, 255, 256, _files.MAX_CHUNK}
+
+
+@pytest.mark.parametrize("case", load("files.json")["fallbacks"], ids=lambda c: c["what"])
+def test_files_fallback_events(case: dict[str, Any]) -> None:
+    entry = from_json(case["files_1"])
+    event = f.decode_frame(bytes.fromhex(case["without_files_1_cbor_hex"]))
+    assert isinstance(event, f.Event) and to_json(event.to_value()) == case["without_files_1"]
+    assert (event.seq, event.ts, event.member) == (entry["seq"], entry["ts"], entry["from"])
+    if entry["t"] == "offer":
+        assert event.kind == "file-offer"
+        assert event.summary == f"{entry['name']} ({entry['count']} files, {entry['total']} bytes)"
+    else:
+        assert event.kind == "file-offer-ended" and event.summary == entry["reason"]
+
+
+@pytest.mark.parametrize("case", load("files.json")["invalid"], ids=lambda c: c["what"][:40])
+def test_files_invalid_inputs(case: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        f.decode_frame(bytes.fromhex(case["cbor_hex"]))
+    assert info.value.code == case["code"]
+
+
+@pytest.mark.parametrize("case", load("files.json")["accepted"], ids=lambda c: c["what"][:40])
+def test_files_accepted_inputs(case: dict[str, Any]) -> None:
+    frame = f.decode_frame(bytes.fromhex(case["cbor_hex"]))
+    assert to_json(frame.to_value()) == case["decodes_to"]
+
+
+def test_files_paging_vector() -> None:
+    paging = load("files.json")["paging"]
+    entries = tuple(
+        f.FileEntry(f"fixtures/dir-{i // 100:02d}/case-{i:04d}-input.json", i,
+                    hashlib.sha256(b"%d" % i).digest())
+        for i in range(1000)
+    )
+    assert _codec.encode(entries[0].to_value()).hex() == paging["entry_0"]["cbor_hex"]
+    assert _files.entry_size(entries[0]) == paging["entry_0"]["encoded_bytes"]
+    frames = _files.share_frames(paging["share_ref"], paging["share_name"], None, entries)
+    got = [
+        {"t": fr.TYPE, "at": fr.at if isinstance(fr, f.Manifest) else 0, "entries": len(fr.files),
+         "frame_bytes": len(fr.encode())}
+        for fr in frames
+    ]
+    assert got == paging["pages"] and len(got) > 1
+    assert all(p["frame_bytes"] <= tunnelproto.MAX_PLAINTEXT for p in got)
+    assert sum(p["entries"] for p in got) == len(entries)
+
+
+def test_files_scenario_replays_byte_for_byte() -> None:
+    scenario = load("files.json")["scenario"]
+    wire = {w["i"]: w for w in scenario["wire"]}
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for call in scenario["rng"]["calls"]:
+        by_stream.setdefault(call["stream"], []).append(call)
+    rngs = {name: ReplayRng(calls) for name, calls in by_stream.items()}
+    room: Room | None = None
+    members: dict[str, MemberConnection] = {}
+    conn_of: dict[str, int] = {}
+    actor_of: dict[int, str] = {}
+    for step in scenario["steps"]:
+        t, do, args, result = step["t"], step["do"], step["args"], step.get("result")
+        if do == "room.create":
+            room = Room(args["goal"], args["host_name"], t, rng=rngs["room"],
+                        epoch_offset=args["epoch_offset"])
+            assert room.tunnel_id == result["tunnel_id"] == scenario["tunnel_id"]
+            continue
+        assert room is not None
+        got_result: dict[str, Any] | None = None
+        if do == "host.mint_invites":
+            invites = room.mint_invites(args["count"], t)
+            assert [str(inv.link(args["base_url"], room.tunnel_id)) for inv in invites] == result["links"]
+        elif do == "host.say":
+            got_result = {"seq": room.say(args["text"], t).seq}
+        elif do == "member.connect":
+            member = MemberConnection(JoinLink.parse(args["link"]), args["name"], t,
+                                      rng=rngs[args["rng"]], caps=tuple(args.get("caps", ())))
+            conn = room.open_connection(t)
+            assert conn == result["conn"]
+            members[args["actor"]] = member
+            conn_of[args["actor"]], actor_of[conn] = conn, args["actor"]
+        elif do == "deliver":
+            for i in args["wire"]:
+                msg = wire[i]
+                data = bytes.fromhex(msg["hex"])
+                if msg["dir"] == "member->host":
+                    room.receive(msg["conn"], data, t)
+                else:
+                    members[msg["actor"]].receive_data(data, t)
+        elif do == "member.share":
+            entries = [f.FileEntry.from_value(_codec.decode(bytes.fromhex(e))) for e in args["files_cbor"]]
+            got_result = {"ref": members[args["actor"]].files.share(args["name"], entries,
+                                                                    note=args.get("note"))}
+        elif do == "member.fetch":
+            got_result = {"transfer": members[args["actor"]].files.fetch(
+                args["offer"], args["file"], at=args["at"], credit=args["credit"])}
+        elif do == "member.provide_chunk":
+            got_result = {"accepted": members[args["actor"]].files.provide_chunk(
+                args["transfer"], args["offset"], bytes.fromhex(args["data_hex"]))}
+        elif do == "member.grant":
+            members[args["actor"]].files.grant(args["transfer"], args["n"])
+        elif do == "member.unshare":
+            members[args["actor"]].files.unshare(args["offer"])
+        elif do == "member.pull_bulk":
+            got_result = {"sealed": members[args["actor"]].pull_bulk(args["max_bytes"])}
+        elif do == "host.pull_bulk":
+            got_result = {"sealed": room.pull_bulk(conn_of[args["actor"]], args["max_bytes"])}
+        else:
+            raise AssertionError(f"unknown step {do!r}")
+        if got_result is not None:
+            assert got_result == result, f"step {step['i']} ({do})"
+
+        got: list[tuple[Any, ...]] = []
+        for out in room.data_to_send():
+            assert isinstance(out, Send)
+            got.append(("host->member", actor_of[out.conn], out.data.hex()))
+        for actor, member in members.items():
+            got += [("member->host", actor, data.hex()) for data in member.data_to_send()]
+        expected = [(wire[i]["dir"], wire[i]["actor"], wire[i]["hex"]) for i in step["emits"]]
+        assert got == expected, f"step {step['i']} ({do}) emitted other messages"
+        host_events = [event_json(ev) for ev in room.files.take_events()]
+        assert host_events == step.get("host_events", []), f"step {step['i']}"
+        events = {}
+        for actor, member in members.items():
+            seen = [event_json(ev) for ev in iter(member.next_event, None)]
+            if seen:
+                events[actor] = seen
+        assert events == step.get("events", {}), f"step {step['i']} ({do}) reported other events"
+    assert all(rng.exhausted() for rng in rngs.values())
+    # What the story shows: the file arrived whole, chat went first, the old member chatted on.
+    frames = [(w["actor"], w["dir"], w["frame"]["t"]) for w in scenario["wire"] if "frame" in w]
+    assert ("old", "host->member", "offer") not in frames and ("old", "host->member", "event") in frames
+    say = next(i for i, fr in enumerate(frames) if fr == ("bob", "host->member", "message"))
+    first_chunk = next(i for i, fr in enumerate(frames) if fr == ("bob", "host->member", "chunk"))
+    assert say < first_chunk
