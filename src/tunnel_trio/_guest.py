@@ -165,6 +165,7 @@ class Guest:
         self._deadline_moved = trio.Event()
         self._ended: ConnectionEnded | None = None
         self._welcomed = False
+        self._draining = False
         self._ever_welcomed = False
         self._welcomed_at = 0.0
         self._serve_scope: trio.CancelScope | None = None
@@ -199,6 +200,14 @@ class Guest:
             if self._serve_scope is not None:
                 self._serve_scope.cancel()
         self._deadline_moved.set()
+
+    def pump(self) -> None:
+        """After a call into the connection that may make events (a file chunk provided, the
+        next read it asks for): hand them to `on_event` now rather than at the next message
+        from the host, then flush."""
+        if self.conn is not None and not self._draining:
+            self._drain(self.conn)
+        self.flush()
 
     async def leave(self) -> None:
         """Leave for good: tell the room, then (in `_serve`) wait for it to close, and stop."""
@@ -485,6 +494,13 @@ class Guest:
         return False
 
     def _drain(self, conn: MemberConnection) -> None:
+        was, self._draining = self._draining, True
+        try:
+            self._drain_events(conn)
+        finally:
+            self._draining = was
+
+    def _drain_events(self, conn: MemberConnection) -> None:
         while (event := conn.next_event()) is not None:
             if self._reconnecting and isinstance(event, Refused):
                 # A refusal while reconnecting is ours to handle (see run), not the session's.

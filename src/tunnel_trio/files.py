@@ -98,9 +98,19 @@ log = logging.getLogger("tunnel_trio.files")
 
 #: Files of an offer that a transcript message and a status list (`plan_receive` lists all).
 MAX_FILES_SHOWN = 20
-#: Received bytes written per worker-thread call, then granted back as credit. A quarter of the
-#: default window: the sharer keeps sending while we write.
+#: Received bytes written per worker-thread call, then granted back as credit: a receiver
+#: writes once this much (or a quarter of its window, if less) is queued, or the file is done.
+#: The rest of the window stays open meanwhile, so the sharer never waits for it; one thread
+#: hop per batch rather than per chunk is most of what a transfer costs on a busy machine.
 WRITE_BATCH_BYTES = 256 * 1024
+#: Credit a receiver keeps outstanding on a fetch (at most the room's `file_window`). What is
+#: in flight is what a chat message from the sharer, or to the receiver, may wait behind; on
+#: loopback the rate is bound by CPU, not by this, so it is kept small.
+RECEIVE_CREDIT = 512 * 1024
+#: A sharer reads this much of a file per worker-thread call and answers the core's next read
+#: requests (READ_SIZE each) from it; at most MAX_READ_AHEADS such buffers are kept.
+READ_AHEAD = 1024 * 1024
+MAX_READ_AHEADS = 8
 #: How long `share` waits for the host to stamp a member's share before saying it is queued.
 SHARE_TIMEOUT = 30.0
 #: A fetch the room turned away as busy (too many transfers) is tried again after this long,
@@ -159,11 +169,12 @@ class _Sink:
     """The chunks of one fetch, waiting to be written (at most the window: credit is granted
     only once they are), and how the fetch ended."""
 
-    __slots__ = ("tid", "chunks", "outcome", "delivered", "_wake")
+    __slots__ = ("tid", "chunks", "queued", "outcome", "delivered", "_wake")
 
     def __init__(self) -> None:
         self.tid = 0
         self.chunks: deque[tuple[int, bytes]] = deque()
+        self.queued = 0
         #: None while it runs; "done", or an abort code and message.
         self.outcome: tuple[str, str] | None = None
         self.delivered = 0
@@ -171,6 +182,7 @@ class _Sink:
 
     def put(self, offset: int, data: bytes) -> None:
         self.chunks.append((offset, data))
+        self.queued += len(data)
         self.delivered += len(data)
         self._wake.set()
 
@@ -186,12 +198,13 @@ class _Sink:
             item = self.chunks.popleft()
             batch.append(item)
             size += len(item[1])
+        self.queued -= size
         return batch
 
     async def wait(self) -> None:
-        if not self.chunks and self.outcome is None:
-            await self._wake.wait()
-            self._wake = trio.Event()
+        """Until the next chunk or the end."""
+        await self._wake.wait()
+        self._wake = trio.Event()
 
 
 def _write_batch(writer: files_disk.FileWriter, batch: list[tuple[int, bytes]]) -> int:
@@ -288,6 +301,8 @@ class SessionFiles:
         self._known: OrderedDict[int, FileOfferInfo] = OrderedDict()
         self._ended: OrderedDict[int, str] = OrderedDict()
         self._sinks: dict[int, _Sink] = {}
+        #: Read ahead for our offers: (asker, transfer) -> (offer id, offset, bytes from it).
+        self._ahead: OrderedDict[tuple[object, int], tuple[int, int, memoryview]] = OrderedDict()
         self._receives: dict[int, _Receive] = {}
         #: Transfers we receive at once, all receives together (the room's per-member cap).
         self._slots = trio.Semaphore(MAX_MEMBER_TRANSFERS)
@@ -317,11 +332,19 @@ class SessionFiles:
         raise NotImplementedError
 
     async def _fetch(self, offer_id: int, file: int, at: int, sink: _Sink) -> None:
-        """Start the fetch and bind `sink` to its transfer id before any event for it."""
+        """Start the fetch (with `_credit()`) and bind `sink` to its transfer id before any
+        event for it."""
         raise NotImplementedError
 
     def _grant(self, transfer: int, n: int) -> None:
         raise NotImplementedError
+
+    def _window(self) -> int:
+        """Bytes a fetch may have outstanding (the room's `file_window`)."""
+        raise NotImplementedError
+
+    def _credit(self) -> int:
+        return max(1, min(RECEIVE_CREDIT, self._window()))
 
     def _cancel(self, transfer: int) -> None:
         raise NotImplementedError
@@ -419,8 +442,11 @@ class SessionFiles:
         while len(self._ended) > MAX_ENDED_REMEMBERED:
             self._ended.popitem(last=False)
         mine = self._readers.pop(offer_id, None)
-        if mine is not None and self._nursery is not None:
-            self._nursery.start_soon(trio.to_thread.run_sync, mine[1].close)
+        if mine is not None:
+            for key in [k for k, v in self._ahead.items() if v[0] == offer_id]:
+                del self._ahead[key]
+            if self._nursery is not None:
+                self._nursery.start_soon(trio.to_thread.run_sync, mine[1].close)
         return TranscriptMessage(
             seq=seq, kind="file", ts=ts / 1000, sender=offer.sharer, event="file-offer-ended",
             file=offer, reason=f"{reason}: {_end_words(reason)}",
@@ -500,9 +526,23 @@ class SessionFiles:
     async def _read(
         self, reader: files_disk.ShareReader, request: ReadRequest, asker: object
     ) -> None:
+        key = (asker, request.transfer)
+        ahead = self._ahead.pop(key, None)
+        if ahead is not None and ahead[1] == request.offset:
+            _, offset, view = ahead
+            data = bytes(view[: request.size])
+            if len(view) > len(data):
+                self._ahead[key] = (request.offer_id, offset + len(data), view[len(data) :])
+            self._provide(asker, request.transfer, request.offset, data)
+            return
+        scan = self._readers[request.offer_id][0] if request.offer_id in self._readers else None
+        size = request.size
+        if scan is not None and 0 <= request.file < len(scan.entries):
+            left = scan.entries[request.file].size - request.offset
+            size = max(size, min(READ_AHEAD, left))
         try:
-            data = await trio.to_thread.run_sync(
-                reader.read, request.file, request.offset, request.size
+            whole = await trio.to_thread.run_sync(
+                reader.read, request.file, request.offset, size
             )
         except files_disk.SourceChangedError as exc:
             self._read_failed(asker, request.transfer, ABORT_CHANGED,
@@ -517,6 +557,12 @@ class SessionFiles:
                 # The offer ended while we read: the read may have reopened its file.
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(reader.close)
+        view = memoryview(whole)
+        data = bytes(view[: request.size])
+        if len(view) > len(data) and mine is not None and mine[1] is reader:
+            self._ahead[key] = (request.offer_id, request.offset + len(data), view[len(data) :])
+            while len(self._ahead) > MAX_READ_AHEADS:
+                self._ahead.popitem(last=False)
         try:
             self._provide(asker, request.transfer, request.offset, data)
         except LocalProtocolError:  # a bug; the receiver's fetch then waits for its sharer
@@ -748,9 +794,13 @@ class SessionFiles:
             return exc.code or ABORT_BAD_FETCH, str(exc)
         except TunnelError as exc:  # the tunnel closed, or the host cannot do files
             raise _Stop(str(exc), "all") from None
+        # Write once a batch is queued: the credit outstanding is then still at least
+        # window - batch, so the sharer keeps sending and the batch always fills (or the file
+        # ends, which says so).
+        batch_bytes = min(WRITE_BATCH_BYTES, max(1, self._credit() // 2))
         try:
             while True:
-                if sink.chunks:
+                if sink.chunks and (sink.queued >= batch_bytes or sink.outcome is not None):
                     batch = sink.take(WRITE_BATCH_BYTES)
                     try:
                         n = await trio.to_thread.run_sync(_write_batch, writer, batch)
@@ -900,10 +950,13 @@ class HostFiles(SessionFiles):
 
         def start(now: float) -> None:
             # Bound before the relay dispatches: an event for it may come in that dispatch.
-            sink.tid = room.files.fetch(offer_id, file, now, at=at)
+            sink.tid = room.files.fetch(offer_id, file, now, at=at, credit=self._credit())
             self._sinks[sink.tid] = sink
 
         self._session.relay.call(start)
+
+    def _window(self) -> int:
+        return self._session.room.config.file_window
 
     def _grant(self, transfer: int, n: int) -> None:
         room = self._session.room
@@ -1063,9 +1116,13 @@ class MemberFiles(SessionFiles):
 
     async def _fetch(self, offer_id: int, file: int, at: int, sink: _Sink) -> None:
         conn = await self._conn()
-        sink.tid = conn.files.fetch(offer_id, file, at=at)
+        sink.tid = conn.files.fetch(offer_id, file, at=at, credit=self._credit())
         self._sinks[sink.tid] = sink  # events are drained by the reader task, after this
         self._session.guest.flush()
+
+    def _window(self) -> int:
+        conn = self._session.guest.conn
+        return conn.files.window if conn is not None else 1
 
     def _grant(self, transfer: int, n: int) -> None:
         # The current connection object, open or not: credit granted before a resume's
@@ -1086,10 +1143,10 @@ class MemberFiles(SessionFiles):
         if isinstance(asker, MemberConnection) and asker.files.provide_chunk(
             transfer, offset, data
         ) and asker is self._session.guest.conn:
-            self._session.guest.flush()
+            self._session.guest.pump()  # the next ReadRequest is already waiting
 
     def _read_failed(self, asker: Any, transfer: int, code: str, message: str) -> None:
         if isinstance(asker, MemberConnection):
             asker.files.read_failed(transfer, code, message)
             if asker is self._session.guest.conn:
-                self._session.guest.flush()
+                self._session.guest.pump()

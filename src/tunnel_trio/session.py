@@ -515,17 +515,19 @@ class HostSession(_Session):
 
     def _on_room_change(self) -> None:
         # Called after every room call (each ack too): only do per-member work on a change.
+        # (Each file chunk relayed is such a call: nothing here may wake listeners for it.)
         if self.room.roster_version != self._roster_version:
             self._roster_version = self.room.roster_version
             self._names.update(self.room.roster())
+            self._transcript.poke()
         if self.room.last_seq != self._seen_seq:
             for entry in self.room.entries_since(self._seen_seq):
-                self._transcript.add(self._to_message(entry))
+                self._transcript.add(self._to_message(entry))  # wakes listeners
             self._seen_seq = self.room.last_seq
-        self._transcript.poke()
         if self.room.closed and not self.closed:
             self.closed = True
             self.closed_reason = self.room.close_reason
+            self._transcript.poke()
             self._room_closed.set()  # _run lets the goodbyes out, then stops everything
 
     def _to_message(self, entry: TranscriptEntry) -> TranscriptMessage:
