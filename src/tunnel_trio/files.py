@@ -275,6 +275,7 @@ class _Receive:
             received_bytes=self.received_bytes(),
             total_bytes=self.plan.total,
             error=None if complete or self.running else self.error,
+            delivered_bytes=self.delivered,
         )
 
     def progress(self) -> ReceiveProgress:

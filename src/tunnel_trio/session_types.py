@@ -308,7 +308,10 @@ class ReceiveResult:
     the background (the wait ended first): call `receive` again to wait more, or
     `cancel_receive`. `resumable`: it stopped but `receive` again continues from the bytes
     already received and verified. `failed`: files that could not be received, and why; no
-    partial file of theirs is left. `error`: why the receive stopped early, if it did."""
+    partial file of theirs is left. `error`: why the receive stopped early, if it did.
+    `delivered_bytes`: what the room delivered for it in this process, resumes included: equal
+    to `received_bytes` when no byte came twice (a dropped connection resumes from the last
+    byte delivered)."""
 
     offer_id: int
     destination: str
@@ -321,6 +324,7 @@ class ReceiveResult:
     received_bytes: int
     total_bytes: int
     error: str | None = None
+    delivered_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
