@@ -656,16 +656,12 @@ class SessionFiles:
                 plan, indices = prepared.plan  # type: ignore[misc]
                 job = _Receive(prepared, plan, indices)
                 self._receives[offer_id] = job
-        if not job.running and not job.finished.is_set():
+        if not job.running and (not job.finished.is_set() or job.resumable):
             self._require_open()
-            job.running = True
-            self._spawn(self._run_receive, job)
-        elif not job.running and job.resumable:
-            self._require_open()
+            self._spawn(self._run_receive, job)  # raises if the tunnel is closing
             job.finished = trio.Event()
             job.running = True
             job.error = None
-            self._spawn(self._run_receive, job)
         with trio.move_on_after(math.inf if wait is None else max(0.0, wait)):
             await job.finished.wait()
         result = job.result()
@@ -686,7 +682,7 @@ class SessionFiles:
         if job.running:
             await job.finished.wait()
         else:
-            self._discard(job, "cancelled")
+            await trio.to_thread.run_sync(self._discard, job, "cancelled")
         return True
 
     def receives(self) -> list[ReceiveProgress]:
@@ -714,7 +710,10 @@ class SessionFiles:
             if not job.complete and (job.fatal or not job.paused):
                 # A cut that cannot be continued (the offer ended, a cancel, the tunnel
                 # closed): no partial file stays.
-                self._discard(job, job.error or "the tunnel closed")
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(
+                        self._discard, job, job.error or "the tunnel closed"
+                    )
             job.finished.set()
 
     async def _worker(self, job: _Receive, todo: deque[int], scope: trio.CancelScope) -> None:
@@ -724,7 +723,10 @@ class SessionFiles:
                 await self._receive_file(job, index)
             except _Stop as stop:
                 if stop.scope == "file":
-                    self._drop_writer(job, index)
+                    writer = job.writers.pop(index, None)
+                    if writer is not None:
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(writer.abort)
                     job.failed[index] = SkippedFile(job.plan.files[index].entry.path, str(stop))
                 elif stop.scope == "pause":
                     job.paused[index] = str(stop)
@@ -767,7 +769,6 @@ class SessionFiles:
             if code == ABORT_UNREADABLE:
                 raise _Stop(f"the sharer could not read {entry.path!r}: {message}; receive again "
                             "to continue", "pause")
-            self._drop_writer(job, index)
             if code == ABORT_CHANGED:
                 raise _Stop(f"the file changed on the sharer's disk since it was offered: "
                             f"{message}", "file")
@@ -827,7 +828,8 @@ class SessionFiles:
             writer.abort()
 
     def _discard(self, job: _Receive, why: str) -> None:
-        """The receive cannot go on: remove its partial files (finished ones stay)."""
+        """The receive cannot go on: remove its partial files (finished ones stay). Blocking
+        (it unlinks): run it in a worker thread, except when the session is going away."""
         for index in list(job.writers):
             self._drop_writer(job, index)
         for index in job.paused:

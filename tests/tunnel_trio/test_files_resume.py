@@ -111,3 +111,42 @@ async def test_credit_granted_while_the_receiver_is_away_is_carried_into_the_res
         result = await cy.receive(shared.offer_id)
     assert result.complete and sha256_of(tmp_path / "in" / "f.bin") == digest
     assert result.delivered_bytes == size
+
+
+async def test_a_receive_the_sharer_could_not_serve_continues_when_called_again(
+    nursery, tmp_path, monkeypatch
+):
+    from tunnel_trio import files_disk
+
+    host, ben, cy, _ = await room_of_three(nursery)
+    size = 6 * 1024 * 1024
+    digest = write_random(tmp_path / "f.bin", size)
+    shared = await ben.share(str(tmp_path / "f.bin"))
+    await offer_seen(cy, shared.offer_id)
+
+    reads = 0
+    real_read = files_disk.ShareReader.read
+
+    def read(self, index, offset, size):
+        nonlocal reads
+        reads += 1
+        if reads == 3:  # once: a transient trouble on the sharer's side
+            raise files_disk.FileShareError("cannot read f.bin: Input/output error")
+        return real_read(self, index, offset, size)
+
+    monkeypatch.setattr(files_disk.ShareReader, "read", read)
+    with trio.fail_after(60):
+        first = await cy.receive(shared.offer_id, str(tmp_path / "in"))
+    assert not first.complete and first.resumable and not first.running
+    assert "could not read" in first.error and "receive again" in first.error
+    assert 0 < first.received_bytes < size
+    assert [r.state for r in cy.receives()] == ["resumable"]
+    assert leftovers(tmp_path / "in") != []  # the verified part is kept, under a hidden name
+    assert not (tmp_path / "in" / "f.bin").exists()
+
+    with trio.fail_after(60):
+        second = await cy.receive(shared.offer_id)
+    assert second.complete and sha256_of(tmp_path / "in" / "f.bin") == digest
+    # The second fetch started where the first stopped: no byte came twice.
+    assert second.delivered_bytes == size
+    assert leftovers(tmp_path / "in") == [] and cy.receives() == []
