@@ -371,7 +371,7 @@ class SessionFiles:
             for sink in self._sinks.values():
                 sink.end(ABORT_CLOSED, "the tunnel closed")
             for job in self._receives.values():
-                self._discard(job, "the tunnel closed before the files were received")
+                _abort(self._discard(job, "the tunnel closed before the files were received"))
             self._receives.clear()
             for _, reader in self._readers.values():
                 reader.close()
@@ -682,7 +682,7 @@ class SessionFiles:
         if job.running:
             await job.finished.wait()
         else:
-            await trio.to_thread.run_sync(self._discard, job, "cancelled")
+            await trio.to_thread.run_sync(_abort, self._discard(job, "cancelled"))
         return True
 
     def receives(self) -> list[ReceiveProgress]:
@@ -710,10 +710,9 @@ class SessionFiles:
             if not job.complete and (job.fatal or not job.paused):
                 # A cut that cannot be continued (the offer ended, a cancel, the tunnel
                 # closed): no partial file stays.
+                writers = self._discard(job, job.error or "the tunnel closed")
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(
-                        self._discard, job, job.error or "the tunnel closed"
-                    )
+                    await trio.to_thread.run_sync(_abort, writers)
             job.finished.set()
 
     async def _worker(self, job: _Receive, todo: deque[int], scope: trio.CancelScope) -> None:
@@ -822,16 +821,11 @@ class SessionFiles:
             if sink.outcome is None:
                 self._cancel(sink.tid)  # we stop early (a cancel, a full disk): tell the room
 
-    def _drop_writer(self, job: _Receive, index: int) -> None:
-        writer = job.writers.pop(index, None)
-        if writer is not None:
-            writer.abort()
-
-    def _discard(self, job: _Receive, why: str) -> None:
-        """The receive cannot go on: remove its partial files (finished ones stay). Blocking
-        (it unlinks): run it in a worker thread, except when the session is going away."""
-        for index in list(job.writers):
-            self._drop_writer(job, index)
+    def _discard(self, job: _Receive, why: str) -> list[files_disk.FileWriter]:
+        """The receive cannot go on: mark it so and hand back its unfinished writers, whose
+        partial files the caller removes (`_abort`, in a worker thread: it unlinks)."""
+        writers = list(job.writers.values())
+        job.writers.clear()
         for index in job.paused:
             if index not in job.failed:
                 job.failed[index] = SkippedFile(job.plan.files[index].entry.path, why)
@@ -839,6 +833,7 @@ class SessionFiles:
         job.fatal = True
         if job.error is None:
             job.error = why
+        return writers
 
     def _fresh_join(self) -> None:
         """We came back as a new member: the room forgot our fetches (they end, resumable)."""
@@ -852,6 +847,12 @@ class SessionFiles:
             return f"offer {offer_id} has ended ({_end_words(reason)}): it can no longer be received"
         return (f"offer {offer_id} is not live (it ended, or never was): tunnel_status lists the "
                 "live offers")
+
+
+def _abort(writers: list[files_disk.FileWriter]) -> None:
+    """Remove the partial files of these writers (blocking)."""
+    for writer in writers:
+        writer.abort()
 
 
 def _entries(scan: files_disk.Share) -> tuple[FileEntry, ...]:
