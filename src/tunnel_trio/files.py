@@ -10,15 +10,18 @@ as `session.files`, and delegate their file methods to it:
 
 Where the work happens:
 
-- Reads of our own offers run in worker threads (`files_disk.ShareReader`), one per read
-  request of the core (at most one per transfer at a time, `READ_SIZE` each); the relay's and
-  the member's event handling only start them.
+- Reads of our own offers run in worker threads (`files_disk.ShareReader`): the core asks for
+  `READ_SIZE` at a time (at most one request per transfer outstanding); a thread reads up to
+  `READ_AHEAD` and the next requests are answered from that. The relay's and the member's
+  event handling only start them.
 - A receive runs in the session's nursery, not in the caller's task: a caller whose wait ends
   (or whose tool call is cancelled) leaves it running, and `receive` again finds it. Each file
   is written through a `files_disk.FileWriter` (temporary name, SHA-256 as bytes arrive, then a
   checked rename) in worker threads, `WRITE_BATCH_BYTES` per thread call, and only then is that
-  much credit granted back: a slow disk slows the sharer instead of filling memory, and a
-  receiver holds at most its window (`file_window`) of unwritten bytes per transfer.
+  much credit granted back: a slow disk slows the sharer instead of filling memory. A fetch
+  keeps `RECEIVE_CREDIT` (512 KiB, within the room's `file_window`) outstanding: that bounds
+  what the receiver holds unwritten, what the host holds of the transfer, and what a chat
+  message can find ahead of it on either connection (measured in bench/files.py).
 - A dropped member connection does not end its fetches: the core fetches again after the
   resume from the last byte delivered (which the writer has, or will have, written), so nothing
   delivered is sent again. A receive that stopped but can go on (the sharer could not read, the
@@ -37,6 +40,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import stat
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -861,9 +866,6 @@ def _entries(scan: files_disk.Share) -> tuple[FileEntry, ...]:
 
 def _same_file(path: str, size: int, sha256: bytes) -> bool:
     """Whether `path` is a regular file (not a link) with this size and SHA-256."""
-    import os
-    import stat
-
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
