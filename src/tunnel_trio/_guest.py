@@ -7,7 +7,8 @@ once after an ordinary drop, then with an exponential backoff (0.5 s doubling to
 most the room's grace period (`gives_up_at` says until when). A join the host turns away as
 busy (HTTP 503, or close 4009 / 4002 before the welcome) is retried the same way for a short
 while; any other end of a join before its welcome is reported, with what the host's close
-code says. Events are handed to `on_event` in order, from the reader task only.
+code says. Events are handed to `on_event` in order: from the reader task, and from `pump`
+(the session's file work, after a call that queues events in the connection).
 
 Files: every connection announces files/1 (`FILES_CAP`). Chunks of our offers are sealed only
 when the outbox runs low (`flush`, and the writer right after it takes a batch), so chat said

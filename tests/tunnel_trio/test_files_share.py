@@ -215,3 +215,43 @@ async def test_a_cancelled_receive_leaves_no_partial_file(nursery, tmp_path):
     # The room is fine: the same offer can be received after all.
     result = await cy.receive(shared.offer_id, str(tmp_path / "in"))
     assert result.complete
+
+
+async def test_chat_flows_while_a_transfer_holds_its_whole_credit(nursery, tmp_path, monkeypatch):
+    """File data never stands in front of chat for good: with the receiver's writes held (all
+    its credit in flight, chunks waiting at the host and the sharer), chat goes both ways."""
+    import threading
+
+    import tunnel_trio.files as files_module
+
+    host, ben, cy, _ = await room_of_three(nursery)
+    random_file(tmp_path / "big.bin", 32 * 1024 * 1024)
+    shared = await ben.share(str(tmp_path / "big.bin"))
+    await offer_seen(cy, shared.offer_id)
+    gate = threading.Event()
+    real = files_module._write_batch
+    monkeypatch.setattr(files_module, "_write_batch",
+                        lambda writer, batch: (gate.wait(60), real(writer, batch))[1])
+    await cy.receive(shared.offer_id, str(tmp_path / "in"), wait=0)
+    with trio.fail_after(30):
+        while not (cy.guest.conn.files.transfers()
+                   and cy.guest.conn.files.transfers()[0].at >= files_module.RECEIVE_CREDIT):
+            await trio.sleep(0.005)
+
+    async def sees(session, text):
+        since = 0
+        with trio.fail_after(30):
+            while True:
+                result = await session.listen(since, 5.0)
+                since = result.last_seq
+                if any(m.text == text for m in result.messages):
+                    return
+
+    await ben.say("from the sharer, mid-transfer")
+    await sees(cy, "from the sharer, mid-transfer")
+    await cy.say("from the receiver, mid-transfer")
+    await sees(ben, "from the receiver, mid-transfer")
+    assert [r.state for r in cy.receives()] == ["running"]
+    gate.set()
+    with trio.fail_after(60):
+        assert (await cy.receive(shared.offer_id)).complete
