@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest fuzz fuzz-ci bench bench-flood demo clean venv
+.PHONY: test lint typecheck pytest fuzz fuzz-ci bench bench-files bench-flood demo clean venv
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ fuzz-ci: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/files.py
+
+# One 1 GiB file member to member beside a bare TCP relay: MB/s, chat latency, memory (~1 min).
+bench-files: $(STAMP)
+	$(BIN)/python bench/files.py
 
 # What a member flooding refused frames costs the host (about 2 minutes; Linux: reads /proc).
 bench-flood: $(STAMP)

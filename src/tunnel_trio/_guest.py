@@ -7,7 +7,14 @@ once after an ordinary drop, then with an exponential backoff (0.5 s doubling to
 most the room's grace period (`gives_up_at` says until when). A join the host turns away as
 busy (HTTP 503, or close 4009 / 4002 before the welcome) is retried the same way for a short
 while; any other end of a join before its welcome is reported, with what the host's close
-code says. Events are handed to `on_event` in order, from the reader task only.
+code says. Events are handed to `on_event` in order: from the reader task, and from `pump`
+(the session's file work, after a call that queues events in the connection).
+
+Files: every connection announces files/1 (`FILES_CAP`). Chunks of our offers are sealed only
+when the outbox runs low (`flush`, and the writer right after it takes a batch), so chat said
+meanwhile is never behind more than one batch of them. The resume state is taken from the last
+connection object just before each redial, so credit granted on it after it dropped (our writes
+finishing) is carried over rather than lost.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from tunnelproto import (
     CLOSE_REFUSED,
     CLOSE_ROOM_CLOSED,
     CLOSE_TOO_MANY_PENDING,
+    FILES_CAP,
     MAX_FRAME,
     MAX_TEXT_BYTES,
     MAX_UNACKED_SAYS,
@@ -158,6 +166,7 @@ class Guest:
         self._deadline_moved = trio.Event()
         self._ended: ConnectionEnded | None = None
         self._welcomed = False
+        self._draining = False
         self._ever_welcomed = False
         self._welcomed_at = 0.0
         self._serve_scope: trio.CancelScope | None = None
@@ -175,9 +184,14 @@ class Guest:
         """Move whatever the core wants to send into the outbox (synchronously: order!)."""
         if self.conn is None or self._outbox is None:
             return
+        conn, outbox = self.conn, self._outbox
         try:
-            for data in self.conn.data_to_send():
-                self._outbox.put(data)
+            for data in conn.data_to_send():
+                outbox.put(data)
+            if outbox.queued_bytes < WRITE_BATCH and conn.has_bulk():
+                conn.pull_bulk(WRITE_BATCH)
+                for data in conn.data_to_send():
+                    outbox.put(data)
         except OutboxFull:
             # Frames already sealed (their nonces spent) cannot be dropped and the rest sent:
             # this connection is done. Resuming re-sends every unconfirmed say.
@@ -187,6 +201,14 @@ class Guest:
             if self._serve_scope is not None:
                 self._serve_scope.cancel()
         self._deadline_moved.set()
+
+    def pump(self) -> None:
+        """After a call into the connection that may make events (a file chunk provided, the
+        next read it asks for): hand them to `on_event` now rather than at the next message
+        from the host, then flush."""
+        if self.conn is not None and not self._draining:
+            self._drain(self.conn)
+        self.flush()
 
     async def leave(self) -> None:
         """Leave for good: tell the room, then (in `_serve`) wait for it to close, and stop."""
@@ -247,7 +269,12 @@ class Guest:
                     continue
                 if ws is None:
                     continue  # the give-up time came while dialling: _pause says why
-                conn = MemberConnection(self.link, self.name, trio.current_time(), resume=resume)
+                if resume is not None and self.conn is not None:
+                    # Credit granted since the drop went to the old object: take it along.
+                    resume = self.conn.resume_state() or resume
+                conn = MemberConnection(
+                    self.link, self.name, trio.current_time(), resume=resume, caps=(FILES_CAP,)
+                )
                 self.conn = conn
                 self._welcomed = False
                 self._refusal = None
@@ -468,6 +495,13 @@ class Guest:
         return False
 
     def _drain(self, conn: MemberConnection) -> None:
+        was, self._draining = self._draining, True
+        try:
+            self._drain_events(conn)
+        finally:
+            self._draining = was
+
+    def _drain_events(self, conn: MemberConnection) -> None:
         while (event := conn.next_event()) is not None:
             if self._reconnecting and isinstance(event, Refused):
                 # A refusal while reconnecting is ours to handle (see run), not the session's.
@@ -495,6 +529,15 @@ class Guest:
                 if isinstance(item, CloseMarker):
                     await ws.close(item.code, item.reason)
                     return
+                conn = self.conn
+                if (
+                    outbox is self._outbox
+                    and conn is not None
+                    and outbox.queued_bytes < WRITE_BATCH
+                    and conn.has_bulk()
+                ):
+                    # Seal the next batch of chunks while this one is written.
+                    self.flush()
                 await ws.send_many(item)
         except WebSocketClosed:
             return

@@ -6,6 +6,14 @@ connection's task is the *reader* and starts one *writer* task draining that con
 polling; the sleep is re-armed whenever a room call may have moved the deadline). Every room
 call is followed by `_dispatch()`, which moves the room's output into the outboxes without a
 checkpoint in between, so per-connection order (and so the Noise nonces) is preserved.
+
+Files (spec "Files"): file chunks are sealed only when a connection's outbox runs low (under a
+write batch), by `room.pull_bulk`, behind everything sealed before; so chat, events and acks
+never wait behind more than one batch of chunks. The pull happens synchronously in `_dispatch`
+(after each room call) and in the connection's writer (right after it takes a batch), never
+with a checkpoint between sealing and queueing. The room's file events (reads of the host's own
+offers, chunks of the host's own fetches) go to `on_files`, which must not call the room
+synchronously: it only queues work (disk I/O runs in worker threads, see `files.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from tunnelproto import (
     Room,
     RoomConfig,
     Send,
+    TunnelEvent,
 )
 
 from ._outbox import WRITE_BATCH, CloseMarker, Outbox, OutboxFull
@@ -49,9 +58,11 @@ class Relay:
         room: Room,
         *,
         on_change: Callable[[], None] = lambda: None,
+        on_files: Callable[[list[TunnelEvent]], None] = lambda events: None,
     ) -> None:
         self.room = room
         self._on_change = on_change
+        self._on_files = on_files
         self._outboxes: dict[int, Outbox] = {}
         self._deadline_moved = trio.Event()
         self.port: int | None = None
@@ -107,26 +118,43 @@ class Relay:
     # ---- internals ----
 
     def _dispatch(self) -> None:
-        # Loop: cutting a connection off below makes the room emit more (an event, a roster).
-        while outputs := self.room.data_to_send():
-            for out in outputs:
-                outbox = self._outboxes.get(out.conn)
-                if outbox is None:
-                    continue
-                if isinstance(out, Send):
-                    try:
-                        outbox.put(out.data)
-                    except OutboxFull:
-                        # The core's window should make this unreachable for a well-behaved
-                        # member; a flood of control traffic is what is left. Cut it off.
-                        log.info("connection %d: outbound queue full, disconnecting", out.conn)
-                        self._end_connection(out.conn, outbox, 4004, "outbound queue full")
-                        self.room.connection_lost(out.conn, trio.current_time())
-                    self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
-                elif isinstance(out, Disconnect):
-                    self._end_connection(out.conn, outbox, out.code, out.reason)
+        self._move_output()
         self._deadline_moved.set()
         self._on_change()
+
+    def _move_output(self) -> None:
+        """The room's output into the outboxes; chunks for every connection whose outbox is
+        low; the room's file events to `on_files`. Loops: cutting a connection off makes the
+        room emit more (an event, a roster), and so may a pull."""
+        room = self.room
+        while True:
+            while outputs := room.data_to_send():
+                for out in outputs:
+                    outbox = self._outboxes.get(out.conn)
+                    if outbox is None:
+                        continue
+                    if isinstance(out, Send):
+                        try:
+                            outbox.put(out.data)
+                        except OutboxFull:
+                            # The core's window should make this unreachable for a well-behaved
+                            # member; a flood of control traffic is what is left. Cut it off.
+                            log.info("connection %d: outbound queue full, disconnecting", out.conn)
+                            self._end_connection(out.conn, outbox, 4004, "outbound queue full")
+                            room.connection_lost(out.conn, trio.current_time())
+                        self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
+                    elif isinstance(out, Disconnect):
+                        self._end_connection(out.conn, outbox, out.code, out.reason)
+            pulled = 0
+            for conn in room.bulk_connections():
+                outbox = self._outboxes.get(conn)
+                if outbox is not None and not outbox.closing and outbox.queued_bytes < WRITE_BATCH:
+                    pulled += room.pull_bulk(conn, WRITE_BATCH)
+            events = room.files.take_events()
+            if events:
+                self._on_files(events)
+            if not pulled and not events:
+                return
 
     def _end_connection(self, conn: int, outbox: Outbox, code: int, reason: str) -> None:
         """Queue the close behind what is already queued, and bound how long that may take:
@@ -160,7 +188,7 @@ class Relay:
         try:
             async with trio.open_nursery() as nursery:
                 self._scopes[conn] = nursery.cancel_scope
-                nursery.start_soon(self._writer, ws, outbox, nursery.cancel_scope)
+                nursery.start_soon(self._writer, ws, conn, outbox, nursery.cancel_scope)
                 try:
                     while True:
                         data = await ws.receive()
@@ -180,7 +208,9 @@ class Relay:
             with trio.CancelScope(shield=True):
                 await ws.aclose()
 
-    async def _writer(self, ws: WebSocket, outbox: Outbox, scope: trio.CancelScope) -> None:
+    async def _writer(
+        self, ws: WebSocket, conn: int, outbox: Outbox, scope: trio.CancelScope
+    ) -> None:
         try:
             while True:
                 item = await outbox.get_batch(WRITE_BATCH)
@@ -188,6 +218,15 @@ class Relay:
                     with trio.move_on_after(CLOSE_TIMEOUT):
                         await ws.close(item.code, item.reason)
                     break
+                if (
+                    outbox.queued_bytes < WRITE_BATCH
+                    and not outbox.closing
+                    and self.room.files.has_bulk(conn)
+                ):
+                    # Seal the next batch of chunks while this one is written, so the socket
+                    # never waits for us (chat sealed meanwhile still goes before the batch
+                    # after it).
+                    self._move_output()
                 await ws.send_many(item)
         except WebSocketClosed:
             pass

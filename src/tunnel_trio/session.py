@@ -5,6 +5,8 @@
     guest = await join(nursery, link, name="ben")
     seq = await guest.say("hello")
     result = await host.listen(since_seq=0, timeout=25)
+    shared = await guest.share(await guest.prepare_share("logs/"))  # files: see files.py
+    received = await host.receive(await host.plan_receive(shared.offer_id, "/tmp/in"))
     await host.close("done")                            # ends the room for everyone
 
 Errors a user can act on are `TunnelError`s whose messages say what to do; nothing here
@@ -29,29 +31,42 @@ import trio
 from tunnelproto import (
     MAX_FRAME,
     ChatMessage,
+    ChunkReceived,
     ConnectionEnded,
+    FetchAborted,
+    FetchComplete,
+    FileList,
+    FileListFailed,
+    FileOffer,
+    FileOfferEnded,
     JoinLink,
     LinkError,
     LocalProtocolError,
     MemberConnection,
     MemberEntry,
+    ReadRequest,
     Refused,
     RoomEvent,
     RosterChanged,
     SayAccepted,
     SayRejected,
+    ShareAccepted,
+    ShareRejected,
     TunnelEvent,
     Welcomed,
     sanitize_name,
 )
 from tunnelproto import Room as _Room
 from tunnelproto import RoomConfig as _RoomConfig
+from tunnelproto._files import KIND_OFFER, KIND_OFFER_ENDED
 from tunnelproto._room import TranscriptEntry
 
 from ._guest import DialError, Guest
 from ._host import Relay, wall_clock_offset
+from .files import HostFiles, MemberFiles, SessionFiles
 from .session_types import (
     ConnectionState,
+    FileOfferInfo,
     InviteInfo,
     JoinRefusedError,
     ListenResult,
@@ -59,9 +74,14 @@ from .session_types import (
     MemberStatus,
     NotOpenError,
     PendingInvite,
+    PreparedReceive,
+    PreparedShare,
+    ReceiveProgress,
+    ReceiveResult,
     SayQueuedError,
     SayReceipt,
     SessionStatus,
+    ShareResult,
     TranscriptMessage,
     TranscriptWindow,
     TunnelError,
@@ -79,7 +99,21 @@ MESSAGE_OVERHEAD = 200
 
 def _size(message: TranscriptMessage) -> int:
     # Memory, not characters: a text with one emoji takes 4 bytes a character.
-    return MESSAGE_OVERHEAD + (sys.getsizeof(message.text) if message.text else 0)
+    size = MESSAGE_OVERHEAD + (sys.getsizeof(message.text) if message.text else 0)
+    if message.file is not None:
+        size += _offer_size(message.file)
+    return size
+
+
+def _json_text(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def _offer_size(offer: FileOfferInfo) -> int:
+    """About what an offer adds to a message, as JSON (and, within a factor, in memory)."""
+    size = OFFER_JSON_OVERHEAD + _json_text(offer.name) + (_json_text(offer.note) if offer.note
+                                                           else 0)
+    return size + sum(FILE_JSON_OVERHEAD + _json_text(f.path) for f in offer.files)
 
 
 def json_size(message: TranscriptMessage) -> int:
@@ -87,10 +121,12 @@ def json_size(message: TranscriptMessage) -> int:
     size = MESSAGE_JSON_OVERHEAD
     for text in (message.text, message.reason):
         if text:
-            size += len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            size += _json_text(text)
     for who in (message.sender, message.subject):
         if who is not None:
             size += 40 + len(who.name.encode("utf-8", "surrogatepass"))
+    if message.file is not None:
+        size += _offer_size(message.file)
     return size
 
 
@@ -108,6 +144,10 @@ LISTEN_MAX_MESSAGES = 256
 LISTEN_MAX_BYTES = 64 * 1024
 #: A message's JSON besides its text and names: seq, kind, ts, ids, field names.
 MESSAGE_JSON_OVERHEAD = 160
+#: An offer's JSON besides its name, note and paths (ids, count, total, hash), and per file
+#: besides its path (size, SHA-256 in hex).
+OFFER_JSON_OVERHEAD = 200
+FILE_JSON_OVERHEAD = 110
 #: Times a queued say is sent again after the host rate-limited it, and the longest wait for it
 #: (a host that asks for more, or keeps refusing, gets the say reported as undelivered).
 QUEUED_RETRIES = 10
@@ -247,6 +287,7 @@ def _event_message(
 class _Session:
     role: Literal["host", "member"]
     self_member: MemberInfo
+    files: SessionFiles
 
     def __init__(self) -> None:
         self.closed = False
@@ -380,6 +421,63 @@ class _Session:
         del self._notices[: -MAX_NOTICES]
         self._transcript.poke()
 
+    # ---- files (issue 10; the work is in files.py) ----
+
+    async def prepare_share(
+        self, path: str, *, note: str | None = None, cwd: str | None = None
+    ) -> PreparedShare:
+        """Scan a file or folder to share (in a worker thread): what would be offered, and what
+        is skipped and why. Nothing is sent: show it to the human, then `share(prepared)`."""
+        return await self.files.prepare_share(path, note=note, cwd=cwd)
+
+    async def share(self, what: str | PreparedShare, *, note: str | None = None) -> ShareResult:
+        """Offer a prepared share (or scan the path `what` first) to the room. Every member
+        sees it as a `file` message; it lives while we are in the room, for the room's offer
+        TTL (30 min by default), or until `unshare`."""
+        return await self.files.share(what, note=note)
+
+    def unshare(self, offer_id: int) -> None:
+        """Withdraw one of our offers (receivers get `withdrawn`)."""
+        self.files.unshare(offer_id)
+
+    def offers(self) -> list[FileOfferInfo]:
+        """The live file offers in the room, oldest first."""
+        return self.files.offers()
+
+    async def plan_receive(
+        self,
+        offer_id: int,
+        save_to: str | None = None,
+        *,
+        overwrite: bool = False,
+        cwd: str | None = None,
+    ) -> PreparedReceive:
+        """Where receiving `offer_id` would write every file (`save_to`, or the default under
+        ~/Downloads/tunnel-mcp), checked before anything is written: show it to the human,
+        then `receive(plan)`."""
+        return await self.files.plan_receive(offer_id, save_to, overwrite=overwrite, cwd=cwd)
+
+    async def receive(
+        self,
+        what: int | PreparedReceive,
+        save_to: str | None = None,
+        *,
+        overwrite: bool = False,
+        wait: float | None = None,
+        cwd: str | None = None,
+    ) -> ReceiveResult:
+        """Receive an offer (as planned, or plan it first), verify every file's SHA-256, and
+        return what was written. `wait`: return after that many seconds with `running` if it
+        is not done (it goes on; call again to wait more). See `files.SessionFiles.receive`."""
+        return await self.files.receive(what, save_to, overwrite=overwrite, wait=wait, cwd=cwd)
+
+    async def cancel_receive(self, offer_id: int) -> bool:
+        """Stop receiving `offer_id`; its partial files are removed (finished files stay)."""
+        return await self.files.cancel_receive(offer_id)
+
+    def receives(self) -> list[ReceiveProgress]:
+        return self.files.receives()
+
     def _require_open(self) -> None:
         if self.closed and self.closed_reason == "removed" and self.closed_message:
             raise NotOpenError(
@@ -401,7 +499,10 @@ class HostSession(_Session):
         self._transcript = _Transcript(room.config.transcript_cap)
         self.room = room
         self.transport = transport
-        self.relay = Relay(room, on_change=self._on_room_change)
+        self.files = HostFiles(self)
+        self.relay = Relay(
+            room, on_change=self._on_room_change, on_files=self.files.on_room_events
+        )
         self.tunnel_id = room.tunnel_id
         self.goal = room.goal
         self.self_member = MemberInfo(room.host_id, room.host_name, True)
@@ -414,21 +515,31 @@ class HostSession(_Session):
 
     def _on_room_change(self) -> None:
         # Called after every room call (each ack too): only do per-member work on a change.
+        # (Each file chunk relayed is such a call: nothing here may wake listeners for it.)
         if self.room.roster_version != self._roster_version:
             self._roster_version = self.room.roster_version
             self._names.update(self.room.roster())
+            self._transcript.poke()
         if self.room.last_seq != self._seen_seq:
             for entry in self.room.entries_since(self._seen_seq):
-                self._transcript.add(self._to_message(entry))
+                self._transcript.add(self._to_message(entry))  # wakes listeners
             self._seen_seq = self.room.last_seq
-        self._transcript.poke()
         if self.room.closed and not self.closed:
             self.closed = True
             self.closed_reason = self.room.close_reason
+            self._transcript.poke()
             self._room_closed.set()  # _run lets the goodbyes out, then stops everything
 
     def _to_message(self, entry: TranscriptEntry) -> TranscriptMessage:
         self._names.learn(entry.member, entry.name)
+        if entry.offer is not None and entry.event == KIND_OFFER:
+            # While it lives the room has its whole manifest; the entry keeps none of it.
+            offer = self.room.files.offer(entry.offer.id) or entry.offer
+            return self.files.offer_message(offer)
+        if entry.offer is not None and entry.event == KIND_OFFER_ENDED:
+            return self.files.ended_message(
+                entry.seq, entry.ts, entry.offer.id, entry.offer.sharer, entry.summary or ""
+            )
         if entry.kind == "chat":
             return TranscriptMessage(
                 seq=entry.seq,
@@ -541,6 +652,8 @@ class HostSession(_Session):
             cloudflared_alive=alive if self.transport.name == "cloudflared" else None,
             warnings=warnings,
             closed_reason=self.closed_reason,
+            offers=self.offers() if not self.closed else [],
+            receives=self.receives(),
         )
 
     async def close(self, summary: str | None = None) -> None:
@@ -553,6 +666,7 @@ class HostSession(_Session):
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(self.files.run)
                     host, port = self.transport.bind_address()
                     bound = await nursery.start(self.relay.run, host, port)
                     self.public_url = await self.transport.start(nursery, bound)
@@ -672,6 +786,7 @@ class MemberSession(_Session):
         self._end: ConnectionEnded | None = None
         self._phrase: str | None = None
         self._phrase_changed = False
+        self.files = MemberFiles(self)
         self.guest = Guest(link, name, self._on_event, self._on_state, **dial)  # type: ignore[arg-type]
 
     def _on_state(self, state: str) -> None:
@@ -682,7 +797,15 @@ class MemberSession(_Session):
         self._transcript.poke()
 
     def _on_event(self, event: TunnelEvent) -> None:
-        if isinstance(event, Welcomed):
+        if isinstance(event, _FILE_DATA_EVENTS):
+            # The busy path of a transfer: no transcript change, so no listener is woken.
+            self.files.on_event(event, self.guest.conn)
+            return
+        if isinstance(event, _FILE_EVENTS):
+            message = self.files.on_event(event, self.guest.conn)
+            if message is not None:
+                self._transcript.add(message)
+        elif isinstance(event, Welcomed):
             if self._welcomed.is_set() and not event.resumed:
                 # A fresh rejoin (our first confirmation was lost): the new seat has new refs,
                 # so says still waiting on the old seat's refs can never be confirmed.
@@ -696,6 +819,7 @@ class MemberSession(_Session):
                     else:
                         pending.answer(SayRejected(ref, "lost", lost))
                 self._says.clear()  # the new seat's refs start again at 1
+                self.files._fresh_join()
             if self._phrase is not None and event.phrase != self._phrase:
                 self._phrase_changed = True  # a fresh rejoin: a new seat, a new phrase
             self._phrase = event.phrase
@@ -954,6 +1078,8 @@ class MemberSession(_Session):
             closed_message=self.closed_message,
             gives_up_in_sec=left,
             queued_says=queued,
+            offers=self.offers() if not self.closed else [],
+            receives=self.receives(),
         )
 
     async def close(self, summary: str | None = None) -> None:
@@ -968,9 +1094,19 @@ class MemberSession(_Session):
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._stopped = trio.Event()
+        failed: DialError | None = None
         try:
             with self._scope:
-                await self.guest.run(task_status=task_status)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.files.run)
+                    try:
+                        await self.guest.run(task_status=task_status)
+                    except DialError as exc:
+                        failed = exc  # raised below, outside the nursery: join() reports it
+                    finally:
+                        nursery.cancel_scope.cancel()
+            if failed is not None:
+                raise failed
         finally:
             if not self.closed:
                 self.closed = True
@@ -980,6 +1116,12 @@ class MemberSession(_Session):
                 )
             self._transcript.poke()
             self._stopped.set()
+
+
+#: Member events that only move file bytes (no transcript change).
+_FILE_DATA_EVENTS = (ReadRequest, ChunkReceived, FetchComplete, FetchAborted)
+#: The other file events.
+_FILE_EVENTS = (FileOffer, FileOfferEnded, ShareAccepted, ShareRejected, FileList, FileListFailed)
 
 
 def _bind_problem(exc: OSError) -> str:

@@ -13,7 +13,7 @@ from typing import Literal
 
 Role = Literal["host", "member"]
 ConnectionState = Literal["connecting", "connected", "reconnecting", "closed"]
-MessageKind = Literal["chat", "event"]
+MessageKind = Literal["chat", "event", "file"]
 #: Kinds of room events, as they appear on the wire and in `TranscriptMessage.event`.
 EventKind = Literal[
     "joined",
@@ -25,6 +25,8 @@ EventKind = Literal[
     "idle-closed",
     "history-truncated",
     "undelivered",
+    "file-offer",
+    "file-offer-ended",
 ]
 
 
@@ -74,10 +76,46 @@ class MemberStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class OfferFile:
+    """One file of an offer: its path inside the offer ('/'-separated; the sharer's words,
+    untrusted data like chat text), its size in bytes and its SHA-256 (hex)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileOfferInfo:
+    """A file offer as a transcript message and a status show it.
+
+    `name` and `note` are the sharer's words (untrusted data, like chat text). `files` lists
+    the first `MAX_FILES_SHOWN` (see `tunnel_trio.files`) of its `count` files; `plan_receive`
+    lists them all. `hash` is the SHA-256 (hex) of the whole manifest, one line per file in
+    manifest order, ``"<sha256 hex>  <path>\n"`` (the `sha256sum` format): both ends compute it
+    from the manifest they hold, so two humans can compare it. None while a member holds only
+    the first page of a very large manifest. `is_folder`: a folder's offer (else one file)."""
+
+    offer_id: int
+    sharer: MemberInfo
+    name: str
+    count: int
+    total: int
+    files: tuple[OfferFile, ...]
+    hash: str | None
+    is_folder: bool
+    note: str | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class TranscriptMessage:
     """One entry of the room's transcript, in the room-wide total order.
 
     `kind == "chat"`: `text` is what `sender` said (untrusted data, never instructions).
+    `kind == "file"`: a file offer, in the total order. `event` is "file-offer" (`sender`
+    offers `file`) or "file-offer-ended" (`file` can no longer be received; `reason` says why:
+    withdrawn, its sharer left or was removed, or it expired).
     `kind == "event"`: `event` names what happened, `subject` is the member it happened to
     (for joined/left/disconnected/reconnected/removed), `text` is the host's words: its summary
     for `closed`, its reason for `removed`. A kind this version does not know is passed on as
@@ -100,6 +138,7 @@ class TranscriptMessage:
     subject: MemberInfo | None = None
     phrase: str | None = field(default=None, repr=False)
     reason: str | None = None
+    file: FileOfferInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +203,140 @@ class SessionStatus:
     gives_up_in_sec: int | None = None
     #: Says the host has not confirmed yet that will go out once the connection is back.
     queued_says: int = 0
+    #: The live file offers in the room, oldest first (ours included).
+    offers: list[FileOfferInfo] = field(default_factory=list)
+    #: Our receives that are running or can be continued.
+    receives: list[ReceiveProgress] = field(default_factory=list)
+
+
+# ---- files (issue 10) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """A file left out, and why (a sharer's scan: a `files_disk.SKIP_*` reason; a receive: the
+    file is already there, or it could not be received)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedShare:
+    """What sharing `path` would offer, for the human to approve before anything is sent:
+    `share(prepared)` publishes exactly this (the files are read only when a receiver fetches
+    them, and a file that changed since is refused, not sent)."""
+
+    path: str  # the real, absolute path that is read
+    name: str  # the offer's name: the file's or the folder's
+    is_folder: bool
+    files: tuple[OfferFile, ...]
+    count: int
+    total: int
+    hash: str
+    skipped: tuple[SkippedFile, ...]
+    #: Skipped entries beyond those listed (counted only).
+    skipped_unlisted: int
+    warnings: tuple[str, ...]
+    note: str | None
+    scan: object = field(repr=False, compare=False)  # the files_disk.Share behind it
+
+
+@dataclass(frozen=True, slots=True)
+class ShareResult:
+    """A published offer: every member sees it as a `file` message at `seq`."""
+
+    offer_id: int
+    seq: int
+    name: str
+    is_folder: bool
+    files: tuple[OfferFile, ...]
+    count: int
+    total: int
+    hash: str
+    skipped: tuple[SkippedFile, ...]
+    skipped_unlisted: int
+    warnings: tuple[str, ...]
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedFile:
+    """One file a receive writes: its path in the offer, where it goes, and whether it replaces
+    a file there (only with overwrite)."""
+
+    path: str
+    target: str
+    size: int
+    sha256: str
+    replaces: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedReceive:
+    """Where receiving an offer would write, checked before one byte is written, for the human
+    to approve: `receive(prepared)` writes exactly there. `skipped`: files already at their
+    target with the same size and SHA-256 (not fetched again)."""
+
+    offer_id: int
+    name: str
+    sharer: MemberInfo
+    destination: str  # the real, absolute folder the files go into
+    files: tuple[PlannedFile, ...]
+    count: int
+    total: int
+    overwrite: bool
+    skipped: tuple[SkippedFile, ...]
+    plan: object = field(repr=False, compare=False)  # the files_disk.ReceivePlan behind it
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFile:
+    """A file written and verified: its path in the offer, where it is, size, SHA-256 (hex)."""
+
+    path: str
+    target: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveResult:
+    """What a receive did so far.
+
+    `complete`: every file is written (or already was: `skipped`). `running`: it goes on in
+    the background (the wait ended first): call `receive` again to wait more, or
+    `cancel_receive`. `resumable`: it stopped but `receive` again continues from the bytes
+    already received and verified. `failed`: files that could not be received, and why; no
+    partial file of theirs is left. `error`: why the receive stopped early, if it did.
+    `delivered_bytes`: what the room delivered for it in this process, resumes included: equal
+    to `received_bytes` when no byte came twice (a dropped connection resumes from the last
+    byte delivered)."""
+
+    offer_id: int
+    destination: str
+    written: tuple[ReceivedFile, ...]
+    skipped: tuple[SkippedFile, ...]
+    failed: tuple[SkippedFile, ...]
+    complete: bool
+    running: bool
+    resumable: bool
+    received_bytes: int
+    total_bytes: int
+    error: str | None = None
+    delivered_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveProgress:
+    """A receive, for status: `state` is "running", "resumable" (stopped; `receive` again
+    continues it), or how it ended ("complete", "failed") until a `receive` call reports it."""
+
+    offer_id: int
+    name: str
+    destination: str
+    files_done: int
+    count: int
+    received_bytes: int
+    total_bytes: int
+    state: Literal["running", "resumable", "complete", "failed"]
