@@ -74,7 +74,6 @@ async def _serve(banner: str | None) -> None:
         return manager
 
     server = build_server(manager_factory)
-    lowlevel = server._lowlevel_server  # the SDK's stdio runner hard-codes its stdin reader
     stdin = cast(Any, _StdinLines(_take_stdin()))
     signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
     with trio.open_signal_receiver(*signals) as received:
@@ -104,7 +103,7 @@ async def _serve(banner: str | None) -> None:
                 # (a human, a test) can rely on a graceful shutdown.
                 print(banner, file=sys.stderr, flush=True)
             async with stdio_server(stdin=stdin) as (read_stream, write_stream):
-                await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+                await server.run(read_stream, write_stream, server.create_initialization_options())
             log.info("stdin closed: exiting")
             nursery.cancel_scope.cancel()
 

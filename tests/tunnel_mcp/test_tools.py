@@ -17,7 +17,7 @@ import pytest
 import trio
 from mcp import Client
 from mcp.client.session import IncomingMessage
-from mcp.server.mcpserver import MCPServer
+from mcp.server.lowlevel import Server
 
 import tunnel_mcp.server as tunnel_server
 from tunnel_mcp.manager import TunnelManager
@@ -36,7 +36,7 @@ TOOLS = {
 NO_TUNNEL = "no open tunnel: call tunnel_open"
 
 
-def make_server(room_config: RoomConfig | None = None) -> MCPServer[TunnelManager]:
+def make_server(room_config: RoomConfig | None = None) -> Server[TunnelManager]:
     def factory(nursery: trio.Nursery) -> TunnelManager:
         return TunnelManager(nursery, display_name=lambda: "default-name", room_config=room_config)
 
@@ -44,7 +44,7 @@ def make_server(room_config: RoomConfig | None = None) -> MCPServer[TunnelManage
 
 
 @pytest.fixture
-def server() -> MCPServer[TunnelManager]:
+def server() -> Server[TunnelManager]:
     return make_server()
 
 
@@ -67,7 +67,7 @@ async def fails(client: Client, tool: str, args: dict[str, Any] | None = None) -
 
 
 @asynccontextmanager
-async def clients(server: MCPServer[TunnelManager], n: int) -> AsyncIterator[list[Client]]:
+async def clients(server: Server[TunnelManager], n: int) -> AsyncIterator[list[Client]]:
     async with AsyncExitStack() as stack:
         yield [await stack.enter_async_context(Client(server)) for _ in range(n)]
 
@@ -79,7 +79,7 @@ async def open_local(host: Client, goal: str = "agree on the retry policy", **ex
 # -- discovery -----------------------------------------------------------------------------------
 
 
-async def test_tools_publish_output_schemas_annotations_and_warnings(server: MCPServer[TunnelManager]) -> None:
+async def test_tools_publish_output_schemas_annotations_and_warnings(server: Server[TunnelManager]) -> None:
     async with Client(server) as client:
         assert client.server_info is not None
         assert client.server_info.name == "tunnel"
@@ -119,7 +119,7 @@ async def test_tools_publish_output_schemas_annotations_and_warnings(server: MCP
     ],
 )
 async def test_tools_without_a_tunnel_say_what_to_do(
-    server: MCPServer[TunnelManager], tool: str, args: dict[str, Any]
+    server: Server[TunnelManager], tool: str, args: dict[str, Any]
 ) -> None:
     async with Client(server) as client:
         assert NO_TUNNEL in await fails(client, tool, args)
@@ -128,7 +128,7 @@ async def test_tools_without_a_tunnel_say_what_to_do(
 # -- the whole conversation ----------------------------------------------------------------------
 
 
-async def test_open_join_talk_both_ways_and_close(server: MCPServer[TunnelManager]) -> None:
+async def test_open_join_talk_both_ways_and_close(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host, invites=1)
         link = opened["joinLink"]
@@ -200,7 +200,7 @@ async def test_open_join_talk_both_ways_and_close(server: MCPServer[TunnelManage
         assert "closed" in await fails(guest, "tunnel_say", {"text": "still there?"})
 
 
-async def test_listen_text_quotes_peer_text_so_it_cannot_forge_lines(server: MCPServer[TunnelManager]) -> None:
+async def test_listen_text_quotes_peer_text_so_it_cannot_forge_lines(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host)
         await ok(guest, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
@@ -214,7 +214,7 @@ async def test_listen_text_quotes_peer_text_so_it_cannot_forge_lines(server: MCP
         assert "\n#99" not in text
 
 
-async def test_a_member_cannot_name_itself_into_the_host_role(server: MCPServer[TunnelManager]) -> None:
+async def test_a_member_cannot_name_itself_into_the_host_role(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host)
         await ok(guest, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ana (id 1, host)"})
@@ -229,7 +229,7 @@ async def test_a_member_cannot_name_itself_into_the_host_role(server: MCPServer[
         assert '"ana" (host), "ana (id 1, host)"' in status.content[0].text
 
 
-async def test_only_one_tunnel_at_a_time(server: MCPServer[TunnelManager]) -> None:
+async def test_only_one_tunnel_at_a_time(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host)
         assert "already open: call tunnel_close first" in await fails(
@@ -243,7 +243,7 @@ async def test_only_one_tunnel_at_a_time(server: MCPServer[TunnelManager]) -> No
         await ok(guest, "tunnel_join", {"joinLink": again["joinLink"], "name": "ben"})
 
 
-async def test_invite_mints_fresh_single_use_links_for_the_host_only(server: MCPServer[TunnelManager]) -> None:
+async def test_invite_mints_fresh_single_use_links_for_the_host_only(server: Server[TunnelManager]) -> None:
     async with clients(server, 3) as (host, ben, cy):
         opened = await open_local(host, invites=2)
         assert len(opened["invites"]) == 2
@@ -274,7 +274,7 @@ async def test_invites_stop_when_the_room_is_full() -> None:
         assert "full" in message
 
 
-async def test_display_name_defaults_and_is_sanitized(server: MCPServer[TunnelManager]) -> None:
+async def test_display_name_defaults_and_is_sanitized(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await ok(host, "tunnel_open", {"goal": "names", "transport": "local"})
         assert opened["self"]["name"] == "default-name"
@@ -294,7 +294,7 @@ async def test_display_name_defaults_and_is_sanitized(server: MCPServer[TunnelMa
     ],
 )
 async def test_join_with_a_bad_link_is_a_tool_error(
-    server: MCPServer[TunnelManager], link: str, hint: str
+    server: Server[TunnelManager], link: str, hint: str
 ) -> None:
     async with Client(server) as guest:
         message = await fails(guest, "tunnel_join", {"joinLink": link})
@@ -303,7 +303,7 @@ async def test_join_with_a_bad_link_is_a_tool_error(
         assert NO_TUNNEL in await fails(guest, "tunnel_status")
 
 
-async def test_a_used_link_is_refused(server: MCPServer[TunnelManager]) -> None:
+async def test_a_used_link_is_refused(server: Server[TunnelManager]) -> None:
     async with clients(server, 3) as (host, ben, eve):
         opened = await open_local(host)
         await ok(ben, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
@@ -314,7 +314,7 @@ async def test_a_used_link_is_refused(server: MCPServer[TunnelManager]) -> None:
         assert {m["name"] for m in status["members"]} == {"ana", "ben"}
 
 
-async def test_a_link_stays_used_after_its_member_leaves(server: MCPServer[TunnelManager]) -> None:
+async def test_a_link_stays_used_after_its_member_leaves(server: Server[TunnelManager]) -> None:
     async with clients(server, 3) as (host, ben, eve):
         opened = await open_local(host)
         await ok(ben, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
@@ -340,7 +340,7 @@ async def test_an_expired_link_is_refused() -> None:
         assert (await ok(host, "tunnel_status"))["pendingInvites"] == []
 
 
-async def test_say_after_close_is_a_tool_error(server: MCPServer[TunnelManager]) -> None:
+async def test_say_after_close_is_a_tool_error(server: Server[TunnelManager]) -> None:
     async with Client(server) as host:
         await open_local(host)
         await ok(host, "tunnel_close", {"summary": "never mind"})
@@ -352,7 +352,7 @@ async def test_say_after_close_is_a_tool_error(server: MCPServer[TunnelManager])
         assert (await ok(host, "tunnel_status"))["connection"] == "closed"
 
 
-async def test_listen_times_out_with_no_messages(server: MCPServer[TunnelManager]) -> None:
+async def test_listen_times_out_with_no_messages(server: Server[TunnelManager]) -> None:
     async with Client(server) as host:
         await open_local(host)
         heard = await ok(host, "tunnel_listen", {"sinceSeq": 0, "timeoutMs": 300})
@@ -361,7 +361,7 @@ async def test_listen_times_out_with_no_messages(server: MCPServer[TunnelManager
 
 
 async def test_listen_caps_the_timeout_and_reports_progress(
-    server: MCPServer[TunnelManager], monkeypatch: pytest.MonkeyPatch
+    server: Server[TunnelManager], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Real values are 55 s and 5 s; shrink them so the behaviour shows in a fraction of a second.
     monkeypatch.setattr(tunnel_server, "MAX_LISTEN_MS", 600)
@@ -384,7 +384,7 @@ async def test_listen_caps_the_timeout_and_reports_progress(
     assert values == sorted(values)
 
 
-async def test_bad_transport_options_are_tool_errors(server: MCPServer[TunnelManager]) -> None:
+async def test_bad_transport_options_are_tool_errors(server: Server[TunnelManager]) -> None:
     async with Client(server) as host:
         message = await fails(host, "tunnel_open", {"goal": "g", "transport": "url"})
         assert "publicUrl" in message
@@ -398,7 +398,7 @@ async def test_bad_transport_options_are_tool_errors(server: MCPServer[TunnelMan
 # -- shutdown --------------------------------------------------------------------------------------
 
 
-async def test_disconnecting_the_host_client_ends_the_room_for_everyone(server: MCPServer[TunnelManager]) -> None:
+async def test_disconnecting_the_host_client_ends_the_room_for_everyone(server: Server[TunnelManager]) -> None:
     async with Client(server) as guest:
         async with Client(server) as host:
             opened = await open_local(host)
@@ -414,7 +414,7 @@ async def test_disconnecting_the_host_client_ends_the_room_for_everyone(server: 
 # -- the transcript resource -------------------------------------------------------------------------
 
 
-async def test_transcript_resource_reads_the_conversation(server: MCPServer[TunnelManager]) -> None:
+async def test_transcript_resource_reads_the_conversation(server: Server[TunnelManager]) -> None:
     async with Client(server) as host:
         listed = [str(r.uri) for r in (await host.list_resources()).resources]
         assert TRANSCRIPT_URI in listed
@@ -438,7 +438,7 @@ def _text(result: types.ReadResourceResult) -> str:
 
 @pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
 async def test_transcript_subscribers_hear_about_new_messages_handshake_era(
-    server: MCPServer[TunnelManager],
+    server: Server[TunnelManager],
 ) -> None:
     updates: list[str] = []
 
@@ -459,7 +459,7 @@ async def test_transcript_subscribers_hear_about_new_messages_handshake_era(
 
 
 async def test_transcript_subscribers_hear_about_new_messages_via_listen(
-    server: MCPServer[TunnelManager],
+    server: Server[TunnelManager],
 ) -> None:
     async with Client(server) as host:
         await open_local(host)
@@ -472,7 +472,7 @@ async def test_transcript_subscribers_hear_about_new_messages_via_listen(
 
 
 async def test_a_transport_that_cannot_start_is_a_tool_error(
-    server: MCPServer[TunnelManager], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: Server[TunnelManager], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUNNEL_CLOUDFLARED", str(tmp_path / "no-such-cloudflared"))
     async with Client(server) as host:
@@ -482,7 +482,7 @@ async def test_a_transport_that_cannot_start_is_a_tool_error(
         assert NO_TUNNEL in await fails(host, "tunnel_status")
 
 
-async def test_each_connection_reads_its_own_transcript(server: MCPServer[TunnelManager]) -> None:
+async def test_each_connection_reads_its_own_transcript(server: Server[TunnelManager]) -> None:
     # One server object, two MCP connections, two tunnels: the resource must follow the
     # connection that reads it, not whichever connected last.
     async with clients(server, 2) as (ana, cem):
@@ -501,7 +501,7 @@ async def test_each_connection_reads_its_own_transcript(server: MCPServer[Tunnel
 
 
 @pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
-async def test_subscribers_hear_only_about_their_own_tunnel(server: MCPServer[TunnelManager]) -> None:
+async def test_subscribers_hear_only_about_their_own_tunnel(server: Server[TunnelManager]) -> None:
     updates: dict[str, list[str]] = {"ana": [], "cem": []}
 
     def handler(who: str) -> Any:
@@ -537,7 +537,7 @@ async def test_subscribers_hear_only_about_their_own_tunnel(server: MCPServer[Tu
 
 
 async def test_bad_arguments_name_the_field_and_never_echo_the_value(
-    server: MCPServer[TunnelManager],
+    server: Server[TunnelManager],
 ) -> None:
     secret_link = "https://x.trycloudflare.com/t/abc#" + "S3cr3t" * 7
     async with Client(server) as agent:
