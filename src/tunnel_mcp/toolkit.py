@@ -22,8 +22,9 @@ import logging
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import trio
 from mcp.server.context import ServerRequestContext
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from mcp.types import Tool as ToolListing
@@ -35,6 +36,10 @@ from tunnel_trio.session_types import TunnelError
 log = logging.getLogger(__name__)
 
 ToolFunction = Callable[..., Awaitable[CallToolResult]]
+T = TypeVar("T")
+
+#: How often a waiting tunnel_listen (or a slow open/join) reports progress.
+PROGRESS_EVERY = 5.0
 
 
 class ToolContext:
@@ -223,3 +228,32 @@ def tool(*, name: str, title: str, annotations: ToolAnnotations) -> Callable[[To
         )
 
     return declare
+
+
+async def _with_progress(ctx: ToolContext, what: str, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work`, reporting progress every few seconds meanwhile.
+
+    Clients that reset their tool timeout on progress then wait out a slow start (cloudflared
+    can take a while to become reachable) instead of giving up at 60 s.
+    """
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    async def run(done: trio.CancelScope) -> None:
+        try:
+            outcome.append(await work())
+        except Exception as exc:  # re-raised below, outside the nursery's exception group
+            failure.append(exc)
+        finally:
+            done.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, nursery.cancel_scope)
+        started = trio.current_time()
+        while True:
+            await trio.sleep(PROGRESS_EVERY)
+            elapsed = trio.current_time() - started
+            await ctx.report_progress(elapsed, None, f"{what} ({elapsed:.0f} s)")
+    if failure:
+        raise failure[0]
+    return outcome[0]

@@ -19,7 +19,7 @@ from mcp import Client
 from mcp.client.session import IncomingMessage
 from mcp.server.lowlevel import Server
 
-import tunnel_mcp.server as tunnel_server
+import tunnel_mcp.chat_tools as chat_tools
 from tunnel_mcp.manager import TunnelManager
 from tunnel_mcp.server import TRANSCRIPT_URI, build_server
 from tunnel_trio.session import RoomConfig
@@ -364,8 +364,8 @@ async def test_listen_caps_the_timeout_and_reports_progress(
     server: Server[TunnelManager], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Real values are 55 s and 5 s; shrink them so the behaviour shows in a fraction of a second.
-    monkeypatch.setattr(tunnel_server, "MAX_LISTEN_MS", 600)
-    monkeypatch.setattr(tunnel_server, "PROGRESS_EVERY", 0.1)
+    monkeypatch.setattr(chat_tools, "MAX_LISTEN_MS", 600)
+    monkeypatch.setattr(chat_tools, "PROGRESS_EVERY", 0.1)
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
