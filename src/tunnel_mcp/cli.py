@@ -131,7 +131,16 @@ def _auto_install_skill() -> None:
     if result is None:
         log.debug("the skill was removed after we installed it; not reinstalling")
         return
-    if result.changed:
+    if result.first_time:
+        # Said once, loudly: this is the one time the server writes into the user's home
+        # without being asked (later updates of our own copy are only logged at info).
+        log.warning(
+            "%s, where Claude Code finds it. This happens once: set TUNNEL_SKIP_SKILL_INSTALL=1 "
+            "to stop it, or delete that folder (it is not put back). MCP clients with the skills "
+            "extension read the skill from the server instead.",
+            result.describe(),
+        )
+    elif result.changed:
         log.info("%s", result.describe())
     elif result.action == "kept-edited":
         log.debug("%s", result.describe())

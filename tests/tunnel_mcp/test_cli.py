@@ -127,6 +127,13 @@ def test_serving_installs_the_skill_and_keeps_stdout_for_mcp(tmp_path: Path) -> 
     assert "waiting for an MCP client on stdin" in done.stderr
     assert done.stderr.count("waiting for an MCP client") == 1
     assert (tmp_path / "skills" / SKILL).is_file()
+    # The first write into the user's home is announced on stderr, at warning level, once.
+    (notice,) = [line for line in done.stderr.splitlines() if "installed the tunnel-etiquette" in line]
+    assert "WARNING" in notice and str(tmp_path / "skills" / SKILL) in notice
+    assert "TUNNEL_SKIP_SKILL_INSTALL" in notice
+    again = run_cli(env=env)
+    assert again.returncode == 0, again.stderr
+    assert "tunnel-etiquette" not in again.stderr
 
 
 def test_a_skill_the_user_deleted_is_not_reinstalled_on_start(tmp_path: Path) -> None:
@@ -151,6 +158,7 @@ def test_serving_skips_the_skill_when_asked(tmp_path: Path) -> None:
     done = run_cli(env={"TUNNEL_SKILLS_DIR": str(tmp_path), "TUNNEL_SKIP_SKILL_INSTALL": "1"})
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / SKILL).exists()
+    assert "skill" not in done.stderr
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
