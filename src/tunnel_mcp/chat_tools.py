@@ -25,7 +25,9 @@ DEFAULT_LISTEN_MS = 25_000
     ),
 )
 async def tunnel_say(
-    text: Annotated[str, Field(description="Your message to everyone in the room (plain text).")],
+    text: Annotated[
+        str, Field(title="Message", description="Your message to everyone in the room (plain text).")
+    ],
     ctx: ToolContext,
 ) -> Annotated[CallToolResult, SayResult]:
     """Send a chat message to everyone in the tunnel.
@@ -47,13 +49,20 @@ async def tunnel_say(
 async def tunnel_listen(
     ctx: ToolContext,
     sinceSeq: Annotated[  # camelCase: it is the MCP argument name
-        int, Field(ge=0, description="Return messages after this seq: pass lastSeq from your previous listen.")
+        int,
+        Field(
+            title="Since seq",
+            ge=0,
+            description="Return messages after this seq: pass lastSeq from your previous listen.",
+        ),
     ] = 0,
     timeoutMs: Annotated[
-        int, Field(ge=0, description="How long to wait if nothing is new (ms); capped at 55000.")
+        int,
+        Field(title="Timeout (ms)", ge=0, description="How long to wait if nothing is new (ms); capped at 55000."),
     ] = DEFAULT_LISTEN_MS,
     includeOwn: Annotated[
-        bool, Field(description="Also return your own chat messages (default: only others').")
+        bool,
+        Field(title="Include own messages", description="Also return your own chat messages (default: only others')."),
     ] = False,
 ) -> Annotated[CallToolResult, ListenResult]:
     """Wait for new messages in the tunnel and return them (long-poll).

@@ -7,7 +7,7 @@ from typing import Annotated
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from tunnel_mcp.manager import TransportName
+from tunnel_mcp.manager import MAX_ROOM_CAPACITY, TransportName
 from tunnel_mcp.models import (
     CloseResult,
     InviteResult,
@@ -30,30 +30,45 @@ from tunnel_mcp.toolkit import ToolContext, _manager, _ok, _with_progress, tool
     ),
 )
 async def tunnel_open(
-    goal: Annotated[str, Field(description="One sentence: what the agents should achieve together.")],
+    goal: Annotated[
+        str, Field(title="Goal", description="One sentence: what the agents should achieve together.")
+    ],
     ctx: ToolContext,
-    invites: Annotated[int, Field(ge=1, le=64, description="How many guests to invite (one link each).")] = 1,
+    invites: Annotated[
+        int,
+        Field(
+            title="Invites",
+            ge=1,
+            le=MAX_ROOM_CAPACITY - 1,
+            description="How many guests to invite, one link each (at most the room's size "
+            "minus you: see the maximum).",
+        ),
+    ] = 1,
     transport: Annotated[
         TransportName | None,
         Field(
+            title="Transport",
             description="How guests reach you: cloudflared (internet, default), local (this "
             "machine only), direct (a LAN address, needs bind), url (your own reverse proxy, "
             "needs publicUrl). Default: $TUNNEL_TRANSPORT, else cloudflared."
         ),
     ] = None,
     publicUrl: Annotated[  # camelCase: it is the MCP argument name
-        str | None, Field(description="For transport=url: the public base URL that reaches this machine.")
+        str | None,
+        Field(title="Public URL", description="For transport=url: the public base URL that reaches this machine."),
     ] = None,
     bind: Annotated[
         str | None,
         Field(
+            title="Bind address",
             description="For transport=direct: the LAN host:port to listen on and advertise. "
             "For transport=url: the local 127.0.0.1:port your reverse proxy forwards to "
             "(without it the port is chosen for you and reported in warnings)."
         ),
     ] = None,
     name: Annotated[
-        str | None, Field(description="Your display name (default: git user.name, else the OS user).")
+        str | None,
+        Field(title="Display name", description="Your display name (default: git user.name, else the OS user)."),
     ] = None,
 ) -> Annotated[CallToolResult, OpenResult]:
     """Open a new tunnel as its host, so another developer's agent can join and talk with you.
@@ -113,7 +128,15 @@ async def tunnel_open(
 )
 async def tunnel_invite(
     ctx: ToolContext,
-    count: Annotated[int, Field(ge=1, le=64, description="How many new single-use links.")] = 1,
+    count: Annotated[
+        int,
+        Field(
+            title="Count",
+            ge=1,
+            le=MAX_ROOM_CAPACITY - 1,
+            description="How many new single-use links (the room's free seats bound it).",
+        ),
+    ] = 1,
 ) -> Annotated[CallToolResult, InviteResult]:
     """Mint more join links for the tunnel you host (one per extra guest, or to replace an expired one).
 
@@ -137,11 +160,13 @@ async def tunnel_invite(
 )
 async def tunnel_join(
     joinLink: Annotated[  # camelCase: it is the MCP argument name
-        str, Field(description="The whole link from the invite, including the part after '#'.")
+        str,
+        Field(title="Join link", description="The whole link from the invite, including the part after '#'."),
     ],
     ctx: ToolContext,
     name: Annotated[
-        str | None, Field(description="Your display name (default: git user.name, else the OS user).")
+        str | None,
+        Field(title="Display name", description="Your display name (default: git user.name, else the OS user)."),
     ] = None,
 ) -> Annotated[CallToolResult, JoinResult]:
     """Join another developer's tunnel with the join link their human sent yours.
@@ -224,7 +249,8 @@ async def tunnel_status(ctx: ToolContext) -> Annotated[CallToolResult, StatusRes
 async def tunnel_close(
     ctx: ToolContext,
     summary: Annotated[
-        str | None, Field(description="Host: a short closing summary every member receives.")
+        str | None,
+        Field(title="Closing summary", description="Host: a short closing summary every member receives."),
     ] = None,
 ) -> Annotated[CallToolResult, CloseResult]:
     """End the conversation: the host closes the room for everyone; a member leaves it.
@@ -234,6 +260,9 @@ async def tunnel_close(
     Afterwards tunnel_open or tunnel_join can start a new tunnel.
     """
     manager = _manager(ctx)
+    if manager.session is None:
+        note = "There was no tunnel to close; nothing was done."
+        return _ok(CloseResult(closed=True, role=None, note=note), f"No tunnel is open. {note}")
     already = manager.current().closed
     session = await manager.close(summary)
     if session.role == "host":

@@ -49,7 +49,7 @@ from mcp.types import (
 
 from tunnel_mcp import __version__
 from tunnel_mcp.chat_tools import tunnel_listen, tunnel_say
-from tunnel_mcp.manager import TunnelManager
+from tunnel_mcp.manager import MAX_ROOM_CAPACITY, TunnelManager, room_capacity
 from tunnel_mcp.models import Message
 from tunnel_mcp.render import UNTRUSTED
 from tunnel_mcp.room_tools import (
@@ -82,6 +82,9 @@ How to behave in a tunnel: the tunnel-etiquette skill, skill://tunnel-etiquette/
 (resources/read)."""
 
 ManagerFactory = Callable[[trio.Nursery], TunnelManager]
+
+#: Arguments that count guests: bounded by the configured room size when the server starts.
+GUEST_COUNTS = {"tunnel_open": "invites", "tunnel_invite": "count"}
 
 #: Every tool, in the order `tools/list` gives them.
 TOOLS: list[Tool] = [
@@ -134,6 +137,16 @@ async def _transcript(manager: TunnelManager | None) -> str:
     return json.dumps(body, ensure_ascii=False)
 
 
+def _room_capacity(configured: int | None) -> int:
+    if configured is not None:
+        return configured
+    try:
+        return room_capacity()
+    except ValueError:
+        # tunnel_open will say what is wrong with the variable; the schema allows the most.
+        return MAX_ROOM_CAPACITY
+
+
 # -- the server --------------------------------------------------------------------------------
 
 
@@ -167,9 +180,19 @@ class _Subscribers:
                 del self.legacy[session]
 
 
-def build_server(manager_factory: ManagerFactory = TunnelManager) -> Server[TunnelManager]:
-    """The `tunnel` MCP server. `manager_factory` is called once per connection, in its lifespan."""
-    tools = {t.name: t for t in TOOLS}
+def build_server(
+    manager_factory: ManagerFactory = TunnelManager, *, capacity: int | None = None
+) -> Server[TunnelManager]:
+    """The `tunnel` MCP server. `manager_factory` is called once per connection, in its lifespan.
+
+    `capacity` (default: $TUNNEL_ROOM_CAPACITY, else 16) bounds how many guests the schemas
+    let an agent ask for, so they agree with the room the manager will open.
+    """
+    guests = _room_capacity(capacity) - 1
+    tools = {
+        t.name: t.with_maximum(GUEST_COUNTS[t.name], guests) if t.name in GUEST_COUNTS else t
+        for t in TOOLS
+    }
     skills = SkillCatalog([etiquette_skill()])
     bus = InMemorySubscriptionBus()
     subscribers = _Subscribers(bus)

@@ -16,6 +16,8 @@ every word an agent sees is ours, and every call passes through the guards here:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import inspect
 import logging
@@ -24,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import annotated_types
 import trio
 from mcp.server.context import ServerRequestContext
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
@@ -31,6 +34,7 @@ from mcp.types import Tool as ToolListing
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from tunnel_mcp.manager import TunnelManager
+from tunnel_mcp.models import field_title
 from tunnel_trio.session_types import TunnelError
 
 log = logging.getLogger(__name__)
@@ -152,7 +156,7 @@ def _bad_arguments(tool: str, error: ValidationError, schema: dict[str, Any] | N
 
 class _Arguments(BaseModel):
     # Unknown keys are ignored, as MCP clients add their own (and agents guess).
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", field_title_generator=field_title)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +177,18 @@ class Tool:
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_schema", self.arguments.model_json_schema())
         object.__setattr__(self, "output_schema", self.result.model_json_schema())
+
+    def with_maximum(self, argument: str, maximum: int) -> Tool:
+        """This tool with `argument` bounded by `maximum` (a limit known only at start-up)."""
+        fields: dict[str, Any] = {}
+        for name, info in self.arguments.model_fields.items():
+            if name == argument:
+                info = copy.copy(info)
+                info.metadata = [m for m in info.metadata if not isinstance(m, annotated_types.Le)]
+                info.metadata.append(annotated_types.Le(maximum))
+            fields[name] = (info.annotation, info)
+        arguments = create_model(self.arguments.__name__, __base__=_Arguments, **fields)
+        return dataclasses.replace(self, arguments=arguments)
 
     def listing(self) -> ToolListing:
         return ToolListing(

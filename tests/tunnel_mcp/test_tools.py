@@ -6,8 +6,10 @@ Each `Client(server)` is its own MCP connection with its own lifespan, hence its
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import AsyncIterator
+import typing
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,25 @@ from typing import Any
 import mcp_types as types
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.session import IncomingMessage
 from mcp.server.lowlevel import Server
+from pydantic import BaseModel
 
 import tunnel_mcp.chat_tools as chat_tools
-from tunnel_mcp.manager import TunnelManager
+import tunnel_mcp.server as tunnel_server
+from tunnel_mcp.manager import (
+    DEFAULT_ROOM_CAPACITY,
+    MAX_ROOM_CAPACITY,
+    TunnelManager,
+    unwrap_pasted_link,
+)
 from tunnel_mcp.server import TRANSCRIPT_URI, build_server
 from tunnel_trio.session import RoomConfig
+from tunnelproto import JoinLink
+from tunnelproto._room import DEFAULT_CAPACITY, MAX_CAPACITY
 
 TOOLS = {
     "tunnel_open",
@@ -105,6 +118,46 @@ async def test_tools_publish_output_schemas_annotations_and_warnings(server: Ser
     )
 
 
+def _properties(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, key, property) for every property of a schema and of its $defs."""
+    for key, prop in schema.get("properties", {}).items():
+        yield schema.get("title", "?"), key, prop
+    for name, definition in schema.get("$defs", {}).items():
+        for key, prop in definition.get("properties", {}).items():
+            yield name, key, prop
+
+
+def _models(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
+    yield model
+    for info in model.model_fields.values():
+        for inner in typing.get_args(info.annotation) or (info.annotation,):
+            for leaf in typing.get_args(inner) or (inner,):
+                if isinstance(leaf, type) and issubclass(leaf, BaseModel):
+                    yield from _models(leaf)
+
+
+async def test_descriptions_are_dedented_and_every_field_has_a_readable_title(
+    server: Server[TunnelManager],
+) -> None:
+    async with Client(server) as client:
+        listed = (await client.list_tools()).tools
+    for tool in listed:
+        description = tool.description or ""
+        assert description == inspect.cleandoc(description), tool.name
+        assert not any(line.startswith(" ") for line in description.splitlines()), tool.name
+        assert tool.output_schema is not None
+        for schema in (tool.input_schema, tool.output_schema):
+            for where, key, prop in _properties(schema):
+                title = prop.get("title", "")
+                # pydantic's own title for "publicUrl" would be "Publicurl".
+                assert title and (key.islower() or title != key.title()), (tool.name, where, key, title)
+    # Titles are written, not generated: every field of every argument and result model.
+    for declared in tunnel_server.TOOLS:
+        for model in (*_models(declared.arguments), *_models(declared.result)):
+            untitled = [name for name, info in model.model_fields.items() if not info.title]
+            assert not untitled, f"{declared.name}: {model.__name__} fields {untitled} need Field(title=...)"
+
+
 # -- errors without a tunnel -----------------------------------------------------------------------
 
 
@@ -115,7 +168,6 @@ async def test_tools_publish_output_schemas_annotations_and_warnings(server: Ser
         ("tunnel_listen", {"timeoutMs": 10}),
         ("tunnel_status", {}),
         ("tunnel_invite", {}),
-        ("tunnel_close", {}),
     ],
 )
 async def test_tools_without_a_tunnel_say_what_to_do(
@@ -232,10 +284,19 @@ async def test_a_member_cannot_name_itself_into_the_host_role(server: Server[Tun
 async def test_only_one_tunnel_at_a_time(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host)
-        assert "already open: call tunnel_close first" in await fails(
-            host, "tunnel_open", {"goal": "another", "transport": "local"}
-        )
-        assert "already open" in await fails(host, "tunnel_join", {"joinLink": opened["joinLink"]})
+        hosting = f"you already host tunnel {opened['tunnelId']}"
+        assert hosting in await fails(host, "tunnel_open", {"goal": "another", "transport": "local"})
+        assert hosting in await fails(host, "tunnel_join", {"joinLink": opened["joinLink"]})
+        # A member that calls tunnel_join again (say, with the same link) is told where it is.
+        await ok(guest, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
+        for tool, args in (
+            ("tunnel_join", {"joinLink": opened["joinLink"]}),
+            ("tunnel_open", {"goal": "mine", "transport": "local"}),
+        ):
+            message = await fails(guest, tool, args)
+            assert f"already in tunnel {opened['tunnelId']} as a member" in message, message
+            assert "tunnel_close" in message
+        await ok(guest, "tunnel_close")
         await ok(host, "tunnel_close")
         # After closing, a new tunnel can be opened from the same connection.
         again = await open_local(host, goal="a second topic")
@@ -393,6 +454,80 @@ async def test_bad_transport_options_are_tool_errors(server: Server[TunnelManage
         assert await fails(host, "tunnel_open", {"goal": "g", "transport": "carrier-pigeon"})
         assert "goal" in await fails(host, "tunnel_open", {"goal": "   ", "transport": "local"})
         assert NO_TUNNEL in await fails(host, "tunnel_status")
+
+
+async def test_a_bad_transport_in_the_environment_is_named(
+    server: Server[TunnelManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNNEL_TRANSPORT", "bogus")
+    async with Client(server) as host:
+        message = await fails(host, "tunnel_open", {"goal": "g"})
+    assert "TUNNEL_TRANSPORT='bogus' is not a transport" in message
+
+
+async def test_close_with_nothing_open_succeeds_with_a_note(server: Server[TunnelManager]) -> None:
+    async with Client(server) as client:
+        for _ in range(2):  # "safe to call twice", even with no tunnel at all
+            closed = await ok(client, "tunnel_close")
+            assert closed["closed"] is True
+            assert closed["role"] is None
+            assert "no tunnel" in closed["note"].lower()
+        opened = await open_local(client)
+        assert (await ok(client, "tunnel_close"))["role"] == "host"
+        again = await ok(client, "tunnel_close")
+        assert again["role"] == "host" and "already closed" in again["note"]
+        assert opened["tunnelId"]
+
+
+async def test_the_guest_counts_in_the_schemas_agree_with_the_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The room's size and the schemas' maximum come from the same place.
+    assert (DEFAULT_ROOM_CAPACITY, MAX_ROOM_CAPACITY) == (DEFAULT_CAPACITY, MAX_CAPACITY)
+    async with Client(make_server()) as client:
+        schemas = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    assert schemas["tunnel_open"]["properties"]["invites"]["maximum"] == DEFAULT_CAPACITY - 1
+    assert schemas["tunnel_invite"]["properties"]["count"]["maximum"] == DEFAULT_CAPACITY - 1
+
+    monkeypatch.setenv("TUNNEL_ROOM_CAPACITY", "5")
+    async with Client(build_server()) as host:
+        schemas = {t.name: t.input_schema for t in (await host.list_tools()).tools}
+        assert schemas["tunnel_open"]["properties"]["invites"]["maximum"] == 4
+        assert "invites" in await fails(host, "tunnel_open", {"goal": "g", "transport": "local", "invites": 5})
+        opened = await ok(host, "tunnel_open", {"goal": "g", "transport": "local", "invites": 4})
+        assert len(opened["invites"]) == 4
+        assert "full" in await fails(host, "tunnel_invite", {"count": 1})
+
+    monkeypatch.setenv("TUNNEL_ROOM_CAPACITY", "lots")
+    async with Client(build_server()) as host:
+        message = await fails(host, "tunnel_open", {"goal": "g", "transport": "local"})
+    assert "TUNNEL_ROOM_CAPACITY='lots' is not a room size" in message
+
+
+DECORATIONS = [
+    "{link}.",
+    "{link},",
+    "({link})",
+    "<{link}>",
+    "<{link}>.",
+    "`{link}`",
+    "```\n{link}\n```",
+    '"{link}"',
+    "'{link}'.",
+    "**{link}**",
+    "  {link}\u200b ",
+    "[{link}]",
+]
+
+
+async def test_a_pasted_link_survives_chat_decoration(server: Server[TunnelManager]) -> None:
+    async with clients(server, 2) as (host, guest):
+        opened = await open_local(host, invites=len(DECORATIONS))
+        for invite, decoration in zip(opened["invites"], DECORATIONS, strict=True):
+            pasted = decoration.format(link=invite["joinLink"])
+            joined = await ok(guest, "tunnel_join", {"joinLink": pasted, "name": "ben"})
+            assert joined["tunnelId"] == opened["tunnelId"], pasted
+            await ok(guest, "tunnel_close")
 
 
 # -- shutdown --------------------------------------------------------------------------------------
@@ -562,3 +697,15 @@ async def test_bad_arguments_name_the_field_and_never_echo_the_value(
         assert "pigeon" not in message
         # Nothing was opened by the failed call.
         assert NO_TUNNEL in await fails(agent, "tunnel_status")
+
+
+@given(
+    secret=st.binary(min_size=32, max_size=32),
+    before=st.text(alphabet=" \t\n\"'`<([{*\u200b", max_size=4),
+    after=st.text(alphabet=" \t\n\"'`>)]}*.,;:!?", max_size=4),
+)
+def test_unwrapping_a_pasted_link_never_changes_the_link(secret: bytes, before: str, after: str) -> None:
+    link = str(JoinLink("https://a.example/prefix", "AbCdEfGhIjKl-_", secret))
+    # Secrets may end in '-' or '_' (base64url): those are never trimmed.
+    assert unwrap_pasted_link(before + link + after) == link
+    assert JoinLink.parse(unwrap_pasted_link(before + link + after)).secret == secret
