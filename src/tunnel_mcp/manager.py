@@ -11,6 +11,7 @@ where the network layer cannot be imported.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,6 +45,30 @@ CLOSED = (
     "a new one"
 )
 NOT_HOST = "only the host can invite: you joined this tunnel as a member (ask the host's human)"
+
+#: What a first tunnel_open or tunnel_join needs beyond the server itself (about 0.1 s of imports:
+#: the protocol core, PyNaCl, wsproto, h11). `preload_session_layer` loads it in a worker
+#: thread once the server is up, so neither the MCP handshake nor the first join waits for it.
+SESSION_LAYER = ("tunnel_trio.session", "tunnel_trio.transports")
+#: Leave the handshake and the first listings to the server before competing for the CPU.
+PRELOAD_AFTER = 0.5
+
+
+async def preload_session_layer(delay: float = PRELOAD_AFTER) -> None:
+    """Import the session layer in the background (best effort: a tool imports it anyway)."""
+    await trio.sleep(delay)
+
+    def load() -> None:
+        for name in SESSION_LAYER:
+            importlib.import_module(name)
+
+    try:
+        await trio.to_thread.run_sync(load, abandon_on_cancel=True)
+    except Exception as exc:  # the first tool call imports it again and reports the error
+        log.debug("preloading the session layer failed: %s", type(exc).__name__)
+    else:
+        log.debug("session layer loaded")
+
 
 #: Members a room holds, the host included: the protocol's default and maximum (tunnelproto's
 #: DEFAULT_CAPACITY and MAX_CAPACITY, repeated here so that starting the server does not import

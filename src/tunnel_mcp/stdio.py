@@ -26,7 +26,7 @@ import anyio
 import trio
 from mcp.server.stdio import stdio_server
 
-from tunnel_mcp.manager import TunnelManager
+from tunnel_mcp.manager import TunnelManager, preload_session_layer
 from tunnel_mcp.server import SHUTDOWN_GRACE, build_server
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ async def _serve(banner: str | None) -> None:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(on_signal)
+            nursery.start_soon(preload_session_layer)
             if banner:
                 # Only now: a signal from here on is handled, so whoever waits for this line
                 # (a human, a test) can rely on a graceful shutdown.

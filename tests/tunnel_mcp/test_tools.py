@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
+import threading
 import typing
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,6 +27,7 @@ from mcp.server.lowlevel import Server
 from pydantic import BaseModel
 
 import tunnel_mcp.chat_tools as chat_tools
+import tunnel_mcp.manager as manager_module
 import tunnel_mcp.server as tunnel_server
 from tunnel_mcp.manager import (
     DEFAULT_ROOM_CAPACITY,
@@ -709,3 +712,16 @@ def test_unwrapping_a_pasted_link_never_changes_the_link(secret: bytes, before: 
     # Secrets may end in '-' or '_' (base64url): those are never trimmed.
     assert unwrap_pasted_link(before + link + after) == link
     assert JoinLink.parse(unwrap_pasted_link(before + link + after)).secret == secret
+
+
+async def test_the_session_layer_is_preloaded_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "t7_preload_probe.py").write_text("import threading\nLOADED_BY = threading.current_thread().name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(manager_module, "SESSION_LAYER", ("t7_preload_probe",))
+    monkeypatch.delitem(sys.modules, "t7_preload_probe", raising=False)
+    await manager_module.preload_session_layer(delay=0)
+    probe = sys.modules["t7_preload_probe"]
+    assert probe.LOADED_BY != threading.current_thread().name  # a worker thread, not the loop's
+    monkeypatch.delitem(sys.modules, "t7_preload_probe")
