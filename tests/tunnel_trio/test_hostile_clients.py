@@ -265,8 +265,11 @@ class RawPeer:
         assert head.startswith(b"HTTP/1.1 101 "), head
         return peer
 
-    async def frames_until_closed(self, timeout: float = GUARD) -> list[tuple[int, bytes]]:
-        """Read until the relay's Close frame (answered) or the end of the stream."""
+    async def frames_until_closed(
+        self, timeout: float = GUARD, *, answer: bool = True
+    ) -> list[tuple[int, bytes]]:
+        """Read until the relay's Close frame (answered unless `answer` is false: another task
+        may be sending) or the end of the stream."""
         frames: list[tuple[int, bytes]] = []
         with trio.fail_after(timeout):
             while True:
@@ -279,6 +282,8 @@ class RawPeer:
                 self.buffer += data
                 frames += parse_frames(self.buffer)
                 if frames and frames[-1][0] == OP_CLOSE:
+                    if not answer:
+                        return frames
                     try:
                         await self.stream.send_all(frame(OP_CLOSE, frames[-1][1][:2]))
                     except trio.BrokenResourceError:
@@ -373,8 +378,9 @@ async def test_slowloris_requests_are_dropped_at_the_handshake_deadline(start_pa
             attackers.start_soon(drip, "one byte at a time", one_byte_at_a_time())
             attackers.start_soon(drip, "endless headers", endless_headers())
     for name in ("one byte at a time", "endless headers"):
-        # Dropped at the relay's deadline (never answered), not later and not by accident.
-        assert SHORT * 0.8 <= cut[name] <= SHORT + 1.0, (name, cut[name])
+        # Dropped at the relay's deadline (never answered), not by accident before it, and long
+        # before the request would have completed (~17 s); the margin is for a busy machine.
+        assert SHORT * 0.8 <= cut[name] <= SHORT + 5.0, (name, cut[name])
         assert answered[name] == b"", (name, answered[name][:100])
     await pair.exchange()
 
@@ -414,7 +420,10 @@ async def test_huge_http_head_is_refused_without_buffering_it(start_pair, tcp):
 
 
 async def test_idle_tcp_connections_are_capped_and_go_away(start_pair, tcp, nursery):
-    pair = await start_pair(handshake_timeout=SHORT, invites=2)
+    # A deadline long enough that "closed at once" and "closed at the deadline" stay apart on a
+    # busy machine.
+    deadline = 4.0
+    pair = await start_pair(handshake_timeout=deadline, invites=2)
     # No HTTP at all, from 300 connections: more than the relay's 256 open connections.
     # The relay closes those over its cap at once and the rest at the handshake deadline;
     # meanwhile the member's established connection is untouched.
@@ -429,9 +438,9 @@ async def test_idle_tcp_connections_are_capped_and_go_away(start_pair, tcp, nurs
             stream = await tcp(port)
             waiters.start_soon(closes, stream, trio.current_time())
     assert len(closed_after) == 300
-    refused_at_once = [t for t in closed_after if t < SHORT * 0.5]
+    refused_at_once = [t for t in closed_after if t < deadline / 2]
     assert len(refused_at_once) >= 300 - 256
-    assert max(closed_after) <= SHORT + 1.5
+    assert max(closed_after) <= deadline + 5.0
     # And once they are gone, a new member gets in.
     late = await join(nursery, pair.host.initial_invites[1].join_link, name="cy")
     seq = await late.say("made it")
@@ -480,17 +489,28 @@ async def test_malformed_upgrade_headers_get_a_400_not_a_traceback(start_pair, t
 async def test_a_fragmented_message_that_never_ends_is_dropped(start_pair, tcp):
     pair = await start_pair(handshake_timeout=SHORT)
     peer = await RawPeer.upgrade(await tcp(pair.host.relay.port), path_of(pair))
-    started = trio.current_time()
+
+    async def trickle() -> None:
+        # Empty continuations, every 50 ms until the relay hangs up: the message never
+        # completes, the size limit is never reached, and the peer never authenticates. They
+        # keep coming past the deadline, so a relay that restarted its clock on each frame would
+        # never close (and the read below would give up after GUARD).
+        try:
+            await peer.stream.send_all(frame(OP_BINARY, b"x" * 1000, fin=False))
+            while True:
+                await peer.stream.send_all(frame(OP_CONT, b"", fin=False) * 100)
+                await trio.sleep(0.05)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
     async with pair.talking():
-        await peer.stream.send_all(frame(OP_BINARY, b"x" * 1000, fin=False))
-        # Empty continuations forever (well, for a while): the message never completes, the
-        # size limit is never reached, and the peer never authenticates.
-        for _ in range(20):
-            await peer.stream.send_all(frame(OP_CONT, b"", fin=False) * 100)
-            await trio.sleep(0.05)
-        frames = await peer.frames_until_closed()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            # Read while the trickle goes on (not after it): the relay's Close must be seen
+            # however late this task gets the CPU, before the relay tears the socket down.
+            frames = await peer.frames_until_closed(answer=False)
+            nursery.cancel_scope.cancel()
     assert close_code(frames) == CLOSE_HANDSHAKE_TIMEOUT
-    assert trio.current_time() - started <= SHORT + 1.0
     await nothing_left_behind(pair.host)
     await pair.exchange()
 
