@@ -18,13 +18,15 @@ import mcp_types as types
 import pytest
 import trio
 from mcp import Client
-from mcp.client._transport import TransportStreams
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
 from pydantic import TypeAdapter
 
 from tunnel_mcp.demo import websocket_payloads
 from tunnel_mcp.skill_install import skill_text
+
+#: What a transport yields: the client's read and write streams (the SDK's own alias is private).
+TransportStreams = tuple[Any, Any]
 
 SERVER = [sys.executable, "-m", "tunnel_mcp", "--log-level", "debug"]
 
