@@ -420,9 +420,9 @@ async def test_huge_http_head_is_refused_without_buffering_it(start_pair, tcp):
 
 
 async def test_idle_tcp_connections_are_capped_and_go_away(start_pair, tcp, nursery):
-    # A deadline long enough that "closed at once" and "closed at the deadline" stay apart on a
-    # busy machine.
-    deadline = 4.0
+    # A deadline long enough that all 300 connections are open before it (on a busy machine
+    # opening them took over 4 s) and "closed at once" and "closed at the deadline" stay apart.
+    deadline = 8.0
     pair = await start_pair(handshake_timeout=deadline, invites=2)
     # No HTTP at all, from 300 connections: more than the relay's 256 open connections.
     # The relay closes those over its cap at once and the rest at the handshake deadline;
@@ -431,7 +431,7 @@ async def test_idle_tcp_connections_are_capped_and_go_away(start_pair, tcp, nurs
     closed_after: list[float] = []  # seconds from each connection's open to its close
 
     async def closes(stream: trio.SocketStream, opened: float) -> None:
-        closed_after.append(await wait_closed(stream, GUARD) - opened)
+        closed_after.append(await wait_closed(stream, deadline + GUARD) - opened)
 
     async with pair.talking(), trio.open_nursery() as waiters:
         for _ in range(300):
@@ -625,7 +625,11 @@ async def test_a_flood_of_unknown_invites_does_not_slow_the_member(start_pair):
     async with pair.talking(interval=0.1) as latencies, trio.open_nursery() as attackers:
         for _ in range(16):
             attackers.start_soon(attacker)
-        await trio.sleep(2.0)
+        # As many refusals as the attack brings, not as many as fit in a fixed time: a busy
+        # machine answers more slowly, and that is not what this test is about.
+        with trio.fail_after(6 * GUARD):
+            while outcomes.get("unknown-invite", 0) < 50:
+                await trio.sleep(0.05)
         attackers.cancel_scope.cancel()
     # Some attackers are turned away earlier, for holding too many unauthenticated slots.
     assert set(outcomes) <= {"unknown-invite", f"closed {CLOSE_TOO_MANY_PENDING}"}, outcomes
