@@ -15,6 +15,7 @@ test_faults.py; this file is about attacks on the running relay.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import struct
@@ -491,14 +492,15 @@ async def test_a_fragmented_message_that_never_ends_is_dropped(start_pair, tcp):
     peer = await RawPeer.upgrade(await tcp(pair.host.relay.port), path_of(pair))
 
     async def trickle() -> None:
-        # Empty continuations, every 50 ms until the relay hangs up: the message never
+        # An empty continuation every 50 ms until the relay hangs up: the message never
         # completes, the size limit is never reached, and the peer never authenticates. They
         # keep coming past the deadline, so a relay that restarted its clock on each frame would
-        # never close (and the read below would give up after GUARD).
+        # never close (and the read below would give up after GUARD). One frame at a time: a
+        # flood would only make a starved relay too busy to send its Close in time.
         try:
             await peer.stream.send_all(frame(OP_BINARY, b"x" * 1000, fin=False))
             while True:
-                await peer.stream.send_all(frame(OP_CONT, b"", fin=False) * 100)
+                await peer.stream.send_all(frame(OP_CONT, b"", fin=False))
                 await trio.sleep(0.05)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -788,6 +790,7 @@ async def test_a_member_flooding_says_is_rate_limited_and_others_are_not(start_p
     refs = [conn.say(f"spam {i}") for i in range(200)]
     outcomes: dict[int, SayAccepted | SayRejected] = {}
     async with pair.talking():
+        started = trio.current_time()
         await ws.send_many(conn.data_to_send())
         with trio.fail_after(GUARD):
             while len(outcomes) < len(refs):
@@ -796,10 +799,13 @@ async def test_a_member_flooding_says_is_rate_limited_and_others_are_not(start_p
                     if isinstance(event, SayAccepted | SayRejected):
                         outcomes[event.ref] = event
                 await ws.send_many(conn.data_to_send())  # acks: a well-paced reader
+        elapsed = trio.current_time() - started
     accepted = [e for e in outcomes.values() if isinstance(e, SayAccepted)]
     refused = [e for e in outcomes.values() if isinstance(e, SayRejected)]
-    # The bucket holds `burst` tokens and refills at 5 a second while the flood is read.
-    assert burst <= len(accepted) <= burst + 5
+    # The bucket holds `burst` tokens and refills at 5 a second while the flood is read (about
+    # a second, longer on a busy machine).
+    refill = math.ceil(host.room.config.rate_per_sec * elapsed)
+    assert burst <= len(accepted) <= burst + refill + 1, (len(accepted), elapsed)
     assert all(e.code == "rate-limited" and e.retry_ms and e.retry_ms > 0 for e in refused)
     assert len(accepted) + len(refused) == 200
     # The real member has its own bucket: none of its says was ever refused.
@@ -842,8 +848,10 @@ async def test_a_member_flooding_says_without_reading_is_cut_off(start_pair, cap
             # not deliver, behind the FIN.)
             while mallory_is_on():
                 await trio.sleep(0.05)
-        await nothing_left_behind(host)
+        # Cut off: stop flooding (on a busy machine the sealing alone starves the relay), and
+        # its socket and queue must go too.
         attacker.cancel_scope.cancel()
+        await nothing_left_behind(host)
     assert any("outbound queue full" in r.getMessage() for r in caplog.records)
     assert host.relay.peak_queued_bytes <= host.relay.outbox_limit
     await pair.exchange()
