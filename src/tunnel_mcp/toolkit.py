@@ -204,9 +204,10 @@ class Tool:
         try:
             parsed = self.arguments.model_validate(arguments)
         except ValidationError as exc:
-            text = _bad_arguments(self.name, exc, self.input_schema)
-            log.info("%s rejected arguments: %s", self.name, sorted(self.arguments.model_fields))
-            return _error(text)
+            # Field names only: the rejected values are the caller's data.
+            fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+            log.info("%s rejected arguments: %s", self.name, fields)
+            return _error(_bad_arguments(self.name, exc, self.input_schema))
         values = {name: getattr(parsed, name) for name in type(parsed).model_fields}
         values[self.context_parameter] = ToolContext(request)
         return await self.function(**values)
