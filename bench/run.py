@@ -187,8 +187,9 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         "(importing any part of the SDK imports all of it). Imports of the server, cumulative: "
         f"mcp {imports['mcp']:.0f} ms, trio {imports['trio']:.0f} ms, tunnel_mcp.stdio "
         f"{imports['tunnel_mcp.stdio']:.0f} ms in all. first join: a fresh guest process's "
-        "first tunnel_join (local transport) from the call to its answer; baseline: the same "
-        "process joining again after leaving.",
+        f"first tunnel_join (local transport), {startup.SETTLE:g} s after its start (a human "
+        "pastes the link), from the call to its answer; baseline: the same process joining "
+        "again after leaving.",
         f"stalled member: default RoomConfig (window {x['room_window_kib']:.0f} KiB), "
         f"the host says {plan.stall_count} x {plan.stall_size} B "
         f"({x['said_kib']:.0f} KiB) while its only member never reads. "
