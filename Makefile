@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest fuzz fuzz-ci bench demo clean venv
+.PHONY: test lint typecheck pytest fuzz fuzz-ci bench bench-flood demo clean venv
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ fuzz-ci: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# What a member flooding refused frames costs the host (about 2 minutes; Linux: reads /proc).
+bench-flood: $(STAMP)
+	$(BIN)/python bench/flood.py
 
 # The whole story on this machine; `make demo DEMO_TRANSPORT=cloudflared` goes through a real Quick Tunnel.
 DEMO_TRANSPORT ?= local

@@ -2,8 +2,9 @@
 
 Every scenario opens its own room on 127.0.0.1 (the `local` transport) and closes it, so one
 scenario's transcript never slows the next. Where many says must be in flight the room's rate
-limiter is lifted (`UNLIMITED`): it would otherwise hold a member to 5 says/s and the figure
-would measure the limiter, not the tunnel.
+limiter and inbound budget are lifted (`UNLIMITED`): they would otherwise hold a member to 5
+says/s and cut it off past 100 frames/s, and the figure would measure the limiter, not the
+tunnel.
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ from tunnel_trio.session import HostSession, MemberSession, RoomConfig, join, op
 from tunnelproto import MAX_FRAME, JoinLink, MemberConnection, Welcomed
 from tunnelproto._room import MAX_CAPACITY
 
-#: The rate limiter out of the way (see the module docstring).
-UNLIMITED = {"rate_burst": 1_000_000_000, "rate_per_sec": 1e9}
+#: The rate limiter (and the inbound budget that is sized from it) out of the way (see the
+#: module docstring).
+UNLIMITED = {
+    "rate_burst": 1_000_000_000,
+    "rate_per_sec": 1e9,
+    "inbound_frame_burst": 1_000_000_000,
+    "inbound_frames_per_sec": 1e9,
+    "inbound_byte_burst": 1 << 60,
+    "inbound_bytes_per_sec": 1e18,
+}
 STAMP_DIGITS = 20
 
 

@@ -171,9 +171,10 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         "one-way: the host says a perf_counter stamp, the member's listen() returns it; "
         "baseline: the server stamps, the client receives.",
         f"pipelined member->member: {plan.senders} concurrent member.say() tasks on one member, "
-        "deliveries counted by another member's listen(); RATE LIMITER LIFTED "
-        f"(RoomConfig rate_burst={tun.UNLIMITED['rate_burst']:,}, "
-        f"rate_per_sec={tun.UNLIMITED['rate_per_sec']:g}); "
+        "deliveries counted by another member's listen(); RATE LIMITER AND INBOUND BUDGET "
+        f"LIFTED (RoomConfig rate_burst={tun.UNLIMITED['rate_burst']:,}, "
+        f"rate_per_sec={tun.UNLIMITED['rate_per_sec']:g}, inbound_* likewise); "
+        "bench/flood.py measures the budget against a flooder; "
         "baseline: a client pipelining at an echo server (also two hops).",
         "pipelined host->member: host.say() in a loop, yielding between says (the host is "
         "not rate-limited); baseline: a bare server streaming to one client.",

@@ -16,10 +16,13 @@ from core_properties import (
     MEMBER_STATES,
     ROOM_STATES,
     RoomMachine,
+    check_chunk_decode,
     check_codec,
+    check_file_frames,
     check_link_parse,
     check_member_garbage,
     check_room_garbage,
+    chunkish,
     link_texts,
 )
 from hypothesis import HealthCheck, given, settings
@@ -81,6 +84,22 @@ def test_fuzz_link_parse(fuzz_rounds: Rounds) -> None:
         check_link_parse(text)
 
     fuzz_rounds(target, share(1.0))
+
+
+@settings(max_examples=share(1.0), suppress_health_check=SLOW_OK)
+@given(chunkish() | st.binary(max_size=120))
+def test_fuzz_chunk_reader(data: bytes) -> None:
+    """The direct chunk reader (the hot path of transfers) and the general decoder agree."""
+    check_chunk_decode(data)
+
+
+@settings(max_examples=share(0.2), suppress_health_check=SLOW_OK)
+@given(data=st.data())
+def test_fuzz_file_frames(data: st.DataObject) -> None:
+    """Runs of nearly-right chunk, credit, cancel, abort, fetch, list and unshare frames
+    against a transfer in progress: nobody's memory grows past a window, only senders of bad
+    frames are cut."""
+    check_file_frames(data)
 
 
 class FuzzRoomMachine(RoomMachine):

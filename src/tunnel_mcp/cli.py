@@ -26,7 +26,7 @@ WAITING = (
 DESCRIPTION = """\
 Let your AI agent talk to another developer's agent through an ephemeral, end-to-end-encrypted
 tunnel. With no command, serves MCP on stdin/stdout: register it with your agent, e.g.
-    claude mcp add tunnel -- uvx tunnel-mcp
+    {register}
 """
 
 
@@ -48,10 +48,22 @@ def _log_level(parser: argparse.ArgumentParser, given: str | None) -> str:
     return configured.lower()
 
 
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser (its subcommands' parsers are plain ones)."""
+
+    def format_help(self) -> str:
+        if self.prog == "tunnel-mcp":
+            # The registration example names this very copy (tunnel_mcp.build); reading the
+            # package metadata for it is paid by --help only, not by every server start.
+            from tunnel_mcp.build import this_build
+
+            self.description = DESCRIPTION.format(register=this_build().register_command())
+        return super().format_help()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tunnel-mcp",
-        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tunnel-mcp {__version__}")
@@ -61,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     # command that did not get it from overwriting one given before the command.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help=log_help)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
 
     commands.add_parser(
         "serve", parents=[common], help="serve MCP on stdio (the default when no command is given)"

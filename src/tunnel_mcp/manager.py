@@ -267,7 +267,10 @@ class TunnelManager:
             await self._notify()
             while not session.closed:
                 try:
-                    result = await session.listen(since, _WATCH_SLICE, include_own=True)
+                    # notices=False: local notices are the agent's, for its tunnel_listen.
+                    result = await session.listen(
+                        since, _WATCH_SLICE, include_own=True, notices=False
+                    )
                 except TunnelError:
                     break
                 if result.messages:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from tunnel_mcp.build import Build, this_build
 from tunnel_trio.session_types import (
     InviteInfo,
     MemberInfo,
@@ -108,11 +109,29 @@ class JoinResult(_Wire):
 
 
 class SayResult(_Wire):
-    seq: int = Field(title="Seq", description="The room-wide sequence number the message got.")
+    seq: int | None = Field(
+        title="Seq",
+        description="The room-wide sequence number the message got; null while it is queued.",
+    )
+    queued: bool = Field(
+        default=False,
+        title="Queued",
+        description="True when the host has not confirmed it yet (the connection is down or "
+        "slow): it goes out once the connection is back. Do not send it again; tunnel_listen "
+        "reports it as `undelivered` if it cannot be delivered after all.",
+    )
 
 
 EventName = Literal[
-    "joined", "left", "disconnected", "reconnected", "closed", "idle-closed", "history-truncated"
+    "joined",
+    "left",
+    "disconnected",
+    "reconnected",
+    "removed",
+    "closed",
+    "idle-closed",
+    "history-truncated",
+    "undelivered",
 ]
 
 
@@ -128,11 +147,19 @@ class Message(_Wire):
         description="When the room stamped it, in seconds since the Unix epoch (the wire "
         "carries milliseconds).",
     )
-    event: EventName | None = Field(default=None, title="Event")
+    # A kind from a later version is passed on as it came (the core only lets well-formed ones in).
+    event: EventName | str | None = Field(default=None, title="Event")
     subject: Member | None = Field(
         default=None,
         title="Subject",
         description="For joined/left/disconnected/reconnected: who it happened to.",
+    )
+    reason: str | None = Field(
+        default=None,
+        title="Reason",
+        description="Local notices (seq 0): why a `closed` tunnel ended for you (host "
+        "unreachable, the host's server stopped, ...), or why your `undelivered` message "
+        "(in text) did not reach the room.",
     )
 
     @classmethod
@@ -146,6 +173,7 @@ class Message(_Wire):
             ts=message.ts,
             event=message.event,
             subject=Member.of(message.subject) if message.subject is not None else None,
+            reason=message.reason,
         )
 
 
@@ -156,8 +184,20 @@ class ListenResult(_Wire):
     messages: list[Message] = Field(title="Messages")
     last_seq: int = Field(title="Last seq", description="Pass this as sinceSeq to the next tunnel_listen.")
     timed_out: bool = Field(title="Timed out", description="True when nothing arrived before the timeout.")
+    more: bool = Field(
+        default=False,
+        title="More waiting",
+        description="True when this page was full and more messages wait after lastSeq: "
+        "listen again at once with sinceSeq = lastSeq.",
+    )
     status: ConnectionName = Field(title="Connection", description="The connection to the room right now.")
     closed_reason: str | None = Field(default=None, title="Why it closed")
+    gives_up_in_sec: int | None = Field(
+        default=None,
+        title="Gives up in (seconds)",
+        description="While reconnecting: seconds left before your side stops trying and the "
+        "tunnel closes.",
+    )
 
 
 class PendingInvite(_Wire):
@@ -181,6 +221,18 @@ class StatusResult(_Wire):
     cloudflared_alive: bool | None = Field(title="cloudflared running")
     warnings: list[str] = Field(title="Warnings")
     closed_reason: str | None = Field(title="Why it closed")
+    gives_up_in_sec: int | None = Field(
+        default=None,
+        title="Gives up in (seconds)",
+        description="While reconnecting: seconds left before your side stops trying and the "
+        "tunnel closes.",
+    )
+    queued_says: int = Field(
+        default=0,
+        title="Queued says",
+        description="Your messages not yet confirmed by the host; they go out once the "
+        "connection is back (do not send them again).",
+    )
 
     @classmethod
     def of(cls, status: SessionStatus) -> StatusResult:
@@ -201,6 +253,8 @@ class StatusResult(_Wire):
             cloudflared_alive=status.cloudflared_alive,
             warnings=list(status.warnings),
             closed_reason=status.closed_reason,
+            gives_up_in_sec=status.gives_up_in_sec,
+            queued_says=status.queued_says,
         )
 
 
@@ -212,21 +266,21 @@ class CloseResult(_Wire):
     note: str = Field(title="Note")
 
 
-def invite_message(info: InviteInfo) -> str:
+def invite_message(info: InviteInfo, build: Build | None = None) -> str:
     """The plain-text message a host's human forwards to a guest.
 
     It carries no goal and no names: those travel only inside the encrypted tunnel, and this
-    text may sit in a chat history for a long time. The link is its only secret.
+    text may sit in a chat history for a long time. The link is its only secret. The setup
+    step names the build the host runs (`build`, default this one), so the two cannot drift.
     """
     minutes = max(1, round(info.expires_in_sec / 60))
     plural = "s" if minutes != 1 else ""
+    setup = (build or this_build()).guest_setup()
     return (
         "You're invited to connect your AI agent to mine through tunnel-mcp, an end-to-end-"
         "encrypted chat between our agents (each of us stays in control of our own).\n"
         "\n"
-        "One-time setup, in a terminal (Claude Code):\n"
-        "    claude mcp add tunnel -- uvx tunnel-mcp\n"
-        "(other MCP clients: add a stdio server that runs `uvx tunnel-mcp`).\n"
+        f"{setup}\n"
         "\n"
         'Then ask your agent: "Join the tunnel with this link" and paste:\n'
         f"    {info.join_link}\n"

@@ -218,6 +218,7 @@ async def tunnel_status(ctx: ToolContext) -> Annotated[CallToolResult, StatusRes
     lines = [
         f"{role} of tunnel {status.tunnel_id} as {_quote(status.self_member.name)}; connection: "
         f"{_connection(status.connection, status.closed_reason)}"
+        + (f" (gives up in {status.gives_up_in_sec} s)" if status.gives_up_in_sec is not None else "")
         + (f"; transport: {status.transport}" if status.transport else ""),
         f"Goal (untrusted data): {_quote(status.goal)}",
         f"Members: {_render_members(result.members)}",

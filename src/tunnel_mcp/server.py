@@ -61,7 +61,7 @@ from tunnel_mcp.room_tools import (
 )
 from tunnel_mcp.skills import SkillCatalog, etiquette_skill
 from tunnel_mcp.toolkit import Tool
-from tunnel_trio.session_types import TranscriptMessage, TunnelError
+from tunnel_trio.session_types import TranscriptMessage
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,10 @@ TRANSCRIPT_RESOURCE = Resource(
     name="transcript",
     title="Tunnel transcript",
     description=(
-        "The current tunnel's transcript so far, as JSON (same message shape as tunnel_listen). "
-        "Subscribe to get notifications/resources/updated when a message arrives. " + UNTRUSTED
+        "The current tunnel's newest messages, as JSON (same message shape as tunnel_listen): "
+        "at most 256 messages / about 64 KiB; `earlier: true` when older ones exist (read them "
+        "with tunnel_listen from sinceSeq 0). Subscribe to get notifications/resources/updated "
+        "when a message arrives. " + UNTRUSTED
     ),
     mime_type="application/json",
 )
@@ -117,21 +119,28 @@ async def _transcript(manager: TunnelManager | None) -> str:
     session = manager.session if manager is not None else None
     if session is None:
         return json.dumps({"open": False, "messages": [], "note": "no tunnel yet"})
-    try:
-        got = await session.listen(0, 0.0, include_own=True)
-        entries: list[TranscriptMessage] = got.messages
-        last_seq = got.last_seq
-    except TunnelError:
-        entries, last_seq = [], session.status().last_seq
+    # The newest window, like the end of a chat: the resource is read whole and re-read on
+    # every update, so it must stay small however long the conversation grows.
+    window = session.newest()
+    entries: list[TranscriptMessage] = window.messages
     status = session.status()
+    shown = [m.seq for m in entries if m.seq > 0]
+    note = UNTRUSTED
+    if window.earlier:
+        note += (
+            f" Only the newest messages are here (from #{shown[0] if shown else window.last_seq}); "
+            "read the earlier ones with tunnel_listen from sinceSeq 0."
+        )
     body: dict[str, Any] = {
         "open": not session.closed,
         "tunnelId": session.tunnel_id,
         "role": status.role,
         "goal": status.goal,
         "connection": status.connection,
-        "lastSeq": last_seq,
-        "note": UNTRUSTED,
+        "lastSeq": window.last_seq,
+        "firstSeq": shown[0] if shown else None,
+        "earlier": window.earlier,
+        "note": note,
         "messages": [Message.of(m).model_dump(mode="json", by_alias=True) for m in entries],
     }
     return json.dumps(body, ensure_ascii=False)

@@ -11,10 +11,16 @@ everyone and cloudflared stops; member: it leaves):
 The SDK's `run_stdio_async` reads stdin in a worker thread that cannot be abandoned, so a
 cancelled server would wait for the client's next line (or forever). Here the reader thread
 *can* be abandoned.
+
+A line the SDK cannot read (not JSON, or a request holding a lone surrogate such as "\ud800",
+which is valid JSON but not Unicode text) would be dropped by the SDK without an answer, and
+the client would wait for one forever. Such lines are answered here with a JSON-RPC parse
+error (with the request's id when it can be read) and logged, without their content.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,8 +29,10 @@ from collections.abc import AsyncIterator
 from typing import Any, BinaryIO, cast
 
 import anyio
+import mcp_types as types
 import trio
 from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
 
 from tunnel_mcp.manager import TunnelManager, preload_session_layer
 from tunnel_mcp.server import SHUTDOWN_GRACE, build_server
@@ -32,11 +40,61 @@ from tunnel_mcp.server import SHUTDOWN_GRACE, build_server
 log = logging.getLogger(__name__)
 
 
-class _StdinLines:
-    """Lines of the MCP client's stream, read in a thread that cancellation may abandon."""
+def _has_lone_surrogate(value: object) -> bool:
+    """Whether a parsed JSON value holds a string that is not Unicode text."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
-    def __init__(self, stream: BinaryIO) -> None:
+
+def _parse_error(line: str) -> SessionMessage | None:
+    """The JSON-RPC error answering `line`, if the SDK would drop it unanswered; else None."""
+    if not line.strip():
+        return None
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        log.warning("stdin: a line is not valid JSON; answered with a JSON-RPC parse error")
+        request_id: int | str | None = None
+        problem = "the line is not valid JSON"
+    else:
+        problem = (
+            "a string in it is not valid Unicode text (a lone surrogate such as \\ud800)"
+        )
+        if not _has_lone_surrogate(value):
+            return None  # the SDK's to read (and to judge)
+        request_id = value.get("id") if isinstance(value, dict) else None
+        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+            request_id = None
+        if isinstance(value, dict) and "method" not in value:
+            log.warning("stdin: a response holds a lone surrogate (not Unicode text); dropped")
+            return None
+        if isinstance(value, dict) and "id" not in value:
+            log.warning("stdin: a notification holds a lone surrogate (not Unicode text); dropped")
+            return None
+        log.warning(
+            "stdin: a request holds a lone surrogate (not Unicode text); answered with a "
+            "JSON-RPC parse error"
+        )
+    error = types.ErrorData(
+        code=types.PARSE_ERROR,
+        message=f"Parse error: {problem}; nothing was done. Send it again as valid JSON text.",
+    )
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
+
+
+class _StdinLines:
+    """Lines of the MCP client's stream, read in a thread that cancellation may abandon.
+
+    Lines the SDK would drop unanswered go to `replies` as parse errors instead."""
+
+    def __init__(
+        self, stream: BinaryIO, replies: trio.MemorySendChannel[SessionMessage]
+    ) -> None:
         self._stream = stream
+        self._replies = replies
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._lines()
@@ -46,7 +104,23 @@ class _StdinLines:
             line = await trio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
             if not line:
                 return
-            yield line.decode("utf-8", errors="replace")
+            text = line.decode("utf-8", errors="replace")
+            reply = _parse_error(text)
+            if reply is None:
+                yield text
+            else:
+                await self._replies.send(reply)
+
+
+async def _send_replies(
+    replies: trio.MemoryReceiveChannel[SessionMessage], write_stream: Any
+) -> None:
+    """Put the parse errors on stdout through the SDK's own writer (one writer, whole lines)."""
+    async for reply in replies:
+        try:
+            await write_stream.send(reply)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
 
 
 def _take_stdin() -> BinaryIO:
@@ -74,7 +148,8 @@ async def _serve(banner: str | None) -> None:
         return manager
 
     server = build_server(manager_factory)
-    stdin = cast(Any, _StdinLines(_take_stdin()))
+    replies_in, replies_out = trio.open_memory_channel[SessionMessage](16)
+    stdin = cast(Any, _StdinLines(_take_stdin(), replies_in))
     signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
     with trio.open_signal_receiver(*signals) as received:
         async with trio.open_nursery() as nursery:
@@ -104,6 +179,7 @@ async def _serve(banner: str | None) -> None:
                 # (a human, a test) can rely on a graceful shutdown.
                 print(banner, file=sys.stderr, flush=True)
             async with stdio_server(stdin=stdin) as (read_stream, write_stream):
+                nursery.start_soon(_send_replies, replies_out, write_stream)
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             log.info("stdin closed: exiting")
             nursery.cancel_scope.cancel()

@@ -54,7 +54,7 @@ PINS_ENV = "TUNNEL_CLOUDFLARED_PINS"
 BASE_URL_ENV = "TUNNEL_CLOUDFLARED_BASE_URL"
 
 MAX_DOWNLOAD = 200 * 1024 * 1024
-MAX_ARCHIVE_MEMBERS = 1000
+MAX_ARCHIVE_MEMBERS = 2  # cloudflared and perhaps its ._cloudflared
 RELEASES_URL = "https://github.com/cloudflare/cloudflared/releases"
 
 
@@ -308,27 +308,37 @@ async def _download_verified(url: str, pin: Pin, dest: Path, env: Mapping[str, s
 
 
 def _extract_cloudflared(archive: Path, directory: Path) -> Path:
-    """Copy the archive's top-level regular file `cloudflared` to a new temp file.
+    """Copy the archive's one member, the regular file `cloudflared`, to a new temp file.
 
-    Only that one member is read, by name, and written to a path we choose: nothing in the
-    archive (``../`` names, absolute paths, links, devices) can decide where bytes land.
+    Called only after the archive's SHA-256 matched its pin. Cloudflare builds the darwin
+    assets with ``tar czf <asset> cloudflared``, so anything else in the archive means it is
+    not what we expect, and the whole archive is refused rather than picked through: another
+    path, a ``../`` or absolute name, a link, a device, a directory, a second `cloudflared`.
+    The one exception is ``._cloudflared``, the AppleDouble entry macOS's tar adds for a file's
+    extended attributes; it is never read. Bytes land only in a temp file we name ourselves.
     """
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            member = None
-            for count, candidate in enumerate(tar):
+            binary: tarfile.TarInfo | None = None
+            for count, member in enumerate(tar):
                 if count >= MAX_ARCHIVE_MEMBERS:
-                    break
-                if candidate.name in ("cloudflared", "./cloudflared"):
-                    member = candidate
-                    break
-            if member is None or not member.isreg():
-                raise CloudflaredError(
-                    f"the downloaded archive {archive.name} has no regular file named cloudflared"
-                )
-            if member.size > MAX_DOWNLOAD:
+                    raise CloudflaredError(
+                        f"the downloaded archive holds more than {MAX_ARCHIVE_MEMBERS} members; "
+                        "refusing it"
+                    )
+                if member.name in _APPLEDOUBLE_MEMBERS and member.isreg():
+                    continue
+                if member.name not in _BINARY_MEMBERS or not member.isreg() or binary is not None:
+                    raise CloudflaredError(
+                        f"the downloaded archive holds {_describe_member(member)} besides the "
+                        "cloudflared binary; refusing it"
+                    )
+                binary = member
+            if binary is None:
+                raise CloudflaredError("the downloaded archive holds no file named cloudflared")
+            if binary.size > MAX_DOWNLOAD:
                 raise CloudflaredError("the cloudflared binary in the archive is too large")
-            source = tar.extractfile(member)
+            source = tar.extractfile(binary)
             if source is None:  # pragma: no cover - isreg() members always have data
                 raise CloudflaredError("cannot read cloudflared from the downloaded archive")
             fd, name = tempfile.mkstemp(prefix=".cloudflared-", suffix=".bin", dir=directory)
@@ -341,6 +351,23 @@ def _extract_cloudflared(archive: Path, directory: Path) -> Path:
             return Path(name)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise CloudflaredError(f"cannot unpack the downloaded cloudflared archive: {exc}") from None
+
+
+_BINARY_MEMBERS = frozenset({"cloudflared", "./cloudflared"})
+_APPLEDOUBLE_MEMBERS = frozenset({"._cloudflared", "./._cloudflared"})
+
+
+def _describe_member(member: tarfile.TarInfo) -> str:
+    """What an unexpected member is, for the error; its name is untrusted, so quoted and cut."""
+    if member.issym() or member.islnk():
+        kind = "a link"
+    elif member.isdir():
+        kind = "a directory"
+    elif member.isreg():
+        kind = "a file"
+    else:
+        kind = "a special file"
+    return f"{kind} named {ascii(member.name[:80])}"
 
 
 # --- reading cloudflared's log ------------------------------------------------------------------

@@ -281,7 +281,7 @@ class DohClient:
     """Resolves names through DoH resolvers, tried in order until one answers.
 
     `resolvers` defaults to ``TUNNEL_DOH_RESOLVERS`` or DEFAULT_RESOLVERS; `ssl_context` to
-    ``client_ssl_context()`` (system CAs plus ``TUNNEL_CA_BUNDLE``); `timeout` bounds each
+    ``client_ssl_context()`` (the OS trust store plus ``TUNNEL_CA_BUNDLE``); `timeout` bounds each
     resolver's whole request; `resolve_override` maps (host, port) -> (ip, port) for the TCP
     connection (tests). `env` is where the two environment variables are read from.
     """

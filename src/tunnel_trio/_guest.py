@@ -2,9 +2,12 @@
 
 One supervisor task owns the seat. It dials, runs one connection (reader in this task, a writer
 task draining the connection's `Outbox`, a timer task for the core's deadlines) and, when the
-connection drops while the room still holds our seat, dials again with the resume ticket after
-an exponential backoff (0.5 s doubling to 10 s) for at most the room's grace period.
-Events are handed to `on_event` in order, from the reader task only.
+connection drops while the room still holds our seat, dials again with the resume ticket: at
+once after an ordinary drop, then with an exponential backoff (0.5 s doubling to 10 s), for at
+most the room's grace period (`gives_up_at` says until when). A join the host turns away as
+busy (HTTP 503, or close 4009 / 4002 before the welcome) is retried the same way for a short
+while; any other end of a join before its welcome is reported, with what the host's close
+code says. Events are handed to `on_event` in order, from the reader task only.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from tunnelproto import (
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REFUSED,
+    CLOSE_ROOM_CLOSED,
+    CLOSE_TOO_MANY_PENDING,
     MAX_FRAME,
     MAX_TEXT_BYTES,
     MAX_UNACKED_SAYS,
@@ -30,24 +38,91 @@ from tunnelproto import (
 )
 
 from ._outbox import WRITE_BATCH, CloseMarker, Outbox, OutboxFull
-from ._ws import WebSocket, WebSocketClosed, WebSocketError, connect_websocket
+from ._ws import CLOSE_ABNORMAL, WebSocket, WebSocketClosed, WebSocketError, connect_websocket
 
 log = logging.getLogger("tunnel_trio.guest")
 
 CONNECT_TIMEOUT = 15.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0
-#: How long a connection must stay up after its welcome for the backoff to start over.
-STABLE_AFTER = 10.0
+#: How long a connection must stay up after its welcome for its drop to count as ordinary:
+#: redialled at once, with the backoff started over. One that drops sooner (a host that welcomes
+#: us and hangs up, again and again) continues the backoff, so such a host is redialled ever more
+#: slowly, and at worst once per STABLE_AFTER if it waits that long before each hang-up.
+STABLE_AFTER = 2.0
 #: How long we keep trying to resume; the room holds a seat 120 s by default (spec "Timers").
 RESUME_BUDGET = 120.0
+#: How long a join that the host turned away as busy (close 4009 or 4002 before the welcome,
+#: HTTP 503 at the door) keeps retrying: under the session's 30 s wait for a welcome.
+JOIN_RETRY_BUDGET = 20.0
+#: Close codes that end a join attempt without saying the join is hopeless (spec section 20).
+RETRY_JOIN_CODES = frozenset({CLOSE_TOO_MANY_PENDING, CLOSE_HANDSHAKE_TIMEOUT})
+#: What a close from the host before its welcome means, for the member's error message.
+CLOSE_EXPLANATIONS = {
+    CLOSE_ROOM_CLOSED: "the room has closed",
+    CLOSE_PROTOCOL_ERROR: "the host found our handshake malformed",
+    CLOSE_HANDSHAKE_TIMEOUT: "the host gave up waiting for our handshake",
+    CLOSE_REFUSED: "the host refused us",
+    CLOSE_TOO_MANY_PENDING: (
+        "the host is busy: too many connections are being set up at once; try again shortly"
+    ),
+}
+#: After a refusal or a close frame (the host's or ours), how long we wait for the host to close
+#: the WebSocket before closing it ourselves (spec section 20: the host closes first).
+HOST_CLOSE_WAIT = 2.0
 #: Room for every say a member may have outstanding (all re-sent at once after a resume)
 #: plus control frames, so a well-behaved member never overflows its own queue.
 OUTBOX_LIMIT = MAX_UNACKED_SAYS * (MAX_TEXT_BYTES + 1024) + 1024 * 1024
 
 
 class DialError(Exception):
-    """Could not reach the host at all (message is safe to show)."""
+    """Could not reach the host at all (message is safe to show).
+
+    `stopped`: something answered at the host's address but not the room's relay (the port
+    refused the connection, or a proxy or Cloudflare's edge said the tunnel is gone or its
+    origin is down): the host's server has stopped. `busy`: the relay itself answered that it
+    is overloaded (HTTP 503 from our own relay), so the same dial may well work a moment later.
+    Otherwise the host could not be reached (timeouts, name resolution, no route): it, or our
+    own network, may be down.
+    """
+
+    def __init__(self, message: str, *, stopped: bool = False, busy: bool = False) -> None:
+        super().__init__(message)
+        self.stopped = stopped
+        self.busy = busy
+
+
+#: HTTP answers to the upgrade that mean the relay behind the address is gone: 404 (the tunnel
+#: id is unknown: the relay restarted or closed it), 502/504 (a proxy found no origin), 530
+#: (Cloudflare: the tunnel has no connector, its cloudflared stopped). 503 is our own relay
+#: saying it is busy (see `busy`).
+_STOPPED_STATUSES = frozenset({404, 502, 504, 530})
+
+#: Reasons (ConnectionEnded.reason) the member gives when it stops trying to reconnect.
+GAVE_UP_STOPPED = "host-stopped"
+GAVE_UP_UNREACHABLE = "host-unreachable"
+GAVE_UP_REFUSED = "refused"
+
+
+def _refused_connection(exc: BaseException | None) -> bool:
+    """Whether `exc`, its causes, or the errors grouped in them include ECONNREFUSED."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        if isinstance(exc, BaseExceptionGroup):
+            return any(_refused_connection(e) for e in exc.exceptions)
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def explain_close(code: int | None) -> str | None:
+    """Why the host closed a connection with `code`, in words (None: nothing specific)."""
+    if code is None:
+        return None
+    text = CLOSE_EXPLANATIONS.get(code)
+    return f"{text} (close code {code})" if text else None
 
 
 ResolveFallback = Callable[[str], Awaitable[list[str]]]
@@ -88,6 +163,11 @@ class Guest:
         self._serve_scope: trio.CancelScope | None = None
         self._reconnecting = False
         self._refusal: Refused | None = None
+        #: While reconnecting: the trio time at which we stop trying; None while connected.
+        self.gives_up_at: float | None = None
+        self._last_problem: DialError | None = None
+        #: The close code the host ended the current connection with (None: no close frame).
+        self._close_code: int | None = None
 
     # ---- API used by the session ----
 
@@ -109,12 +189,11 @@ class Guest:
         self._deadline_moved.set()
 
     async def leave(self) -> None:
-        """Leave for good: tell the room, give the close a moment to go out, stop."""
+        """Leave for good: tell the room, then (in `_serve`) wait for it to close, and stop."""
         self._leaving = True
         if self.conn is not None and self._outbox is not None and self.conn.state.value == "open":
             self.conn.leave()
             self.flush()
-            self._outbox.close(1000, "left")
         else:
             # Not connected (dialing, or waiting to reconnect): there is nobody to tell; the
             # room frees the seat when its grace period ends.
@@ -133,25 +212,47 @@ class Guest:
         with self._stop:
             started = False
             resume: ResumeState | None = None
-            drop_at = trio.current_time()
-            backoff = BACKOFF_MIN
+            join_at = trio.current_time()
+            # `wait` is the pause before the next dial, `backoff` the one after it.
+            wait, backoff = BACKOFF_MIN, BACKOFF_MIN * 2
+            # A join the host turned away as busy: the next dial retries it.
+            retry_join = False
             while True:
-                try:
-                    ws = await self._dial()
-                except DialError as exc:
-                    if not started:
-                        raise
-                    if trio.current_time() - drop_at > self._resume_budget:
-                        self._give_up(f"could not reconnect to the host: {exc}")
+                if retry_join:
+                    retry_join = False
+                    await trio.sleep(wait)
+                    wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
+                elif started:
+                    if not await self._pause(wait):
                         return
-                    await trio.sleep(backoff)
-                    backoff = min(BACKOFF_MAX, backoff * 2)
+                    wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
+                try:
+                    ws = await self._dial_within(self.gives_up_at if started else None)
+                except DialError as exc:
+                    if not self._ever_welcomed:
+                        # Still joining: only a busy host is worth another try, briefly.
+                        if exc.busy and trio.current_time() - join_at <= JOIN_RETRY_BUDGET:
+                            log.info("join turned away (%s); retrying in %.1f s", exc, wait)
+                            retry_join = True
+                            continue
+                        if not started:
+                            raise
+                        self._give_up(
+                            GAVE_UP_STOPPED if exc.stopped else GAVE_UP_UNREACHABLE,
+                            f"could not join: {exc}",
+                        )
+                        return
+                    log.info("could not reconnect (%s); next try in %.1f s", exc, wait)
+                    self._last_problem = exc
                     continue
+                if ws is None:
+                    continue  # the give-up time came while dialling: _pause says why
                 conn = MemberConnection(self.link, self.name, trio.current_time(), resume=resume)
                 self.conn = conn
                 self._welcomed = False
                 self._refusal = None
-                self._reconnecting = started
+                # A join retried after a busy host is still a join: its refusal is the join's.
+                self._reconnecting = started and self._ever_welcomed
                 ended = await self._serve(ws, conn, started, task_status)
                 started = True
                 if self._leaving or ended is None:
@@ -164,42 +265,105 @@ class Guest:
                         log.info("resume refused as unknown; joining afresh with the link")
                         resume = None
                     elif code != "in-use":
-                        self._give_up(f"the host refused to take us back: {self._refusal.message}")
+                        if ended is not None and ended.reason == "removed":
+                            # The host removed our seat while we were away: say just that.
+                            self.gives_up_at = None
+                            self._on_event(ended)
+                            self._on_state("closed")
+                        else:
+                            self._give_up(
+                                GAVE_UP_REFUSED,
+                                f"the host refused to take us back: {self._refusal.message}",
+                            )
                         return
                     # in-use: our own half-open attempt still holds the invite; retry shortly.
-                    if trio.current_time() - drop_at > self._resume_budget:
-                        self._give_up("could not rejoin within the room's grace period")
-                        return
-                    self._on_state("reconnecting")
-                    await trio.sleep(backoff)
-                    backoff = min(BACKOFF_MAX, backoff * 2)
+                    self._last_problem = None
+                    self._reconnecting_until(self.gives_up_at)
                     continue
                 if not ended.resumable:
                     return
                 resume = conn.resume_state()
+                why = explain_close(self._close_code)
                 if resume is None and not self._ever_welcomed:
-                    self._give_up(f"the host did not welcome us ({ended.message})")
+                    if (
+                        self._close_code in RETRY_JOIN_CODES
+                        and trio.current_time() - join_at < JOIN_RETRY_BUDGET
+                    ):
+                        log.info("join turned away (%s); retrying in %.1f s", why, wait)
+                        retry_join = True
+                        continue
+                    self._give_up(
+                        GAVE_UP_UNREACHABLE,
+                        f"the host did not welcome us: {why}"
+                        if why
+                        else f"the host did not welcome us ({ended.message})",
+                    )
                     return
                 # resume None after we were in once: a fresh rejoin (see above) that dropped
                 # before its welcome; try it again like any reconnect, within the budget.
+                self._last_problem = None
+                now = trio.current_time()
                 if self._welcomed:
-                    # A connection that got all the way in resets the give-up clock; the
-                    # backoff only once it also stayed up a while, so a host that welcomes us
-                    # and hangs up at once is not redialled twice a second forever.
-                    drop_at = trio.current_time()
-                    if drop_at - self._welcomed_at >= STABLE_AFTER:
-                        backoff = BACKOFF_MIN
-                if trio.current_time() - drop_at > self._resume_budget:
-                    self._give_up("could not resume within the room's grace period")
-                    return
-                log.info("connection lost (%s); reconnecting in %.1f s", ended.reason, backoff)
-                self._on_state("reconnecting")
-                await trio.sleep(backoff)
-                backoff = min(BACKOFF_MAX, backoff * 2)
+                    # A connection that got all the way in restarts the give-up clock (the seat
+                    # is alive). One that also stayed up a while dropped the ordinary way:
+                    # redial at once. One dropped right after its welcome continues the
+                    # backoff, so a host that welcomes us and hangs up is not redialled in a
+                    # loop.
+                    if now - self._welcomed_at >= STABLE_AFTER:
+                        wait, backoff = 0.0, BACKOFF_MIN
+                    log.info(
+                        "connection lost (%s); reconnecting in %.1f s", why or ended.reason, wait
+                    )
+                    self._reconnecting_until(now + self._resume_budget)
+                else:
+                    self._reconnecting_until(self.gives_up_at)
 
-    def _give_up(self, message: str) -> None:
-        self._on_event(ConnectionEnded("gone", message, False))
+    def _reconnecting_until(self, deadline: float | None) -> None:
+        if deadline is None:
+            deadline = trio.current_time() + self._resume_budget
+        self.gives_up_at = deadline
+        self._on_state("reconnecting")
+
+    async def _pause(self, wait: float) -> bool:
+        """Sleep `wait` before the next dial, never past the give-up time. False when that
+        time has come: we gave up (and said why)."""
+        assert self.gives_up_at is not None
+        await trio.sleep_until(min(trio.current_time() + wait, self.gives_up_at))
+        if trio.current_time() < self.gives_up_at:
+            return True
+        problem = self._last_problem
+        if problem is None:
+            self._give_up(
+                GAVE_UP_UNREACHABLE,
+                "could not resume within the room's grace period: the host did not answer "
+                f"for {self._resume_budget:g} s",
+            )
+        elif problem.stopped:
+            self._give_up(
+                GAVE_UP_STOPPED,
+                f"the host's tunnel server has stopped ({problem}); it did not come back "
+                f"within {self._resume_budget:g} s",
+            )
+        else:
+            self._give_up(
+                GAVE_UP_UNREACHABLE,
+                f"the host could not be reached for {self._resume_budget:g} s ({problem}); "
+                "its machine or network, or ours, may be down",
+            )
+        return False
+
+    def _give_up(self, reason: str, message: str) -> None:
+        self.gives_up_at = None
+        self._on_event(ConnectionEnded(reason, message, False))
         self._on_state("closed")
+
+    async def _dial_within(self, deadline: float | None) -> WebSocket | None:
+        """Dial; None if `deadline` came first."""
+        if deadline is None:
+            return await self._dial()
+        with trio.move_on_at(deadline):
+            return await self._dial()
+        return None
 
     async def _dial(self) -> WebSocket:
         try:
@@ -215,9 +379,16 @@ class Guest:
             status = getattr(exc, "status_code", None)
             if status == 404:
                 raise DialError(
-                    "the host answered 404: the tunnel in this link is gone or the link is wrong"
+                    "the host answered 404: the tunnel in this link is gone or the link is wrong",
+                    stopped=True,
                 ) from None
-            raise DialError(str(exc)) from None
+            if status == 503:
+                raise DialError(
+                    "the host is busy: too many connections at once (HTTP 503); try again shortly",
+                    busy=True,
+                ) from None
+            stopped = status in _STOPPED_STATUSES or _refused_connection(exc)
+            raise DialError(str(exc), stopped=stopped) from None
 
     async def _serve(
         self,
@@ -229,7 +400,9 @@ class Guest:
         outbox = Outbox(OUTBOX_LIMIT)
         self._outbox = outbox
         self._ended = None
+        self._close_code = None
         self._writer_done = trio.Event()
+        socket_closed = False
         try:
             async with trio.open_nursery() as nursery:
                 self._serve_scope = nursery.cancel_scope
@@ -242,7 +415,11 @@ class Guest:
                     while self._ended is None:
                         try:
                             data = await ws.receive()
-                        except WebSocketClosed:
+                        except WebSocketClosed as exc:
+                            # Ours when we closed first; 1006 when no close frame came.
+                            if exc.code != CLOSE_ABNORMAL:
+                                self._close_code = exc.code
+                            socket_closed = True
                             conn.connection_lost(trio.current_time())
                             self._drain(conn)
                             break
@@ -256,7 +433,17 @@ class Guest:
                             self.flush()
                 finally:
                     ended = self._ended
-                    if ended is not None and not ended.resumable and not outbox.closing:
+                    if ended is not None and not ended.resumable and not socket_closed:
+                        # Refused, closed by the host, or we left: the host closes the socket
+                        # next (spec section 20). Wait for that, so the close code is the
+                        # host's; close first only if it does not come.
+                        socket_closed = await self._host_closes(ws)
+                    if (
+                        ended is not None
+                        and not ended.resumable
+                        and not socket_closed
+                        and not outbox.closing
+                    ):
                         outbox.close(1000, ended.reason)
                     if outbox.closing:
                         # Let the writer put the goodbye on the wire, briefly.
@@ -267,6 +454,18 @@ class Guest:
             with trio.CancelScope(shield=True):
                 await ws.aclose()
         return self._ended
+
+    @staticmethod
+    async def _host_closes(ws: WebSocket) -> bool:
+        """Read (and ignore) until the host closes the WebSocket; False if it has not within
+        HOST_CLOSE_WAIT."""
+        with trio.move_on_after(HOST_CLOSE_WAIT):
+            try:
+                while True:
+                    await ws.receive()
+            except WebSocketClosed:
+                return True
+        return False
 
     def _drain(self, conn: MemberConnection) -> None:
         while (event := conn.next_event()) is not None:
@@ -281,6 +480,7 @@ class Guest:
                 self._welcomed = True
                 self._welcomed_at = trio.current_time()
                 self._ever_welcomed = True
+                self.gives_up_at = None
                 self._on_state("connected")
             if isinstance(event, ConnectionEnded):
                 self._ended = event

@@ -35,6 +35,10 @@ log = logging.getLogger("tunnel_trio.host")
 OUTBOX_SLACK = 256 * 1024
 #: How long a graceful WebSocket close may take before the socket is just dropped.
 CLOSE_TIMEOUT = 2.0
+#: How long a new TCP connection may take to deliver its request head (and finish TLS, if
+#: any). An honest client sends it at once; a slowloris connection is dropped this soon, and
+#: before that it is the first to give way when the relay is full (see `ConnectionSlots`).
+REQUEST_HEAD_TIMEOUT = 3.0
 
 
 class Relay:
@@ -77,7 +81,9 @@ class Relay:
                         port,
                         accept_path=lambda path: path == f"/t/{self.room.tunnel_id}",
                         max_message_size=MAX_FRAME,
-                        handshake_timeout=self.room.config.handshake_timeout,
+                        handshake_timeout=min(
+                            REQUEST_HEAD_TIMEOUT, self.room.config.handshake_timeout
+                        ),
                         task_status=task_status,
                     )
                 )

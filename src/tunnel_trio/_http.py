@@ -275,7 +275,7 @@ async def http_request(
 ) -> HttpResponse:
     """Send one request and return the response (body bounded by `max_body`).
 
-    `ssl_context` defaults to ``client_ssl_context()`` (system CAs + ``TUNNEL_CA_BUNDLE``).
+    `ssl_context` defaults to ``client_ssl_context()`` (the OS trust store + ``TUNNEL_CA_BUNDLE``).
     With `max_redirects` > 0, 301/302/303/307/308 are followed (a 303 turns into a GET);
     an https -> http redirect is refused. With a `sink`, the body of the final 2xx response
     is handed to it chunk by chunk instead of being kept in memory; other responses

@@ -19,6 +19,11 @@ Design notes (the *why*):
 * The opening handshakes are done with h11 + wsproto's handshake; the established framing
   runs on a `wsproto.connection.Connection` we build ourselves, so the size limit applies on
   both sides and bytes that arrived right after the handshake are not lost.
+* A server holds at most ``max_connections``. At the cap a newcomer evicts the oldest
+  connection that has made no progress (`ConnectionSlots`), so connections that never finish
+  their request head cannot lock real clients out.
+* A close started by one task is never cut short by another: ``receive()`` raises only once
+  the Close frame is out and the close handshake is over, so the peer always learns the code.
 * Error messages name host and port only: never the path (it carries the tunnel id) and never
   the URL fragment (it carries the key and is never sent anywhere).
 """
@@ -53,6 +58,9 @@ from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
+from ._slots import ConnectionSlots, Slot
+from ._tls import client_ssl_context
+
 __all__ = [
     "WebSocket",
     "WebSocketClosed",
@@ -73,8 +81,21 @@ CLOSE_TIMEOUT = 3.0
 #: bound for the server side is the same 16 KiB).
 MAX_RESPONSE_HEAD = 16 * 1024
 
-#: Seconds between two warnings about connections refused over the server's cap.
+#: Seconds between two warnings about connections refused or evicted over the server's cap.
 REFUSAL_LOG_EVERY = 10.0
+#: What a connection turned away before finishing its request head is told (when it is plain
+#: HTTP): a real client whose head was still on its way learns why, and that it may retry.
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 46\r\n"
+    b"retry-after: 1\r\n"
+    b"connection: close\r\n"
+    b"\r\n"
+    b"busy: too many connections at once, try again\n"
+)
+#: How long writing BUSY_RESPONSE may take (it fits any socket buffer; this bounds a stuck peer).
+BUSY_RESPONSE_TIMEOUT = 0.5
 
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -197,6 +218,7 @@ class WebSocket:
         self._peer_close: CloseConnection | None = None
         self._close_code: int | None = None
         self._close_reason: str | None = None
+        self._close_sent = False
         self._finished = trio.Event()
 
     def __repr__(self) -> str:
@@ -213,6 +235,11 @@ class WebSocket:
         return self._close_code
 
     @property
+    def close_sent(self) -> bool:
+        """True once our Close frame is on the wire: the peer will learn the code."""
+        return self._close_sent
+
+    @property
     def close_reason(self) -> str | None:
         return self._close_reason
 
@@ -223,15 +250,17 @@ class WebSocket:
 
         Raises `WebSocketClosed` once the connection is closed. A text message is a protocol
         error for this transport (close 1003); a message over the size limit closes with 1009.
+        When another task is closing the connection, this raises only once that close is
+        complete (bounded by ``close_timeout``): a caller that tears the connection down as
+        soon as ``receive()`` raises can never cut off a close frame still being written.
         """
         async with self._receive_lock:
-            while True:
-                if self._close_code is not None:
-                    raise self._closed_error()
+            while self._close_code is None:
                 event = await self._next_event()
                 if self._close_code is not None:
-                    # Another task started closing while we waited; it owns the shutdown.
-                    continue
+                    # Another task started closing while we waited; it owns the shutdown
+                    # (and will want the receive lock to read the peer's Close).
+                    break
                 if event is None:
                     self._begin_close(CLOSE_ABNORMAL, "connection lost")
                     await self._finish()
@@ -253,6 +282,9 @@ class WebSocket:
                 elif isinstance(event, Ping):
                     await self._send_event(event.response())
                 # Pong: nothing to do, we never wait for one.
+        # Outside the receive lock: a closer in another task may need it to drain.
+        await self._finished.wait()
+        raise self._closed_error()
 
     def message_ready(self) -> bool:
         """True if a complete message is already parsed, so `receive()` will not wait.
@@ -393,7 +425,7 @@ class WebSocket:
             self._begin_close(event.code, event.reason or "")
             try:
                 with trio.move_on_after(self.close_timeout):
-                    await self._send_event(event.response())
+                    self._close_sent = await self._send_event(event.response())
             finally:
                 await self._finish()
             return
@@ -407,7 +439,8 @@ class WebSocket:
         self._begin_close(event.code, reason)
         try:
             with trio.move_on_after(self.close_timeout):
-                await self._send_event(CloseConnection(code=event.code, reason=reason))
+                frame = CloseConnection(code=event.code, reason=reason)
+                self._close_sent = await self._send_event(frame)
         finally:
             await self._finish()
 
@@ -420,6 +453,7 @@ class WebSocket:
         try:
             with trio.move_on_after(self.close_timeout):
                 if await self._send_event(CloseConnection(code=code, reason=reason)):
+                    self._close_sent = True
                     if holding_receive_lock:
                         await self._drain_until_peer_close()
                     else:
@@ -484,54 +518,78 @@ async def serve_websocket(
     connection runs in its own task: the upgrade must finish within ``handshake_timeout``,
     ``accept_path`` (given the path without query string) decides between accepting and a
     plain HTTP 404, and ``handler`` then runs with the `WebSocket`, which is closed when it
-    returns. A failing handler is logged and never stops the server. Connections beyond
-    ``max_connections`` are closed as soon as they are accepted.
+    returns. A failing handler is logged and never stops the server.
+
+    At most ``max_connections`` are held. A connection beyond that evicts the oldest one that
+    has not finished its request head (or is only waiting for the answer to our Close; see
+    `ConnectionSlots`), which is told 503 if it is plain HTTP; it is refused (closed as soon as
+    accepted) only when every connection held has made progress.
     """
     if max_message_size < 0:
         raise ValueError("max_message_size must not be negative")
     listeners = await trio.open_tcp_listeners(port, host=host)
-    active = 0
+    slots = ConnectionSlots(max_connections)
     # A connection flood must not become a log flood: one warning per REFUSAL_LOG_EVERY.
-    refused_unlogged = 0
-    next_refusal_log = -math.inf
+    unlogged = {"refused": 0, "evicted": 0}
+    next_log = -math.inf
+
+    def note_turned_away(tcp_stream: trio.SocketStream, what: str) -> None:
+        nonlocal next_log
+        unlogged[what] += 1
+        now = trio.current_time()
+        if now >= next_log:
+            logger.warning(
+                "%s connections: %d already open (%d refused and %d evicted before finishing "
+                "their request since the last warning, the latest from %s)",
+                "refusing" if what == "refused" else "evicting",
+                len(slots),
+                unlogged["refused"],
+                unlogged["evicted"],
+                _peer_name(tcp_stream),
+            )
+            unlogged.update(refused=0, evicted=0)
+            next_log = now + REFUSAL_LOG_EVERY
 
     async def serve_one(tcp_stream: trio.SocketStream) -> None:
-        nonlocal active, refused_unlogged, next_refusal_log
-        if active >= max_connections:
-            refused_unlogged += 1
-            now = trio.current_time()
-            if now >= next_refusal_log:
-                logger.warning(
-                    "refusing connections: %d already open (%d refused since the last "
-                    "warning, the latest from %s)",
-                    active,
-                    refused_unlogged,
-                    _peer_name(tcp_stream),
-                )
-                refused_unlogged = 0
-                next_refusal_log = now + REFUSAL_LOG_EVERY
-            await trio.aclose_forcefully(tcp_stream)
+        slot, evicted = slots.admit()
+        if slot is None:
+            note_turned_away(tcp_stream, "refused")
+            await _turn_away(tcp_stream, plain=ssl_context is None)
             return
-        active += 1
+        if evicted is not None:
+            note_turned_away(tcp_stream, "evicted")
         try:
             await _serve_connection(
                 tcp_stream,
                 handler,
+                slot=slot,
                 accept_path=accept_path,
                 max_message_size=max_message_size,
                 handshake_timeout=handshake_timeout,
                 ssl_context=ssl_context,
             )
         finally:
-            active -= 1
+            slots.release(slot)
 
     await trio.serve_listeners(serve_one, listeners, task_status=task_status)
+
+
+async def _turn_away(tcp_stream: trio.SocketStream, *, plain: bool) -> None:
+    """Close a connection we cannot serve, telling a plain HTTP client why (best effort)."""
+    if plain:
+        with trio.move_on_after(BUSY_RESPONSE_TIMEOUT):
+            try:
+                await tcp_stream.send_all(BUSY_RESPONSE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+    await trio.aclose_forcefully(tcp_stream)
 
 
 async def _serve_connection(
     tcp_stream: trio.SocketStream,
     handler: Callable[[WebSocket], Awaitable[None]],
     *,
+    slot: Slot,
     accept_path: Callable[[str], bool],
     max_message_size: int,
     handshake_timeout: float,
@@ -540,25 +598,34 @@ async def _serve_connection(
     remote = _peer_name(tcp_stream)
     stream: trio.abc.Stream = tcp_stream
     try:
-        websocket: WebSocket | None = None
-        with trio.move_on_after(handshake_timeout) as handshake_scope:
-            if ssl_context is not None:
-                tls_stream = trio.SSLStream(
-                    tcp_stream, ssl_context, server_side=True, https_compatible=True
+        with slot.scope:
+            websocket: WebSocket | None = None
+            with trio.move_on_after(handshake_timeout) as handshake_scope:
+                if ssl_context is not None:
+                    tls_stream = trio.SSLStream(
+                        tcp_stream, ssl_context, server_side=True, https_compatible=True
+                    )
+                    stream = tls_stream
+                    await tls_stream.do_handshake()
+                websocket = await _server_handshake(
+                    stream,
+                    remote=remote,
+                    accept_path=accept_path,
+                    max_message_size=max_message_size,
+                    on_request=slot.request_received,
                 )
-                stream = tls_stream
-                await tls_stream.do_handshake()
-            websocket = await _server_handshake(
-                stream, remote=remote, accept_path=accept_path, max_message_size=max_message_size
-            )
-        if handshake_scope.cancelled_caught:
-            logger.info(
-                "dropping %s: no WebSocket handshake within %g s", remote, handshake_timeout
-            )
-            return
-        if websocket is None:
-            return
-        await _run_handler(handler, websocket)
+            if handshake_scope.cancelled_caught:
+                # Not worth a line each: under a slowloris flood there are hundreds.
+                logger.debug(
+                    "dropping %s: no WebSocket handshake within %g s", remote, handshake_timeout
+                )
+                return
+            if websocket is None:
+                return
+            slot.upgraded(websocket)
+            await _run_handler(handler, websocket)
+        if slot.evicted and not slot.head_done:
+            await _turn_away(tcp_stream, plain=ssl_context is None)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         logger.debug("connection from %s lost: %s", remote, exc)
     except Exception:
@@ -609,8 +676,12 @@ async def _server_handshake(
     remote: str,
     accept_path: Callable[[str], bool],
     max_message_size: int,
+    on_request: Callable[[], None] = lambda: None,
 ) -> WebSocket | None:
-    """Read the upgrade request and accept it, or answer it with an HTTP error (None)."""
+    """Read the upgrade request and accept it, or answer it with an HTTP error (None).
+
+    ``on_request`` is called once the request head is complete, before anything is answered.
+    """
     # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
     http = h11.Connection(h11.SERVER)
     while True:
@@ -625,6 +696,7 @@ async def _server_handshake(
             http.receive_data(bytes(await stream.receive_some(RECEIVE_CHUNK)))
             continue
         if isinstance(event, h11.Request):
+            on_request()
             break
         return None  # the client went away before sending a request
 
@@ -867,9 +939,10 @@ async def connect_websocket(
 
     Resolution order: ``resolve_override`` (``(host, port) -> (ip, port)``, like curl
     ``--resolve``), then the system resolver, then ``resolve_fallback(host)`` if the system
-    resolver failed. TLS uses ``ssl_context`` or the system CA store, with SNI and hostname
-    verification against the URL's host. Everything (TCP, TLS, upgrade) is bounded by
-    ``connect_timeout``. Failures raise `WebSocketError`.
+    resolver failed. TLS uses ``ssl_context``, else the OS trust store plus ``TUNNEL_CA_BUNDLE``
+    (``client_ssl_context``), with SNI and hostname verification against the URL's host.
+    Everything (TCP, TLS, upgrade) is bounded by ``connect_timeout``. Failures raise
+    `WebSocketError`.
     """
     if max_message_size < 0:
         raise ValueError("max_message_size must not be negative")
@@ -883,7 +956,7 @@ async def connect_websocket(
             if endpoint.secure:
                 tls_stream = trio.SSLStream(
                     tcp_stream,
-                    ssl_context or ssl.create_default_context(),
+                    ssl_context if ssl_context is not None else client_ssl_context(),
                     server_hostname=endpoint.host,
                     https_compatible=True,
                 )

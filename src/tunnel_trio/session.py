@@ -14,11 +14,14 @@ puts a link secret, key or ticket into a message, a log line or a status.
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import math
 import ssl
 import sys
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import trio
@@ -30,6 +33,7 @@ from tunnelproto import (
     JoinLink,
     LinkError,
     LocalProtocolError,
+    MemberConnection,
     MemberEntry,
     Refused,
     RoomEvent,
@@ -55,8 +59,11 @@ from .session_types import (
     MemberStatus,
     NotOpenError,
     PendingInvite,
+    SayQueuedError,
+    SayReceipt,
     SessionStatus,
     TranscriptMessage,
+    TranscriptWindow,
     TunnelError,
 )
 from .transports import LocalTransport, Transport
@@ -75,12 +82,44 @@ def _size(message: TranscriptMessage) -> int:
     return MESSAGE_OVERHEAD + (sys.getsizeof(message.text) if message.text else 0)
 
 
+def json_size(message: TranscriptMessage) -> int:
+    """About how many bytes `message` takes as JSON in a tool result."""
+    size = MESSAGE_JSON_OVERHEAD
+    for text in (message.text, message.reason):
+        if text:
+            size += len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    for who in (message.sender, message.subject):
+        if who is not None:
+            size += 40 + len(who.name.encode("utf-8", "surrogatepass"))
+    return size
+
+
 #: Member names a session remembers; more than a roster frame can hold (the codec's item cap).
 MAX_KNOWN_NAMES = 4096
+#: How long a say waits for the host's confirmation before it is reported as queued.
 SAY_TIMEOUT = 30.0
 JOIN_TIMEOUT = 30.0
 IN_USE_RETRY = 3.0
-
+#: What one listen returns at most: this many messages, and about this many bytes of them as
+#: JSON (text escaped as JSON escapes it). A page is always at least one message. 64 KiB keeps
+#: a page well inside what MCP clients accept from one tool call (Claude Code's default is
+#: 25,000 tokens); `more` says when the rest waits.
+LISTEN_MAX_MESSAGES = 256
+LISTEN_MAX_BYTES = 64 * 1024
+#: A message's JSON besides its text and names: seq, kind, ts, ids, field names.
+MESSAGE_JSON_OVERHEAD = 160
+#: Times a queued say is sent again after the host rate-limited it, and the longest wait for it
+#: (a host that asks for more, or keeps refusing, gets the say reported as undelivered).
+QUEUED_RETRIES = 10
+QUEUED_RETRY_MAX_WAIT = 60.0
+#: Local notices kept for the next listen at most (one per undelivered say: at most the
+#: member's MAX_UNACKED_SAYS at once, in practice).
+MAX_NOTICES = 1024
+#: What `say()` raises with when `send()` would report the message queued.
+QUEUED_NOTE = (
+    "the host has not confirmed the message yet (the connection may be down): it is queued and "
+    "goes out once the connection is back; do not send it again"
+)
 
 #: Stands in for a message the transcript cap pushed out, until the list is compacted.
 _DROPPED = TranscriptMessage(seq=0, kind="event", ts=0.0, sender=None)
@@ -104,6 +143,19 @@ class _Transcript:
             return []
         first = self._messages[self._head].seq
         return self._messages[self._head + max(0, seq + 1 - first) :]
+
+    def iter_since(self, seq: int) -> Iterator[TranscriptMessage]:
+        """The messages with seq > `seq`, oldest first (no copy: do not await in between)."""
+        if self._head >= len(self._messages):
+            return
+        first = self._messages[self._head].seq
+        for i in range(self._head + max(0, seq + 1 - first), len(self._messages)):
+            yield self._messages[i]
+
+    def iter_newest(self) -> Iterator[TranscriptMessage]:
+        """The messages newest first (no copy: do not await in between)."""
+        for i in range(len(self._messages) - 1, self._head - 1, -1):
+            yield self._messages[i]
 
     def add(self, message: TranscriptMessage) -> None:
         if 0 < message.seq <= self.last_seq:
@@ -172,7 +224,13 @@ def _sanitized(roster: tuple[MemberEntry, ...]) -> tuple[MemberEntry, ...]:
 
 
 def _event_message(
-    seq: int, ts: int, kind: str, names: _Names, member: int | None, summary: str | None
+    seq: int,
+    ts: int,
+    kind: str,
+    names: _Names,
+    member: int | None,
+    summary: str | None,
+    phrase: str | None = None,
 ) -> TranscriptMessage:
     return TranscriptMessage(
         seq=seq,
@@ -182,6 +240,7 @@ def _event_message(
         text=summary,
         event=kind,  # type: ignore[arg-type]
         subject=names.get(member),
+        phrase=phrase,
     )
 
 
@@ -192,15 +251,33 @@ class _Session:
     def __init__(self) -> None:
         self.closed = False
         self.closed_reason: str | None = None
+        #: What ended the session, in words to show, when something other than our own close
+        #: ended it (e.g. the host removed us).
+        self.closed_message: str | None = None
         self._transcript = _Transcript(DEFAULT_TRANSCRIPT_CAP)
         self._names = _Names()
         self._scope = trio.CancelScope()
+        self._notices: list[TranscriptMessage] = []
+        #: A member's last word when its tunnel ended without the room's `closed` event.
+        self._final: TranscriptMessage | None = None
 
     async def listen(
-        self, since_seq: int, timeout: float, *, include_own: bool = False
+        self,
+        since_seq: int,
+        timeout: float,
+        *,
+        include_own: bool = False,
+        notices: bool = True,
+        max_messages: int = LISTEN_MAX_MESSAGES,
+        max_bytes: int = LISTEN_MAX_BYTES,
     ) -> ListenResult:
         """Messages with seq > since_seq, at once if there are any, else the first to arrive
-        within `timeout` (then `timed_out`). Own chat is left out unless `include_own`."""
+        within `timeout` (then `timed_out`). Own chat is left out unless `include_own`.
+
+        One call returns at most `max_messages` messages and about `max_bytes` of them (always
+        at least one): `more` then says that the rest waits after `last_seq`. Local notices
+        (`undelivered`) are handed out once, to the first listen with `notices` (the default);
+        a member's last `closed` notice comes with every listen that reaches the end."""
         transcript = self._transcript
         if since_seq < 0:
             raise TunnelError("sinceSeq must be 0 or more")
@@ -214,39 +291,101 @@ class _Session:
         timeout = max(0.0, timeout)
         with trio.move_on_after(timeout):
             while True:
-                new = transcript.since(since_seq)
-                notices = []
-                if new and new[0].seq > since_seq + 1:
-                    # History was capped (by the room or by our own copy): say so, never skip.
-                    notices.append(
-                        TranscriptMessage(
-                            seq=0,
-                            kind="event",
-                            ts=new[0].ts,
-                            sender=None,
-                            text=f"messages {since_seq + 1}..{new[0].seq - 1} are no longer "
-                            "available (the transcript is capped)",
-                            event="history-truncated",
-                        )
-                    )
-                shown = [
-                    m
-                    for m in new
-                    if include_own
-                    or m.kind != "chat"
-                    or m.sender is None
-                    or m.sender.id != self.self_member.id
-                ]
-                last = max([since_seq] + [m.seq for m in new])
-                if shown or notices:
-                    return ListenResult(notices + shown, last, False)
-                if self.closed:
-                    return ListenResult([], last, False)
-                since_seq = last
+                page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
+                if page.messages or self.closed:
+                    return page
+                since_seq = page.last_seq
                 await transcript.wait()
         return ListenResult([], max(since_seq, 0), True)
 
+    def _page(
+        self,
+        since_seq: int,
+        include_own: bool,
+        notices: bool,
+        max_messages: int,
+        max_bytes: int,
+    ) -> ListenResult:
+        """What listen returns now (no waiting): notices first, then the transcript after
+        `since_seq` up to the caps."""
+        out: list[TranscriptMessage] = []
+        if notices and self._notices:
+            out += self._notices
+            self._notices = []
+        used = sum(json_size(m) for m in out)
+        shown = 0
+        last = since_seq
+        more = False
+        first = True
+        for message in self._transcript.iter_since(since_seq):
+            if first and message.seq > since_seq + 1:
+                # History was capped (by the room or by our own copy): say so, never skip.
+                out.append(
+                    TranscriptMessage(
+                        seq=0,
+                        kind="event",
+                        ts=message.ts,
+                        sender=None,
+                        text=f"messages {since_seq + 1}..{message.seq - 1} are no longer "
+                        "available (the transcript is capped)",
+                        event="history-truncated",
+                    )
+                )
+            first = False
+            own = (
+                message.kind == "chat"
+                and message.sender is not None
+                and message.sender.id == self.self_member.id
+            )
+            if own and not include_own:
+                last = message.seq
+                continue
+            size = json_size(message)
+            if shown and (shown >= max_messages or used + size > max_bytes):
+                more = True
+                break
+            out.append(message)
+            shown += 1
+            used += size
+            last = message.seq
+        if not more and self.closed and self._final is not None:
+            out.append(self._final)
+        return ListenResult(out, last, False, more)
+
+    def newest(
+        self, max_messages: int = LISTEN_MAX_MESSAGES, max_bytes: int = LISTEN_MAX_BYTES
+    ) -> TranscriptWindow:
+        """The newest messages (own ones included) that fit the caps, oldest first; for a
+        view of where the conversation is now (the transcript resource)."""
+        window: list[TranscriptMessage] = []
+        used = 0
+        earlier = False
+        for message in self._transcript.iter_newest():
+            size = json_size(message)
+            if window and (len(window) >= max_messages or used + size > max_bytes):
+                earlier = True
+                break
+            window.append(message)
+            used += size
+        window.reverse()
+        if window and window[0].seq > 1:
+            earlier = True  # older messages were capped away (or are beyond the window)
+        if self.closed and self._final is not None:
+            window.append(self._final)
+        return TranscriptWindow(window, self._transcript.last_seq, earlier)
+
+    def _notice(self, message: TranscriptMessage) -> None:
+        """A local notice for the next listen (bounded: the oldest go first)."""
+        self._notices.append(message)
+        del self._notices[: -MAX_NOTICES]
+        self._transcript.poke()
+
     def _require_open(self) -> None:
+        if self.closed and self.closed_reason == "removed" and self.closed_message:
+            raise NotOpenError(
+                f"{self.closed_message}. This tunnel is over for you; your link is used, so "
+                "only a new link from the host can bring you back"
+            )
         if self.closed:
             raise NotOpenError(
                 f"the tunnel is closed ({self.closed_reason or 'closed'}): "
@@ -300,7 +439,7 @@ class HostSession(_Session):
             )
         assert entry.event is not None
         return _event_message(
-            entry.seq, entry.ts, entry.event, self._names, entry.member, entry.summary
+            entry.seq, entry.ts, entry.event, self._names, entry.member, entry.summary, entry.phrase
         )
 
     def invite(self, count: int = 1) -> list[InviteInfo]:
@@ -331,6 +470,45 @@ class HostSession(_Session):
         await trio.lowlevel.checkpoint()  # a loop of host says must not starve the relay
         return entry.seq
 
+    def remove(self, member_id: int, reason: str | None = None) -> TranscriptMessage:
+        """Remove a member for good: its seat and tickets end at once (no resume), everyone sees
+        a `removed` event (returned) carrying `reason`, and the member is told, reason included."""
+        self._require_open()
+        if isinstance(member_id, bool) or not isinstance(member_id, int):
+            raise TunnelError("memberId must be a member's id, a whole number from tunnel_status")
+        if member_id == self.room.host_id:
+            raise TunnelError(
+                f"member {member_id} is you, the host: to end the room for everyone, close the "
+                "tunnel instead"
+            )
+        try:
+            entry = self.relay.call(lambda now: self.room.remove(member_id, reason, now))
+        except LocalProtocolError as exc:
+            known = self._names._known.get(member_id)
+            who = f"member {member_id} ({known.name})" if known else f"member {member_id}"
+            if exc.code == "gone":
+                raise TunnelError(
+                    f"{who} is no longer in the room (it left or was removed already): there "
+                    "is nothing to remove"
+                ) from None
+            if exc.code == "joining":
+                raise TunnelError(
+                    f"{who} is still joining (its handshake is not complete): try again in a "
+                    "few seconds"
+                ) from None
+            if exc.code == "no-member":
+                raise TunnelError(
+                    f"there is no member {member_id} in this tunnel: tunnel_status lists the "
+                    "members and their ids"
+                ) from None
+            raise TunnelError(str(exc)) from None
+        assert isinstance(entry, TranscriptEntry)
+        return self._to_message(entry)
+
+    async def send(self, text: str, *, wait: float | None = None) -> SayReceipt:
+        """`say`, as a receipt (the host's own says are stamped at once, never queued)."""
+        return SayReceipt(await self.say(text))
+
     def status(self) -> SessionStatus:
         now = trio.current_time()
         warnings = []
@@ -348,7 +526,9 @@ class HostSession(_Session):
             tunnel_id=self.tunnel_id,
             self_member=self.self_member,
             members=[
-                MemberStatus(m.id, m.name, m.host, m.on if not self.closed else False)
+                MemberStatus(
+                    m.id, m.name, m.host, m.on if not self.closed else False, self.room.phrase(m.id)
+                )
                 for m in self.room.roster()
             ],
             pending_invites=[PendingInvite(int(left)) for left in self.room.pending_invites(now)]
@@ -449,13 +629,20 @@ def _single_leaf(exc: BaseException) -> BaseException:
 
 
 class _PendingSay:
-    """A say waiting for the host's SayAccepted or SayRejected."""
+    """A say waiting for the host's SayAccepted or SayRejected.
 
-    __slots__ = ("done", "result")
+    `queued`: its `send` call returned without an answer (the say is in the connection's
+    unconfirmed set, re-sent on every resume); `_on_event` settles it when the answer comes.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "queued", "result", "text", "tries")
+
+    def __init__(self, text: str, *, queued: bool = False, tries: int = 0) -> None:
         self.done = trio.Event()
         self.result: SayAccepted | SayRejected | None = None
+        self.text = text
+        self.queued = queued
+        self.tries = tries
 
     def answer(self, result: SayAccepted | SayRejected) -> None:
         if self.result is None:
@@ -477,9 +664,14 @@ class MemberSession(_Session):
         # One waiter per unconfirmed say, woken only by its own answer: with a shared event,
         # n pipelined says would all wake (and re-check) on every answer.
         self._says: dict[int, _PendingSay] = {}
+        #: Where queued says that the host rate-limited are re-sent from (the join's nursery).
+        self._nursery: trio.Nursery | None = None
+        self._resending = 0  # queued says waiting to be sent again after a rate limit
         self._welcomed = trio.Event()
         self._refused: Refused | None = None
         self._end: ConnectionEnded | None = None
+        self._phrase: str | None = None
+        self._phrase_changed = False
         self.guest = Guest(link, name, self._on_event, self._on_state, **dial)  # type: ignore[arg-type]
 
     def _on_state(self, state: str) -> None:
@@ -494,15 +686,19 @@ class MemberSession(_Session):
             if self._welcomed.is_set() and not event.resumed:
                 # A fresh rejoin (our first confirmation was lost): the new seat has new refs,
                 # so says still waiting on the old seat's refs can never be confirmed.
+                lost = (
+                    "the connection was re-established as a new member, and this message may "
+                    "not have been delivered: send it again if it matters"
+                )
                 for ref, pending in self._says.items():
-                    pending.answer(
-                        SayRejected(
-                            ref,
-                            "lost",
-                            "the connection was re-established as a new member, and this "
-                            "message may not have been delivered: send it again if it matters",
-                        )
-                    )
+                    if pending.queued:
+                        self._undelivered(pending.text, lost)
+                    else:
+                        pending.answer(SayRejected(ref, "lost", lost))
+                self._says.clear()  # the new seat's refs start again at 1
+            if self._phrase is not None and event.phrase != self._phrase:
+                self._phrase_changed = True  # a fresh rejoin: a new seat, a new phrase
+            self._phrase = event.phrase
             self.goal = event.goal
             self.self_member = MemberInfo(event.member_id, sanitize_name(event.name), False)
             self._roster = _sanitized(event.roster)
@@ -535,73 +731,229 @@ class MemberSession(_Session):
             self._names.update(self._roster)
         elif isinstance(event, (SayAccepted, SayRejected)):
             waiting = self._says.get(event.ref)
-            if waiting is not None:
+            if waiting is not None and waiting.queued:
+                del self._says[event.ref]
+                if isinstance(event, SayRejected):
+                    self._queued_say_refused(waiting, event)
+            elif waiting is not None:
                 waiting.answer(event)
         elif isinstance(event, ConnectionEnded):
             self._end = event
             if not event.resumable:
+                if not self.closed and event.reason not in ("closed", "idle-closed"):
+                    # The room's own `closed` event did not end this tunnel: say why it ended.
+                    self._final = TranscriptMessage(
+                        seq=0,
+                        kind="event",
+                        ts=time.time(),
+                        sender=None,
+                        event="closed",
+                        reason=event.message,
+                    )
                 self.closed = True
                 self.closed_reason = event.reason
+                self.closed_message = event.message
                 self.connection = "closed"
                 for pending in self._says.values():
-                    pending.done.set()  # no answer: _say_once sees `closed`
+                    if pending.queued:
+                        self._undelivered(
+                            pending.text,
+                            "the tunnel closed before the host confirmed it; it may or may not "
+                            "have reached the others",
+                        )
+                    pending.done.set()  # no answer: send() sees `closed`
+                self._says = {ref: p for ref, p in self._says.items() if not p.queued}
         self._transcript.poke()
 
-    async def say(self, text: str) -> int:
-        """Say `text`; returns its seq once the host stamped it. A rate-limited say is retried
-        after the wait the host asks for, within SAY_TIMEOUT; any other refusal raises."""
-        self._require_open()
-        with trio.move_on_after(SAY_TIMEOUT):
-            while True:
-                result = await self._say_once(text)
-                if isinstance(result, SayAccepted):
-                    return result.seq
-                if result.code == "rate-limited" and result.retry_ms is not None:
-                    await trio.sleep(result.retry_ms / 1000)
-                    continue
-                raise TunnelError(f"the host did not accept the message: {result.message}")
-        raise TunnelError(
-            "the host did not confirm the message within 30 s (the connection may be down); "
-            "check tunnel_status and try again"
+    def _undelivered(self, text: str, why: str) -> None:
+        self._notice(
+            TranscriptMessage(
+                seq=0,
+                kind="event",
+                ts=time.time(),
+                sender=self.self_member,
+                text=text,
+                event="undelivered",
+                reason=why,
+            )
         )
 
-    async def _say_once(self, text: str) -> SayAccepted | SayRejected:
-        while self.guest.conn is None or self.guest.conn.state.value != "open":
-            self._require_open()
-            await self._transcript.wait()
+    def _queued_say_refused(self, pending: _PendingSay, refusal: SayRejected) -> None:
+        """The host refused a say whose `send` already returned `queued`. Rate-limited (likely
+        when a resume re-sends many at once): send it again after the wait, a few times;
+        anything else: tell the next listen it was not delivered."""
+        wait = (refusal.retry_ms or 0) / 1000
+        if (
+            refusal.code == "rate-limited"
+            and refusal.retry_ms is not None
+            and wait <= QUEUED_RETRY_MAX_WAIT
+            and pending.tries < QUEUED_RETRIES
+            and self._nursery is not None
+        ):
+            self._resending += 1
+            self._nursery.start_soon(self._send_later, pending.text, wait, pending.tries + 1)
+        else:
+            self._undelivered(pending.text, f"the host did not accept it: {refusal.message}")
+
+    async def _send_later(self, text: str, wait: float, tries: int) -> None:
         try:
-            ref = self.guest.conn.say(text)
-        except LocalProtocolError as exc:
-            raise TunnelError(str(exc)) from None
-        pending = self._says[ref] = _PendingSay()
-        try:
-            self.guest.flush()
-            while pending.result is None:
-                if self.closed:
-                    raise NotOpenError(
-                        "the tunnel closed before the host confirmed the message; "
-                        "it may not have been delivered"
-                    )
-                await pending.done.wait()
-            return pending.result
+            await trio.sleep(wait)
+            conn = await self._open_connection(math.inf)
+            assert conn is not None
+            ref = conn.say(text)
+        except (TunnelError, LocalProtocolError) as exc:
+            self._undelivered(text, f"it could not be sent again: {exc}")
+            return
         finally:
-            del self._says[ref]
+            self._resending -= 1
+        self._says[ref] = _PendingSay(text, queued=True, tries=tries)
+        self.guest.flush()
+
+    async def _open_connection(self, deadline: float) -> MemberConnection | None:
+        """The connection once it is open (now, or by `deadline`: else None). Raises
+        NotOpenError when the tunnel closes meanwhile."""
+        with trio.move_on_at(deadline):
+            while True:
+                self._require_open()
+                conn = self.guest.conn
+                if conn is not None and conn.state.value == "open":
+                    return conn
+                await self._transcript.wait()
+        return None
+
+    async def say(self, text: str) -> int:
+        """Say `text`; returns its seq once the host stamped it. Raises SayQueuedError when the
+        host has not confirmed it within SAY_TIMEOUT (it is queued, see `send`), TunnelError
+        when it was not sent or the host refused it."""
+        receipt = await self.send(text)
+        if receipt.seq is None:
+            raise SayQueuedError(QUEUED_NOTE)
+        return receipt.seq
+
+    async def send(self, text: str, *, wait: float | None = None) -> SayReceipt:
+        """Say `text` and wait up to `wait` seconds (default SAY_TIMEOUT) for the host to stamp
+        it. Never reports a failure for a message that may still be delivered:
+
+        - stamped: `SayReceipt(seq)`;
+        - handed to the connection but not confirmed in time (the link is down, or the host
+          is slow): `SayReceipt(None, queued=True)`. The connection re-sends it on every
+          resume until the host answers, and the host stamps it at most once; if it is lost
+          after all (a fresh rejoin, the tunnel closing, a refusal), the next listen gets an
+          `undelivered` notice with its text;
+        - not sent at all (the connection stayed down for the whole wait, or the host is
+          rate-limiting us for longer than that): TunnelError, nothing goes out later;
+        - refused by the host: TunnelError with the host's reason.
+
+        A rate-limited say is sent again after the wait the host asks for, within `wait`."""
+        self._require_open()
+        deadline = trio.current_time() + max(0.0, SAY_TIMEOUT if wait is None else wait)
+        while True:
+            conn = await self._open_connection(deadline)
+            if conn is None:
+                raise TunnelError(
+                    "not sent: the connection to the host is down"
+                    + self._retrying()
+                    + "; nothing was delivered: send it again once tunnel_status shows "
+                    "connected"
+                )
+            try:
+                ref = conn.say(text)
+            except LocalProtocolError as exc:
+                raise TunnelError(str(exc)) from None
+            pending = self._says[ref] = _PendingSay(text)
+            self.guest.flush()
+            with trio.move_on_at(deadline):
+                while pending.result is None and not self.closed:
+                    await pending.done.wait()
+            result = pending.result
+            if result is None and not self.closed:
+                pending.queued = True  # _on_event settles it
+                return SayReceipt(None, queued=True)
+            if self._says.get(ref) is pending:
+                del self._says[ref]
+            if result is None:
+                raise NotOpenError(
+                    "the tunnel closed before the host confirmed the message; "
+                    "it may not have been delivered"
+                )
+            if isinstance(result, SayAccepted):
+                return SayReceipt(result.seq)
+            if result.code == "rate-limited" and result.retry_ms is not None:
+                retry_at = trio.current_time() + result.retry_ms / 1000
+                if retry_at > deadline:
+                    raise TunnelError(
+                        "not sent: the host is rate-limiting your messages; send it again in "
+                        f"{max(1, math.ceil(retry_at - trio.current_time()))} s"
+                    )
+                await trio.sleep_until(retry_at)
+                continue
+            raise TunnelError(f"the host did not accept the message: {result.message}")
+
+    def _retrying(self) -> str:
+        left = self._gives_up_in()
+        if left is None:
+            return ""
+        return f" (reconnecting; the tunnel closes in {left} s unless the connection comes back)"
+
+    def _gives_up_in(self) -> int | None:
+        at = self.guest.gives_up_at
+        if at is None or self.closed:
+            return None
+        return max(0, math.ceil(at - trio.current_time()))
+
+    @property
+    def phrase(self) -> str | None:
+        """Our verification phrase (None until welcomed): the human reads it to the host's
+        human over a channel they trust; different words mean someone is in between."""
+        return self._phrase
 
     def status(self) -> SessionStatus:
+        me = self.self_member.id
+        # While our link is down we cannot know who is on: nobody is shown connected.
+        linked = self.connection == "connected"
+        left = self._gives_up_in() if self.connection == "reconnecting" else None
+        queued = self._resending + sum(1 for p in self._says.values() if p.queued)
+        warnings = []
+        if self._phrase_changed:
+            warnings.append(
+                "your verification phrase changed: the connection was re-established as a new "
+                "member, so compare the new phrase with the host"
+            )
+        if left is not None:
+            warnings.append(
+                "the connection to the host is down: reconnecting, for "
+                f"{left} s more at most; then the tunnel closes"
+            )
+        if queued:
+            warnings.append(
+                f"{queued} message{'s' if queued != 1 else ''} you said "
+                f"{'are' if queued != 1 else 'is'} queued, not yet confirmed by the host: "
+                "sent once the connection is back (do not send again)"
+            )
+        if self._final is not None and self._final.reason:
+            warnings.append(f"the tunnel ended: {self._final.reason}")
         return SessionStatus(
             role="member",
             goal=self.goal,
             tunnel_id=self.tunnel_id,
             self_member=self.self_member,
-            members=[MemberStatus(m.id, m.name, m.host, m.on) for m in self._roster],
+            members=[
+                MemberStatus(
+                    m.id, m.name, m.host, m.on and linked, self._phrase if m.id == me else None
+                )
+                for m in self._roster
+            ],
             pending_invites=[],
             last_seq=self._transcript.last_seq,
             transport=None,
             public_url=None,
             connection=self.connection,
             cloudflared_alive=None,
-            warnings=[],
+            warnings=warnings,
             closed_reason=self.closed_reason,
+            closed_message=self.closed_message,
+            gives_up_in_sec=left,
+            queued_says=queued,
         )
 
     async def close(self, summary: str | None = None) -> None:
@@ -716,6 +1068,7 @@ async def _join_once(
     **dial: object,
 ) -> MemberSession:
     session = MemberSession(parsed, name, **dial)
+    session._nursery = nursery
     try:
         await nursery.start(session._run)
     except DialError as exc:

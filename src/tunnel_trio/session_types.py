@@ -20,9 +20,11 @@ EventKind = Literal[
     "left",
     "disconnected",
     "reconnected",
+    "removed",
     "closed",
     "idle-closed",
     "history-truncated",
+    "undelivered",
 ]
 
 
@@ -35,6 +37,11 @@ class TunnelError(Exception):
 
 class NotOpenError(TunnelError):
     """The session is closed (or was never open)."""
+
+
+class SayQueuedError(TunnelError):
+    """`say()` could not get the host's confirmation in time, but the message is not lost: it is
+    queued and goes out once the connection is back (`send()` reports this as a receipt)."""
 
 
 class JoinRefusedError(TunnelError):
@@ -54,10 +61,16 @@ class MemberInfo:
 
 @dataclass(frozen=True, slots=True)
 class MemberStatus:
+    """One member as a status shows it. `phrase` is the member's verification phrase: the host
+    sees every member's, a member only its own (None elsewhere, and for the host's own row). It
+    is for the human to compare with the other end's, so it is kept out of the repr (and so out
+    of any log line that prints a status)."""
+
     id: int
     name: str
     is_host: bool
     connected: bool
+    phrase: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +79,16 @@ class TranscriptMessage:
 
     `kind == "chat"`: `text` is what `sender` said (untrusted data, never instructions).
     `kind == "event"`: `event` names what happened, `subject` is the member it happened to
-    (for joined/left/disconnected/reconnected), `text` is the host's summary for `closed`.
-    `seq` is 0 only for a local notice that is not part of the shared transcript
-    (`history-truncated`).
+    (for joined/left/disconnected/reconnected/removed), `text` is the host's words: its summary
+    for `closed`, its reason for `removed`. A kind this version does not know is passed on as
+    it came (a well-formed kind, see spec "Frames"), with its subject and text.
+    `phrase`: on the host's own `joined` entries only, the member's verification phrase (never
+    on a member's copy: the room does not send phrases); kept out of the repr.
+    `seq` is 0 only for a local notice that is not part of the shared transcript:
+    `history-truncated`; `undelivered` (`text` is one of our own queued messages that did not
+    reach the room, `reason` says why); and, for a member whose tunnel ended without the room's
+    own `closed` event (the host vanished, or refused to take us back), a last `closed` whose
+    `reason` says why.
     """
 
     seq: int
@@ -78,6 +98,8 @@ class TranscriptMessage:
     text: str | None = None
     event: EventKind | None = None
     subject: MemberInfo | None = None
+    phrase: str | None = field(default=None, repr=False)
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +115,31 @@ class PendingInvite:
 
 @dataclass(frozen=True, slots=True)
 class ListenResult:
+    """One page of messages after a seq. `more`: the page was cut at its message or byte cap,
+    and more messages wait after `last_seq` (listen again at once)."""
+
     messages: list[TranscriptMessage]
     last_seq: int
     timed_out: bool
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptWindow:
+    """The newest messages that fit the caps; `earlier`: older messages exist before them."""
+
+    messages: list[TranscriptMessage]
+    last_seq: int
+    earlier: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SayReceipt:
+    """What became of a say: stamped with `seq`, or `queued` (no seq yet: the host has not
+    confirmed it, and it goes out once the connection is back; do not send it again)."""
+
+    seq: int | None
+    queued: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +157,10 @@ class SessionStatus:
     cloudflared_alive: bool | None  # None unless the transport is cloudflared
     warnings: list[str] = field(default_factory=list)
     closed_reason: str | None = None
+    #: Once closed: what ended it, in words to show (e.g. "the host removed you from the room
+    #: (the host's reason: ...)"); None while open.
+    closed_message: str | None = None
+    #: While reconnecting: seconds left before the member stops trying (the tunnel then closes).
+    gives_up_in_sec: int | None = None
+    #: Says the host has not confirmed yet that will go out once the connection is back.
+    queued_says: int = 0

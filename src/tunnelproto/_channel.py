@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import _frames
-from ._errors import RemoteProtocolError
+from ._errors import LocalProtocolError, RemoteProtocolError
 from ._link import ID_LEN
 from ._noise import MAX_MESSAGE, CipherState, HandshakeState, NoiseError
 
@@ -26,6 +26,27 @@ MAX_FRAME = MAX_MESSAGE
 MAX_PLAINTEXT = MAX_MESSAGE - 16
 #: Handshake message 1 is small; anything bigger is an attack or a bug.
 MAX_MSG1 = 1 + ID_LEN + 32 + 2048 + 16
+
+
+#: What a driver may hand in as one transport message.
+Message = bytes | bytearray | memoryview
+
+
+def message_bytes(data: Message) -> bytes:
+    """One transport message as `bytes`, from any bytes-like object a driver hands in.
+
+    Sockets and WebSocket libraries return bytearray or memoryview as often as bytes; what a
+    peer sent must never fail on its container type. Anything that is not bytes-like is the
+    caller's bug, not the peer's.
+    """
+    if type(data) is bytes:
+        return data
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise LocalProtocolError(
+            f"a transport message must be bytes-like, not {type(data).__name__}", "bad-input"
+        ) from None
 
 
 def prologue(tunnel_id: str) -> bytes:

@@ -9,6 +9,7 @@ Unknown keys are ignored (room for additive extensions); a missing or mistyped k
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -69,11 +70,11 @@ class Frame:
             item = getattr(self, f.name)
             if item is None:
                 continue
-            if f.name == "members" or f.name == "roster":
+            if f.name == "members" or f.name == "roster" or f.name == "files":
                 item = [m.to_value() for m in item]
             elif f.name == "caps":
                 item = list(item)
-            out[f.name] = item
+            out["from" if f.name == "from_" else f.name] = item
         return out
 
     def encode(self) -> bytes:
@@ -102,6 +103,9 @@ class Welcome(Frame):
     ticket: bytes = dataclasses.field(repr=False)  # a secret: never in a repr or a log
     resumed: bool
     limits: dict[str, int]
+    #: The capabilities in force on this connection: those of hello.caps the host also has.
+    #: Absent (None) when there are none, which is what a host without capabilities sends.
+    caps: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +192,396 @@ class Error(Frame):
     retry: int | None = None  # rate-limited: milliseconds until a say would be accepted
 
 
+# ---- files (capability "files/1", spec "Files") ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file of an offer's manifest: a relative path ('/'-separated), its size in bytes and
+    its SHA-256. On the wire: a map {"p": path, "s": size, "h": sha256}."""
+
+    path: str
+    size: int
+    sha256: bytes
+
+    def to_value(self) -> dict[str, _codec.Value]:
+        return {"p": self.path, "s": self.size, "h": self.sha256}
+
+    @classmethod
+    def from_value(cls, value: _codec.Value) -> FileEntry:
+        if not isinstance(value, dict):
+            raise RemoteProtocolError("file entry is not a map", "malformed")
+        sha256 = _get(value, "h", bytes, "file")
+        if len(sha256) != 32:
+            raise RemoteProtocolError("file.h must be a 32-byte SHA-256", "malformed")
+        return cls(path=_get(value, "p", str, "file"), size=_get(value, "s", int, "file"),
+                   sha256=sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class Share(Frame):
+    """Member -> host: publish an offer. `files` is the first page of its manifest; the rest
+    follow in `manifest` frames with the same ref until `count` files have come."""
+
+    TYPE: ClassVar[str] = "share"
+    ref: int
+    name: str
+    count: int
+    total: int
+    files: tuple[FileEntry, ...]
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest(Frame):
+    """Member -> host: the next page of the manifest of the share `ref`, from file `at`."""
+
+    TYPE: ClassVar[str] = "manifest"
+    ref: int
+    at: int
+    files: tuple[FileEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unshare(Frame):
+    """Member -> host: withdraw one of my offers."""
+
+    TYPE: ClassVar[str] = "unshare"
+    offer: int
+
+
+@dataclass(frozen=True, slots=True)
+class Offer(Frame):
+    """Host -> member: a transcript entry, an offer in the total order (first manifest page)."""
+
+    TYPE: ClassVar[str] = "offer"
+    seq: int
+    ts: int
+    from_: int
+    ref: int
+    id: int
+    name: str
+    count: int
+    total: int
+    files: tuple[FileEntry, ...]
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unoffer(Frame):
+    """Host -> member: a transcript entry, the offer `id` ended (`reason`)."""
+
+    TYPE: ClassVar[str] = "unoffer"
+    seq: int
+    ts: int
+    id: int
+    from_: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListFiles(Frame):
+    """Member -> host: send me the manifest of offer `offer` from file `at`."""
+
+    TYPE: ClassVar[str] = "list"
+    offer: int
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listing(Frame):
+    """Host -> member: a page of an offer's manifest, the answer to one `list`. Empty: the
+    offer is gone (or `at` was past its end)."""
+
+    TYPE: ClassVar[str] = "listing"
+    offer: int
+    at: int
+    files: tuple[FileEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch(Frame):
+    """Receiver -> host: send me file `file` of offer `offer` from byte `at`; I accept `credit`
+    bytes (more follow in `credit` frames). `x` is the receiver's transfer id."""
+
+    TYPE: ClassVar[str] = "fetch"
+    x: int
+    offer: int
+    file: int
+    at: int
+    credit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pull(Frame):
+    """Host -> sharer: send file `file` of your offer `offer` from byte `at`, at most `credit`
+    bytes for now. `x` is the host's transfer id."""
+
+    TYPE: ClassVar[str] = "pull"
+    x: int
+    offer: int
+    file: int
+    at: int
+    credit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Credit(Frame):
+    """Receiver -> host, host -> sharer: `n` more bytes may come on transfer `x`."""
+
+    TYPE: ClassVar[str] = "credit"
+    x: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk(Frame):
+    """Sharer -> host, host -> receiver: bytes `at` .. `at + len(data)` of transfer `x`."""
+
+    TYPE: ClassVar[str] = "chunk"
+    x: int
+    at: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        return encode_chunk(self.x, self.at, self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Frame):
+    """Receiver -> host, host -> sharer: stop transfer `x`."""
+
+    TYPE: ClassVar[str] = "cancel"
+    x: int
+
+
+@dataclass(frozen=True, slots=True)
+class Abort(Frame):
+    """Sharer -> host, host -> receiver: transfer `x` cannot go on (`code`, `msg`)."""
+
+    TYPE: ClassVar[str] = "abort"
+    x: int
+    code: str
+    msg: str
+
+
+#: The largest `chunk.data`: a chunk frame with the largest `x` and `at` then encodes to at
+#: most 40 + MAX_CHUNK bytes, inside MAX_PLAINTEXT (65519).
+MAX_CHUNK = 65408
+
+# A chunk frame has exactly one encoding (section 8): map(4), keys "t" "x" "at" "data".
+_CHUNK_PREFIX = b"\xa4\x61t\x65chunk\x61x"
+_CHUNK_PREFIX_LEN = len(_CHUNK_PREFIX)
+_CHUNK_AT = b"\x62at"
+_CHUNK_DATA = b"\x64data"
+
+
+def _uint(value: int) -> bytes:
+    if value < 24:
+        return bytes((value,))
+    if value < 0x100:
+        return bytes((0x18, value))
+    if value < 0x10000:
+        return b"\x19" + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return b"\x1a" + value.to_bytes(4, "big")
+    return b"\x1b" + value.to_bytes(8, "big")
+
+
+def encode_chunk(x: int, at: int, data: bytes | memoryview) -> bytes:
+    """The `chunk` frame, written directly: the hot path of every transfer, one copy of `data`.
+    Byte for byte what the general encoder writes (a test and the vectors check it)."""
+    n = len(data)
+    if n < 24:
+        head = bytes((0x40 | n,))
+    elif n < 0x100:
+        head = bytes((0x58, n))
+    else:
+        head = b"\x59" + n.to_bytes(2, "big")  # n <= MAX_CHUNK < 2**16
+    return b"".join((_CHUNK_PREFIX, _uint(x), _CHUNK_AT, _uint(at), _CHUNK_DATA, head, data))
+
+
+_UINT_SIZES = {0x18: 1, 0x19: 2, 0x1A: 4, 0x1B: 8}
+
+
+def _read_uint(data: bytes, pos: int) -> tuple[int, int] | None:
+    """A shortest-form CBOR unsigned integer at `pos`: (value, next pos), or None."""
+    if pos >= len(data):
+        return None
+    first = data[pos]
+    if first < 24:
+        return first, pos + 1
+    size = _UINT_SIZES.get(first)
+    if size is None or pos + 1 + size > len(data):
+        return None
+    value = int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
+    if (size == 1 and value < 24) or (size > 1 and value < 1 << (4 * size)):
+        return None
+    return value, pos + 1 + size
+
+
+def _decode_chunk(data: bytes) -> Chunk | None:
+    """The canonical chunk frame, parsed without building a map; None for anything else (the
+    general decoder then decides, and raises the right error)."""
+    parsed = _read_uint(data, _CHUNK_PREFIX_LEN)
+    if parsed is None:
+        return None
+    x, pos = parsed
+    if data[pos : pos + 3] != _CHUNK_AT:
+        return None
+    parsed = _read_uint(data, pos + 3)
+    if parsed is None:
+        return None
+    at, pos = parsed
+    if data[pos : pos + 5] != _CHUNK_DATA or pos + 5 >= len(data):
+        return None
+    pos += 5
+    first = data[pos]
+    if first >> 5 != 2:
+        return None
+    parsed = _read_uint(bytes((first & 0x1F,)) + data[pos + 1 : pos + 9], 0)
+    if parsed is None:
+        return None
+    n, used = parsed
+    pos += used
+    if pos + n != len(data):
+        return None
+    return Chunk(x=x, at=at, data=data[pos:])
+
+
+def _files(value: dict[str, _codec.Value], key: str, where: str) -> tuple[FileEntry, ...]:
+    items = _get(value, key, list, where)
+    return tuple(FileEntry.from_value(item) for item in items)
+
+
+def _parse_share(value: dict[str, _codec.Value], t: str) -> Frame:
+    return Share(
+        ref=_get(value, "ref", int, t),
+        name=_get(value, "name", str, t),
+        count=_get(value, "count", int, t),
+        total=_get(value, "total", int, t),
+        files=_files(value, "files", t),
+        note=_opt(value, "note", str, t),
+    )
+
+
+def _parse_manifest(value: dict[str, _codec.Value], t: str) -> Frame:
+    return Manifest(
+        ref=_get(value, "ref", int, t), at=_get(value, "at", int, t), files=_files(value, "files", t)
+    )
+
+
+def _parse_offer(value: dict[str, _codec.Value], t: str) -> Frame:
+    return Offer(
+        seq=_get(value, "seq", int, t),
+        ts=_get(value, "ts", int, t),
+        from_=_get(value, "from", int, t),
+        ref=_get(value, "ref", int, t),
+        id=_get(value, "id", int, t),
+        name=_get(value, "name", str, t),
+        count=_get(value, "count", int, t),
+        total=_get(value, "total", int, t),
+        files=_files(value, "files", t),
+        note=_opt(value, "note", str, t),
+    )
+
+
+def _parse_unoffer(value: dict[str, _codec.Value], t: str) -> Frame:
+    return Unoffer(
+        seq=_get(value, "seq", int, t),
+        ts=_get(value, "ts", int, t),
+        id=_get(value, "id", int, t),
+        from_=_get(value, "from", int, t),
+        reason=_get(value, "reason", str, t),
+    )
+
+
+def _parse_listing(value: dict[str, _codec.Value], t: str) -> Frame:
+    return Listing(
+        offer=_get(value, "offer", int, t),
+        at=_get(value, "at", int, t),
+        files=_files(value, "files", t),
+    )
+
+
+_Parser = Callable[[dict[str, _codec.Value], str], Frame]
+
+
+def _parse_transfer(cls: type[Fetch] | type[Pull]) -> _Parser:
+    def parse(value: dict[str, _codec.Value], t: str) -> Frame:
+        return cls(
+            x=_get(value, "x", int, t),
+            offer=_get(value, "offer", int, t),
+            file=_get(value, "file", int, t),
+            at=_get(value, "at", int, t),
+            credit=_get(value, "credit", int, t),
+        )
+
+    return parse
+
+
+_FILE_PARSERS: dict[str, _Parser] = {
+    "share": _parse_share,
+    "manifest": _parse_manifest,
+    "unshare": lambda v, t: Unshare(offer=_get(v, "offer", int, t)),
+    "offer": _parse_offer,
+    "unoffer": _parse_unoffer,
+    "list": lambda v, t: ListFiles(offer=_get(v, "offer", int, t), at=_get(v, "at", int, t)),
+    "listing": _parse_listing,
+    "fetch": _parse_transfer(Fetch),
+    "pull": _parse_transfer(Pull),
+    "credit": lambda v, t: Credit(x=_get(v, "x", int, t), n=_get(v, "n", int, t)),
+    "chunk": lambda v, t: Chunk(
+        x=_get(v, "x", int, t), at=_get(v, "at", int, t), data=_get(v, "data", bytes, t)
+    ),
+    "cancel": lambda v, t: Cancel(x=_get(v, "x", int, t)),
+    "abort": lambda v, t: Abort(
+        x=_get(v, "x", int, t), code=_get(v, "code", str, t), msg=_get(v, "msg", str, t)
+    ),
+}
+
+
+#: The event kinds this implementation sends and knows. A member accepts any other well-formed
+#: kind too, as a generic transcript entry (spec "Frames", `event`): kinds can be added without
+#: breaking older members, the way `removed` was.
 EVENT_KINDS = frozenset(
-    {"joined", "left", "disconnected", "reconnected", "closed", "idle-closed", "history-truncated"}
+    {
+        "joined",
+        "left",
+        "disconnected",
+        "reconnected",
+        "removed",
+        "closed",
+        "idle-closed",
+        "history-truncated",
+        "file-offer",
+        "file-offer-ended",
+    }
 )
+#: A well-formed event kind: 1 to MAX_KIND_CHARS of these characters, so that an unknown kind
+#: from a hostile host is still safe to show.
+KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+MAX_KIND_CHARS = 32
+
+#: The optional fields of `event` that each kind requires and those it may carry (spec section
+#: 9, `event`). The decoder enforces this, being stateless: a `joined` without `member` is
+#: malformed whoever receives it. Fields a kind does not carry are ignored like unknown keys.
+#: Whether a seq fits the member's transcript is the member's business (section 11).
+EVENT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "joined": (frozenset({"member", "name"}), frozenset()),
+    "left": (frozenset({"member", "name"}), frozenset()),
+    "disconnected": (frozenset({"member", "name"}), frozenset()),
+    "reconnected": (frozenset({"member", "name"}), frozenset()),
+    "removed": (frozenset({"member", "name"}), frozenset({"summary"})),
+    "closed": (frozenset(), frozenset({"summary"})),
+    "idle-closed": (frozenset(), frozenset()),
+    "history-truncated": (frozenset({"first"}), frozenset()),
+    # Files (section 26.2), for members without files/1: the sharer, and the offer's summary
+    # or the reason it ended.
+    "file-offer": (frozenset({"member", "name", "summary"}), frozenset()),
+    "file-offer-ended": (frozenset({"member", "name", "summary"}), frozenset()),
+}
+_ALL_EVENT_FIELDS = frozenset({"member", "name", "summary", "first"})
 
 
 def _members(value: dict[str, _codec.Value], key: str, where: str) -> tuple[MemberEntry, ...]:
@@ -217,6 +608,10 @@ def _parse(value: dict[str, _codec.Value]) -> Frame:
             caps=tuple(caps),
             last=_opt(value, "last", int, t),
         )
+    if isinstance(t, str):
+        parse_file_frame = _FILE_PARSERS.get(t)
+        if parse_file_frame is not None:
+            return parse_file_frame(value, t)
     if t == "welcome":
         limits = _get(value, "limits", dict, t)
         if not all(
@@ -233,11 +628,17 @@ def _parse(value: dict[str, _codec.Value]) -> Frame:
             ticket=_get(value, "ticket", bytes, t),
             resumed=_get(value, "resumed", bool, t),
             limits=dict(limits),
+            caps=_caps(value, t),
         )
     if t == "refuse":
         return Refuse(code=_get(value, "code", str, t), msg=_get(value, "msg", str, t))
     if t == "say":
-        return Say(ref=_get(value, "ref", int, t), text=_get(value, "text", str, t))
+        ref = _get(value, "ref", int, t)
+        if ref == 0:
+            # Refs start at 1 (0 is the host member's "no ref" in message.ref): a field rule,
+            # so the decoder checks it, like a negative integer.
+            raise RemoteProtocolError("say.ref must be at least 1", "malformed")
+        return Say(ref=ref, text=_get(value, "text", str, t))
     if t == "message":
         return Message(
             seq=_get(value, "seq", int, t),
@@ -248,17 +649,22 @@ def _parse(value: dict[str, _codec.Value]) -> Frame:
         )
     if t == "event":
         kind = _get(value, "kind", str, t)
-        if kind not in EVENT_KINDS:
-            raise RemoteProtocolError(f"unknown event kind {kind[:32]!r}", "malformed")
-        return Event(
-            kind=kind,
-            seq=_get(value, "seq", int, t),
-            ts=_get(value, "ts", int, t),
-            member=_opt(value, "member", int, t),
-            name=_opt(value, "name", str, t),
-            summary=_opt(value, "summary", str, t),
-            first=_opt(value, "first", int, t),
-        )
+        if not 0 < len(kind) <= MAX_KIND_CHARS or not KIND_CHARS.issuperset(kind):
+            raise RemoteProtocolError("event.kind is not a well-formed kind", "malformed")
+        seq = _get(value, "seq", int, t)
+        if (seq == 0) != (kind == "history-truncated"):
+            raise RemoteProtocolError(
+                "event.seq is 0 for history-truncated and only for it", "malformed"
+            )
+        # A kind this version does not know may carry any of the fields, all optional.
+        required, optional = EVENT_FIELDS.get(kind, (frozenset(), _ALL_EVENT_FIELDS))
+        fields: dict[str, Any] = {}
+        for key, typ in (("member", int), ("name", str), ("summary", str), ("first", int)):
+            if key in required:
+                fields[key] = _get(value, key, typ, f"{t} {kind}")
+            elif key in optional:
+                fields[key] = _opt(value, key, typ, t)
+        return Event(kind=kind, seq=seq, ts=_get(value, "ts", int, t), **fields)
     if t == "ack":
         return Ack(seq=_get(value, "seq", int, t))
     if t == "roster":
@@ -279,8 +685,21 @@ def _parse(value: dict[str, _codec.Value]) -> Frame:
     raise RemoteProtocolError("unknown frame type", "malformed")
 
 
+def _caps(value: dict[str, _codec.Value], where: str) -> tuple[str, ...] | None:
+    caps = _opt(value, "caps", list, where)
+    if caps is None:
+        return None
+    if not all(isinstance(c, str) for c in caps):
+        raise RemoteProtocolError(f"{where}.caps must be a list of text", "malformed")
+    return tuple(caps)
+
+
 def decode_frame(data: bytes) -> Frame:
     """Decode one frame. Raises only RemoteProtocolError."""
+    if data[:_CHUNK_PREFIX_LEN] == _CHUNK_PREFIX:
+        chunk = _decode_chunk(data)
+        if chunk is not None:
+            return chunk
     value = _codec.decode(data)
     if not isinstance(value, dict):
         raise RemoteProtocolError("a frame must be a CBOR map", "malformed")

@@ -5,6 +5,11 @@ browsers and HTTP clients never send in a request: the relay, the Cloudflare edg
 see the tunnel id but never the secret. On the wire the member names its invite by an id that is
 a keyed hash of the secret, so the id reveals nothing about the secret and a secret from one
 tunnel yields an unrelated id in another.
+
+A secret (an invite's or a resume ticket's) is never used as a key itself: the key id and the
+Noise PSK are both derived from it, under different labels (spec section 4). So the two uses
+cannot interact, and the host can keep the PSK of a used invite (to refuse a second use inside
+Noise) without keeping the secret that makes the link.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ TUNNEL_ID_BYTES = 12  # 96 bits, comfortably over the 64 the spec asks for
 _TUNNEL_ID_RE = re.compile(r"^[A-Za-z0-9_-]{11,64}$")
 _B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 
+PSK_LEN = 32
 INVITE_ID_LABEL = b"tunnel-mcp/1 invite-id"
 TICKET_ID_LABEL = b"tunnel-mcp/1 ticket-id"
+INVITE_PSK_LABEL = b"tunnel-mcp/1 invite-psk"
+TICKET_PSK_LABEL = b"tunnel-mcp/1 ticket-psk"
 
 
 def b64url(data: bytes) -> str:
@@ -41,19 +49,26 @@ def b64url_decode(text: str) -> bytes:
     return data
 
 
-def derive_id(label: bytes, secret: bytes, tunnel_id: str) -> bytes:
-    """BLAKE2b-128 keyed with the secret over label || tunnel id (spec: "Key ids")."""
-    return hashlib.blake2b(
-        label + tunnel_id.encode("ascii"), key=secret, digest_size=ID_LEN
-    ).digest()
+def derive(label: bytes, secret: bytes, tunnel_id: str, size: int) -> bytes:
+    """BLAKE2b keyed with the secret over label || tunnel id, with output length `size`
+    (spec section 4: 16 for a key id, 32 for a PSK)."""
+    return hashlib.blake2b(label + tunnel_id.encode("ascii"), key=secret, digest_size=size).digest()
 
 
 def invite_id(secret: bytes, tunnel_id: str) -> bytes:
-    return derive_id(INVITE_ID_LABEL, secret, tunnel_id)
+    return derive(INVITE_ID_LABEL, secret, tunnel_id, ID_LEN)
 
 
 def ticket_id(secret: bytes, tunnel_id: str) -> bytes:
-    return derive_id(TICKET_ID_LABEL, secret, tunnel_id)
+    return derive(TICKET_ID_LABEL, secret, tunnel_id, ID_LEN)
+
+
+def invite_psk(secret: bytes, tunnel_id: str) -> bytes:
+    return derive(INVITE_PSK_LABEL, secret, tunnel_id, PSK_LEN)
+
+
+def ticket_psk(secret: bytes, tunnel_id: str) -> bytes:
+    return derive(TICKET_PSK_LABEL, secret, tunnel_id, PSK_LEN)
 
 
 class LinkError(LocalProtocolError):
@@ -80,6 +95,11 @@ class JoinLink:
     @property
     def invite_id(self) -> bytes:
         return invite_id(self.secret, self.tunnel_id)
+
+    @property
+    def psk(self) -> bytes:
+        """The Noise PSK of a join with this link (never the secret itself)."""
+        return invite_psk(self.secret, self.tunnel_id)
 
     @property
     def websocket_url(self) -> str:

@@ -20,7 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _frames as f
-from ._channel import MAX_FRAME, MSG2_NOISE, MSG2_PLAIN_REFUSE, Channel, new_handshake
+from ._channel import (
+    MAX_FRAME,
+    MSG2_NOISE,
+    MSG2_PLAIN_REFUSE,
+    Channel,
+    Message,
+    message_bytes,
+    new_handshake,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     ChatMessage,
@@ -33,16 +41,29 @@ from ._events import (
     TunnelEvent,
     Welcomed,
 )
-from ._link import JoinLink, ticket_id
+from ._files_member import FilesResume, MemberFiles
+from ._link import JoinLink, ticket_id, ticket_psk
 from ._names import one_line
 from ._noise import NoiseError
+from ._phrase import derive_phrase
+from ._removal import REMOVED, removed_message
 from ._room import check_text
-from ._state import MEMBER_ACCEPTS, MEMBER_HANDSHAKE_ACCEPTS, MemberState
+from ._state import (
+    MEMBER_ACCEPTS,
+    MEMBER_ACCEPTS_FILES,
+    MEMBER_HANDSHAKE_ACCEPTS,
+    MemberState,
+)
 
 SOFTWARE = "tunnel-mcp-python/1"
 HANDSHAKE_TIMEOUT = 10.0
 PING_AFTER = 20.0
-DEAD_AFTER = 60.0
+#: How long the member waits for any answer to its ping. A live host answers at once, and hears
+#: the member's ping before its own 20 s ping timer fires, so 10 s of silence after a ping means
+#: the link is gone. The member then knows (at 30 s) no later than the host does: its stall
+#: timer fires at 30 s while entries are in flight, its dead timer at 60 s when nothing is.
+PONG_TIMEOUT = 10.0
+DEAD_AFTER = PING_AFTER + PONG_TIMEOUT
 #: Most says awaiting their seq at once; past it `say()` refuses (the room is not answering).
 MAX_UNACKED_SAYS = 256
 #: Capabilities a member may announce in hello, and their length.
@@ -61,6 +82,9 @@ class ResumeState:
     last_seq: int
     next_ref: int
     unacked: tuple[tuple[int, str], ...]  # says sent but not yet seen stamped
+    phrase: str  # the verification phrase of the join: a resume keeps it
+    #: Files: unfinished fetches, shares not yet stamped, my offers, the offers known.
+    files: FilesResume | None = None
 
     def __repr__(self) -> str:
         return (
@@ -97,6 +121,9 @@ class MemberConnection:
         self.name = resume.name if resume else name
         self.goal: str | None = resume.goal if resume else None
         self.roster: tuple[f.MemberEntry, ...] = ()
+        #: The seat's verification phrase, from the join handshake's hash (None until welcomed;
+        #: a resume keeps the join's). Show it to the user, who compares it with the host's.
+        self.phrase: str | None = resume.phrase if resume else None
         self.last_seq = resume.last_seq if resume else 0
         self.limits: dict[str, int] = {}
         self._ticket: bytes | None = resume.ticket if resume else None
@@ -109,9 +136,17 @@ class MemberConnection:
         self._opened_at = now
         self._last_rx = now
         self._ping_outstanding = False
+        self.caps = tuple(caps)
+        #: File offers and transfers (spec "Files"); on once the welcome has files/1.
+        self.files = MemberFiles(self, resume.files if resume else None)
 
-        psk = resume.ticket if resume else link.secret
-        key_id = ticket_id(psk, link.tunnel_id) if resume else link.invite_id
+        # The secret (link or ticket) is never the key itself: the key id and the PSK are each
+        # derived from it under their own label (spec section 4).
+        if resume is not None:
+            key_id = ticket_id(resume.ticket, link.tunnel_id)
+            psk = ticket_psk(resume.ticket, link.tunnel_id)
+        else:
+            key_id, psk = link.invite_id, link.psk
         self._hs = new_handshake(initiator=True, tunnel_id=link.tunnel_id, psk=psk, rng=rng)
         hello = f.Hello(
             v=f.PROTOCOL_VERSION,
@@ -127,7 +162,8 @@ class MemberConnection:
 
     def data_to_send(self) -> list[bytes]:
         # Acks are coalesced here: one per drain, for the highest seq we hold. They pace the
-        # room's window (history and live traffic) and tell it what we have.
+        # room's window (history and live traffic) and tell it what we have. So are credits.
+        self.files.flush_credit()
         if self.state is MemberState.OPEN and self.last_seq > self._acked_sent:
             self._queue(f.Ack(seq=self.last_seq))
             self._acked_sent = self.last_seq
@@ -145,11 +181,20 @@ class MemberConnection:
         check_text(text, LocalProtocolError)
         if len(self._unacked) >= MAX_UNACKED_SAYS:
             raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
-        ref = self._next_ref
-        self._next_ref += 1
+        ref = self._take_ref()
         self._unacked[ref] = text
         self._queue(f.Say(ref=ref, text=text))
         return ref
+
+    def has_bulk(self) -> bool:
+        """File chunks are waiting for `pull_bulk` (sharing only)."""
+        return self.files.has_bulk()
+
+    def pull_bulk(self, max_bytes: int) -> int:
+        """Seal about `max_bytes` of file chunks now; they come out of the next `data_to_send()`
+        behind everything sealed before. Call it only when the outbound queue is low: chat
+        sealed meanwhile then goes first. Returns the bytes sealed."""
+        return self.files.pull_bulk(max_bytes)
 
     def leave(self) -> None:
         """Leave the room for good (the seat is freed; no resume)."""
@@ -159,7 +204,12 @@ class MemberConnection:
 
     def resume_state(self) -> ResumeState | None:
         """What a new connection needs to take the seat back, or None if there is no seat."""
-        if self._ticket is None or self.member_id is None or self.goal is None:
+        if (
+            self._ticket is None
+            or self.member_id is None
+            or self.goal is None
+            or self.phrase is None
+        ):
             return None
         return ResumeState(
             member_id=self.member_id,
@@ -169,6 +219,8 @@ class MemberConnection:
             last_seq=self.last_seq,
             next_ref=self._next_ref,
             unacked=tuple(sorted(self._unacked.items())),
+            phrase=self.phrase,
+            files=self.files.snapshot(),
         )
 
     def connection_lost(self, now: float) -> None:
@@ -180,9 +232,10 @@ class MemberConnection:
             self._end("connection-lost", message, resumable=True)
             self.state = MemberState.ERROR
 
-    def receive_data(self, data: bytes, now: float) -> None:
-        """One transport message. Raises RemoteProtocolError (and the connection is dead) if the
-        room broke the protocol; never anything else for any input."""
+    def receive_data(self, data: Message, now: float) -> None:
+        """One transport message (any bytes-like object). Raises RemoteProtocolError (and the
+        connection is dead) if the room broke the protocol; never anything else for any input."""
+        data = message_bytes(data)
         if self.state not in (MemberState.HANDSHAKE, MemberState.OPEN):
             return
         self._last_rx = now
@@ -213,13 +266,23 @@ class MemberConnection:
             self.state = MemberState.ERROR
         elif self.state is MemberState.OPEN:
             if now >= self._last_rx + DEAD_AFTER:
-                self._end("timeout", "no traffic from the host for 60 s", resumable=True)
+                self._end(
+                    "timeout",
+                    f"no traffic from the host for {DEAD_AFTER:g} s (it did not answer a ping)",
+                    resumable=True,
+                )
                 self.state = MemberState.ERROR
             elif not self._ping_outstanding and now >= self._last_rx + PING_AFTER:
                 self._ping_outstanding = True
                 self._queue(f.Ping())
 
     # ------------------------------------------------------------------ internals
+
+    def _take_ref(self) -> int:
+        """The next ref: says and shares share one numbering (spec "Sequencing")."""
+        ref = self._next_ref
+        self._next_ref += 1
+        return ref
 
     def _queue(self, frame: f.Frame) -> None:
         assert self._channel is not None
@@ -269,6 +332,9 @@ class MemberConnection:
             raise RemoteProtocolError("resume welcome does not match our seat", "malformed")
         send, recv = self._hs.split()
         self._channel = Channel(send, recv)
+        if resume is None:
+            self.phrase = derive_phrase(self._hs.handshake_hash)
+        assert self.phrase is not None
         self.state = MemberState.OPEN
         self.member_id = frame.you
         self.name = frame.name
@@ -281,8 +347,16 @@ class MemberConnection:
         # Key confirmation: the room seats us only once this first ack arrives.
         self._queue(f.Ack(seq=self.last_seq))
         self._acked_sent = self.last_seq
-        for ref, text in sorted(self._unacked.items()):
-            self._queue(f.Say(ref=ref, text=text))
+        self.files.on_welcome(frame)
+        # Re-sent in ref order, says and shares together: the room drops a ref it has handled,
+        # so one sent after a higher one would be lost.
+        resend: list[tuple[int, tuple[f.Frame, ...]]] = [
+            (ref, (f.Say(ref=ref, text=text),)) for ref, text in self._unacked.items()
+        ]
+        for _, frames in sorted(resend + self.files.resend(), key=lambda item: item[0]):
+            for say_or_share in frames:
+                self._queue(say_or_share)
+        self.files.after_welcome()
         self._events.append(
             Welcomed(
                 frame.you,
@@ -292,6 +366,7 @@ class MemberConnection:
                 frame.last,
                 frame.resumed,
                 self.limits,
+                self.phrase,
             )
         )
 
@@ -299,9 +374,19 @@ class MemberConnection:
         # The host's words end up in error messages and statuses: one line, no control codes.
         message = one_line(frame.msg, 500)
         self._events.append(Refused(frame.code, message))
+        if authenticated and frame.code == REMOVED:
+            # Our seat was removed while we were away. Only an encrypted refusal says so: a
+            # plaintext one could come from anyone on the path.
+            self._end(REMOVED, removed_message(None), resumable=False)
+            return
         self._end("refused", message, resumable=False)
 
     def _on_frame(self, frame: f.Frame) -> None:
+        if type(frame) in MEMBER_ACCEPTS_FILES and self.files.enabled:
+            if isinstance(frame, f.Offer | f.Unoffer):
+                self._expect_seq(frame.seq)
+            self.files.on_frame(frame)
+            return
         if type(frame) not in MEMBER_ACCEPTS:
             raise RemoteProtocolError(
                 f"{frame.TYPE!r} frame is not allowed from the room", "unexpected"
@@ -334,19 +419,21 @@ class MemberConnection:
                 self._events.append(
                     SayRejected(frame.ref, frame.code, one_line(frame.msg, 500), frame.retry)
                 )
+            elif self.files.on_error(frame):
+                pass  # it refused one of our shares
             elif frame.ref is None:
                 # A connection-level error (slow-consumer, bad-ack, ...): the host closes the
                 # connection next; keep its reason so the drop is reported truthfully.
                 self._host_error = f"{one_line(frame.code, 32)}: {one_line(frame.msg, 200)}"
         elif isinstance(frame, f.Close):
-            resumable = False
             reason = one_line(frame.reason, 64)
-            self._end(
-                reason,
-                f"the host ended the connection: {reason}",
-                resumable=resumable,
-                summary=frame.summary,
-            )
+            if reason == REMOVED:
+                message = removed_message(frame.summary)
+            else:
+                message = f"the host ended the connection: {reason}"
+                if self._host_error is not None:  # e.g. flooding: the error said why
+                    message += f" ({self._host_error})"
+            self._end(reason, message, resumable=False, summary=frame.summary)
         # Pong: receiving it refreshed _last_rx; nothing else to do.
 
     def _expect_seq(self, seq: int) -> None:

@@ -15,20 +15,38 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import _frames as f
+from ._budget import InboundBudget
 from ._channel import (
     MAX_FRAME,
     MSG2_NOISE,
     MSG2_PLAIN_REFUSE,
     Channel,
+    Message,
+    message_bytes,
     new_handshake,
     split_msg1,
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import Disconnect, Send
-from ._link import SECRET_LEN, TUNNEL_ID_BYTES, JoinLink, b64url, invite_id, ticket_id
+from ._files import DEFAULT_FILE_WINDOW, END_LEFT, END_REMOVED
+from ._files_room import RoomFiles
+from ._link import (
+    SECRET_LEN,
+    TUNNEL_ID_BYTES,
+    JoinLink,
+    b64url,
+    invite_id,
+    invite_psk,
+    ticket_id,
+    ticket_psk,
+)
 from ._names import sanitize_name, unique_name
 from ._noise import NoiseError
-from ._state import ROOM_ACCEPTS, ConnState
+from ._phrase import derive_phrase
+from ._removal import REMOVED, RemovedTickets, check_reason
+from ._state import FILES_CAP, ROOM_ACCEPTS, ROOM_ACCEPTS_FILES, ConnState
+from ._transcript import TranscriptEntry
+from ._transcript import held_bytes as _held_bytes
 
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
 #: Max chat text, in UTF-8 bytes.
@@ -41,7 +59,12 @@ DEFAULT_CAPACITY = 16
 #: Largest capacity: a welcome or roster frame for this many members with the longest names
 #: (64 characters, 4 UTF-8 bytes each) plus the longest goal stays under the max plaintext.
 MAX_CAPACITY = 64
-DEFAULT_MAX_PENDING = 8
+#: Connections not yet OPEN at once. At the cap the oldest one still waiting for message 1 is
+#: closed to make room (see `Room.open_connection`), so the cap is what an attacker must keep
+#: refilling: it is sized well above the sockets one client needs (1) and a whole room resuming
+#: at once (`DEFAULT_CAPACITY`), and each pending connection holds little (no keys before
+#: message 1, at most one `MAX_FRAME` message being reassembled by the driver).
+DEFAULT_MAX_PENDING = 32
 #: Refused says remembered per seat for re-sends after a resume (a member holds at most 256
 #: unanswered says, see `_member.MAX_UNACKED_SAYS`).
 MAX_REMEMBERED_REFUSALS = 256
@@ -57,8 +80,10 @@ CLOSE_KEEPALIVE_TIMEOUT = 4003
 CLOSE_SLOW_CONSUMER = 4004
 CLOSE_REPLACED = 4005
 CLOSE_LEFT = 4006
+CLOSE_REMOVED = 4007
 CLOSE_REFUSED = 4008
 CLOSE_TOO_MANY_PENDING = 4009
+CLOSE_FLOODING = 4010
 
 REFUSAL_MESSAGES = {
     "unknown-invite": "this tunnel has no such invite: ask the host for a fresh link",
@@ -72,6 +97,7 @@ REFUSAL_MESSAGES = {
     "version-unsupported": "the host speaks another protocol version: update tunnel-mcp",
     "closed": "the room has closed",
     "bad-resume": "the resume request was invalid: join again with a new link",
+    REMOVED: "the host removed you from the room: ask the host for a new link to come back",
 }
 
 
@@ -103,7 +129,8 @@ def check_text(text: str, error: type[LocalProtocolError] | type[RemoteProtocolE
 class RoomConfig:
     capacity: int = DEFAULT_CAPACITY  # members including the host
     invite_ttl: float = 600.0
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 10.0  # from the connection's arrival to key confirmation
+    message1_timeout: float = 5.0  # from the connection's arrival to a complete message 1
     max_pending: int = DEFAULT_MAX_PENDING  # unauthenticated connections at once
     idle_timeout: float = 30 * 60.0  # no chat for this long closes the room
     grace: float = 120.0  # a dropped member's seat is held this long
@@ -114,33 +141,25 @@ class RoomConfig:
     dead_after: float = 60.0
     rate_burst: int = 20  # say/ping tokens a member may spend at once
     rate_per_sec: float = 5.0  # token refill
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriptEntry:
-    """One entry of the transcript. `frame` is its encoded plaintext, shared by all members."""
-
-    seq: int
-    ts: int
-    kind: str  # "chat" or "event"
-    sender: int | None
-    text: str | None
-    event: str | None
-    member: int | None
-    name: str | None
-    summary: str | None
-    frame: bytes
-
-
-def _held_bytes(entry: TranscriptEntry) -> int:
-    # The cap is on memory: each entry holds its encoded frame and, decoded, its text.
-    return len(entry.frame) + (len(entry.text) if entry.text else 0)
+    offer_ttl: float = 30 * 60.0  # a file offer ends this long after it was made
+    file_window: int = DEFAULT_FILE_WINDOW  # bytes a receiver may have outstanding per transfer
+    # The inbound budget (spec section 18): what a seat's frames may cost the host, whatever
+    # they are. Sized so that an honest member never meets it: says at the rate limit at the
+    # largest size, an ack for every entry, pings, and all 256 unanswered says re-sent at once
+    # after a resume (256 x 32 KiB is 8 MiB: half the byte burst).
+    inbound_frame_burst: int = 1024  # frames at once (an ack that retires entries is free)
+    inbound_frames_per_sec: float = 100.0
+    inbound_byte_burst: int = 16 * 1024 * 1024  # transport bytes at once
+    inbound_bytes_per_sec: float = 512 * 1024
 
 
 @dataclass(slots=True)
 class Invite:
     invite_id: bytes
-    secret: bytes
+    #: The link's secret, until the invite is used or expires: then only `psk` is kept (to
+    #: refuse a late redeemer inside Noise), and the link can no longer be rebuilt from memory.
+    secret: bytes | None
+    psk: bytes
     expires_at: float
     state: str = "open"  # open | reserved | used
     reserved_by: int | None = None
@@ -149,7 +168,12 @@ class Invite:
         return f"Invite(state={self.state!r}, expires_at={self.expires_at!r}, secret=<hidden>)"
 
     def link(self, base_url: str, tunnel_id: str) -> JoinLink:
+        if self.secret is None:
+            raise LocalProtocolError("this invite was used or expired: its link is gone", "gone")
         return JoinLink(base_url=base_url, tunnel_id=tunnel_id, secret=self.secret)
+
+    def forget_secret(self) -> None:
+        self.secret = None
 
 
 @dataclass(slots=True)
@@ -160,14 +184,19 @@ class Seat:
     conn: int | None = None
     connected: bool = False
     disconnected_at: float = 0.0
-    # Valid resume tickets, id -> secret, oldest first: the confirmed one plus any handed out in
-    # a resume welcome whose confirmation never arrived (the member may hold either).
-    tickets: dict[bytes, bytes] = field(default_factory=dict, repr=False)  # secrets
+    # Valid resume tickets, id -> PSK, oldest first: the confirmed one plus any handed out in
+    # a resume welcome whose confirmation never arrived (the member may hold either). The
+    # ticket secrets themselves are not kept: the member holds them.
+    tickets: dict[bytes, bytes] = field(default_factory=dict, repr=False)  # PSKs
     last_ref: int = 0
     tokens: float = 0.0
     tokens_at: float = 0.0
+    #: The inbound budget (spec section 18), per seat so that reconnecting does not refill it.
+    budget: InboundBudget | None = None
     #: Recent refused says by ref, so a re-send after resume is refused again (bounded).
     refused: dict[int, f.Error] = field(default_factory=dict)
+    #: The verification phrase of the seat's join handshake (None for the host's own seat).
+    phrase: str | None = field(default=None, repr=False)
 
     def entry(self) -> f.MemberEntry:
         return f.MemberEntry(id=self.id, name=self.name, host=self.is_host, on=self.connected)
@@ -183,6 +212,7 @@ class _Pending:
     invite: Invite | None  # join
     resume_seat: Seat | None  # resume
     last: int  # resume: highest seq the member holds
+    phrase: str | None = field(default=None, repr=False)  # join: from this handshake's hash
 
 
 @dataclass(slots=True)
@@ -199,6 +229,7 @@ class _Conn:
     inflight: deque[tuple[int, int]] = field(default_factory=deque)
     inflight_bytes: int = 0
     stall_since: float = 0.0
+    files: bool = False  # "files/1" is in force on this connection
 
 
 class Room:
@@ -235,6 +266,7 @@ class Room:
         self._seats: dict[int, Seat] = {1: host}
         self._invites: dict[bytes, Invite] = {}
         self._tickets: dict[bytes, Seat] = {}
+        self._removed_tickets = RemovedTickets()
         self._conns: dict[int, _Conn] = {}
         self._next_conn = 1
         self._out: list[Send | Disconnect] = []
@@ -248,6 +280,8 @@ class Room:
         self.close_reason: str | None = None
         #: Bumped whenever the roster changes, so drivers need not compare rosters.
         self.roster_version = 0
+        #: File offers and transfers (spec "Files"): the host's API for sharing and receiving.
+        self.files = RoomFiles(self)
 
     # ------------------------------------------------------------------ host API
 
@@ -272,6 +306,7 @@ class Room:
             inv = Invite(
                 invite_id=invite_id(secret, self.tunnel_id),
                 secret=secret,
+                psk=invite_psk(secret, self.tunnel_id),
                 expires_at=now + self.config.invite_ttl,
             )
             self._invites[inv.invite_id] = inv
@@ -302,6 +337,13 @@ class Room:
         seat = self._seats.get(member_id)
         return seat.name if seat else None
 
+    def phrase(self, member_id: int) -> str | None:
+        """The verification phrase of a member's seat, fixed at its join: the host's human
+        compares it with the member's. None for the host itself and for ids not in the room.
+        The room never sends it to anyone."""
+        seat = self._seats.get(member_id)
+        return seat.phrase if seat else None
+
     def entries_since(self, seq: int) -> list[TranscriptEntry]:
         start = max(seq + 1, self.first_seq)
         return self._entries[self._head + start - self.first_seq :]
@@ -323,27 +365,92 @@ class Room:
                 raise LocalProtocolError("the summary is not valid Unicode text", "bad-summary")
         self._shutdown("closed", summary, now)
 
+    def remove(self, member_id: int, reason: str | None, now: float) -> TranscriptEntry:
+        """End a member's seat at once and for good (host only): its connections get
+        `close{reason: removed}` and CLOSE_REMOVED, its tickets die (a resume with one is
+        refused `removed`), and everyone else sees the `removed` event this returns."""
+        if self.closed:
+            raise LocalProtocolError("the room is closed", "closed")
+        if member_id == self.host_id:
+            raise LocalProtocolError("the host cannot remove itself", "bad-member")
+        seat = self._seats.get(member_id)
+        if seat is None:
+            if any(
+                c.pending is not None and c.pending.seat_id == member_id
+                for c in self._conns.values()
+            ):
+                # Welcomed, not yet confirmed: nobody has seen this id in the room yet.
+                raise LocalProtocolError(f"member {member_id} is still joining", "joining")
+            if 1 < member_id < self._next_member_id:
+                raise LocalProtocolError(f"member {member_id} is no longer in the room", "gone")
+            raise LocalProtocolError(f"there is no member {member_id}", "no-member")
+        reason = check_reason(reason)
+        del self._seats[seat.id]
+        for old in seat.tickets:
+            self._tickets.pop(old, None)
+        self._removed_tickets.add(seat.tickets)
+        # The seat's connections (the open one, and any resume waiting for its confirmation).
+        conns = [
+            c
+            for c in self._conns.values()
+            if c.seat_id == seat.id or (c.pending is not None and c.pending.resume_seat is seat)
+        ]
+        # The event goes first, so the removed member too gets it if its window has room.
+        entry = self._append_event(REMOVED, now, member=seat.id, name=seat.name, summary=reason)
+        self.files.on_seat_gone(seat.id, END_REMOVED, now)
+        for conn in conns:
+            conn.seat_id = None  # the seat is gone: no "disconnected" event
+            self._send_frame(conn, f.Close(reason=REMOVED, summary=reason))
+            self._drop(conn, now, CLOSE_REMOVED, REMOVED)
+        self._broadcast_roster()
+        return entry
+
     def data_to_send(self) -> list[Send | Disconnect]:
         out, self._out = self._out, []
         return out
 
+    def bulk_connections(self) -> list[int]:
+        """Connections with bulk (file chunks) waiting: the driver wakes their writers, which
+        call `pull_bulk` when their outbound queue runs low."""
+        return self.files.bulk_connections()
+
+    def pull_bulk(self, conn_id: int, max_bytes: int) -> int:
+        """Seal about `max_bytes` of bulk for `conn_id` now; it comes out of the next
+        `data_to_send()` as Sends behind everything sealed before (seal order is send order).
+        Call it only when that connection's outbound queue is low. Returns the bytes sealed."""
+        return self.files.pull_bulk(conn_id, max_bytes)
+
     # ------------------------------------------------------------------ connections
 
     def open_connection(self, now: float) -> int | None:
-        """A new transport connection arrived. None: refuse it (closed, or too many
-        unauthenticated connections); the driver should close it with CLOSE_TOO_MANY_PENDING."""
+        """A new transport connection arrived. None: refuse it; the driver closes it with
+        CLOSE_ROOM_CLOSED if the room is closed, else CLOSE_TOO_MANY_PENDING.
+
+        With `max_pending` connections not yet OPEN, the oldest of them still waiting for
+        message 1 is closed (CLOSE_TOO_MANY_PENDING) to make room, rather than the newcomer
+        refused: otherwise a few idle sockets, reopened as they time out, would lock every
+        member out. A real member sends message 1 one round trip after its upgrade, so it is
+        never the oldest idle connection for long; an attacker opening more only pushes out
+        its own. Past message 1 a connection holds a live invite or ticket and is not evicted;
+        only when every pending connection is that far is the newcomer refused.
+        """
         if self.closed:
             return None
-        pending = sum(1 for c in self._conns.values() if c.state is not ConnState.OPEN)
-        if pending >= self.config.max_pending:
-            return None
+        pending = [c for c in self._conns.values() if c.state is not ConnState.OPEN]
+        if len(pending) >= self.config.max_pending:
+            # _conns keeps arrival order, so the first one waiting for message 1 is the oldest.
+            idle = next((c for c in pending if c.state is ConnState.HANDSHAKE), None)
+            if idle is None:
+                return None
+            self._drop(idle, now, CLOSE_TOO_MANY_PENDING, "too many pending connections")
         conn = _Conn(id=self._next_conn, opened_at=now, last_rx=now)
         self._next_conn += 1
         self._conns[conn.id] = conn
         return conn.id
 
-    def receive(self, conn_id: int, data: bytes, now: float) -> None:
-        """One transport message from connection `conn_id`."""
+    def receive(self, conn_id: int, data: Message, now: float) -> None:
+        """One transport message (any bytes-like object) from connection `conn_id`."""
+        data = message_bytes(data)
         conn = self._conns.get(conn_id)
         if conn is None:
             return  # already closed: the driver raced us, nothing to do
@@ -354,8 +461,13 @@ class Room:
                 self._on_msg1(conn, data, now)
                 return
             assert conn.channel is not None
+            if conn.state is ConnState.OPEN:
+                # Charged before decrypting: decryption is the cost the budget bounds.
+                self._spend_bytes(self._seats[conn.seat_id], len(data), now)  # type: ignore[index]
             frame = conn.channel.open(data)
-            if type(frame) not in ROOM_ACCEPTS[conn.state]:
+            if type(frame) not in ROOM_ACCEPTS[conn.state] and not (
+                conn.files and conn.state is ConnState.OPEN and type(frame) in ROOM_ACCEPTS_FILES
+            ):
                 raise RemoteProtocolError(
                     f"{frame.TYPE!r} frame is not allowed in state {conn.state.value}", "unexpected"
                 )
@@ -379,9 +491,12 @@ class Room:
             return None
         cfg = self.config
         deadlines = [self._last_chat_at + cfg.idle_timeout]
+        offers_end = self.files.next_deadline()
+        if offers_end is not None:
+            deadlines.append(offers_end)
         for conn in self._conns.values():
             if conn.state is not ConnState.OPEN:
-                deadlines.append(conn.opened_at + cfg.handshake_timeout)
+                deadlines.append(self._handshake_deadline(conn))
                 continue
             deadlines.append(conn.last_rx + cfg.dead_after)
             if not conn.ping_outstanding:
@@ -399,7 +514,7 @@ class Room:
         cfg = self.config
         for conn in list(self._conns.values()):
             if conn.state is not ConnState.OPEN:
-                if now >= conn.opened_at + cfg.handshake_timeout:
+                if now >= self._handshake_deadline(conn):
                     self._drop(conn, now, CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
                 continue
             if now >= conn.last_rx + cfg.dead_after:
@@ -416,8 +531,18 @@ class Room:
         for seat in list(self._seats.values()):
             if not seat.is_host and not seat.connected and now >= seat.disconnected_at + cfg.grace:
                 self._vacate(seat, now)
+        self.files.handle_timer(now)
         if now >= self._last_chat_at + cfg.idle_timeout:
             self._shutdown("idle-closed", None, now)
+
+    def _handshake_deadline(self, conn: _Conn) -> float:
+        # Message 1 is due one round trip after the upgrade, so a connection that sends
+        # nothing gives its pending slot back well before the whole handshake's deadline.
+        cfg = self.config
+        limit = cfg.handshake_timeout
+        if conn.state is ConnState.HANDSHAKE:
+            limit = min(limit, cfg.message1_timeout)
+        return conn.opened_at + limit
 
     # ------------------------------------------------------------------ internals: handshake
 
@@ -433,11 +558,18 @@ class Room:
             return
         invite = self._invites.get(key_id)
         seat = self._tickets.get(key_id)
-        if invite is None and seat is None:
+        removed_psk = self._removed_tickets.get(key_id) if seat is None else None
+        if invite is None and seat is None and removed_psk is None:
             # We hold no key for this id, so this refusal cannot be encrypted (spec 4.3).
             self._plain_refuse(conn, "unknown-invite", now)
             return
-        psk = invite.secret if invite is not None else seat.tickets[key_id]  # type: ignore[union-attr]
+        if invite is not None:
+            psk = invite.psk
+        elif seat is not None:
+            psk = seat.tickets[key_id]
+        else:
+            assert removed_psk is not None
+            psk = removed_psk
         hs = new_handshake(initiator=False, tunnel_id=self.tunnel_id, psk=psk, rng=self._rng)
         try:
             payload = hs.read_message(noise_msg)
@@ -470,12 +602,28 @@ class Room:
             roster = self.roster() + (f.MemberEntry(id=member_id, name=name, host=False, on=True),)
         else:
             assert seat is not None and hello.last is not None
+            # One resume of a seat confirms at a time: a member retries only once its earlier
+            # attempt is dead to it, and without this one member could fill every pending slot
+            # with resumes it never confirms (those are never pushed out to make room).
+            for other in list(self._conns.values()):
+                if other.pending is not None and other.pending.resume_seat is seat:
+                    self._drop(other, now, CLOSE_REPLACED, "replaced by a newer resume")
             pending = _Pending(seat.id, seat.name, new_ticket, None, seat, hello.last)
             # The new ticket is valid from now on, not only from confirmation: if this
             # connection dies after the welcome reached the member but before its ack reached
             # us, the member holds only the new ticket. Both die at the next confirmation.
             self._add_ticket(seat, new_ticket, used=key_id)
             roster = self.roster()
+        conn.files = FILES_CAP in hello.caps
+        limits = {
+            "text": MAX_TEXT_BYTES,
+            "frame": MAX_FRAME,
+            "members": self.config.capacity,
+            "burst": self.config.rate_burst,
+            "per_min": int(self.config.rate_per_sec * 60),
+        }
+        if conn.files:
+            limits["file_window"] = self.config.file_window
         welcome = f.Welcome(
             goal=self.goal,
             you=pending.seat_id,
@@ -485,16 +633,14 @@ class Room:
             first=self.first_seq,
             ticket=new_ticket,
             resumed=invite is None,
-            limits={
-                "text": MAX_TEXT_BYTES,
-                "frame": MAX_FRAME,
-                "members": self.config.capacity,
-                "burst": self.config.rate_burst,
-                "per_min": int(self.config.rate_per_sec * 60),
-            },
+            limits=limits,
+            caps=(FILES_CAP,) if conn.files else None,
         )
         reply = hs.write_message(welcome.encode())
         self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
+        if invite is not None:
+            # Only a join fixes the phrase: the seat keeps it across resumes.
+            pending.phrase = derive_phrase(hs.handshake_hash)
         send, recv = hs.split()
         conn.channel = Channel(send, recv)
         conn.pending = pending
@@ -519,6 +665,8 @@ class Room:
             if hello.last is not None:
                 return "bad-resume"
             return None
+        if seat is None:
+            return REMOVED  # the ticket of a seat the host removed
         if hello.last is None or hello.last > self.last_seq:
             return "bad-resume"
         return None
@@ -530,7 +678,7 @@ class Room:
         if used != next(iter(seat.tickets)):
             seat.tickets[used] = seat.tickets.pop(used)
         new_id = ticket_id(secret, self.tunnel_id)
-        seat.tickets[new_id] = secret
+        seat.tickets[new_id] = ticket_psk(secret, self.tunnel_id)
         self._tickets[new_id] = seat
         while len(seat.tickets) > MAX_TICKETS_PER_SEAT:
             oldest_unconfirmed = list(seat.tickets)[1]
@@ -549,23 +697,34 @@ class Room:
         conn.state = ConnState.OPEN
         conn.seat_id = pending.seat_id
         new_id = ticket_id(pending.new_ticket, self.tunnel_id)
+        new_psk = ticket_psk(pending.new_ticket, self.tunnel_id)
         if pending.invite is not None:
             pending.invite.state = "used"
             pending.invite.reserved_by = None
+            pending.invite.forget_secret()
+            cfg = self.config
             seat = Seat(
                 id=pending.seat_id,
                 name=pending.name,
                 is_host=False,
                 conn=conn.id,
                 connected=True,
-                tickets={new_id: pending.new_ticket},
-                tokens=float(self.config.rate_burst),
+                tickets={new_id: new_psk},
+                tokens=float(cfg.rate_burst),
                 tokens_at=now,
+                phrase=pending.phrase,
+                budget=InboundBudget(
+                    byte_burst=cfg.inbound_byte_burst,
+                    bytes_per_sec=cfg.inbound_bytes_per_sec,
+                    frame_burst=cfg.inbound_frame_burst,
+                    frames_per_sec=cfg.inbound_frames_per_sec,
+                    now=now,
+                ),
             )
             self._seats[seat.id] = seat
             self._tickets[new_id] = seat
             conn.cursor = 1
-            self._append_event("joined", now, member=seat.id, name=seat.name)
+            self._append_event("joined", now, member=seat.id, name=seat.name, phrase=seat.phrase)
         else:
             seat = pending.resume_seat  # type: ignore[assignment]
             assert seat is not None
@@ -577,7 +736,7 @@ class Room:
             # Every other ticket dies now that the member provably holds this one.
             for old in seat.tickets:
                 self._tickets.pop(old, None)
-            seat.tickets = {new_id: pending.new_ticket}
+            seat.tickets = {new_id: new_psk}
             self._tickets[new_id] = seat
             for other in list(self._conns.values()):
                 if other is conn:
@@ -593,15 +752,36 @@ class Room:
             if was_disconnected:
                 self._append_event("reconnected", now, member=seat.id, name=seat.name)
         self._broadcast_roster()
+        self.files.on_open(conn)
         self._pump(conn, now)
 
     # ------------------------------------------------------------------ internals: open frames
 
     def _on_frame(self, conn: _Conn, frame: f.Frame, now: float) -> None:
         seat = self._seats[conn.seat_id]  # type: ignore[index]
+        if type(frame) in ROOM_ACCEPTS_FILES:
+            # File frames are charged like any frame, except those the room asked for
+            # (`RoomFiles.paced`: a chunk within a pull's credit, a credit answering a chunk the
+            # host sent): their number is bounded by the credit receivers grant, so they
+            # are free of the frame budget, as an ack that retires entries is. A paced chunk's
+            # data bytes are given back too (charging them would cut off every sharer of a
+            # large file once the byte burst ran out); the rest of its message stays charged,
+            # so padding a 1-byte chunk with unknown keys costs what any frame costs.
+            if self.files.paced(conn.id, frame):
+                if isinstance(frame, f.Chunk) and seat.budget is not None:
+                    seat.budget.bytes.refund(len(frame.data), now)
+            else:
+                self._spend_frame(seat, now)
+            self.files.on_frame(conn, seat, frame, now)
+            return
+        if isinstance(frame, f.Ack) and self._on_ack(conn, frame.seq, now):
+            return  # retired entries: paced by what the room sent, so free of the frame budget
+        if not isinstance(frame, f.Close):  # the last frame of a connection costs nothing
+            self._spend_frame(seat, now)
         if isinstance(frame, f.Ack):
-            self._on_ack(conn, frame.seq, now)
+            pass  # an ack that retired nothing: charged above, nothing else to do
         elif isinstance(frame, f.Say):
+            self.files.before_say(conn)  # a share's manifest pages come first
             self._on_say(conn, seat, frame, now)
         elif isinstance(frame, f.Ping):
             # Pings spend rate tokens too, so a ping flood cannot make us queue pongs unboundedly.
@@ -616,7 +796,8 @@ class Room:
             self._vacate(seat, now)
         # Pong: nothing to do, receiving it already refreshed last_rx.
 
-    def _on_ack(self, conn: _Conn, seq: int, now: float) -> None:
+    def _on_ack(self, conn: _Conn, seq: int, now: float) -> bool:
+        """Retire what `seq` acknowledges; True if that was anything."""
         if seq >= conn.cursor:
             raise RemoteProtocolError("ack for a seq the room never sent", "bad-ack")
         progressed = False
@@ -627,10 +808,9 @@ class Room:
         if progressed:
             conn.stall_since = now
             self._pump(conn, now)
+        return progressed
 
     def _on_say(self, conn: _Conn, seat: Seat, say: f.Say, now: float) -> None:
-        if say.ref == 0:
-            raise RemoteProtocolError("say.ref must start at 1", "malformed")
         if say.ref <= seat.last_ref:
             # A re-send after resume of something we already handled: idempotent. A stamped say
             # reaches the member again through the replay; a refused one must be refused again,
@@ -667,6 +847,27 @@ class Room:
             del seat.refused[next(iter(seat.refused))]
         self._send_frame(conn, error)
 
+    @staticmethod
+    def _spend_bytes(seat: Seat, size: int, now: float) -> None:
+        """Charge one transport message's bytes. A message the budget cannot pay for is the
+        connection's last: a Noise transport message cannot be skipped (its nonce), so the only
+        way to refuse it is to end the connection (spec section 18)."""
+        if seat.budget is not None and not seat.budget.bytes.spend(size, now):
+            raise RemoteProtocolError(
+                "you sent more bytes than the room takes (refused and ignored frames count too): "
+                "you were removed from the room",
+                "flooding",
+            )
+
+    @staticmethod
+    def _spend_frame(seat: Seat, now: float) -> None:
+        if seat.budget is not None and not seat.budget.frames.spend(1.0, now):
+            raise RemoteProtocolError(
+                "you sent more frames than the room takes (refused and ignored frames count too): "
+                "you were removed from the room",
+                "flooding",
+            )
+
     def _take_token(self, seat: Seat, now: float) -> int | None:
         """Token bucket. None: a token was spent; else ms until one is available."""
         cfg = self.config
@@ -699,13 +900,16 @@ class Room:
         member: int | None = None,
         name: str | None = None,
         summary: str | None = None,
+        phrase: str | None = None,
     ) -> TranscriptEntry:
         seq = self.last_seq + 1
         ts = self._ts(now)
         frame = f.Event(
             kind=kind, seq=seq, ts=ts, member=member, name=name, summary=summary
         ).encode()
-        entry = TranscriptEntry(seq, ts, "event", None, summary, kind, member, name, summary, frame)
+        entry = TranscriptEntry(
+            seq, ts, "event", None, summary, kind, member, name, summary, frame, phrase
+        )
         self._append(entry, now)
         return entry
 
@@ -742,7 +946,9 @@ class Room:
                 conn.cursor = self.first_seq
                 continue
             entry = self._entries[self._head + conn.cursor - self.first_seq]
-            data = conn.channel.seal(entry.frame)
+            # File entries have a generic `event` for connections without files/1.
+            plain = entry.frame if entry.fallback is None or conn.files else entry.fallback
+            data = conn.channel.seal(plain)
             self._out.append(Send(conn.id, data))
             if not conn.inflight:
                 conn.stall_since = now
@@ -766,6 +972,16 @@ class Room:
     def _fail(self, conn: _Conn, exc: RemoteProtocolError, now: float) -> None:
         if conn.state is not ConnState.HANDSHAKE:
             self._send_frame(conn, f.Error(code=exc.code, msg=str(exc)))
+        if exc.code == "flooding" and conn.seat_id is not None:
+            # Over its budget: the member loses its seat, as if it had left. Holding the seat
+            # would let it resume at once, again and again, and every round trip would cost a
+            # handshake and put 'disconnected'/'reconnected' in everyone's transcript.
+            seat = self._seats[conn.seat_id]
+            conn.seat_id = None
+            self._send_frame(conn, f.Close(reason="flooding"))
+            self._drop(conn, now, CLOSE_FLOODING, "flooding")
+            self._vacate(seat, now)
+            return
         self._drop(conn, now, CLOSE_PROTOCOL_ERROR, f"protocol error: {exc.code}")
 
     def _drop(self, conn: _Conn, now: float, code: int | None, reason: str) -> None:
@@ -774,6 +990,7 @@ class Room:
             return
         prev = conn.state
         conn.state = ConnState.CLOSED
+        self.files.on_conn_closed(conn.id)
         if code is not None:
             self._out.append(Disconnect(conn.id, code, reason))
         if conn.pending is not None and conn.pending.invite is not None:
@@ -794,12 +1011,14 @@ class Room:
         for old in seat.tickets:
             self._tickets.pop(old, None)
         self._append_event("left", now, member=seat.id, name=seat.name)
+        self.files.on_seat_gone(seat.id, END_LEFT, now)
         self._broadcast_roster()
 
     def _shutdown(self, reason: str, summary: str | None, now: float) -> None:
         self._append_event(reason, now, summary=summary)
         self.closed = True
         self.close_reason = reason
+        self.files.on_room_closed()
         for conn in list(self._conns.values()):
             if conn.state is ConnState.OPEN:
                 self._send_frame(conn, f.Close(reason=reason, summary=summary))
@@ -808,6 +1027,7 @@ class Room:
                 self._drop(conn, now, CLOSE_ROOM_CLOSED, reason)
         self._invites.clear()
         self._tickets.clear()
+        self._removed_tickets.clear()
 
     def _prune_invites(self, now: float) -> None:
         # Dead invites are kept so a late redeemer hears "used"/"expired" rather than "unknown",
@@ -819,3 +1039,6 @@ class Room:
         ]
         for k in dead[: max(0, len(dead) - 64)]:
             del self._invites[k]
+        for k in dead:
+            if k in self._invites:
+                self._invites[k].forget_secret()

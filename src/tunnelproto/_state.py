@@ -48,5 +48,20 @@ MEMBER_ACCEPTS: frozenset[type[f.Frame]] = frozenset(
     {f.Message, f.Event, f.Roster, f.Ping, f.Pong, f.Close, f.Error}
 )
 
+#: The capability that enables file sharing (spec "Files"). A frame in the two tables below is
+#: legal only on a connection where it is in force (in `hello.caps` and in `welcome.caps`);
+#: elsewhere it is `unexpected`, like any frame not in the tables above.
+FILES_CAP = "files/1"
+
+#: Frames the room accepts in OPEN, beyond `ROOM_ACCEPTS[OPEN]`, from a connection with files/1.
+ROOM_ACCEPTS_FILES: frozenset[type[f.Frame]] = frozenset(
+    {f.Share, f.Manifest, f.Unshare, f.ListFiles, f.Fetch, f.Credit, f.Cancel, f.Chunk, f.Abort}
+)
+
+#: Frames a member accepts in OPEN, beyond `MEMBER_ACCEPTS`, once files/1 is in force.
+MEMBER_ACCEPTS_FILES: frozenset[type[f.Frame]] = frozenset(
+    {f.Offer, f.Unoffer, f.Listing, f.Pull, f.Credit, f.Cancel, f.Chunk, f.Abort}
+)
+
 #: Handshake payloads the member accepts inside message 2.
 MEMBER_HANDSHAKE_ACCEPTS: frozenset[type[f.Frame]] = frozenset({f.Welcome, f.Refuse})

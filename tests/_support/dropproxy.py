@@ -1,5 +1,6 @@
-"""A TCP proxy on 127.0.0.1 that can cut every connection through it: the network faults
-that tests inject between a member and the relay (a NAT timeout, a Wi-Fi switch)."""
+"""A TCP proxy on 127.0.0.1 that can cut every connection through it, or lose everything
+without closing anything: the network faults that tests inject between a member and the relay
+(a NAT timeout, a Wi-Fi switch, a partition)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ class DropProxy:
         self.target_port = target_port
         self.port = 0
         self.drops = 0
+        #: A partition: bytes through the proxy vanish, new connections are accepted and never
+        #: reach the target, and nothing is closed (neither side learns of it from the network).
+        self.blackhole = False
         self._scopes: set[trio.CancelScope] = set()
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED):
@@ -25,6 +29,8 @@ class DropProxy:
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
+                if self.blackhole:
+                    await trio.sleep_forever()
                 server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
                 async with client, server, trio.open_nursery() as nursery:
                     nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
@@ -34,13 +40,15 @@ class DropProxy:
         # A cut connection is closed abruptly, like a NAT timeout or a Wi-Fi switch.
         await client.aclose()
 
-    @staticmethod
-    async def _pipe(src, dst, scope):
+    async def _pipe(self, src, dst, scope):
         try:
             async for chunk in src:
-                await dst.send_all(chunk)
+                if not self.blackhole:
+                    await dst.send_all(chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        if self.blackhole:
+            await trio.sleep_forever()  # a partition does not carry the close either
         scope.cancel()
 
     def drop_all(self) -> None:

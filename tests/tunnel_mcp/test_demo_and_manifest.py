@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import tunnel_mcp
@@ -56,3 +57,38 @@ def test_registry_manifest_names_the_package_and_its_settings() -> None:
     assert len(manifest["description"]) <= 100
     # The registry verifies PyPI ownership through this marker in the README.
     assert f"mcp-name: {manifest['name']}" in (ROOT / "README.md").read_text()
+
+
+def readme_environment_variables() -> list[str]:
+    """The variables in the first column of README's "Environment variables" table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Environment variables\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `(TUNNEL_[A-Z0-9_]+)` \|", section, re.MULTILINE)
+
+
+def test_the_manifest_lists_exactly_the_environment_variables_the_readme_documents() -> None:
+    manifest = json.loads((ROOT / "server.json").read_text())
+    (package,) = manifest["packages"]
+    in_manifest = [env["name"] for env in package["environmentVariables"]]
+    in_readme = readme_environment_variables()
+    assert len(in_readme) >= 10, "README's environment variable table was not found"
+    # A registry client shows users the manifest's list, so a setting missing there is hidden.
+    assert sorted(in_manifest) == sorted(in_readme), (
+        f"only in README: {sorted(set(in_readme) - set(in_manifest))}; "
+        f"only in server.json: {sorted(set(in_manifest) - set(in_readme))}"
+    )
+    for env in package["environmentVariables"]:
+        assert env["description"] and env["isSecret"] is False
+
+
+def test_the_manifest_and_the_package_name_the_same_repository() -> None:
+    manifest = json.loads((ROOT / "server.json").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    repository = project["urls"]["Repository"]
+    assert manifest["repository"] == {"url": repository, "source": "github"}
+    # The registry name io.github.<owner>/<repo> must be the GitHub repository's.
+    owner_and_repo = repository.removeprefix("https://github.com/")
+    assert manifest["name"] == f"io.github.{owner_and_repo}"
+    # README points users at that repository, never at a package index it is not on yet.
+    readme = (ROOT / "README.md").read_text()
+    assert f"uvx --from git+{repository} tunnel-mcp" in readme

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -225,6 +226,64 @@ async def test_a_signal_to_the_host_ends_the_room_gracefully(tmp_path: Path, sig
     assert "Traceback" not in owned.log()
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", relay)
+
+
+async def test_unreadable_requests_get_a_parse_error_not_silence(tmp_path: Path) -> None:
+    # A lone surrogate ("\\ud800") is valid JSON but not Unicode text: the SDK drops such a
+    # line unanswered, and the client would wait forever. Garbage gets the same treatment.
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as errlog:
+        proc = await trio.lowlevel.open_process(
+            SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog,
+            env=server_env(tmp_path),
+        )
+    assert proc.stdin is not None and proc.stdout is not None
+    buffer = b""
+
+    async def send(line: str) -> None:
+        assert proc.stdin is not None
+        await proc.stdin.send_all(line.encode() + b"\n")
+
+    async def answer() -> dict[str, Any]:
+        nonlocal buffer
+        assert proc.stdout is not None
+        with trio.fail_after(30):
+            while b"\n" not in buffer:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, "the server closed its stdout"
+                buffer += chunk
+        line, buffer = buffer.split(b"\n", 1)
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    try:
+        await send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}}))
+        assert (await answer())["id"] == 1
+        await send('{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+        secret_marker = "do-not-log-this"
+        await send('{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": '
+                   '"tunnel_say", "arguments": {"text": "' + secret_marker + ' \\ud800"}}}')
+        reply = await answer()
+        assert reply["id"] == 7 and reply["error"]["code"] == types.PARSE_ERROR
+        assert "Unicode" in reply["error"]["message"]
+        await send('{"jsonrpc": "2.0", "id": 8, "method": ')  # cut short: not JSON at all
+        reply = await answer()
+        assert reply["id"] is None and reply["error"]["code"] == types.PARSE_ERROR
+        # A surrogate *pair* is fine (an emoji), and the server still answers normally.
+        await send('{"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": '
+                   '"tunnel_say", "arguments": {"text": "hi \\ud83d\\ude00"}}}')
+        reply = await answer()
+        assert reply["id"] == 9 and "error" not in reply
+        assert "no open tunnel" in reply["result"]["content"][0]["text"]
+    finally:
+        await proc.stdin.aclose()
+        with trio.fail_after(30):
+            await proc.wait()
+    log = log_path.read_text()
+    assert log.count("answered with a JSON-RPC parse error") == 2, log
+    assert secret_marker not in log
+    assert "Traceback" not in log
 
 
 def test_websocket_payloads_unmasks_client_frames() -> None:

@@ -11,6 +11,7 @@ import json
 import sys
 import threading
 import typing
+import unicodedata
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -192,7 +193,8 @@ async def test_open_join_talk_both_ways_and_close(server: Server[TunnelManager])
         assert opened["self"] == {"id": opened["self"]["id"], "name": "ana", "isHost": True}
         invite = opened["invite"]
         assert link in invite
-        assert "claude mcp add tunnel -- uvx tunnel-mcp" in invite
+        # This checkout is not on PyPI: the guest is sent to the repository, never to `uvx`.
+        assert "not on PyPI" in invite and "https://github.com/tunnel-mcp/tunnel-mcp" in invite
         assert "secret" in invite and "once" in invite and "10 minutes" in invite
         assert "retry policy" not in invite  # the goal travels only inside the tunnel
 
@@ -267,6 +269,17 @@ async def test_listen_text_quotes_peer_text_so_it_cannot_forge_lines(server: Ser
         assert "untrusted" in text
         assert json.dumps(forged) in text
         assert "\n#99" not in text
+        # Invisible format characters (Unicode Cf) are escaped like controls: a bidi override
+        # that makes "gpj.exe" read as "exe.jpg", zero-width ones, a BOM, a hidden tag text.
+        hidden = "see \u202egpj.exe\u202c, x\u200by\u200dz\u2060 \u2066i\u2069\ufeff\xad\U000e0041."
+        await ok(guest, "tunnel_say", {"text": hidden})
+        result = await host.call_tool("tunnel_listen", {"sinceSeq": 2, "timeoutMs": 5000})
+        assert isinstance(result.content[0], types.TextContent)
+        text = result.content[0].text
+        assert json.dumps(hidden) in text  # every one as its JSON escape: \u202e ... \udb40\udc41
+        assert not [c for c in text if unicodedata.category(c) == "Cf"]
+        literal = text[text.index('"see ') :].split("\n", 1)[0]
+        assert json.loads(literal) == hidden  # the escapes decode back to the exact text
 
 
 async def test_a_member_cannot_name_itself_into_the_host_role(server: Server[TunnelManager]) -> None:

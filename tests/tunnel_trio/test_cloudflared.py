@@ -16,13 +16,20 @@ import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import h11
 import pytest
 import trio
 import trustme
-from _servers import client_ssl_context, run_doh_server, serve_http
+from _servers import (
+    client_ssl_context,
+    run_doh_server,
+    run_http_server,
+    serve_http,
+    server_ssl_context,
+)
 
 from tunnel_trio._cloudflared import (
     RATE_LIMITED_MESSAGE,
@@ -333,47 +340,103 @@ def test_find_cloudflared_order(tmp_path: Path) -> None:
         find_cloudflared({**env, "TUNNEL_CLOUDFLARED": str(tmp_path / "missing")})
 
 
-def test_the_shipped_pins_are_not_marked_verified() -> None:
+# cloudflared 2026.6.1, the SHA-256 of each release asset exactly as published.
+RELEASE_2026_6_1 = {
+    "linux-amd64": (
+        "cloudflared-linux-amd64",
+        "5861a10a438fe8ddcfebb3b830f83966cbf193edafce0fe2eeb198fbae1f7a22",
+    ),
+    "linux-arm64": (
+        "cloudflared-linux-arm64",
+        "59816ce9b16db71f5bc2a86d59b3632a96c8c3ee934bde2bc8641ee83a6070eb",
+    ),
+    "darwin-amd64": (
+        "cloudflared-darwin-amd64.tgz",
+        "d7a66b525fe76820da6e5406611b61e48b40de682368ac00454d9158f085be4b",
+    ),
+    "darwin-arm64": (
+        "cloudflared-darwin-arm64.tgz",
+        "f6d4c439c6c782b83264951d327989ce5e23373acc5942b872411601fedb020d",
+    ),
+    "windows-amd64": (
+        "cloudflared-windows-amd64.exe",
+        "5253e66f1f493c4e13539749f1aa86fd0c61e3072900fec29a44ba046a6d97e2",
+    ),
+}
+
+
+def test_the_shipped_pins_are_the_verified_2026_6_1_release() -> None:
     pins = load_pins({})
-    assert pins.version == "2025.8.0"
-    assert set(pins.platforms) == {
-        "linux-amd64",
-        "linux-arm64",
-        "linux-386",
-        "linux-arm",
+    assert pins.version == "2026.6.1"
+    assert pins.verified
+    assert pins.base_url == "https://github.com/cloudflare/cloudflared/releases/download/2026.6.1"
+    assert {key: (pin.asset, pin.sha256) for key, pin in pins.platforms.items()} == RELEASE_2026_6_1
+    assert {key for key, pin in pins.platforms.items() if pin.archive} == {
         "darwin-amd64",
         "darwin-arm64",
-        "windows-amd64",
     }
-    assert pins.platforms["darwin-arm64"].archive
-    assert pins.platforms["windows-amd64"].asset == "cloudflared-windows-amd64.exe"
-    # No hash was checked against the real release, so none may be claimed.
-    assert not pins.verified
-    assert all(pin.sha256 is None for pin in pins.platforms.values())
+
+
+async def test_the_shipped_pins_are_what_a_download_is_checked_against(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    mirror.files["cloudflared-linux-arm64"] = BINARY
+    env = {
+        "TUNNEL_HOME": str(tmp_path / "home"),
+        "PATH": "",
+        "TUNNEL_CLOUDFLARED_BASE_URL": mirror.base,
+    }
+    with pytest.raises(CloudflaredError) as caught:
+        await ensure_cloudflared(env=env, system="Linux", machine="aarch64")
+    assert str(caught.value) == (
+        "checksum mismatch for cloudflared-linux-arm64: expected "
+        f"{RELEASE_2026_6_1['linux-arm64'][1]}, got {hashlib.sha256(BINARY).hexdigest()}; "
+        "refusing to run it"
+    )
+    assert mirror.requests[0] == "/releases/cloudflared-linux-arm64"
+    assert list((tmp_path / "home" / "bin").iterdir()) == []
 
 
 async def test_a_pin_without_a_hash_refuses_to_download(tmp_path: Path) -> None:
-    env = {"TUNNEL_HOME": str(tmp_path / "home"), "PATH": ""}
+    pins = tmp_path / "pins.json"
+    pins.write_text(
+        json.dumps(
+            {
+                "version": "2026.6.1",
+                "platforms": {"linux-amd64": {"asset": "cloudflared-linux-amd64", "sha256": None}},
+            }
+        )
+    )
+    env = {"TUNNEL_HOME": str(tmp_path / "home"), "PATH": "", "TUNNEL_CLOUDFLARED_PINS": str(pins)}
     with pytest.raises(CloudflaredError) as caught:
         await ensure_cloudflared(env=env, system="Linux", machine="x86_64")
     message = str(caught.value)
     assert "no verified SHA-256 for cloudflared-linux-amd64" in message
     assert "TUNNEL_CLOUDFLARED" in message
-    assert "https://github.com/cloudflare/cloudflared/releases/tag/2025.8.0" in message
+    assert "https://github.com/cloudflare/cloudflared/releases/tag/2026.6.1" in message
     assert not (tmp_path / "home" / "bin" / "cloudflared").exists()
 
 
-async def test_an_unknown_platform_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("machine", "key"),
+    [("i686", "linux-386"), ("armv7l", "linux-arm"), ("sparc64", "linux-sparc64")],
+)
+async def test_a_platform_without_a_pin_says_to_install_it_yourself(
+    tmp_path: Path, machine: str, key: str
+) -> None:
     env = {"TUNNEL_HOME": str(tmp_path), "PATH": ""}
-    with pytest.raises(CloudflaredError, match="no pinned download for linux-sparc64.*on PATH"):
-        await ensure_cloudflared(env=env, system="Linux", machine="sparc64")
+    with pytest.raises(CloudflaredError) as caught:
+        await ensure_cloudflared(env=env, system="Linux", machine=machine)
+    message = str(caught.value)
+    assert f"cloudflared is not installed and there is no pinned download for {key}" in message
+    assert "Install cloudflared yourself" in message and "TUNNEL_CLOUDFLARED" in message
 
 
 def write_pins(path: Path, platform: str, asset: str, blob: bytes, fmt: str = "binary") -> Path:
     path.write_text(
         json.dumps(
             {
-                "version": "2025.8.0",
+                "version": "2026.6.1",
                 "verified": True,
                 "platforms": {
                     platform: {
@@ -400,7 +463,8 @@ class Mirror:
 
 @pytest.fixture
 async def mirror(nursery: trio.Nursery) -> Mirror:
-    """Serves /cdn/<asset>; /releases/<asset> redirects there, like GitHub does."""
+    """Serves /cdn/<asset>; /releases/<asset> redirects there, like GitHub does; /loop/<asset>
+    redirects to itself."""
     files: dict[str, bytes] = {}
     requests: list[str] = []
 
@@ -412,6 +476,8 @@ async def mirror(nursery: trio.Nursery) -> Mirror:
         name = target.rsplit("/", 1)[-1]
         if target.startswith("/releases/"):
             return 302, [("Location", f"/cdn/{name}?signature=x")], b"redirecting"
+        if target.startswith("/loop/"):
+            return 302, [("Location", target)], b"round and round"
         blob = files.get(name.split("?")[0])
         return (200, [], blob) if blob is not None else (404, [], b"no such asset")
 
@@ -444,6 +510,27 @@ async def test_download_with_a_good_hash_installs_it(tmp_path: Path, mirror: Mir
     # Next time it is found, not downloaded again.
     assert await ensure_cloudflared(env=env, system="Linux", machine="x86_64") == installed
     assert len(mirror.requests) == 2
+
+
+async def test_an_https_download_trusts_the_extra_bundle_and_nothing_else(
+    tmp_path: Path, nursery: trio.Nursery, ca: trustme.CA, ca_bundle: Path
+) -> None:
+    base = await run_http_server(
+        nursery, {"/cloudflared-linux-amd64": (200, [], BINARY)}, ssl_context=server_ssl_context(ca)
+    )
+    pins = write_pins(tmp_path / "pins.json", "linux-amd64", "cloudflared-linux-amd64", BINARY)
+    env = {
+        "TUNNEL_HOME": str(tmp_path / "home"),
+        "PATH": "",
+        "TUNNEL_CLOUDFLARED_PINS": str(pins),
+        "TUNNEL_CLOUDFLARED_BASE_URL": base,
+    }
+    with pytest.raises(CloudflaredError, match="certificate verification failed"):
+        await ensure_cloudflared(env=env, system="Linux", machine="x86_64")
+    assert list((tmp_path / "home" / "bin").iterdir()) == []
+    env["TUNNEL_CA_BUNDLE"] = str(ca_bundle)
+    installed = await ensure_cloudflared(env=env, system="Linux", machine="x86_64")
+    assert installed.read_bytes() == BINARY
 
 
 async def test_download_with_a_bad_hash_is_refused(tmp_path: Path, mirror: Mirror) -> None:
@@ -480,33 +567,138 @@ def tgz(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
-async def test_a_tgz_release_is_unpacked_safely(tmp_path: Path, mirror: Mirror) -> None:
-    evil = tarfile.TarInfo("../evil")
-    archive = tgz([(evil, b"should never be written"), (tarfile.TarInfo("cloudflared"), BINARY)])
+async def test_a_truncated_download_installs_nothing(
+    tmp_path: Path, mirror: Mirror, nursery: trio.Nursery
+) -> None:
+    """The server promises the whole binary, sends half and hangs up."""
+
+    async def half_then_close(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(BINARY)}\r\n\r\n".encode()
+            await stream.send_all(head + BINARY[: len(BINARY) // 2])
+
+    listeners = await nursery.start(partial(trio.serve_tcp, half_then_close, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    pins = write_pins(tmp_path / "pins.json", "linux-amd64", "cloudflared-linux-amd64", BINARY)
+    env = {
+        **download_env(tmp_path, mirror, pins),
+        "TUNNEL_CLOUDFLARED_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    with pytest.raises(
+        CloudflaredError, match="downloading cloudflared from .* failed: invalid HTTP"
+    ):
+        await ensure_cloudflared(env=env, system="Linux", machine="x86_64")
+    assert list((tmp_path / "home" / "bin").iterdir()) == []
+
+
+async def test_a_redirect_loop_installs_nothing(tmp_path: Path, mirror: Mirror) -> None:
+    mirror.files["cloudflared-linux-amd64"] = BINARY
+    pins = write_pins(tmp_path / "pins.json", "linux-amd64", "cloudflared-linux-amd64", BINARY)
+    env = {
+        **download_env(tmp_path, mirror, pins),
+        "TUNNEL_CLOUDFLARED_BASE_URL": mirror.base.replace("/releases", "/loop"),
+    }
+    with pytest.raises(CloudflaredError, match="too many redirects.*Install cloudflared yourself"):
+        await ensure_cloudflared(env=env, system="Linux", machine="x86_64")
+    assert mirror.requests == ["/loop/cloudflared-linux-amd64"] * 6  # the first and 5 redirects
+    assert list((tmp_path / "home" / "bin").iterdir()) == []
+
+
+def regular(name: str, data: bytes = BINARY) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o755
+    return info, data
+
+
+def special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info, b""
+
+
+async def install_tgz(
+    tmp_path: Path, mirror: Mirror, archive: bytes, *, pinned: bytes | None = None
+) -> Path:
+    """Publish `archive` as the darwin-arm64 asset, pinned to the hash of `pinned` (default:
+    the archive itself), and let ensure_cloudflared fetch it."""
     mirror.files["cloudflared-darwin-arm64.tgz"] = archive
     pins = write_pins(
-        tmp_path / "pins.json", "darwin-arm64", "cloudflared-darwin-arm64.tgz", archive, "tgz"
+        tmp_path / "pins.json",
+        "darwin-arm64",
+        "cloudflared-darwin-arm64.tgz",
+        archive if pinned is None else pinned,
+        "tgz",
     )
     env = download_env(tmp_path, mirror, pins)
-    installed = await ensure_cloudflared(env=env, system="Darwin", machine="arm64")
+    return await ensure_cloudflared(env=env, system="Darwin", machine="arm64")
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [regular("cloudflared")],
+        [regular("./cloudflared")],
+        # macOS's tar stores extended attributes as an AppleDouble "._" member beside the file.
+        [regular("._cloudflared", b"\x00\x05\x16\x07 not a program"), regular("cloudflared")],
+    ],
+    ids=["bare", "dot-slash", "with-appledouble"],
+)
+async def test_a_tgz_release_installs_its_cloudflared(
+    tmp_path: Path, mirror: Mirror, members: list[tuple[tarfile.TarInfo, bytes]]
+) -> None:
+    installed = await install_tgz(tmp_path, mirror, tgz(members))
+    assert installed == tmp_path / "home" / "bin" / "cloudflared"
     assert installed.read_bytes() == BINARY
     assert os.access(installed, os.X_OK)
     assert sorted(p.name for p in installed.parent.iterdir()) == ["cloudflared"]
+
+
+@pytest.mark.parametrize(
+    ("members", "complaint"),
+    [
+        ([regular("../evil"), regular("cloudflared")], "a file named '../evil'"),
+        ([regular("cloudflared"), regular("/tmp/evil")], "a file named '/tmp/evil'"),
+        ([regular("cloudflared"), regular("README.md")], "a file named 'README.md'"),
+        ([regular("bin/cloudflared")], "a file named 'bin/cloudflared'"),
+        ([special("cloudflared", tarfile.SYMTYPE, "/bin/sh")], "a link named 'cloudflared'"),
+        ([special("cloudflared", tarfile.LNKTYPE, "/bin/sh")], "a link named 'cloudflared'"),
+        ([regular("cloudflared"), special("x", tarfile.SYMTYPE, "/etc")], "a link named 'x'"),
+        ([special("cloudflared", tarfile.CHRTYPE)], "a special file named 'cloudflared'"),
+        ([special("cloudflared", tarfile.FIFOTYPE)], "a special file named 'cloudflared'"),
+        ([special("cloudflared", tarfile.DIRTYPE)], "a directory named 'cloudflared'"),
+        ([regular("cloudflared"), regular("cloudflared", b"second")], "a file named 'cloudflared'"),
+        ([], "holds no file named cloudflared"),
+        ([regular("._cloudflared")] * 3, "more than 2 members"),
+    ],
+)
+async def test_a_hostile_tgz_installs_nothing(
+    tmp_path: Path,
+    mirror: Mirror,
+    members: list[tuple[tarfile.TarInfo, bytes]],
+    complaint: str,
+) -> None:
+    with pytest.raises(CloudflaredError) as caught:
+        await install_tgz(tmp_path, mirror, tgz(members))
+    assert complaint in str(caught.value)
+    assert list((tmp_path / "home" / "bin").iterdir()) == []
     assert not (tmp_path / "home" / "evil").exists() and not (tmp_path / "evil").exists()
 
 
-async def test_a_tgz_whose_cloudflared_is_a_link_is_refused(tmp_path: Path, mirror: Mirror) -> None:
-    link = tarfile.TarInfo("cloudflared")
-    link.type, link.linkname = tarfile.SYMTYPE, "/bin/sh"
-    archive = tgz([(link, b"")])
-    mirror.files["cloudflared-darwin-amd64.tgz"] = archive
-    pins = write_pins(
-        tmp_path / "pins.json", "darwin-amd64", "cloudflared-darwin-amd64.tgz", archive, "tgz"
-    )
-    with pytest.raises(CloudflaredError, match="no regular file named cloudflared"):
-        await ensure_cloudflared(
-            env=download_env(tmp_path, mirror, pins), system="Darwin", machine="x86_64"
-        )
+async def test_a_tgz_is_checked_against_its_pin_before_it_is_opened(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    # Not even gzip: had it been opened first, the error would be about unpacking.
+    with pytest.raises(CloudflaredError, match="^checksum mismatch for cloudflared-darwin-arm64"):
+        await install_tgz(tmp_path, mirror, b"not a tar archive", pinned=tgz([regular("x")]))
+    assert list((tmp_path / "home" / "bin").iterdir()) == []
+
+
+async def test_a_tgz_that_is_not_an_archive_is_a_clear_error(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    with pytest.raises(CloudflaredError, match="cannot unpack the downloaded cloudflared archive"):
+        await install_tgz(tmp_path, mirror, b"not a tar archive")
     assert list((tmp_path / "home" / "bin").iterdir()) == []
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import trio
 from dropproxy import DropProxy
 from transcripts import collect
 
+import tunnel_trio.session as session_module
 from tunnel_trio._ws import WebSocketClosed, connect_websocket
 from tunnel_trio.session import RoomConfig, join, open_host
+from tunnel_trio.session_types import SayQueuedError
 from tunnelproto import (
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_PROTOCOL_ERROR,
@@ -73,16 +76,135 @@ async def test_drops_mid_stream_lose_nothing(nursery):
     await host.close()
 
 
-async def test_member_gives_up_when_the_room_is_gone(nursery):
+async def test_a_vanished_host_shows_as_down_with_the_time_left_then_closes_with_a_reason(nursery):
     host = await open_host(nursery, "goal", name="ana")
     ben = await join(nursery, host.initial_invites[0].join_link, name="ben")
-    ben.guest._resume_budget = 1.0
+    ben.guest._resume_budget = 3.0
+    assert all(m.connected for m in ben.status().members)
     host._scope.cancel()  # the host process vanished without closing the room
+    with trio.fail_after(15):
+        while ben.status().connection != "reconnecting":
+            await trio.sleep(0.05)
+    status = ben.status()
+    # How long it keeps trying, and nobody shown as connected while the link is down.
+    assert status.gives_up_in_sec is not None and 0 <= status.gives_up_in_sec <= 3
+    assert [m.connected for m in status.members] == [False, False]
+    assert any("reconnecting" in w and "tunnel closes" in w for w in status.warnings)
     with trio.fail_after(15):
         while not ben.closed:
             await ben.listen(ben.status().last_seq, 1.0)
-    assert ben.status().connection == "closed"
-    assert ben.closed_reason == "gone"
+    status = ben.status()
+    assert status.connection == "closed" and status.gives_up_in_sec is None
+    # Its port refuses connections now: the host's server stopped (not "unreachable").
+    assert ben.closed_reason == "host-stopped"
+    final = (await ben.listen(status.last_seq, 0.0)).messages
+    assert [(m.seq, m.event) for m in final] == [(0, "closed")]
+    assert "server has stopped" in (final[0].reason or "")
+    assert "3 s" in (final[0].reason or "")
+    assert (await ben.listen(status.last_seq, 0.0)).messages == final  # every time, not once
+
+
+async def test_a_host_behind_a_black_hole_is_reported_unreachable(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    proxy = DropProxy(host.relay.port)
+    await nursery.start(proxy.run)
+    ben = await join(nursery, _via(host.initial_invites[0].join_link, proxy.port), name="ben")
+    ben.guest._resume_budget = 3.0
+    ben.guest._connect_timeout = 1.0
+    proxy.blackhole = True  # new connections are accepted and never answered
+    proxy.drop_all()
+    with trio.fail_after(15):
+        while not ben.closed:
+            await ben.listen(ben.status().last_seq, 1.0)
+    assert ben.closed_reason == "host-unreachable"
+    final = (await ben.listen(ben.status().last_seq, 0.0)).messages[-1]
+    assert final.event == "closed" and "could not be reached" in (final.reason or "")
+    await host.close()
+
+
+async def test_an_ordinary_drop_is_redialled_at_once(nursery, monkeypatch):
+    import tunnel_trio._guest as guest_module
+
+    # A backoff this long would make any wait before the first redial obvious; a connection
+    # that stayed up past STABLE_AFTER dropped the ordinary way and is redialled at once.
+    monkeypatch.setattr(guest_module, "BACKOFF_MIN", 60.0)
+    monkeypatch.setattr(guest_module, "STABLE_AFTER", 0.2)
+    host = await open_host(nursery, "goal", name="ana")
+    proxy = DropProxy(host.relay.port)
+    await nursery.start(proxy.run)
+    ben = await join(nursery, _via(host.initial_invites[0].join_link, proxy.port), name="ben")
+    for _ in range(3):
+        await trio.sleep(0.5)  # up for longer than STABLE_AFTER
+        before = ben.guest.conn
+        proxy.drop_all()
+        with trio.fail_after(20):
+            while ben.guest.conn is before or ben.status().connection != "connected":
+                await trio.sleep(0.01)
+    assert proxy.drops == 3
+    seq = await ben.say("back")
+    assert (await collect(host, seq))[-1].text == "back"
+    await host.close()
+
+
+async def _seated(nursery, host, proxy, name):
+    """A member joined through `proxy`, once the host has seated it (its confirmation arrived:
+    a partition before that would make its resume a fresh join)."""
+    member = await join(nursery, _via(host.initial_invites[0].join_link, proxy.port), name=name)
+    with trio.fail_after(10):
+        while not any(m.name == name and m.connected for m in host.status().members):
+            await trio.sleep(0.01)
+    return member
+
+
+async def test_a_say_during_a_partition_is_queued_then_delivered_exactly_once(
+    nursery, monkeypatch
+):
+    monkeypatch.setattr(session_module, "SAY_TIMEOUT", 1.0)
+    host = await open_host(nursery, "goal", name="ana")
+    proxy = DropProxy(host.relay.port)
+    await nursery.start(proxy.run)
+    ben = await _seated(nursery, host, proxy, "ben")
+    proxy.blackhole = True  # a partition: everything is lost, nothing is closed
+    receipt = await ben.send("said during the partition", wait=1.0)
+    # Not "failed, try again": it is queued, and will go out once the connection is back.
+    assert receipt.queued and receipt.seq is None
+    status = ben.status()
+    assert status.queued_says == 1 and any("queued" in w for w in status.warnings)
+    with pytest.raises(SayQueuedError, match="do not send it again"):
+        await ben.say("a second one")  # say() too reports it queued, not failed
+    proxy.blackhole = False
+    proxy.drop_all()  # the partition ends; the stale connection is cut
+    with trio.fail_after(20):
+        while ben.status().queued_says:
+            await ben.listen(ben.status().last_seq, 1.0)
+    seen = await collect(host, host.room.last_seq)
+    said = [m.text for m in seen if m.kind == "chat"]
+    assert said == ["said during the partition", "a second one"]
+    assert not [m for m in (await ben.listen(0, 0.0)).messages if m.event == "undelivered"]
+    await host.close()
+
+
+async def test_a_queued_say_that_cannot_be_delivered_is_reported(nursery):
+    host = await open_host(nursery, "goal", name="ana")
+    proxy = DropProxy(host.relay.port)
+    await nursery.start(proxy.run)
+    ben = await _seated(nursery, host, proxy, "ben")
+    ben.guest._resume_budget = 2.0
+    ben.guest._connect_timeout = 1.0
+    proxy.blackhole = True
+    assert (await ben.send("lost in the void", wait=1.0)).queued
+    proxy.drop_all()  # the member reconnects into the black hole and gives up
+    with trio.fail_after(20):
+        while not ben.closed:
+            await trio.sleep(0.05)  # (a listen here would take the notice)
+    got = (await ben.listen(ben.status().last_seq, 0.0)).messages
+    assert [(m.event, m.text) for m in got] == [
+        ("undelivered", "lost in the void"),
+        ("closed", None),
+    ]
+    assert "may or may not" in (got[0].reason or "")
+    assert ben.status().queued_says == 0
+    await host.close()
 
 
 async def _raw_member(link: str, name: str):
@@ -203,7 +325,7 @@ async def test_garbage_after_handshake_kills_only_that_connection(nursery):
     await host.close()
 
 
-async def test_unauthenticated_connections_are_capped(nursery):
+async def test_idle_connections_at_the_pending_cap_give_way_to_a_member(nursery):
     from tunnelproto import CLOSE_TOO_MANY_PENDING
 
     host = await open_host(nursery, "goal", name="ana", config=RoomConfig(max_pending=3))
@@ -211,24 +333,22 @@ async def test_unauthenticated_connections_are_capped(nursery):
     idle = [
         await connect_websocket(link.websocket_url, max_message_size=MAX_FRAME) for _ in range(3)
     ]
+    # A fourth arrival pushes out the oldest idle one, which hears why.
     extra = await connect_websocket(link.websocket_url, max_message_size=MAX_FRAME)
     with trio.fail_after(5):
         try:
-            await extra.receive()
+            await idle[0].receive()
         except WebSocketClosed as exc:
             assert exc.code == CLOSE_TOO_MANY_PENDING
         else:
-            raise AssertionError("expected the fourth pending connection to be refused")
-    # The real member still gets in once the idle ones are gone.
-    for ws in idle:
-        await ws.aclose()
+            raise AssertionError("expected the oldest pending connection to be closed")
+    # The real member gets in while the other idle ones still hold their slots.
     with trio.fail_after(5):
-        while True:
-            try:
-                await join(nursery, str(link), name="ben")
-                break
-            except Exception:
-                await trio.sleep(0.05)
+        ben = await join(nursery, str(link), name="ben")
+    seq = await ben.say("made it")
+    assert (await collect(host, seq))[-1].text == "made it"
+    for ws in idle[1:] + [extra]:
+        await ws.aclose()
     await host.close()
 
 
@@ -290,4 +410,35 @@ async def test_a_lost_first_confirmation_ends_in_a_fresh_join_even_through_more_
     seq = await ben.say("made it")
     assert (await collect(host, seq))[-1].text == "made it"
     assert not ben.closed
+    await host.close()
+
+
+async def test_a_partitioned_member_notices_no_later_than_the_host(nursery, autojump_clock):
+    # Virtual time: a partition (everything lost, nothing closed) while the host keeps talking.
+    # The host notices by its stall timer (30 s); the member must not go on saying "connected"
+    # after that (it used to, until its own 60 s keepalive ran out).
+    host = await open_host(nursery, "goal", name="ana")
+    proxy = DropProxy(host.relay.port)
+    await nursery.start(proxy.run)
+    ben = await _seated(nursery, host, proxy, "ben")
+    start = trio.current_time()
+    proxy.blackhole = True
+
+    async def host_talks():
+        while True:
+            await host.say("anyone?")
+            await trio.sleep(5)
+
+    nursery.start_soon(host_talks)
+    noticed: dict[str, float] = {}
+    with trio.fail_after(600):
+        while len(noticed) < 2:
+            now = trio.current_time() - start
+            if ben.status().connection != "connected":
+                noticed.setdefault("member", now)
+            if not any(m.name == "ben" and m.connected for m in host.status().members):
+                noticed.setdefault("host", now)
+            await trio.sleep(0.5)
+    assert noticed["member"] <= noticed["host"], noticed
+    assert 20 <= noticed["member"] <= 31, noticed
     await host.close()

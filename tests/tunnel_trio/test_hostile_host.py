@@ -38,15 +38,22 @@ from tunnel_mcp.manager import TunnelManager
 from tunnel_mcp.server import build_server
 from tunnel_trio._ws import WebSocket, WebSocketClosed, listener_port, serve_websocket
 from tunnel_trio.session import MemberSession, join
-from tunnel_trio.session_types import JoinRefusedError, NotOpenError, TunnelError
+from tunnel_trio.session_types import (
+    JoinRefusedError,
+    NotOpenError,
+    SayQueuedError,
+    TunnelError,
+)
 from tunnelproto import MAX_FRAME, MAX_PLAINTEXT, MAX_UNACKED_SAYS, JoinLink, _codec
 from tunnelproto import _frames as f
 from tunnelproto._channel import MSG2_NOISE, MSG2_PLAIN_REFUSE, Channel, new_handshake, split_msg1
-from tunnelproto._link import b64url, invite_id, ticket_id
+from tunnelproto._link import b64url, invite_id, invite_psk, ticket_id, ticket_psk
 from tunnelproto._noise import HandshakeState
 
 # Guards against hangs only: no test waits this long when the member behaves.
 GUARD = 10.0
+#: A listen cap no test reaches, for the tests that read a whole (bounded) transcript at once.
+ALL = 2**40
 HOST_ID = 1
 MEMBER_ID = 7
 #: The largest handshake message 2 payload a member can receive: the message is one type byte,
@@ -137,9 +144,9 @@ class FakeHost:
         try:
             version, key_id, noise = split_msg1(await ws.receive())
             assert version == f.PROTOCOL_VERSION
-            keys = {
-                invite_id(self.secret, self.tunnel_id): self.secret,
-                ticket_id(self.ticket, self.tunnel_id): self.ticket,
+            keys = {  # key id -> PSK
+                invite_id(self.secret, self.tunnel_id): invite_psk(self.secret, self.tunnel_id),
+                ticket_id(self.ticket, self.tunnel_id): ticket_psk(self.ticket, self.tunnel_id),
             }
             if key_id not in keys:
                 refuse = f.Refuse(code="unknown-invite", msg="no such invite")
@@ -150,7 +157,7 @@ class FakeHost:
             )
             hello = f.decode_frame(hs.read_message(noise))
             assert isinstance(hello, f.Hello)
-            conn = HostConn(self, ws, hs, hello, resumed=keys[key_id] == self.ticket)
+            conn = HostConn(self, ws, hs, hello, resumed=key_id == ticket_id(self.ticket, self.tunnel_id))
             index = len(self.conns)
             self.conns.append(conn)
             script = self.scripts[index] if index < len(self.scripts) else self.then
@@ -620,8 +627,13 @@ async def test_a_broken_order_then_a_refused_resume_closes_with_a_reason(
     host = await fake(hostile, then=refuse_resume)
     session = await joined(nursery, host)
     await closed_cleanly(session)
-    assert [seq for seq, _, _ in await transcript(session)] == [1, 2]
+    assert [seq for seq, _, _ in await transcript(session)] == [1, 2, 0]
     assert "refused" in (session._end.message if session._end else "")
+    # The last word is a local `closed` notice that says why.
+    final = (await session.listen(2, 0.0)).messages
+    assert [(m.seq, m.event) for m in final] == [(0, "closed")]
+    assert "refused to take us back" in (final[0].reason or "")
+    assert clean_line(final[0].reason or "")
 
 
 # -- frames that are valid CBOR but wrong for the state -------------------------------------------
@@ -640,7 +652,9 @@ WRONG_FRAMES: dict[str, Callable[[HostConn], Value]] = {
     "unknown-frame-type": lambda c: {"t": "teleport", "seq": 1},
     "no-type": lambda c: {"seq": 1, "text": "hi"},
     "not-a-map": lambda c: [1, 2, 3],
-    "unknown-event-kind": lambda c: {"t": "event", "kind": "exploded", "seq": 1, "ts": 0},
+    # An unknown kind is a generic event (spec "Frames"), but only a well-formed one.
+    "malformed-event-kind": lambda c: {"t": "event", "kind": "Exploded!\n", "seq": 1, "ts": 0},
+    "overlong-event-kind": lambda c: {"t": "event", "kind": "x" * 33, "seq": 1, "ts": 0},
     "event-with-negative-member": lambda c: {
         "t": "event",
         "kind": "joined",
@@ -714,6 +728,35 @@ async def test_odd_but_legal_frames_keep_the_connection(fake: Any, nursery: trio
     assert session.status().members == []
 
 
+async def test_an_unknown_event_kind_is_kept_as_a_generic_event(
+    fake: Any, nursery: trio.Nursery
+) -> None:
+    """A later host may send kinds this member does not know: they keep their place in the
+    total order, and the connection stays up."""
+
+    async def later(conn: HostConn) -> None:
+        await conn.welcome()
+        await conn.send(
+            conn.chat("one"),
+            conn.event("x-later-kind", member=HOST_ID, name="host\nname", summary="some text"),
+            conn.chat("two"),
+        )
+        await conn.serve()
+
+    host = await fake(later)
+    session = await joined(nursery, host)
+    await until(lambda: session.status().last_seq == 3)
+    got = await session.listen(0, 0.0)
+    assert [(m.seq, m.kind, m.event, m.text) for m in got.messages] == [
+        (1, "chat", None, "one"),
+        (2, "event", "x-later-kind", "some text"),
+        (3, "chat", None, "two"),
+    ]
+    assert got.messages[1].subject is not None and got.messages[1].subject.id == HOST_ID
+    assert await session.say("still here") == 4
+    assert len(host.conns) == 1
+
+
 # -- content at the limits ------------------------------------------------------------------------
 
 
@@ -737,7 +780,8 @@ async def test_hostile_but_valid_content_is_kept_as_data(fake: Any, nursery: tri
             conn.event("joined", member=5, name=FORGERIES[0] * 500),
             conn.event("left", member=U64, name=FORGERIES[3], summary=FORGERIES[1]),
             conn.event("closed", summary=FORGERIES[0] * 1000),  # an event, not the end
-            conn.event("reconnected"),
+            # (Which fields each kind must carry is the decoder's rule: spec section 9.)
+            conn.event("reconnected", member=U64, name=FORGERIES[2]),
         ]
         await conn.send(*frames)
         await jump.wait()
@@ -750,7 +794,7 @@ async def test_hostile_but_valid_content_is_kept_as_data(fake: Any, nursery: tri
     session = await joined(nursery, host)
     count = 1 + len(FORGERIES) + 1 + 4
     await until(lambda: session.status().last_seq == count)
-    got = await session.listen(0, 0.0, include_own=True)
+    got = await session.listen(0, 0.0, include_own=True, max_bytes=ALL)
     texts = [m.text for m in got.messages if m.kind == "chat"]
     assert texts == [biggest[0], *FORGERIES, "epoch"]  # verbatim: data is data
     assert [m.event for m in got.messages[-4:]] == ["joined", "left", "closed", "reconnected"]
@@ -771,7 +815,7 @@ async def test_hostile_but_valid_content_is_kept_as_data(fake: Any, nursery: tri
 # -- says the host does not answer properly -------------------------------------------------------
 
 
-async def test_a_say_the_host_never_answers_ends_in_a_tunnel_error(
+async def test_a_say_the_host_never_answers_is_reported_queued(
     fake: Any, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Long enough that every say below is queued (or refused for the backlog) before the first
@@ -779,8 +823,11 @@ async def test_a_say_the_host_never_answers_ends_in_a_tunnel_error(
     monkeypatch.setattr(session_module, "SAY_TIMEOUT", 2.0)
     host = await fake(silent)
     session = await joined(nursery, host)
-    with trio.fail_after(GUARD), pytest.raises(TunnelError, match="did not confirm"):
+    # Not "failed": it stays in the connection's unconfirmed set, so saying it again would
+    # duplicate it if the host ever answers.
+    with trio.fail_after(GUARD), pytest.raises(SayQueuedError, match="do not send it again"):
         await session.say("anyone?")
+    assert session.status().queued_says == 1
 
     # Unanswered says pile up to the member's limit, then fail at once: never without bound.
     outcomes: list[str] = []
@@ -802,6 +849,62 @@ async def test_a_say_the_host_never_answers_ends_in_a_tunnel_error(
         lambda: sum(isinstance(x, f.Say) for x in host.conns[0].received) == MAX_UNACKED_SAYS
     )
     assert session.status().connection == "connected"
+    await probe(session)
+
+
+def _queued_then(answer: dict[str, Any] | None) -> tuple[trio.Event, Script, Script]:
+    """Scripts for a say that goes unanswered until the connection drops (`drop` is set by the
+    test), then meets `answer` (an error frame's fields) on the resumed connection, then an
+    honest room."""
+    drop = trio.Event()
+
+    async def first(conn: HostConn) -> None:
+        await conn.welcome()
+        assert isinstance(await conn.receive(), f.Ack)
+        assert isinstance(await conn.receive(), f.Say)  # never answered
+        await drop.wait()
+        await conn.ws.aclose()
+
+    async def resumed(conn: HostConn) -> None:
+        await conn.welcome()
+        while not isinstance(frame := await conn.receive(), f.Say):
+            pass
+        assert answer is not None
+        await conn.send(f.Error(ref=frame.ref, **answer))
+        await conn.serve()
+
+    return drop, first, resumed
+
+
+async def test_a_queued_say_the_host_rate_limits_after_the_resume_is_sent_again(
+    fake: Any, nursery: trio.Nursery
+) -> None:
+    drop, first, resumed = _queued_then({"code": "rate-limited", "msg": "slow down", "retry": 50})
+    host = await fake(first, resumed)
+    session = await joined(nursery, host)
+    assert (await session.send("hold on", wait=0.2)).queued
+    drop.set()
+    await until(lambda: session.status().queued_says == 0 and len(host.conns) >= 2)
+    said = [x for c in host.conns for x in c.received if isinstance(x, f.Say)]
+    assert [x.text for x in said] == ["hold on"] * 3  # unanswered, rate-limited, stamped
+    got = await session.listen(0, 0.0, include_own=True)
+    assert [(m.kind, m.event, m.text) for m in got.messages] == [("chat", None, "hold on")]
+    await probe(session)
+
+
+async def test_a_queued_say_the_host_refuses_comes_back_as_undelivered(
+    fake: Any, nursery: trio.Nursery
+) -> None:
+    drop, first, resumed = _queued_then({"code": "x\n", "msg": FORGERIES[0]})
+    host = await fake(first, resumed)
+    session = await joined(nursery, host)
+    assert (await session.send("hold on", wait=0.2)).queued
+    drop.set()
+    await until(lambda: session.status().queued_says == 0 and len(host.conns) >= 2)
+    got = (await session.listen(0, 0.0)).messages
+    assert [(m.seq, m.event, m.text) for m in got] == [(0, "undelivered", "hold on")]
+    assert got[0].reason and clean_line(got[0].reason) and "did not accept" in got[0].reason
+    assert (await session.listen(0, 0.0)).messages == []  # handed out once
     await probe(session)
 
 
@@ -954,7 +1057,7 @@ async def test_an_endless_stream_keeps_memory_bounded(
     # holds stays near the cap (the member's names, up to 4096 of them, come on top).
     assert measured[1] - measured[0] < 512 * 1024, measured
     assert measured[1] < 2 * cap, f"{measured[1]} bytes held for a transcript capped at {cap}"
-    got = await session.listen(0, 0.0, include_own=True)
+    got = await session.listen(0, 0.0, include_own=True, max_messages=ALL, max_bytes=ALL)
     assert got.messages[0].event == "history-truncated"
     assert got.messages[-1].seq == total
     assert await session.say("still here") == total + 1

@@ -166,10 +166,11 @@ def _member_secrets(secrets: Secrets, member: MemberSession, who: str) -> None:
 def _host_secrets(secrets: Secrets, host: HostSession) -> None:
     room = host.room
     for invite in room._invites.values():
-        secrets.add(invite.secret, "an invite secret the room holds")
+        secrets.add(invite.secret, "an invite secret the room holds")  # None once used
+        secrets.add(invite.psk, "an invite's Noise PSK the room holds")
     for seat in room._seats.values():
-        for ticket in seat.tickets.values():
-            secrets.add(ticket, f"a resume ticket of seat {seat.id}")
+        for psk in seat.tickets.values():
+            secrets.add(psk, f"a resume ticket's PSK of seat {seat.id}")
     for conn in room._conns.values():
         if conn.channel is not None:
             secrets.add(conn.channel._send._k, f"the room's send key for conn {conn.id}")

@@ -526,10 +526,60 @@ async def test_connections_beyond_the_cap_are_closed(
     await first.send(b"one")
     assert await first.receive() == b"one"  # the first connection is surely counted now
     excess = await connect_tcp(port)
-    assert await read_until_eof(excess) == b""
+    # The one connection held is a working WebSocket: it is never pushed out; the newcomer is
+    # turned away, and told why.
+    assert (await read_until_eof(excess)).startswith(b"HTTP/1.1 503 ")
     await first.send(b"two")
     assert await first.receive() == b"two"
     await first.close()
+
+
+async def test_at_the_cap_the_oldest_unfinished_request_gives_way(
+    connect_tcp: TcpConnector, nursery: trio.Nursery
+) -> None:
+    # Slowloris: connections that never finish their request head fill every slot. Refusing
+    # newcomers would lock every client out; the oldest unfinished one goes instead, told why.
+    port = await start_server(nursery, echo, max_connections=3)
+    slow = []
+    for _ in range(3):
+        stream = await connect_tcp(port)
+        await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        slow.append(stream)
+    await trio.testing.wait_all_tasks_blocked()  # the server holds all three
+    clients = []
+    for i in range(3):
+        client = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+        await client.send(b"in")
+        assert await client.receive() == b"in"
+        # The oldest slow one was pushed out, in arrival order.
+        assert (await read_until_eof(slow[i])).startswith(b"HTTP/1.1 503 ")
+        clients.append(client)
+    # Working WebSockets are never pushed out: now a newcomer is the one turned away.
+    assert (await read_until_eof(await connect_tcp(port))).startswith(b"HTTP/1.1 503 ")
+    for client in clients:
+        await client.send(b"still here")
+        assert await client.receive() == b"still here"
+        await client.close()
+
+
+async def test_at_the_cap_a_connection_only_waiting_for_a_close_gives_way(
+    connect_tcp: TcpConnector, nursery: trio.Nursery
+) -> None:
+    async def close_at_once(ws: WebSocket) -> None:
+        await ws.close(4000, "go away")
+
+    port = await start_server(nursery, close_at_once, max_connections=1)
+    # A peer that reads our Close and never answers it: the server waits (close_timeout) for
+    # an answer that never comes, holding the only slot.
+    mute = await RawClient.connect(await connect_tcp(port))
+    event = await mute.next_event()
+    assert isinstance(event, CloseConnection) and event.code == 4000
+    await trio.testing.wait_all_tasks_blocked()
+    # It has nothing left to deliver, so a newcomer takes its slot instead of being refused.
+    with trio.fail_after(GUARD), pytest.raises(WebSocketClosed) as closed:
+        client = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+        await client.receive()
+    assert closed.value.code == 4000
 
 
 async def test_a_connection_flood_logs_one_warning_not_one_per_connection(
@@ -541,10 +591,10 @@ async def test_a_connection_flood_logs_one_warning_not_one_per_connection(
     assert await first.receive() == b"one"
     with caplog.at_level(logging.WARNING, logger="tunnel_trio"):
         for _ in range(20):
-            assert await read_until_eof(await connect_tcp(port)) == b""
+            assert (await read_until_eof(await connect_tcp(port))).startswith(b"HTTP/1.1 503 ")
     refusals = [r for r in caplog.records if "refusing connections" in r.getMessage()]
     assert len(refusals) == 1
-    assert "1 already open (1 refused since the last warning" in refusals[0].getMessage()
+    assert "1 already open (1 refused and 0 evicted" in refusals[0].getMessage()
     await first.close()
 
 

@@ -14,21 +14,30 @@ Imported by tests/tunnelproto and by fuzz/ (both put this directory on sys.path)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tunnelproto import (
+    FILES_CAP,
     MAX_FRAME,
     MAX_PLAINTEXT,
     ChatMessage,
+    ChunkReceived,
     ConnectionEnded,
     Disconnect,
+    FetchAborted,
+    FetchComplete,
+    FileEntry,
+    FileOffer,
+    FileOfferEnded,
     Invite,
     JoinLink,
     MemberConnection,
     MemberEntry,
     MemberState,
+    ReadRequest,
     RemoteProtocolError,
     ResumeState,
     Room,
@@ -37,6 +46,7 @@ from tunnelproto import (
     SayAccepted,
     SayRejected,
     Send,
+    ShareAccepted,
     TranscriptEntry,
     TunnelEvent,
     Welcomed,
@@ -47,6 +57,43 @@ from tunnelproto._link import ID_LEN
 
 BASE_URL = "https://tunnel.example"
 START = 1000.0
+#: What the harness's relay pulls per connection per step (a real relay: when its queue is low).
+BULK_BATCH = 64 * 1024
+
+
+def manifest(contents: list[bytes], prefix: str = "f") -> list[FileEntry]:
+    """A manifest for files with these contents."""
+    return [
+        FileEntry(f"{prefix}/{i}.bin", len(data), hashlib.sha256(data).digest())
+        for i, data in enumerate(contents)
+    ]
+
+
+@dataclass(eq=False)
+class Disk:
+    """One side's driver for files: what it shares (contents by offer and file) and what it
+    received (bytes by transfer, in order). `auto_read` answers ReadRequests at once,
+    `auto_grant` grants the credit back as soon as a chunk is "written"."""
+
+    shares: dict[int, list[bytes]] = field(default_factory=dict)  # ref (member) -> contents
+    offers: dict[int, list[bytes]] = field(default_factory=dict)  # offer id -> contents
+    received: dict[int, bytearray] = field(default_factory=dict)
+    starts: dict[int, int] = field(default_factory=dict)  # transfer -> first offset
+    complete: set[int] = field(default_factory=set)
+    aborted: dict[int, FetchAborted] = field(default_factory=dict)
+    #: Outstanding reads (when not auto), each with the object that asked: a driver answers
+    #: on that one (a read for a connection that died is dropped there).
+    reads: list[tuple[object, ReadRequest]] = field(default_factory=list)
+    #: transfer -> the whole file it fetches: every ChunkReceived is checked against it.
+    expect: dict[int, bytes] = field(default_factory=dict)
+    auto_read: bool = True
+    auto_grant: bool = True
+    ungranted: dict[int, int] = field(default_factory=dict)
+    #: Most bytes of ChunkReceived ever delivered and not yet granted back, per transfer.
+    peak_ungranted: int = 0
+
+    def content(self, offer: int, file: int) -> bytes:
+        return self.offers[offer][file]
 
 
 class DetRng:
@@ -79,6 +126,9 @@ class Peer:
     refused_at_door: bool = False
     hold_in: bool = False  # room -> member messages wait in `inbox` (the member stopped reading)
     hold_out: bool = False  # member -> room messages wait in `outbox`
+    #: The member's driver drains its output after every message it reads (as a driver that
+    #: answers each message at once would), rather than once all that arrived together is read.
+    drain_each: bool = False
     inbox: list[bytes] = field(default_factory=list)
     outbox: list[bytes] = field(default_factory=list)
     connections: list[MemberConnection] = field(default_factory=list)
@@ -92,18 +142,21 @@ class Peer:
     errors: list[RemoteProtocolError] = field(default_factory=list)
     sent: list[bytes] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)
+    caps: tuple[str, ...] = ()
+    disk: Disk = field(default_factory=Disk)
 
     @property
     def events(self) -> list[TunnelEvent]:
         return [ev for evs in self.conn_events for ev in evs]
 
     @property
-    def entries(self) -> list[ChatMessage | RoomEvent]:
+    def entries(self) -> list[ChatMessage | RoomEvent | FileOffer | FileOfferEnded]:
         """Transcript entries this seat received, over all its connections, in order."""
         return [
             ev
             for ev in self.events
-            if isinstance(ev, ChatMessage) or (isinstance(ev, RoomEvent) and ev.seq > 0)
+            if isinstance(ev, ChatMessage | FileOffer | FileOfferEnded)
+            or (isinstance(ev, RoomEvent) and ev.seq > 0)
         ]
 
     @property
@@ -146,6 +199,48 @@ class Peer:
             self.accept_count[ev.ref] = self.accept_count.get(ev.ref, 0) + 1
         elif isinstance(ev, SayRejected):
             self.rejected[ev.ref] = ev
+        elif isinstance(ev, ShareAccepted):
+            if ev.ref in self.disk.shares:
+                self.disk.offers[ev.offer_id] = self.disk.shares[ev.ref]
+        else:
+            drive_files(self.disk, self.mc.files, ev)
+
+
+def drive_files(disk: Disk, files: object, ev: object) -> None:
+    """What a file driver does with one event (files: a MemberFiles or a RoomFiles)."""
+    if isinstance(ev, ReadRequest):
+        disk.reads.append((files, ev))
+        if disk.auto_read:
+            serve_reads(disk)
+    elif isinstance(ev, ChunkReceived):
+        got = disk.received.setdefault(ev.transfer, bytearray())
+        disk.starts.setdefault(ev.transfer, ev.offset)
+        assert ev.offset == disk.starts[ev.transfer] + len(got), "a chunk out of order"
+        want = disk.expect.get(ev.transfer)
+        if want is not None:
+            assert ev.data == want[ev.offset : ev.offset + len(ev.data)], "a byte not shared"
+        got += ev.data
+        disk.ungranted[ev.transfer] = disk.ungranted.get(ev.transfer, 0) + len(ev.data)
+        disk.peak_ungranted = max(disk.peak_ungranted, disk.ungranted[ev.transfer])
+        if disk.auto_grant:
+            grant_all(disk, files)
+    elif isinstance(ev, FetchComplete):
+        disk.complete.add(ev.transfer)
+    elif isinstance(ev, FetchAborted):
+        disk.aborted[ev.transfer] = ev
+
+
+def serve_reads(disk: Disk) -> None:
+    reads, disk.reads = disk.reads, []
+    for files, req in reads:
+        data = disk.content(req.offer_id, req.file)[req.offset : req.offset + req.size]
+        files.provide_chunk(req.transfer, req.offset, data)  # type: ignore[attr-defined]
+
+
+def grant_all(disk: Disk, files: object) -> None:
+    pending, disk.ungranted = disk.ungranted, {}
+    for transfer, n in pending.items():
+        files.grant(transfer, n)  # type: ignore[attr-defined]
 
 
 class Net:
@@ -174,14 +269,24 @@ class Net:
         #: Seq of the room's closing event, once the room has closed.
         self.close_seq: int | None = None
         self._labels = 0
+        #: The host's own file driver.
+        self.host_disk = Disk()
+        #: Every chunk message the relay pulled, by connection (for memory and order checks).
+        self.bulk_out: list[tuple[int, int]] = []
+        #: False: the relay's queues are never low, it pulls nothing from its bulk lane.
+        self.bulk_enabled = True
+        self._links: dict[bytes, JoinLink] = {}
 
     # ------------------------------------------------------------------ setup
 
     def mint(self, n: int = 1) -> list[Invite]:
-        return self.room.mint_invites(n, self.now)
+        invites = self.room.mint_invites(n, self.now)
+        for invite in invites:  # kept as the human who forwarded it would: the room forgets
+            self._links[invite.invite_id] = invite.link(BASE_URL, self.room.tunnel_id)
+        return invites
 
     def link(self, invite: Invite) -> JoinLink:
-        return invite.link(BASE_URL, self.room.tunnel_id)
+        return self._links[invite.invite_id]
 
     def join(
         self,
@@ -190,12 +295,15 @@ class Net:
         *,
         pump: bool = True,
         label: str | None = None,
+        files: bool = False,
     ) -> Peer:
-        """A new member dials in with `invite` (a fresh one is minted when None)."""
+        """A new member dials in with `invite` (a fresh one is minted when None); with `files`
+        it announces files/1."""
         if invite is None:
             invite = self.mint(1)[0]
         link = self.link(invite) if isinstance(invite, Invite) else invite
-        mc = MemberConnection(link, name, self.now, rng=self.rng)
+        caps = (FILES_CAP,) if files else ()
+        mc = MemberConnection(link, name, self.now, rng=self.rng, caps=caps)
         self._labels += 1
         peer = Peer(
             label=label or f"p{self._labels}",
@@ -204,6 +312,7 @@ class Net:
             mc=mc,
             invite=invite if isinstance(invite, Invite) else None,
             joined_at=self.now,
+            caps=caps,
         )
         self.peers.append(peer)
         self._attach(peer, mc)
@@ -219,7 +328,9 @@ class Net:
         if state is None:
             state = peer.mc.resume_state()
         assert state is not None, "nothing to resume"
-        mc = MemberConnection(peer.link, peer.name, self.now, resume=state, rng=self.rng)
+        mc = MemberConnection(
+            peer.link, peer.name, self.now, resume=state, rng=self.rng, caps=peer.caps
+        )
         peer.inbox.clear()
         peer.outbox.clear()
         peer.hold_in = peer.hold_out = False
@@ -251,6 +362,7 @@ class Net:
     def open_raw(self) -> int:
         conn_id = self.room.open_connection(self.now)
         assert conn_id is not None
+        self.pump()  # as a driver does: an arrival may push out another connection
         return conn_id
 
     def feed_raw(self, conn_id: int, data: bytes) -> list[Send | Disconnect]:
@@ -276,6 +388,34 @@ class Net:
             self.pump()
         return ref
 
+    def share(
+        self, peer: Peer, contents: list[bytes], name: str = "files", *, pump: bool = True,
+        note: str | None = None, prefix: str = "f",
+    ) -> int:
+        """`peer` shares files with these contents; returns the ref."""
+        ref = peer.mc.files.share(name, manifest(contents, prefix), note=note)
+        peer.disk.shares[ref] = contents
+        if pump:
+            self.pump()
+        return ref
+
+    def host_share(self, contents: list[bytes], name: str = "files", prefix: str = "f") -> int:
+        info = self.room.files.share(name, manifest(contents, prefix), self.now)
+        self.host_disk.offers[info.id] = contents
+        self.pump()
+        return info.id
+
+    def fetch(self, peer: Peer, offer: int, file: int, contents: list[bytes], **kw: int) -> int:
+        """`peer` fetches; every chunk it gets is checked against `contents[file]`."""
+        x = peer.mc.files.fetch(offer, file, **kw)
+        peer.disk.expect[x] = contents[file]
+        self.pump()
+        return x
+
+    def offer_of(self, peer: Peer, ref: int) -> int:
+        (acc,) = [ev for ev in peer.events if isinstance(ev, ShareAccepted) and ev.ref == ref]
+        return acc.offer_id
+
     def host_say(self, text: str, *, pump: bool = True) -> TranscriptEntry:
         entry = self.room.say(text, self.now)
         if pump:
@@ -290,6 +430,12 @@ class Net:
     def close(self, summary: str | None = None) -> None:
         self.room.close(summary, self.now)
         self.pump()
+
+    def remove(self, member_id: int, reason: str | None = None) -> TranscriptEntry:
+        """The host removes a member (connected or not) for good."""
+        entry = self.room.remove(member_id, reason, self.now)
+        self.pump()
+        return entry
 
     def drop(self, peer: Peer, *, room_notices: bool = True, pump: bool = True) -> None:
         """The transport under `peer` dies; whatever was in flight is lost. With
@@ -376,15 +522,38 @@ class Net:
     def _step(self) -> bool:
         moved = False
         for peer in list(self.peers):
+            self._drain_events(peer)  # what local calls (fetch, share) emitted
             moved |= self._flush_member(peer)
         out = self.room.data_to_send()
         if out:
             moved = True
         for item in out:
             self._route(item)
+        moved |= self._drive_host_files()
+        # The bulk lane, after everything above: what a relay does when its queues are low.
+        for conn_id in self.room.bulk_connections() if self.bulk_enabled else ():
+            peer = self.by_conn.get(conn_id)
+            if peer is not None and peer.hold_in:
+                continue  # the member stopped reading: its queue is full, nothing is pulled
+            sealed = self.room.pull_bulk(conn_id, BULK_BATCH)
+            assert 0 < sealed <= BULK_BATCH + MAX_FRAME
+            self.bulk_out.append((conn_id, sealed))
+            moved = True
+            for item in self.room.data_to_send():
+                self._route(item)
+        for peer in list(self.peers):
+            if peer.transport_open and not peer.hold_out and peer.mc.has_bulk():
+                moved |= peer.mc.pull_bulk(BULK_BATCH) > 0
+                self._flush_member(peer)
         if self.room.closed and self.close_seq is None:
             self.close_seq = self.room.last_seq
         return moved
+
+    def _drive_host_files(self) -> bool:
+        events = self.room.files.take_events()
+        for ev in events:
+            drive_files(self.host_disk, self.room.files, ev)
+        return bool(events)
 
     def _flush_member(self, peer: Peer) -> bool:
         data = peer.mc.data_to_send()
@@ -435,10 +604,14 @@ class Net:
         except RemoteProtocolError as exc:
             peer.errors.append(exc)
         self._drain_events(peer)
+        if peer.drain_each:
+            self._flush_member(peer)
 
     def _drain_events(self, peer: Peer) -> None:
         while (ev := peer.mc.next_event()) is not None:
             peer.record(ev)
+        if peer.disk.auto_read and peer.disk.reads:
+            serve_reads(peer.disk)
 
     # ------------------------------------------------------------------ checks
 
@@ -498,7 +671,7 @@ def check_peer(
                 assert expected is not None and ev.first_seq > expected
                 expected = ev.first_seq
                 continue
-            if not isinstance(ev, ChatMessage | RoomEvent):
+            if not isinstance(ev, ChatMessage | RoomEvent | FileOffer | FileOfferEnded):
                 continue
             assert expected is not None, f"{peer.label}: transcript entry before welcome"
             assert ev.seq == expected, f"{peer.label}: got seq {ev.seq}, expected {expected}"
@@ -508,7 +681,22 @@ def check_peer(
             entry = room_entries.get(ev.seq)
             if entry is None:
                 continue  # dropped by the transcript cap since
+            if isinstance(ev, FileOffer):
+                assert entry.offer is not None and entry.event == "file-offer"
+                assert dataclasses.replace(ev.offer, files=()) == entry.offer
+                assert entry.ts == ev.offer.ts
+                stamped = _frames.decode_frame(entry.frame)
+                assert isinstance(stamped, _frames.Offer) and stamped.files == ev.offer.files
+                continue
             assert entry.ts == ev.ts
+            if isinstance(ev, FileOfferEnded):
+                assert entry.offer is not None and entry.event == "file-offer-ended"
+                assert (ev.offer_id, ev.sharer, ev.reason) == (
+                    entry.offer.id,
+                    entry.offer.sharer,
+                    entry.summary,
+                )
+                continue
             if isinstance(ev, ChatMessage):
                 assert entry.kind == "chat"
                 assert (entry.sender, entry.text) == (ev.sender_id, ev.text)
@@ -537,7 +725,7 @@ class FakeHost:
         hs = new_handshake(
             initiator=False,
             tunnel_id=self.link.tunnel_id,
-            psk=self.link.secret if psk is None else psk,
+            psk=self.link.psk if psk is None else psk,
             rng=self.rng,
         )
         hs.read_message(msg1[1 + ID_LEN :])
@@ -593,7 +781,7 @@ def craft_msg1(
     """Handshake message 1 made with the link's real secret but carrying any `payload` as the
     hello: reaches the room's hello parsing, which random bytes never would."""
     hs = new_handshake(
-        initiator=True, tunnel_id=link.tunnel_id, psk=link.secret, rng=rng or DetRng(b"craft")
+        initiator=True, tunnel_id=link.tunnel_id, psk=link.psk, rng=rng or DetRng(b"craft")
     )
     noise = hs.write_message(payload[: MAX_PLAINTEXT - 32])
     return bytes([version]) + (link.invite_id if key_id is None else key_id) + noise

@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from tunnelproto import JoinLink, LinkError, LocalProtocolError, Room
+from tunnelproto._link import invite_psk, ticket_psk
 
 SECRET = bytes(range(32))
 SECRET_TEXT = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
@@ -122,6 +123,39 @@ def test_invite_id_is_a_keyed_hash_of_the_secret_bound_to_the_tunnel() -> None:
     # The id reveals nothing of the secret: no 4-byte window of one is in the other.
     for i in range(len(SECRET) - 3):
         assert SECRET[i : i + 4] not in link.invite_id
+
+
+def test_the_psk_and_the_key_id_come_from_the_secret_under_separate_labels() -> None:
+    # The secret is never itself the Noise PSK: both the id (sent in the clear) and the PSK
+    # are derived from it, each under its own label, so the two uses cannot interact.
+    link = JoinLink(base_url="https://h.example", tunnel_id=TUNNEL, secret=SECRET)
+    expected = hashlib.blake2b(
+        b"tunnel-mcp/1 invite-psk" + TUNNEL.encode(), key=SECRET, digest_size=32
+    ).digest()
+    assert link.psk == expected
+    assert link.psk != SECRET and link.psk[:16] != link.invite_id
+    assert ticket_psk(SECRET, TUNNEL) == hashlib.blake2b(
+        b"tunnel-mcp/1 ticket-psk" + TUNNEL.encode(), key=SECRET, digest_size=32
+    ).digest()
+    assert len({link.psk, ticket_psk(SECRET, TUNNEL), invite_psk(SECRET, "other-tunnel-id")}) == 3
+
+
+def test_a_used_invite_keeps_its_psk_but_forgets_its_secret() -> None:
+    from harness import Net
+
+    net = Net()
+    (invite,) = net.mint(1)
+    link = net.link(invite)
+    assert invite.secret == link.secret
+    ana = net.join("ana", invite)
+    assert ana.is_open and invite.state == "used"
+    assert invite.secret is None  # the link cannot be rebuilt from the room's memory
+    assert invite.psk == link.psk
+    with pytest.raises(LocalProtocolError):
+        invite.link("https://h.example", net.room.tunnel_id)
+    # The PSK is all a refusal inside Noise needs: a second use still hears "used".
+    again = net.join("eve", link)
+    assert [getattr(e, "code", None) for e in again.events][:1] == ["used"]
 
 
 def test_invites_minted_by_a_room_each_have_their_own_secret_and_link() -> None:

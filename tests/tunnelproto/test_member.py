@@ -21,6 +21,7 @@ from tunnelproto import (
     Welcomed,
     _frames,
 )
+from tunnelproto._link import ticket_psk
 
 LINK = JoinLink("https://h.example", "abcdefghijklmnop", bytes(range(32)))
 
@@ -307,7 +308,7 @@ def test_resumed_welcome_must_match_the_seat() -> None:
             resumed=True,
             limits={},
         ).encode(),
-        psk=state.ticket,
+        psk=ticket_psk(state.ticket, ana.link.tunnel_id),
     )
     with pytest.raises(RemoteProtocolError, match="seat"):
         mc.receive_data(reply, START)

@@ -8,10 +8,13 @@ from core_properties import (
     MEMBER_STATES,
     ROOM_STATES,
     RoomMachine,
+    check_chunk_decode,
     check_codec,
+    check_file_frames,
     check_link_parse,
     check_member_garbage,
     check_room_garbage,
+    chunkish,
     link_texts,
 )
 from hypothesis import HealthCheck, given, settings
@@ -49,6 +52,17 @@ def test_codec_garbage(data: bytes) -> None:
 @given(link_texts)
 def test_link_parse_garbage(text: str) -> None:
     check_link_parse(text)
+
+
+@given(chunkish() | st.binary(max_size=60))
+def test_the_direct_chunk_reader_agrees_with_the_decoder(data: bytes) -> None:
+    check_chunk_decode(data)
+
+
+@settings(max_examples=budget(0.5), suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_file_frames_from_members_cannot_grow_the_hosts_memory(data: st.DataObject) -> None:
+    check_file_frames(data)
 
 
 TestRoomMachine = RoomMachine.TestCase

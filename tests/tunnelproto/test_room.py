@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from harness import START, Net, Peer, seal_as_member
+from harness import BASE_URL, START, Net, Peer, seal_as_member
 
 from tunnelproto import (
     CLOSE_REFUSED,
+    CLOSE_REPLACED,
+    CLOSE_TOO_MANY_PENDING,
     MAX_FRAME,
     MAX_NAME_CHARS,
     MAX_TEXT_BYTES,
@@ -17,6 +19,7 @@ from tunnelproto import (
     MemberConnection,
     MemberEntry,
     Refused,
+    RemoteProtocolError,
     Room,
     RoomConfig,
     RoomEvent,
@@ -246,7 +249,7 @@ def test_unknown_invite_gets_a_plaintext_refusal() -> None:
     net = Net()
     stranger = Room("other", "h", START, tunnel_id=net.room.tunnel_id)
     (foreign,) = stranger.mint_invites(1, START)
-    peer = net.join("eve", net.link(foreign))
+    peer = net.join("eve", foreign.link(BASE_URL, stranger.tunnel_id))
     (refused,) = [e for e in peer.events if isinstance(e, Refused)]
     assert refused.code == "unknown-invite"
     assert "fresh link" in refused.message
@@ -390,20 +393,69 @@ def test_rate_limit_rejects_with_retry_and_is_not_fatal() -> None:
     net.check()
 
 
-def test_unauthenticated_connection_cap() -> None:
+def test_a_newcomer_at_the_pending_cap_pushes_out_the_oldest_idle_connection() -> None:
     net = Net(config=RoomConfig(max_pending=3))
     ana = net.join("ana")  # seated connections do not count
-    conns = [net.open_raw() for _ in range(3)]
+    idle = [net.open_raw() for _ in range(3)]
+    # Refusing the newcomer would let 3 idle sockets, reopened as they time out, lock the door.
+    # The oldest idle one goes instead, with the code that says why.
+    newcomer = net.open_raw()
+    assert net.raw_disconnected(idle[0]) == Disconnect(
+        idle[0], CLOSE_TOO_MANY_PENDING, "too many pending connections"
+    )
+    assert [net.raw_disconnected(c) for c in idle[1:] + [newcomer]] == [None, None, None]
+    # A real member gets in past them, every time, however often they are reopened.
+    for i in range(5):
+        net.open_raw()
+        peer = net.join(f"bob{i}")
+        assert peer.is_open and not peer.refused_at_door
+    assert ana.is_open
+    net.check()
+
+
+def test_connections_past_message_1_are_never_pushed_out() -> None:
+    # Past message 1 a connection holds a live invite or ticket: it is never evicted, and when
+    # every pending slot holds one, the newcomer is the one refused.
+    net = Net(config=RoomConfig(max_pending=2))
+    links = [net.link(invite) for invite in net.mint(2)]
+    confirming = []
+    for i, link in enumerate(links):
+        mc = MemberConnection(link, f"m{i}", net.now)
+        conn = net.open_raw()
+        net.feed_raw(conn, mc.data_to_send()[0])  # message 1; the ack is not sent yet
+        confirming.append(conn)
     assert net.room.open_connection(net.now) is None
-    peer = net.join("bob")
+    assert [net.raw_disconnected(c) for c in confirming] == [None, None]
+    peer = net.join("late")
     assert peer.refused_at_door and not peer.is_open
     end = peer.last_end()
     assert end is not None and end.resumable  # to the member it looks like a dropped socket
-    net.tick(10.0)  # the three time out and free their slots
-    for conn in conns:
-        assert net.raw_disconnected(conn) is not None
-    assert net.join("bob").is_open
-    assert ana.is_open
+    net.tick(10.0)  # the two time out and free their slots
+    assert net.join("late").is_open
+
+
+def test_resumes_a_member_never_confirms_hold_one_pending_slot() -> None:
+    # A member could otherwise fill every pending slot with resumes of its seat that it never
+    # confirms (they are past message 1, so never pushed out) and lock everyone else out.
+    net = Net(config=RoomConfig(max_pending=3))
+    ana = net.join("ana")
+    state = ana.mc.resume_state()
+    attempts = []
+    for _ in range(5):
+        mc = MemberConnection(ana.link, "ana", net.now, resume=state)
+        conn = net.open_raw()
+        out = net.feed_raw(conn, mc.data_to_send()[0])
+        assert isinstance(out[0], Send) and out[0].data[0] == 0x00  # a welcome, never acked
+        attempts.append(conn)
+    # Each newer resume replaced the one before it; only the newest is still waiting.
+    for conn in attempts[:-1]:
+        assert net.raw_disconnected(conn) == Disconnect(
+            conn, CLOSE_REPLACED, "replaced by a newer resume"
+        )
+    assert net.raw_disconnected(attempts[-1]) is None
+    assert net.join("bob").is_open and net.join("cy").is_open
+    assert ana.is_open  # the seat's live connection is untouched until a resume confirms
+    net.check()
 
 
 def test_a_room_with_seated_members_still_takes_new_connections() -> None:
@@ -500,3 +552,44 @@ def test_capacity_is_capped_so_a_full_roster_fits_one_frame() -> None:
         len(Roster(members=roster).encode()) + len(("\U0001f600" * MAX_GOAL_CHARS).encode())
         < MAX_PLAINTEXT
     )
+
+
+# ---------------------------------------------------------------------------------- input types
+
+
+def test_transport_messages_may_be_any_bytes_like_object() -> None:
+    # Drivers get bytearray or memoryview from their sockets as often as bytes: a peer's
+    # message must not fail on its container (before, Room.receive raised TypeError).
+    room = Room("goal", "host", START)
+    (invite,) = room.mint_invites(1, START)
+    mc = MemberConnection(invite.link(BASE_URL, room.tunnel_id), "ana", START)
+    conn = room.open_connection(START)
+    assert conn is not None
+    wrappers = (bytearray, memoryview, lambda b: memoryview(bytearray(b)))
+
+    def exchange() -> None:
+        for i, data in enumerate(mc.data_to_send()):
+            room.receive(conn, wrappers[i % 3](data), START)
+        for i, out in enumerate(room.data_to_send()):
+            assert isinstance(out, Send)
+            mc.receive_data(wrappers[i % 3](out.data), START)
+
+    exchange()  # message 1 -> message 2
+    exchange()  # confirming ack -> history and roster
+    ref = mc.say("hello")
+    exchange()
+    exchange()
+    events = list(iter(mc.next_event, None))
+    assert isinstance(events[0], Welcomed)
+    assert SayAccepted(ref, 2) in events
+    # Garbage in a bytearray is still only the peer's fault: the room drops the connection.
+    room.receive(conn, bytearray(b"\x00" * 40), START)
+    assert any(isinstance(o, Disconnect) for o in room.data_to_send())
+    with pytest.raises(RemoteProtocolError):
+        mc.receive_data(bytearray(b"\x00" * 40), START)
+    # Something that is not bytes at all is the driver's bug.
+    room2 = Room("goal", "host", START)
+    conn2 = room2.open_connection(START)
+    assert conn2 is not None
+    with pytest.raises(LocalProtocolError):
+        room2.receive(conn2, "text", START)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from tunnelproto import (
     Send,
     _frames,
 )
+from tunnelproto._link import ticket_psk
 
 GOAL = "GOAL-refactor-the-zebra-importer"
 HOST = "HOSTNAME-Quintessa"
@@ -236,9 +237,11 @@ def test_ticket_secrets_stay_out_of_reprs() -> None:
     secret = state.ticket
     room = net.room
     seat = room._seats[peer.mc.member_id]  # type: ignore[index]
-    assert secret in seat.tickets.values()
+    psk = ticket_psk(secret, room.tunnel_id)
+    assert psk in seat.tickets.values()  # the room keeps the PSK, not the secret
     for shown in (repr(seat), repr(room.__dict__), repr(state)):
-        assert repr(secret)[2:-1] not in shown and secret.hex() not in shown
+        for key in (secret, psk):
+            assert repr(key)[2:-1] not in shown and key.hex() not in shown
     welcome = _frames.Welcome(
         goal="g", you=2, name="a", roster=(), last=0, first=1, ticket=secret, resumed=False, limits={}
     )

@@ -3,7 +3,8 @@ slow consumers, and the transcript cap. Time is the `now` the harness passes; no
 
 from __future__ import annotations
 
-from harness import START, Net
+import pytest
+from harness import START, Net, Peer
 
 from tunnelproto import (
     CLOSE_HANDSHAKE_TIMEOUT,
@@ -17,16 +18,33 @@ from tunnelproto import (
     RoomConfig,
     RoomEvent,
     Send,
+    _member,
 )
 
 # ---------------------------------------------------------------------------------- handshake
 
 
-def test_room_drops_a_connection_that_sends_nothing_after_10_seconds() -> None:
+def test_room_drops_a_connection_that_sends_no_message_1_after_5_seconds() -> None:
+    # A member sends message 1 one round trip after its upgrade; a socket that stays silent
+    # gives its pending slot back at 5 s, not at the whole handshake's 10 s.
     net = Net()
     conn = net.open_raw()
+    assert net.room.next_deadline() == START + 5.0
+    net.tick(4.99)
+    assert net.raw_disconnected(conn) is None
+    net.tick(0.01)
+    assert net.raw_disconnected(conn) == Disconnect(conn, CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
+
+
+def test_message_1_in_time_gets_the_whole_handshake_deadline() -> None:
+    net = Net()
+    (invite,) = net.mint(1)
+    mc = MemberConnection(net.link(invite), "ana", net.now)
+    conn = net.open_raw()
+    net.tick(4.9)
+    net.feed_raw(conn, mc.data_to_send()[0])  # message 1, just in time; no ack follows
     assert net.room.next_deadline() == START + 10.0
-    net.tick(9.99)
+    net.tick(5.09)
     assert net.raw_disconnected(conn) is None
     net.tick(0.01)
     assert net.raw_disconnected(conn) == Disconnect(conn, CLOSE_HANDSHAKE_TIMEOUT, "handshake timeout")
@@ -63,7 +81,12 @@ def test_member_gives_up_on_a_silent_host_after_10_seconds() -> None:
 # ---------------------------------------------------------------------------------- keepalive
 
 
-def test_room_pings_a_silent_member_at_20s_and_drops_it_at_60s() -> None:
+def test_room_pings_a_silent_member_at_20s_and_drops_it_at_60s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only the room's timers here: bob's own (which would end the connection at 50 s, 30 s
+    # after the room's ping, his last traffic) are the next test's subject.
+    monkeypatch.setattr(_member, "DEAD_AFTER", 3600.0)
     net = Net()
     ana, bob = net.join("ana"), net.join("bob")
     t0 = net.now
@@ -91,7 +114,7 @@ def test_room_pings_a_silent_member_at_20s_and_drops_it_at_60s() -> None:
     net.check()
 
 
-def test_member_pings_a_silent_room_at_20s_and_gives_up_at_60s() -> None:
+def test_member_pings_a_silent_room_at_20s_and_gives_up_at_30s() -> None:
     net = Net()
     ana = net.join("ana")
     ana.hold_in = True  # nothing from the room reaches ana any more
@@ -100,13 +123,53 @@ def test_member_pings_a_silent_room_at_20s_and_gives_up_at_60s() -> None:
     assert len(ana.sent) == sent
     net.tick(0.1)
     assert len(ana.sent) == sent + 1  # the ping
-    net.tick(39.9)
+    net.tick(9.9)
     assert ana.is_open
     net.tick(0.1)
     end = ana.last_end()
     assert end == ConnectionEnded("timeout", end.message if end else "", resumable=True)
-    assert "60 s" in end.message
+    assert "30 s" in end.message
     assert not ana.transport_open
+
+
+def _partitioned_at(net: Net, peer: Peer, *, room_talks: bool) -> tuple[float, list[int]]:
+    """Cut `peer` off both ways and let time pass, the host talking every 5 s or not. Returns
+    how long the member took to end its connection, and the close codes of the room's own
+    timeouts for that connection by then (the harness tells the room once the member ends)."""
+    start = net.now
+    peer.hold_in = peer.hold_out = True
+    conn = peer.conn_id
+    while peer.last_end() is None:
+        net.tick(0.5)
+        if room_talks and (net.now - start) % 5 == 1:
+            net.host_say(f"at {net.now - start:g} s")
+    timeouts = [
+        d.code
+        for d in net.room_out
+        if isinstance(d, Disconnect)
+        and d.conn == conn
+        and d.code in (CLOSE_KEEPALIVE_TIMEOUT, CLOSE_SLOW_CONSUMER)
+    ]
+    return net.now - start, timeouts
+
+
+def test_a_partitioned_member_knows_no_later_than_the_room() -> None:
+    # A partition loses every packet both ways and closes nothing. The room notices by its
+    # stall timer (30 s, when entries are in flight) or its keepalive (60 s); the member by
+    # its unanswered ping. The member must not go on saying "connected" after the room has
+    # marked it gone.
+    for room_talks in (False, True):
+        net = Net()
+        net.join("ana")
+        bob = net.join("bob")
+        member_end, room_timeouts = _partitioned_at(net, bob, room_talks=room_talks)
+        assert room_timeouts == [], f"the room gave up on bob first ({room_talks=})"
+        assert member_end == 30.0, room_talks
+        assert bob.last_end() is not None and bob.last_end().resumable  # type: ignore[union-attr]
+        # The seat is held: bob resumes and catches up on what the host said meanwhile.
+        net.resume(bob)
+        assert bob.is_open
+        net.check()
 
 
 def test_an_idle_but_healthy_connection_lives_on_keepalives() -> None:
@@ -165,7 +228,12 @@ def test_join_and_leave_do_not_keep_a_room_alive() -> None:
 # ---------------------------------------------------------------------------------- slow consumers
 
 
-def test_a_member_that_stops_reading_is_cut_off_and_host_output_stays_bounded() -> None:
+def test_a_member_that_stops_reading_is_cut_off_and_host_output_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The room's stall timer is the subject: a member whose reader is stuck does not run its own
+    # keepalive either (which would end the connection at the same moment).
+    monkeypatch.setattr(_member, "DEAD_AFTER", 3600.0)
     window = 8192
     net = Net(config=RoomConfig(window=window, stall_timeout=30.0))
     ana, slow = net.join("ana"), net.join("slow")

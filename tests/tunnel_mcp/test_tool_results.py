@@ -1,0 +1,227 @@
+"""Tool results that stay bounded and tell the truth, through the real MCP client.
+
+A listen after a long conversation returns a page, not the whole transcript; a long text is not
+carried twice in one result; a say the host has not confirmed is reported as queued (and never
+as failed when it may still arrive); a guest whose host vanished says how long it keeps trying
+and, at the end, why the tunnel closed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import mcp_types as types
+import pytest
+import trio
+from dropproxy import DropProxy
+from mcp import Client
+
+import tunnel_trio.session as session_module
+from tunnel_mcp.chat_tools import PREVIEW_CHARS, TEXT_FULL_CHARS
+from tunnel_mcp.manager import TunnelManager
+from tunnel_mcp.server import TRANSCRIPT_URI, build_server
+from tunnel_trio.session import LISTEN_MAX_BYTES, LISTEN_MAX_MESSAGES, MemberSession
+from tunnelproto import JoinLink
+
+
+class Agents:
+    """An MCP server whose connections' managers the test can reach (for their sessions)."""
+
+    def __init__(self) -> None:
+        self.managers: list[TunnelManager] = []
+
+        def factory(nursery: trio.Nursery) -> TunnelManager:
+            manager = TunnelManager(nursery, display_name=lambda: "default-name")
+            self.managers.append(manager)
+            return manager
+
+        self.server = build_server(factory)
+
+
+@asynccontextmanager
+async def agents(n: int) -> AsyncIterator[tuple[Agents, list[Client]]]:
+    made = Agents()
+    async with AsyncExitStack() as stack:
+        yield made, [await stack.enter_async_context(Client(made.server)) for _ in range(n)]
+
+
+async def call(client: Client, tool: str, args: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    """A successful tool call's structured content and its readable text."""
+    result = await client.call_tool(tool, args or {})
+    assert isinstance(result.content[0], types.TextContent)
+    text = result.content[0].text
+    assert not result.is_error, f"{tool} failed: {text}"
+    assert result.structured_content is not None
+    return result.structured_content, text
+
+
+def via(link: str, port: int) -> str:
+    parsed = JoinLink.parse(link)
+    return str(JoinLink(f"http://127.0.0.1:{port}", parsed.tunnel_id, parsed.secret))
+
+
+def relay_port(link: str) -> int:
+    return int(JoinLink.parse(link).websocket_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+async def caught_up(client: Client, seq: int) -> None:
+    with trio.fail_after(10):
+        while (await call(client, "tunnel_status"))[0]["lastSeq"] < seq:
+            await trio.sleep(0.02)
+
+
+async def open_and_join(
+    host: Client, guest: Client, nursery: trio.Nursery | None = None
+) -> tuple[dict[str, Any], DropProxy | None]:
+    """The host opens (local transport); the guest joins, through a DropProxy if a nursery is
+    given, and is seated on the host's side before this returns."""
+    opened, _ = await call(host, "tunnel_open", {"goal": "g", "transport": "local", "name": "ana"})
+    link = opened["joinLink"]
+    proxy = None
+    if nursery is not None:
+        proxy = DropProxy(relay_port(link))
+        await nursery.start(proxy.run)
+        link = via(link, proxy.port)
+    await call(guest, "tunnel_join", {"joinLink": link, "name": "ben"})
+    with trio.fail_after(10):
+        while True:
+            status, _ = await call(host, "tunnel_status")
+            if any(m["name"] == "ben" and m["connected"] for m in status["members"]):
+                return opened, proxy
+            await trio.sleep(0.02)
+
+
+# -- bounded listens -------------------------------------------------------------------------------
+
+
+async def test_a_listen_after_a_long_conversation_returns_pages_and_says_more() -> None:
+    big = 20_000
+    async with agents(2) as (_, (host, guest)):
+        await open_and_join(host, guest)
+        said = []
+        for i in range(300):
+            text = f"m{i}" + (" " + "x" * big if i % 30 == 7 else "")
+            said.append(text)
+            last = (await call(host, "tunnel_say", {"text": text}))[0]["seq"]
+        await caught_up(guest, last)
+
+        got: list[str] = []
+        since, pages = 0, 0
+        while True:
+            page, text = await call(guest, "tunnel_listen", {"sinceSeq": since, "timeoutMs": 0})
+            pages += 1
+            chats = [m for m in page["messages"] if m["kind"] == "chat"]
+            got += [m["text"] for m in chats]
+            # Bounded by count and bytes (one message may go over alone), whatever the backlog.
+            assert len(page["messages"]) <= LISTEN_MAX_MESSAGES
+            size = len(json.dumps(page["messages"], ensure_ascii=False).encode())
+            assert size <= LISTEN_MAX_BYTES or len(page["messages"]) == 1, size
+            # The readable text does not repeat every long text: it stays near its budget.
+            assert len(text) <= TEXT_FULL_CHARS + big + 2 + len(page["messages"]) * (PREVIEW_CHARS + 120)
+            since = page["lastSeq"]
+            if not page["more"]:
+                break
+            assert "More are waiting" in text and f"sinceSeq {since}" in text
+        assert got == said  # every message once, in order, across the pages
+        assert pages > 2
+
+
+async def test_the_readable_text_shortens_long_texts_and_says_how_to_read_them() -> None:
+    async with agents(2) as (_, (host, guest)):
+        await open_and_join(host, guest)
+        texts = [f"{n}:" + chr(ord("a") + n) * 9000 for n in range(5)]  # 45,000 characters
+        seqs = [(await call(host, "tunnel_say", {"text": t}))[0]["seq"] for t in texts]
+        await caught_up(guest, seqs[-1])
+        page, text = await call(guest, "tunnel_listen", {"sinceSeq": seqs[0] - 1, "timeoutMs": 0})
+        # The structured content carries every text whole ...
+        assert [m["text"] for m in page["messages"]] == texts
+        # ... the readable text only the first ones, then a pointer for clients that show only it.
+        assert texts[0] in text
+        assert texts[4] not in text and texts[4][:PREVIEW_CHARS] in text
+        assert len(text) < TEXT_FULL_CHARS + 9000 + 5 * (PREVIEW_CHARS + 200)
+        assert "(shortened: " in text
+        first_cut = next(s for s, t in zip(seqs, texts, strict=True) if t not in text)
+        assert f"sinceSeq {first_cut - 1}" in text
+        again, text = await call(guest, "tunnel_listen", {"sinceSeq": first_cut - 1, "timeoutMs": 0})
+        assert again["messages"][0]["seq"] == first_cut
+        assert texts[seqs.index(first_cut)] in text  # the first message of a page is shown whole
+
+
+async def test_the_transcript_resource_shows_the_newest_window() -> None:
+    async with agents(2) as (_, (host, guest)):
+        await open_and_join(host, guest)
+        for i in range(20):
+            await call(host, "tunnel_say", {"text": f"{i} " + "y" * 8000})
+        result = await host.read_resource(TRANSCRIPT_URI)
+        content = result.contents[0]
+        assert isinstance(content, types.TextResourceContents)
+        assert len(content.text.encode()) <= LISTEN_MAX_BYTES + 4096
+        body = json.loads(content.text)
+        assert body["earlier"] is True and "tunnel_listen" in body["note"]
+        texts = [m["text"] for m in body["messages"] if m["kind"] == "chat"]
+        assert texts[-1].startswith("19 ")  # the newest, not the oldest
+        assert body["firstSeq"] == body["messages"][0]["seq"] > 1
+        assert body["lastSeq"] == body["messages"][-1]["seq"]
+
+
+# -- says that tell the truth ----------------------------------------------------------------------
+
+
+async def test_a_say_during_a_partition_is_reported_queued_and_arrives_once(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_module, "SAY_TIMEOUT", 1.0)
+    async with agents(2) as (_, (host, guest)):
+        _, proxy = await open_and_join(host, guest, nursery)
+        assert proxy is not None
+        proxy.blackhole = True  # a partition: everything is lost, nothing is closed
+        said, text = await call(guest, "tunnel_say", {"text": "are you there?"})
+        assert said == {"seq": None, "queued": True}
+        assert "do not send it again" in text
+        status, _ = await call(guest, "tunnel_status")
+        assert status["queuedSays"] == 1
+        proxy.blackhole = False
+        proxy.drop_all()  # the partition ends; the member resumes and re-sends it
+        with trio.fail_after(20):
+            while (await call(guest, "tunnel_status"))[0]["queuedSays"]:
+                await trio.sleep(0.05)
+        heard, _ = await call(host, "tunnel_listen", {"sinceSeq": 0, "timeoutMs": 0})
+        chats = [m["text"] for m in heard["messages"] if m["kind"] == "chat"]
+        assert chats == ["are you there?"]
+
+
+async def test_a_guest_whose_host_vanished_says_how_long_it_tries_then_why_it_closed(
+    nursery: trio.Nursery,
+) -> None:
+    async with agents(2) as (made, (host, guest)):
+        _, proxy = await open_and_join(host, guest, nursery)
+        assert proxy is not None
+        session = made.managers[1].session
+        assert isinstance(session, MemberSession)
+        session.guest._resume_budget = 6.0
+        session.guest._connect_timeout = 1.0
+        proxy.blackhole = True  # the host's machine is gone: connections go nowhere
+        proxy.drop_all()
+        with trio.fail_after(10):
+            while (status := (await call(guest, "tunnel_status"))[0])["connection"] != "reconnecting":
+                await trio.sleep(0.02)
+        assert 0 <= status["givesUpInSec"] <= 6
+        assert [m["connected"] for m in status["members"]] == [False, False]
+        heard, text = await call(guest, "tunnel_listen", {"sinceSeq": status["lastSeq"], "timeoutMs": 0})
+        assert heard["status"] == "reconnecting" and 0 <= heard["givesUpInSec"] <= 6
+        assert "reconnecting for" in text and "more at most" in text
+        with trio.fail_after(20):
+            while (await call(guest, "tunnel_status"))[0]["connection"] != "closed":
+                await trio.sleep(0.05)
+        heard, text = await call(guest, "tunnel_listen", {"sinceSeq": status["lastSeq"], "timeoutMs": 0})
+        final = heard["messages"][-1]
+        assert final["event"] == "closed" and final["seq"] == 0
+        assert "could not be reached" in final["reason"]
+        assert heard["closedReason"] == "host-unreachable"
+        assert "reason: " in text and "could not be reached" in text
+        # A say now is a clear error, not a silent queue.
+        result = await guest.call_tool("tunnel_say", {"text": "hello?"})
+        assert result.is_error
