@@ -27,8 +27,11 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 # Longer fuzzing of the protocol core (Hypothesis profile "fuzz"); not part of `make test`.
+# A stated budget: FUZZ_MINUTES in all (default 20), shared equally by the targets, each
+# printing a line when it starts and when it ends (see fuzz/conftest.py).
+FUZZ_MINUTES ?= 20
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q fuzz
+	HYPOTHESIS_PROFILE=fuzz FUZZ_MINUTES=$(FUZZ_MINUTES) $(BIN)/python -m pytest -q fuzz
 
 # The small fixed budget CI runs on every submission.
 fuzz-ci: $(STAMP)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import _baseline as base
+import _startup as startup
 import _tunnel as tun
 import trio
 from _stats import Figure, render_table
@@ -45,6 +46,7 @@ class Plan:
     fanout_count: int
     stall_count: int
     stall_size: int
+    startup_reps: int
 
 
 DEFAULT = Plan(
@@ -59,6 +61,7 @@ DEFAULT = Plan(
     fanout_count=120,
     stall_count=8192,
     stall_size=LARGE,
+    startup_reps=7,
 )
 QUICK = Plan(
     joins=8,
@@ -72,6 +75,7 @@ QUICK = Plan(
     fanout_count=60,
     stall_count=2048,
     stall_size=LARGE,
+    startup_reps=3,
 )
 
 
@@ -134,6 +138,10 @@ async def measure(plan: Plan, progress: bool) -> list[Figure]:
         )
         figures.append(fig)
 
+        step("start-up: server processes over stdio")
+        figures.append(await startup.start_to_initialize(plan.startup_reps))
+        figures += await startup.first_join(plan.startup_reps)
+
         step("done")
         nursery.cancel_scope.cancel()
     return figures
@@ -141,6 +149,7 @@ async def measure(plan: Plan, progress: bool) -> list[Figure]:
 
 def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
     by_key = {f.key: f for f in figures}
+    imports = startup.server_imports()
     filling = by_key["join.filling"]
     stall = by_key["stall.mem"]
     x = stall.extra
@@ -174,6 +183,14 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         "deliveries/s = messages x members / time until the last member has them all. "
         "Baseline: a bare server sending each message to every client in turn.",
         f"rates are the median of {plan.reps} run(s) (a fresh room each); no p95 for them.",
+        "start-up: `python -m tunnel_mcp` spawned and driven by the SDK's stdio client "
+        "(handshake-era initialize); baseline: a process that only imports mcp.server.lowlevel "
+        "(importing any part of the SDK imports all of it). Imports of the server, cumulative: "
+        f"mcp {imports['mcp']:.0f} ms, trio {imports['trio']:.0f} ms, tunnel_mcp.stdio "
+        f"{imports['tunnel_mcp.stdio']:.0f} ms in all. first join: a fresh guest process's "
+        f"first tunnel_join (local transport), {startup.SETTLE:g} s after its start (a human "
+        "pastes the link), from the call to its answer; baseline: the same process joining "
+        "again after leaving.",
         f"stalled member: default RoomConfig (window {x['room_window_kib']:.0f} KiB), "
         f"the host says {plan.stall_count} x {plan.stall_size} B "
         f"({x['said_kib']:.0f} KiB) while its only member never reads. "

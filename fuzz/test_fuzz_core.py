@@ -1,5 +1,6 @@
 """Fuzz targets over the protocol core, on the budget of the active Hypothesis profile:
-`HYPOTHESIS_PROFILE=ci-fuzz` is what CI spends on every submission, `fuzz` runs much longer.
+`HYPOTHESIS_PROFILE=ci-fuzz` is what CI spends on every submission (one run per target),
+`fuzz` runs rounds of them for a fixed time (see conftest.py).
 
 The property bodies live in tests/tunnelproto/core_properties.py (the unit tests run the same
 ones on a small budget); each target here takes a share of the profile's max_examples, sized
@@ -7,6 +8,8 @@ so the ci-fuzz run stays around a minute on two cores.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 from core_properties import (
@@ -24,8 +27,11 @@ from core_properties import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
 
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
+
+Rounds = Callable[[Callable[[], None], int], None]
 
 
 def share(fraction: float) -> int:
@@ -34,34 +40,50 @@ def share(fraction: float) -> int:
 
 
 @pytest.mark.parametrize("state", ROOM_STATES)
-@settings(max_examples=share(0.25), suppress_health_check=SLOW_OK)
-@given(data=st.data())
-def test_fuzz_room_connection(state: str, data: st.DataObject) -> None:
+def test_fuzz_room_connection(state: str, fuzz_rounds: Rounds) -> None:
     """Garbage, mutated messages and well-sealed nonsense frames on one room connection, in
     each state: never an exception out of Room.receive, the others keep working."""
-    check_room_garbage(state, data)
+
+    @settings(max_examples=share(0.25), suppress_health_check=SLOW_OK)
+    @given(data=st.data())
+    def target(data: st.DataObject) -> None:
+        check_room_garbage(state, data)
+
+    fuzz_rounds(target, share(0.25))
 
 
 @pytest.mark.parametrize("state", MEMBER_STATES)
-@settings(max_examples=share(0.3), suppress_health_check=SLOW_OK)
-@given(data=st.data())
-def test_fuzz_member_connection(state: str, data: st.DataObject) -> None:
+def test_fuzz_member_connection(state: str, fuzz_rounds: Rounds) -> None:
     """Anything fed to a MemberConnection raises RemoteProtocolError or nothing."""
-    check_member_garbage(state, data)
+
+    @settings(max_examples=share(0.3), suppress_health_check=SLOW_OK)
+    @given(data=st.data())
+    def target(data: st.DataObject) -> None:
+        check_member_garbage(state, data)
+
+    fuzz_rounds(target, share(0.3))
 
 
-@settings(max_examples=share(2.0), suppress_health_check=SLOW_OK)
-@given(st.binary(max_size=200))
-def test_fuzz_codec(data: bytes) -> None:
+def test_fuzz_codec(fuzz_rounds: Rounds) -> None:
     """Only RemoteProtocolError, and whatever decodes re-encodes to the same bytes."""
-    check_codec(data)
+
+    @settings(max_examples=share(2.0), suppress_health_check=SLOW_OK)
+    @given(st.binary(max_size=200))
+    def target(data: bytes) -> None:
+        check_codec(data)
+
+    fuzz_rounds(target, share(2.0))
 
 
-@settings(max_examples=share(1.0), suppress_health_check=SLOW_OK)
-@given(link_texts)
-def test_fuzz_link_parse(text: str) -> None:
+def test_fuzz_link_parse(fuzz_rounds: Rounds) -> None:
     """Arbitrary text: a JoinLink that round-trips, or a LinkError that never echoes the secret."""
-    check_link_parse(text)
+
+    @settings(max_examples=share(1.0), suppress_health_check=SLOW_OK)
+    @given(link_texts)
+    def target(text: str) -> None:
+        check_link_parse(text)
+
+    fuzz_rounds(target, share(1.0))
 
 
 @settings(max_examples=share(1.0), suppress_health_check=SLOW_OK)
@@ -84,7 +106,13 @@ class FuzzRoomMachine(RoomMachine):
     pass
 
 
-TestFuzzRoomMachine = FuzzRoomMachine.TestCase
-TestFuzzRoomMachine.settings = settings(
-    max_examples=share(0.2), stateful_step_count=60, suppress_health_check=SLOW_OK
-)
+def test_fuzz_room_machine(fuzz_rounds: Rounds) -> None:
+    """The room with members joining, talking, dropping and resuming under a walking clock."""
+    machine_settings = settings(
+        max_examples=share(0.2), stateful_step_count=60, suppress_health_check=SLOW_OK
+    )
+
+    def target() -> None:
+        run_state_machine_as_test(FuzzRoomMachine, settings=machine_settings)
+
+    fuzz_rounds(target, share(0.2))

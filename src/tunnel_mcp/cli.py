@@ -30,13 +30,26 @@ tunnel. With no command, serves MCP on stdin/stdout: register it with your agent
 """
 
 
-def _default_log_level() -> str:
-    configured = os.environ.get("TUNNEL_LOG_LEVEL", "").strip().lower()
-    return configured if configured in LOG_LEVELS else "warning"
+LOG_LEVEL_ENV = "TUNNEL_LOG_LEVEL"
+
+
+def _log_level(parser: argparse.ArgumentParser, given: str | None) -> str:
+    """--log-level if given (before or after the command), else $TUNNEL_LOG_LEVEL, else warning."""
+    if given is not None:
+        return given
+    configured = os.environ.get(LOG_LEVEL_ENV, "").strip()
+    if not configured:
+        return "warning"
+    if configured.lower() not in LOG_LEVELS:
+        parser.error(
+            f"{LOG_LEVEL_ENV}={configured!r} is not a log level: set it to one of "
+            f"{', '.join(LOG_LEVELS)}, or unset it"
+        )
+    return configured.lower()
 
 
 class _Parser(argparse.ArgumentParser):
-    """The top-level parser (its subcommands' parsers share the class, not the description)."""
+    """The top-level parser (its subcommands' parsers are plain ones)."""
 
     def format_help(self) -> str:
         if self.prog == "tunnel-mcp":
@@ -54,18 +67,23 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tunnel-mcp {__version__}")
-    parser.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        default=_default_log_level(),
-        help="how much to log on stderr (default: warning, or $TUNNEL_LOG_LEVEL)",
+    log_help = f"how much to log on stderr (default: ${LOG_LEVEL_ENV}, else warning)"
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=None, help=log_help)
+    # The same option after the command (`tunnel-mcp serve --log-level debug`); SUPPRESS keeps a
+    # command that did not get it from overwriting one given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help=log_help)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    commands.add_parser("serve", help="serve MCP on stdio (the default when no command is given)")
+    commands.add_parser(
+        "serve", parents=[common], help="serve MCP on stdio (the default when no command is given)"
+    )
 
     install = commands.add_parser(
         "install-skill",
+        parents=[common],
         help="install the tunnel-etiquette skill for Claude Code",
         description="Copy the tunnel-etiquette skill to DIR/tunnel-etiquette/SKILL.md. A copy you "
         "edited is kept unless --force.",
@@ -80,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
+        parents=[common],
         help="show two agents pairing through a tunnel, end to end",
         description="Start two real tunnel-mcp servers (host and guest), drive them as two agents "
         "would, and narrate every step.",
@@ -102,10 +121,17 @@ def _configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(_log_level(parser, args.log_level))
     match args.command:
         case None | "serve":
+            from tunnel_mcp.manager import room_capacity
+
+            try:
+                room_capacity()  # a bad value fails now, not at the agent's first tunnel_open
+            except ValueError as exc:
+                parser.error(str(exc))
             return _serve()
         case "install-skill":
             return _install_skill(args.dir, force=args.force)
@@ -143,7 +169,16 @@ def _auto_install_skill() -> None:
     if result is None:
         log.debug("the skill was removed after we installed it; not reinstalling")
         return
-    if result.changed:
+    if result.first_time:
+        # Said once, loudly: this is the one time the server writes into the user's home
+        # without being asked (later updates of our own copy are only logged at info).
+        log.warning(
+            "%s, where Claude Code finds it. This happens once: set TUNNEL_SKIP_SKILL_INSTALL=1 "
+            "to stop it, or delete that folder (it is not put back). MCP clients with the skills "
+            "extension read the skill from the server instead.",
+            result.describe(),
+        )
+    elif result.changed:
         log.info("%s", result.describe())
     elif result.action == "kept-edited":
         log.debug("%s", result.describe())

@@ -11,8 +11,10 @@ where the network layer cannot be imported.
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import trio
@@ -30,12 +32,87 @@ log = logging.getLogger(__name__)
 TransportName = Literal["cloudflared", "local", "direct", "url"]
 
 NO_TUNNEL = "no open tunnel: call tunnel_open (to host) or tunnel_join (with a join link) first"
-ALREADY_OPEN = "a tunnel is already open: call tunnel_close first"
+ALREADY_HOSTING = (
+    "you already host tunnel {id}: keep using it, or call tunnel_close first (that ends the room "
+    "for everyone) to open or join another"
+)
+ALREADY_IN = (
+    "you are already in tunnel {id} as a member: keep using it (tunnel_listen, tunnel_say), or "
+    "call tunnel_close first to leave it before joining or opening another"
+)
 CLOSED = (
     "the tunnel is closed: call tunnel_status to see why, or tunnel_open / tunnel_join to start "
     "a new one"
 )
 NOT_HOST = "only the host can invite: you joined this tunnel as a member (ask the host's human)"
+
+#: What a first tunnel_open or tunnel_join needs beyond the server itself (about 0.1 s of imports:
+#: the protocol core, PyNaCl, wsproto, h11). `preload_session_layer` loads it in a worker
+#: thread once the server is up, so neither the MCP handshake nor the first join waits for it.
+SESSION_LAYER = ("tunnel_trio.session", "tunnel_trio.transports")
+#: Leave the handshake and the first listings to the server before competing for the CPU.
+PRELOAD_AFTER = 0.5
+
+
+async def preload_session_layer(delay: float = PRELOAD_AFTER) -> None:
+    """Import the session layer in the background (best effort: a tool imports it anyway)."""
+    await trio.sleep(delay)
+
+    def load() -> None:
+        for name in SESSION_LAYER:
+            importlib.import_module(name)
+
+    try:
+        await trio.to_thread.run_sync(load, abandon_on_cancel=True)
+    except Exception as exc:  # the first tool call imports it again and reports the error
+        log.debug("preloading the session layer failed: %s", type(exc).__name__)
+    else:
+        log.debug("session layer loaded")
+
+
+#: Members a room holds, the host included: the protocol's default and maximum (tunnelproto's
+#: DEFAULT_CAPACITY and MAX_CAPACITY, repeated here so that starting the server does not import
+#: the protocol layer; a test keeps them equal).
+DEFAULT_ROOM_CAPACITY = 16
+MAX_ROOM_CAPACITY = 64
+CAPACITY_ENV = "TUNNEL_ROOM_CAPACITY"
+
+
+def room_capacity(env: Mapping[str, str] = os.environ) -> int:
+    """How many members a room this server hosts holds (`TUNNEL_ROOM_CAPACITY`, else 16).
+
+    Raises ValueError, naming the variable, for anything but a whole number 2..64.
+    """
+    raw = env.get(CAPACITY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_ROOM_CAPACITY
+    capacity = int(raw) if raw.isdigit() else 0
+    if not 2 <= capacity <= MAX_ROOM_CAPACITY:
+        raise ValueError(
+            f"{CAPACITY_ENV}={raw!r} is not a room size: set it to a whole number from 2 to "
+            f"{MAX_ROOM_CAPACITY} (members including the host; default {DEFAULT_ROOM_CAPACITY}), "
+            "or unset it"
+        )
+    return capacity
+
+
+#: What chat and markdown put around a pasted link: white space (and zero-width spaces), quotes,
+#: backticks, brackets, emphasis, and the sentence's own punctuation. A join link ends with its
+#: secret, which is base64url (A-Z a-z 0-9 - _), and starts with its scheme, so none of these
+#: can be part of a link's first or last character: trimming them from the two ends never
+#: changes a link, and nothing inside the link is touched. (tunnelproto's parser keeps the
+#: spec's narrower rule 1; chat decoration is this layer's business.)
+_PASTED_AROUND = " \t\r\n\u00a0\u200b\ufeff\"'`<>()[]{}*"
+_PASTED_AFTER = _PASTED_AROUND + ".,;:!?"
+
+
+def unwrap_pasted_link(text: str) -> str:
+    """A join link as pasted in chat, without the decoration around it (see above)."""
+    trimmed = text.rstrip(_PASTED_AFTER).lstrip(_PASTED_AROUND)
+    # A whole line of decoration (or an empty paste) goes to the parser as it came, which
+    # then says what is missing.
+    return trimmed or text.strip()
+
 
 #: How long one background wait for new transcript entries lasts before it starts over.
 _WATCH_SLICE = 30.0
@@ -52,11 +129,13 @@ class TunnelManager:
         *,
         display_name: Callable[[], str] = default_display_name,
         room_config: RoomConfig | None = None,
+        capacity: int | None = None,
     ) -> None:
         self._nursery = nursery
         self._display_name = display_name
         self._default_name: str | None = None
         self._room_config = room_config  # None: the protocol's defaults (tests shorten timers)
+        self._capacity = capacity  # with room_config None; None: $TUNNEL_ROOM_CAPACITY
         self._session: Session | None = None
         self._watch_scope: trio.CancelScope | None = None
         self._lock = trio.Lock()
@@ -88,8 +167,10 @@ class TunnelManager:
         return session
 
     def _ensure_free(self) -> None:
-        if self._session is not None and not self._session.closed:
-            raise TunnelError(ALREADY_OPEN)
+        session = self._session
+        if session is not None and not session.closed:
+            wording = ALREADY_HOSTING if session.role == "host" else ALREADY_IN
+            raise TunnelError(wording.format(id=session.tunnel_id))
 
     async def _name(self, name: str | None) -> str:
         if name is not None:
@@ -113,7 +194,7 @@ class TunnelManager:
         bind: str | None = None,
         name: str | None = None,
     ) -> HostSession:
-        from tunnel_trio.session import open_host
+        from tunnel_trio.session import RoomConfig, open_host
         from tunnel_trio.transports import make_transport
 
         if not goal.strip():
@@ -122,6 +203,7 @@ class TunnelManager:
             self._ensure_free()
             try:
                 chosen = make_transport(transport, public_url=public_url, bind=bind)
+                config = self._room_config or RoomConfig(capacity=self._capacity or room_capacity())
             except ValueError as exc:
                 raise TunnelError(str(exc)) from None
             session = await open_host(
@@ -130,7 +212,7 @@ class TunnelManager:
                 name=await self._name(name),
                 invites=invites,
                 transport=chosen,
-                config=self._room_config,
+                config=config,
             )
             self._adopt(session)
             log.info("opened tunnel %s as host", session.tunnel_id)
@@ -141,7 +223,7 @@ class TunnelManager:
 
         async with self._lock:
             self._ensure_free()
-            session = await join(self._nursery, link.strip(), name=await self._name(name))
+            session = await join(self._nursery, unwrap_pasted_link(link), name=await self._name(name))
             self._adopt(session)
             log.info("joined tunnel %s as member %d", session.tunnel_id, session.self_member.id)
             return session

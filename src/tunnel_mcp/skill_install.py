@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -28,6 +28,8 @@ InstallAction = Literal["installed", "updated", "unchanged", "replaced", "kept-e
 class InstallResult:
     action: InstallAction
     path: Path
+    #: The server's start-up install wrote into this directory for the first time.
+    first_time: bool = False
 
     @property
     def changed(self) -> bool:
@@ -142,6 +144,7 @@ def auto_install(skills_dir: Path | None = None, *, state_dir: Path | None = Non
         state_dir.mkdir(parents=True, exist_ok=True)
         with record.open("a", encoding="utf-8") as f:
             f.write(f"{target}\n")
+        return replace(result, first_time=result.changed)
     return result
 
 

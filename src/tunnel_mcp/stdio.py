@@ -34,7 +34,7 @@ import trio
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
-from tunnel_mcp.manager import TunnelManager
+from tunnel_mcp.manager import TunnelManager, preload_session_layer
 from tunnel_mcp.server import SHUTDOWN_GRACE, build_server
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,6 @@ async def _serve(banner: str | None) -> None:
         return manager
 
     server = build_server(manager_factory)
-    lowlevel = server._lowlevel_server  # the SDK's stdio runner hard-codes its stdin reader
     replies_in, replies_out = trio.open_memory_channel[SessionMessage](16)
     stdin = cast(Any, _StdinLines(_take_stdin(), replies_in))
     signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
@@ -174,13 +173,14 @@ async def _serve(banner: str | None) -> None:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(on_signal)
+            nursery.start_soon(preload_session_layer)
             if banner:
                 # Only now: a signal from here on is handled, so whoever waits for this line
                 # (a human, a test) can rely on a graceful shutdown.
                 print(banner, file=sys.stderr, flush=True)
             async with stdio_server(stdin=stdin) as (read_stream, write_stream):
                 nursery.start_soon(_send_replies, replies_out, write_stream)
-                await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+                await server.run(read_stream, write_stream, server.create_initialization_options())
             log.info("stdin closed: exiting")
             nursery.cancel_scope.cancel()
 

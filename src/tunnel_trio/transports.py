@@ -308,6 +308,11 @@ def make_transport(
     chosen = (name if name is not None else env.get(TRANSPORT_ENV, "")).strip().lower()
     chosen = chosen or "cloudflared"
     if chosen not in TRANSPORT_NAMES:
+        if name is None:  # it came from the environment: say where, or nobody finds it
+            raise ValueError(
+                f"{TRANSPORT_ENV}={chosen!r} is not a transport: set it to one of "
+                f"{', '.join(TRANSPORT_NAMES)}, or unset it (cloudflared), or pass transport"
+            )
         raise ValueError(f"unknown transport {chosen!r}: use one of {', '.join(TRANSPORT_NAMES)}")
     if public_url is not None and chosen != "url":
         raise ValueError(f"publicUrl only applies to transport=url (not {chosen})")

@@ -35,7 +35,7 @@ def run_cli(
 def test_help_lists_the_commands() -> None:
     done = run_cli("--help")
     assert done.returncode == 0
-    for word in ("install-skill", "demo", "--log-level", "--version", "claude mcp add tunnel"):
+    for word in ("serve", "install-skill", "demo", "--log-level", "--version", "claude mcp add tunnel"):
         assert word in done.stdout
 
 
@@ -54,6 +54,35 @@ def test_unknown_command_exits_2_with_usage() -> None:
 
 def test_bad_log_level_exits_2() -> None:
     assert run_cli("--log-level", "loud").returncode == 2
+    assert run_cli("serve", "--log-level", "loud").returncode == 2
+
+
+def test_a_bad_log_level_in_the_environment_is_an_error_that_names_it(tmp_path: Path) -> None:
+    env = {"TUNNEL_LOG_LEVEL": "loud", "TUNNEL_SKIP_SKILL_INSTALL": "1"}
+    done = run_cli(env=env)
+    assert done.returncode == 2
+    assert "TUNNEL_LOG_LEVEL='loud' is not a log level" in done.stderr
+    assert done.stdout == ""
+    # An explicit --log-level is what counts then.
+    assert run_cli("install-skill", "--dir", str(tmp_path), "--log-level", "info", env=env).returncode == 0
+
+
+def test_a_bad_room_capacity_stops_the_server_at_start() -> None:
+    done = run_cli(env={"TUNNEL_ROOM_CAPACITY": "100", "TUNNEL_SKIP_SKILL_INSTALL": "1"})
+    assert done.returncode == 2
+    assert "TUNNEL_ROOM_CAPACITY='100' is not a room size" in done.stderr
+    assert done.stdout == ""
+
+
+def test_log_level_works_before_and_after_the_command() -> None:
+    env = {"TUNNEL_SKIP_SKILL_INSTALL": "1", "TUNNEL_LOG_LEVEL": ""}
+    quiet = run_cli("serve", env=env)  # stdin at EOF: the server starts and exits
+    assert quiet.returncode == 0, quiet.stderr
+    assert "stdin closed" not in quiet.stderr  # an info line: not at the default level
+    for args in (("serve", "--log-level", "info"), ("--log-level", "info", "serve"), ("--log-level", "info")):
+        done = run_cli(*args, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "INFO" in done.stderr and "stdin closed" in done.stderr, args
 
 
 def test_install_skill_into_a_directory(tmp_path: Path) -> None:
@@ -127,6 +156,13 @@ def test_serving_installs_the_skill_and_keeps_stdout_for_mcp(tmp_path: Path) -> 
     assert "waiting for an MCP client on stdin" in done.stderr
     assert done.stderr.count("waiting for an MCP client") == 1
     assert (tmp_path / "skills" / SKILL).is_file()
+    # The first write into the user's home is announced on stderr, at warning level, once.
+    (notice,) = [line for line in done.stderr.splitlines() if "installed the tunnel-etiquette" in line]
+    assert "WARNING" in notice and str(tmp_path / "skills" / SKILL) in notice
+    assert "TUNNEL_SKIP_SKILL_INSTALL" in notice
+    again = run_cli(env=env)
+    assert again.returncode == 0, again.stderr
+    assert "tunnel-etiquette" not in again.stderr
 
 
 def test_a_skill_the_user_deleted_is_not_reinstalled_on_start(tmp_path: Path) -> None:
@@ -151,6 +187,7 @@ def test_serving_skips_the_skill_when_asked(tmp_path: Path) -> None:
     done = run_cli(env={"TUNNEL_SKILLS_DIR": str(tmp_path), "TUNNEL_SKIP_SKILL_INSTALL": "1"})
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / SKILL).exists()
+    assert "skill" not in done.stderr
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

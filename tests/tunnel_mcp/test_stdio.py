@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -11,18 +12,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import mcp_types as types
 import pytest
 import trio
 from mcp import Client
-from mcp.client._transport import TransportStreams
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
+from pydantic import TypeAdapter
 
 from tunnel_mcp.demo import websocket_payloads
+from tunnel_mcp.skill_install import skill_text
+
+#: What a transport yields: the client's read and write streams (the SDK's own alias is private).
+TransportStreams = tuple[Any, Any]
 
 SERVER = [sys.executable, "-m", "tunnel_mcp", "--log-level", "debug"]
 
@@ -159,8 +164,34 @@ async def test_two_servers_talk_and_a_third_is_refused(tmp_path: Path) -> None:
     for name in ("host", "guest", "intruder"):
         log = (tmp_path / f"{name}.log").read_text()
         assert "Traceback" not in log, log
+        if name != "intruder":  # (it lives for well under the preload's delay)
+            assert "session layer loaded" in log  # in the background, after start-up
         assert "#" not in "".join(line.split("/t/")[-1] for line in log.splitlines() if "/t/" in line)
         assert opened["joinLink"].split("#")[1] not in log  # the secret never reaches a log
+
+
+class ListSkills(types.Request[types.PaginatedRequestParams | None, Literal["skills/list"]]):
+    method: Literal["skills/list"] = "skills/list"
+    params: types.PaginatedRequestParams | None = None
+
+
+async def test_a_server_process_serves_the_etiquette_skill_over_mcp(tmp_path: Path) -> None:
+    async with sdk_client(tmp_path, "skills") as client:
+        capabilities = client.server_capabilities
+        assert capabilities.extensions is not None
+        assert "io.modelcontextprotocol/skills" in capabilities.extensions
+        assert capabilities.prompts is None
+        listing = await client.session.send_request(ListSkills(), TypeAdapter(dict[str, Any]))
+        (entry,) = listing["skills"]
+        (resource,) = entry["resources"]
+        (content,) = (await client.read_resource(entry["uri"])).contents
+        assert isinstance(content, types.TextResourceContents)
+        data = content.text.encode()
+        assert data == skill_text()
+        assert resource["size"] == len(data)
+        assert resource["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    # TUNNEL_SKIP_SKILL_INSTALL=1: serving the skill over MCP wrote nothing into the home.
+    assert not (tmp_path / "skills").exists()
 
 
 async def test_host_stdin_closing_ends_the_room_for_everyone(tmp_path: Path) -> None:

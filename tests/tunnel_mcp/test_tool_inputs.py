@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-import tunnel_mcp.server as tunnel_server
+import tunnel_mcp.chat_tools as chat_tools
 from tunnel_mcp.manager import TunnelManager
 from tunnel_mcp.server import build_server
 from tunnel_trio.session import RoomConfig
@@ -353,7 +353,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         mp.setenv("TUNNEL_DOH", "off")
         for name in ("TUNNEL_TRANSPORT", "TUNNEL_CONNECT_TO", "TUNNEL_CA_BUNDLE"):
             mp.delenv(name, raising=False)
-        mp.setattr(tunnel_server, "MAX_LISTEN_MS", LISTEN_CAP_MS)
+        mp.setattr(chat_tools, "MAX_LISTEN_MS", LISTEN_CAP_MS)
         harness = Harness()
         root = logging.getLogger()
         root.addHandler(harness.errors)

@@ -20,8 +20,9 @@ from dropproxy import DropProxy
 from mcp import Client
 
 import tunnel_trio.session as session_module
+from tunnel_mcp.chat_tools import PREVIEW_CHARS, TEXT_FULL_CHARS
 from tunnel_mcp.manager import TunnelManager
-from tunnel_mcp.server import PREVIEW_CHARS, TEXT_FULL_CHARS, TRANSCRIPT_URI, build_server
+from tunnel_mcp.server import TRANSCRIPT_URI, build_server
 from tunnel_trio.session import LISTEN_MAX_BYTES, LISTEN_MAX_MESSAGES, MemberSession
 from tunnelproto import JoinLink
 

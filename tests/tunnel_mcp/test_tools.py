@@ -6,9 +6,13 @@ Each `Client(server)` is its own MCP connection with its own lifespan, hence its
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
+import threading
+import typing
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,14 +20,26 @@ from typing import Any
 import mcp_types as types
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.session import IncomingMessage
-from mcp.server.mcpserver import MCPServer
+from mcp.server.lowlevel import Server
+from pydantic import BaseModel
 
+import tunnel_mcp.chat_tools as chat_tools
+import tunnel_mcp.manager as manager_module
 import tunnel_mcp.server as tunnel_server
-from tunnel_mcp.manager import TunnelManager
+from tunnel_mcp.manager import (
+    DEFAULT_ROOM_CAPACITY,
+    MAX_ROOM_CAPACITY,
+    TunnelManager,
+    unwrap_pasted_link,
+)
 from tunnel_mcp.server import TRANSCRIPT_URI, build_server
 from tunnel_trio.session import RoomConfig
+from tunnelproto import JoinLink
+from tunnelproto._room import DEFAULT_CAPACITY, MAX_CAPACITY
 
 TOOLS = {
     "tunnel_open",
@@ -37,7 +53,7 @@ TOOLS = {
 NO_TUNNEL = "no open tunnel: call tunnel_open"
 
 
-def make_server(room_config: RoomConfig | None = None) -> MCPServer[TunnelManager]:
+def make_server(room_config: RoomConfig | None = None) -> Server[TunnelManager]:
     def factory(nursery: trio.Nursery) -> TunnelManager:
         return TunnelManager(nursery, display_name=lambda: "default-name", room_config=room_config)
 
@@ -45,7 +61,7 @@ def make_server(room_config: RoomConfig | None = None) -> MCPServer[TunnelManage
 
 
 @pytest.fixture
-def server() -> MCPServer[TunnelManager]:
+def server() -> Server[TunnelManager]:
     return make_server()
 
 
@@ -68,7 +84,7 @@ async def fails(client: Client, tool: str, args: dict[str, Any] | None = None) -
 
 
 @asynccontextmanager
-async def clients(server: MCPServer[TunnelManager], n: int) -> AsyncIterator[list[Client]]:
+async def clients(server: Server[TunnelManager], n: int) -> AsyncIterator[list[Client]]:
     async with AsyncExitStack() as stack:
         yield [await stack.enter_async_context(Client(server)) for _ in range(n)]
 
@@ -80,7 +96,7 @@ async def open_local(host: Client, goal: str = "agree on the retry policy", **ex
 # -- discovery -----------------------------------------------------------------------------------
 
 
-async def test_tools_publish_output_schemas_annotations_and_warnings(server: MCPServer[TunnelManager]) -> None:
+async def test_tools_publish_output_schemas_annotations_and_warnings(server: Server[TunnelManager]) -> None:
     async with Client(server) as client:
         assert client.server_info is not None
         assert client.server_info.name == "tunnel"
@@ -106,6 +122,46 @@ async def test_tools_publish_output_schemas_annotations_and_warnings(server: MCP
     )
 
 
+def _properties(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, key, property) for every property of a schema and of its $defs."""
+    for key, prop in schema.get("properties", {}).items():
+        yield schema.get("title", "?"), key, prop
+    for name, definition in schema.get("$defs", {}).items():
+        for key, prop in definition.get("properties", {}).items():
+            yield name, key, prop
+
+
+def _models(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
+    yield model
+    for info in model.model_fields.values():
+        for inner in typing.get_args(info.annotation) or (info.annotation,):
+            for leaf in typing.get_args(inner) or (inner,):
+                if isinstance(leaf, type) and issubclass(leaf, BaseModel):
+                    yield from _models(leaf)
+
+
+async def test_descriptions_are_dedented_and_every_field_has_a_readable_title(
+    server: Server[TunnelManager],
+) -> None:
+    async with Client(server) as client:
+        listed = (await client.list_tools()).tools
+    for tool in listed:
+        description = tool.description or ""
+        assert description == inspect.cleandoc(description), tool.name
+        assert not any(line.startswith(" ") for line in description.splitlines()), tool.name
+        assert tool.output_schema is not None
+        for schema in (tool.input_schema, tool.output_schema):
+            for where, key, prop in _properties(schema):
+                title = prop.get("title", "")
+                # pydantic's own title for "publicUrl" would be "Publicurl".
+                assert title and (key.islower() or title != key.title()), (tool.name, where, key, title)
+    # Titles are written, not generated: every field of every argument and result model.
+    for declared in tunnel_server.TOOLS:
+        for model in (*_models(declared.arguments), *_models(declared.result)):
+            untitled = [name for name, info in model.model_fields.items() if not info.title]
+            assert not untitled, f"{declared.name}: {model.__name__} fields {untitled} need Field(title=...)"
+
+
 # -- errors without a tunnel -----------------------------------------------------------------------
 
 
@@ -116,11 +172,10 @@ async def test_tools_publish_output_schemas_annotations_and_warnings(server: MCP
         ("tunnel_listen", {"timeoutMs": 10}),
         ("tunnel_status", {}),
         ("tunnel_invite", {}),
-        ("tunnel_close", {}),
     ],
 )
 async def test_tools_without_a_tunnel_say_what_to_do(
-    server: MCPServer[TunnelManager], tool: str, args: dict[str, Any]
+    server: Server[TunnelManager], tool: str, args: dict[str, Any]
 ) -> None:
     async with Client(server) as client:
         assert NO_TUNNEL in await fails(client, tool, args)
@@ -129,7 +184,7 @@ async def test_tools_without_a_tunnel_say_what_to_do(
 # -- the whole conversation ----------------------------------------------------------------------
 
 
-async def test_open_join_talk_both_ways_and_close(server: MCPServer[TunnelManager]) -> None:
+async def test_open_join_talk_both_ways_and_close(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host, invites=1)
         link = opened["joinLink"]
@@ -202,7 +257,7 @@ async def test_open_join_talk_both_ways_and_close(server: MCPServer[TunnelManage
         assert "closed" in await fails(guest, "tunnel_say", {"text": "still there?"})
 
 
-async def test_listen_text_quotes_peer_text_so_it_cannot_forge_lines(server: MCPServer[TunnelManager]) -> None:
+async def test_listen_text_quotes_peer_text_so_it_cannot_forge_lines(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host)
         await ok(guest, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
@@ -227,7 +282,7 @@ async def test_listen_text_quotes_peer_text_so_it_cannot_forge_lines(server: MCP
         assert json.loads(literal) == hidden  # the escapes decode back to the exact text
 
 
-async def test_a_member_cannot_name_itself_into_the_host_role(server: MCPServer[TunnelManager]) -> None:
+async def test_a_member_cannot_name_itself_into_the_host_role(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host)
         await ok(guest, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ana (id 1, host)"})
@@ -242,13 +297,22 @@ async def test_a_member_cannot_name_itself_into_the_host_role(server: MCPServer[
         assert '"ana" (host), "ana (id 1, host)"' in status.content[0].text
 
 
-async def test_only_one_tunnel_at_a_time(server: MCPServer[TunnelManager]) -> None:
+async def test_only_one_tunnel_at_a_time(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await open_local(host)
-        assert "already open: call tunnel_close first" in await fails(
-            host, "tunnel_open", {"goal": "another", "transport": "local"}
-        )
-        assert "already open" in await fails(host, "tunnel_join", {"joinLink": opened["joinLink"]})
+        hosting = f"you already host tunnel {opened['tunnelId']}"
+        assert hosting in await fails(host, "tunnel_open", {"goal": "another", "transport": "local"})
+        assert hosting in await fails(host, "tunnel_join", {"joinLink": opened["joinLink"]})
+        # A member that calls tunnel_join again (say, with the same link) is told where it is.
+        await ok(guest, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
+        for tool, args in (
+            ("tunnel_join", {"joinLink": opened["joinLink"]}),
+            ("tunnel_open", {"goal": "mine", "transport": "local"}),
+        ):
+            message = await fails(guest, tool, args)
+            assert f"already in tunnel {opened['tunnelId']} as a member" in message, message
+            assert "tunnel_close" in message
+        await ok(guest, "tunnel_close")
         await ok(host, "tunnel_close")
         # After closing, a new tunnel can be opened from the same connection.
         again = await open_local(host, goal="a second topic")
@@ -256,7 +320,7 @@ async def test_only_one_tunnel_at_a_time(server: MCPServer[TunnelManager]) -> No
         await ok(guest, "tunnel_join", {"joinLink": again["joinLink"], "name": "ben"})
 
 
-async def test_invite_mints_fresh_single_use_links_for_the_host_only(server: MCPServer[TunnelManager]) -> None:
+async def test_invite_mints_fresh_single_use_links_for_the_host_only(server: Server[TunnelManager]) -> None:
     async with clients(server, 3) as (host, ben, cy):
         opened = await open_local(host, invites=2)
         assert len(opened["invites"]) == 2
@@ -287,7 +351,7 @@ async def test_invites_stop_when_the_room_is_full() -> None:
         assert "full" in message
 
 
-async def test_display_name_defaults_and_is_sanitized(server: MCPServer[TunnelManager]) -> None:
+async def test_display_name_defaults_and_is_sanitized(server: Server[TunnelManager]) -> None:
     async with clients(server, 2) as (host, guest):
         opened = await ok(host, "tunnel_open", {"goal": "names", "transport": "local"})
         assert opened["self"]["name"] == "default-name"
@@ -307,7 +371,7 @@ async def test_display_name_defaults_and_is_sanitized(server: MCPServer[TunnelMa
     ],
 )
 async def test_join_with_a_bad_link_is_a_tool_error(
-    server: MCPServer[TunnelManager], link: str, hint: str
+    server: Server[TunnelManager], link: str, hint: str
 ) -> None:
     async with Client(server) as guest:
         message = await fails(guest, "tunnel_join", {"joinLink": link})
@@ -316,7 +380,7 @@ async def test_join_with_a_bad_link_is_a_tool_error(
         assert NO_TUNNEL in await fails(guest, "tunnel_status")
 
 
-async def test_a_used_link_is_refused(server: MCPServer[TunnelManager]) -> None:
+async def test_a_used_link_is_refused(server: Server[TunnelManager]) -> None:
     async with clients(server, 3) as (host, ben, eve):
         opened = await open_local(host)
         await ok(ben, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
@@ -327,7 +391,7 @@ async def test_a_used_link_is_refused(server: MCPServer[TunnelManager]) -> None:
         assert {m["name"] for m in status["members"]} == {"ana", "ben"}
 
 
-async def test_a_link_stays_used_after_its_member_leaves(server: MCPServer[TunnelManager]) -> None:
+async def test_a_link_stays_used_after_its_member_leaves(server: Server[TunnelManager]) -> None:
     async with clients(server, 3) as (host, ben, eve):
         opened = await open_local(host)
         await ok(ben, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
@@ -353,7 +417,7 @@ async def test_an_expired_link_is_refused() -> None:
         assert (await ok(host, "tunnel_status"))["pendingInvites"] == []
 
 
-async def test_say_after_close_is_a_tool_error(server: MCPServer[TunnelManager]) -> None:
+async def test_say_after_close_is_a_tool_error(server: Server[TunnelManager]) -> None:
     async with Client(server) as host:
         await open_local(host)
         await ok(host, "tunnel_close", {"summary": "never mind"})
@@ -365,7 +429,7 @@ async def test_say_after_close_is_a_tool_error(server: MCPServer[TunnelManager])
         assert (await ok(host, "tunnel_status"))["connection"] == "closed"
 
 
-async def test_listen_times_out_with_no_messages(server: MCPServer[TunnelManager]) -> None:
+async def test_listen_times_out_with_no_messages(server: Server[TunnelManager]) -> None:
     async with Client(server) as host:
         await open_local(host)
         heard = await ok(host, "tunnel_listen", {"sinceSeq": 0, "timeoutMs": 300})
@@ -374,11 +438,11 @@ async def test_listen_times_out_with_no_messages(server: MCPServer[TunnelManager
 
 
 async def test_listen_caps_the_timeout_and_reports_progress(
-    server: MCPServer[TunnelManager], monkeypatch: pytest.MonkeyPatch
+    server: Server[TunnelManager], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Real values are 55 s and 5 s; shrink them so the behaviour shows in a fraction of a second.
-    monkeypatch.setattr(tunnel_server, "MAX_LISTEN_MS", 600)
-    monkeypatch.setattr(tunnel_server, "PROGRESS_EVERY", 0.1)
+    monkeypatch.setattr(chat_tools, "MAX_LISTEN_MS", 600)
+    monkeypatch.setattr(chat_tools, "PROGRESS_EVERY", 0.1)
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
@@ -397,7 +461,7 @@ async def test_listen_caps_the_timeout_and_reports_progress(
     assert values == sorted(values)
 
 
-async def test_bad_transport_options_are_tool_errors(server: MCPServer[TunnelManager]) -> None:
+async def test_bad_transport_options_are_tool_errors(server: Server[TunnelManager]) -> None:
     async with Client(server) as host:
         message = await fails(host, "tunnel_open", {"goal": "g", "transport": "url"})
         assert "publicUrl" in message
@@ -408,10 +472,84 @@ async def test_bad_transport_options_are_tool_errors(server: MCPServer[TunnelMan
         assert NO_TUNNEL in await fails(host, "tunnel_status")
 
 
+async def test_a_bad_transport_in_the_environment_is_named(
+    server: Server[TunnelManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNNEL_TRANSPORT", "bogus")
+    async with Client(server) as host:
+        message = await fails(host, "tunnel_open", {"goal": "g"})
+    assert "TUNNEL_TRANSPORT='bogus' is not a transport" in message
+
+
+async def test_close_with_nothing_open_succeeds_with_a_note(server: Server[TunnelManager]) -> None:
+    async with Client(server) as client:
+        for _ in range(2):  # "safe to call twice", even with no tunnel at all
+            closed = await ok(client, "tunnel_close")
+            assert closed["closed"] is True
+            assert closed["role"] is None
+            assert "no tunnel" in closed["note"].lower()
+        opened = await open_local(client)
+        assert (await ok(client, "tunnel_close"))["role"] == "host"
+        again = await ok(client, "tunnel_close")
+        assert again["role"] == "host" and "already closed" in again["note"]
+        assert opened["tunnelId"]
+
+
+async def test_the_guest_counts_in_the_schemas_agree_with_the_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The room's size and the schemas' maximum come from the same place.
+    assert (DEFAULT_ROOM_CAPACITY, MAX_ROOM_CAPACITY) == (DEFAULT_CAPACITY, MAX_CAPACITY)
+    async with Client(make_server()) as client:
+        schemas = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    assert schemas["tunnel_open"]["properties"]["invites"]["maximum"] == DEFAULT_CAPACITY - 1
+    assert schemas["tunnel_invite"]["properties"]["count"]["maximum"] == DEFAULT_CAPACITY - 1
+
+    monkeypatch.setenv("TUNNEL_ROOM_CAPACITY", "5")
+    async with Client(build_server()) as host:
+        schemas = {t.name: t.input_schema for t in (await host.list_tools()).tools}
+        assert schemas["tunnel_open"]["properties"]["invites"]["maximum"] == 4
+        assert "invites" in await fails(host, "tunnel_open", {"goal": "g", "transport": "local", "invites": 5})
+        opened = await ok(host, "tunnel_open", {"goal": "g", "transport": "local", "invites": 4})
+        assert len(opened["invites"]) == 4
+        assert "full" in await fails(host, "tunnel_invite", {"count": 1})
+
+    monkeypatch.setenv("TUNNEL_ROOM_CAPACITY", "lots")
+    async with Client(build_server()) as host:
+        message = await fails(host, "tunnel_open", {"goal": "g", "transport": "local"})
+    assert "TUNNEL_ROOM_CAPACITY='lots' is not a room size" in message
+
+
+DECORATIONS = [
+    "{link}.",
+    "{link},",
+    "({link})",
+    "<{link}>",
+    "<{link}>.",
+    "`{link}`",
+    "```\n{link}\n```",
+    '"{link}"',
+    "'{link}'.",
+    "**{link}**",
+    "  {link}\u200b ",
+    "[{link}]",
+]
+
+
+async def test_a_pasted_link_survives_chat_decoration(server: Server[TunnelManager]) -> None:
+    async with clients(server, 2) as (host, guest):
+        opened = await open_local(host, invites=len(DECORATIONS))
+        for invite, decoration in zip(opened["invites"], DECORATIONS, strict=True):
+            pasted = decoration.format(link=invite["joinLink"])
+            joined = await ok(guest, "tunnel_join", {"joinLink": pasted, "name": "ben"})
+            assert joined["tunnelId"] == opened["tunnelId"], pasted
+            await ok(guest, "tunnel_close")
+
+
 # -- shutdown --------------------------------------------------------------------------------------
 
 
-async def test_disconnecting_the_host_client_ends_the_room_for_everyone(server: MCPServer[TunnelManager]) -> None:
+async def test_disconnecting_the_host_client_ends_the_room_for_everyone(server: Server[TunnelManager]) -> None:
     async with Client(server) as guest:
         async with Client(server) as host:
             opened = await open_local(host)
@@ -427,7 +565,7 @@ async def test_disconnecting_the_host_client_ends_the_room_for_everyone(server: 
 # -- the transcript resource -------------------------------------------------------------------------
 
 
-async def test_transcript_resource_reads_the_conversation(server: MCPServer[TunnelManager]) -> None:
+async def test_transcript_resource_reads_the_conversation(server: Server[TunnelManager]) -> None:
     async with Client(server) as host:
         listed = [str(r.uri) for r in (await host.list_resources()).resources]
         assert TRANSCRIPT_URI in listed
@@ -451,7 +589,7 @@ def _text(result: types.ReadResourceResult) -> str:
 
 @pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
 async def test_transcript_subscribers_hear_about_new_messages_handshake_era(
-    server: MCPServer[TunnelManager],
+    server: Server[TunnelManager],
 ) -> None:
     updates: list[str] = []
 
@@ -472,7 +610,7 @@ async def test_transcript_subscribers_hear_about_new_messages_handshake_era(
 
 
 async def test_transcript_subscribers_hear_about_new_messages_via_listen(
-    server: MCPServer[TunnelManager],
+    server: Server[TunnelManager],
 ) -> None:
     async with Client(server) as host:
         await open_local(host)
@@ -485,7 +623,7 @@ async def test_transcript_subscribers_hear_about_new_messages_via_listen(
 
 
 async def test_a_transport_that_cannot_start_is_a_tool_error(
-    server: MCPServer[TunnelManager], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: Server[TunnelManager], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUNNEL_CLOUDFLARED", str(tmp_path / "no-such-cloudflared"))
     async with Client(server) as host:
@@ -495,7 +633,7 @@ async def test_a_transport_that_cannot_start_is_a_tool_error(
         assert NO_TUNNEL in await fails(host, "tunnel_status")
 
 
-async def test_each_connection_reads_its_own_transcript(server: MCPServer[TunnelManager]) -> None:
+async def test_each_connection_reads_its_own_transcript(server: Server[TunnelManager]) -> None:
     # One server object, two MCP connections, two tunnels: the resource must follow the
     # connection that reads it, not whichever connected last.
     async with clients(server, 2) as (ana, cem):
@@ -514,7 +652,7 @@ async def test_each_connection_reads_its_own_transcript(server: MCPServer[Tunnel
 
 
 @pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
-async def test_subscribers_hear_only_about_their_own_tunnel(server: MCPServer[TunnelManager]) -> None:
+async def test_subscribers_hear_only_about_their_own_tunnel(server: Server[TunnelManager]) -> None:
     updates: dict[str, list[str]] = {"ana": [], "cem": []}
 
     def handler(who: str) -> Any:
@@ -550,7 +688,7 @@ async def test_subscribers_hear_only_about_their_own_tunnel(server: MCPServer[Tu
 
 
 async def test_bad_arguments_name_the_field_and_never_echo_the_value(
-    server: MCPServer[TunnelManager],
+    server: Server[TunnelManager],
 ) -> None:
     secret_link = "https://x.trycloudflare.com/t/abc#" + "S3cr3t" * 7
     async with Client(server) as agent:
@@ -575,3 +713,28 @@ async def test_bad_arguments_name_the_field_and_never_echo_the_value(
         assert "pigeon" not in message
         # Nothing was opened by the failed call.
         assert NO_TUNNEL in await fails(agent, "tunnel_status")
+
+
+@given(
+    secret=st.binary(min_size=32, max_size=32),
+    before=st.text(alphabet=" \t\n\"'`<([{*\u200b", max_size=4),
+    after=st.text(alphabet=" \t\n\"'`>)]}*.,;:!?", max_size=4),
+)
+def test_unwrapping_a_pasted_link_never_changes_the_link(secret: bytes, before: str, after: str) -> None:
+    link = str(JoinLink("https://a.example/prefix", "AbCdEfGhIjKl-_", secret))
+    # Secrets may end in '-' or '_' (base64url): those are never trimmed.
+    assert unwrap_pasted_link(before + link + after) == link
+    assert JoinLink.parse(unwrap_pasted_link(before + link + after)).secret == secret
+
+
+async def test_the_session_layer_is_preloaded_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "t7_preload_probe.py").write_text("import threading\nLOADED_BY = threading.current_thread().name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(manager_module, "SESSION_LAYER", ("t7_preload_probe",))
+    monkeypatch.delitem(sys.modules, "t7_preload_probe", raising=False)
+    await manager_module.preload_session_layer(delay=0)
+    probe = sys.modules["t7_preload_probe"]
+    assert probe.LOADED_BY != threading.current_thread().name  # a worker thread, not the loop's
+    monkeypatch.delitem(sys.modules, "t7_preload_probe")

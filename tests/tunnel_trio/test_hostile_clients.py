@@ -15,6 +15,7 @@ test_faults.py; this file is about attacks on the running relay.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import struct
@@ -254,8 +255,11 @@ class RawPeer:
         assert head.startswith(b"HTTP/1.1 101 "), head
         return peer
 
-    async def frames_until_closed(self, timeout: float = GUARD) -> list[tuple[int, bytes]]:
-        """Read until the relay's Close frame (answered) or the end of the stream."""
+    async def frames_until_closed(
+        self, timeout: float = GUARD, *, answer: bool = True
+    ) -> list[tuple[int, bytes]]:
+        """Read until the relay's Close frame (answered unless `answer` is false: another task
+        may be sending) or the end of the stream."""
         frames: list[tuple[int, bytes]] = []
         with trio.fail_after(timeout):
             while True:
@@ -268,6 +272,8 @@ class RawPeer:
                 self.buffer += data
                 frames += parse_frames(self.buffer)
                 if frames and frames[-1][0] == OP_CLOSE:
+                    if not answer:
+                        return frames
                     try:
                         await self.stream.send_all(frame(OP_CLOSE, frames[-1][1][:2]))
                     except trio.BrokenResourceError:
@@ -374,8 +380,9 @@ async def test_slowloris_requests_are_dropped_at_the_handshake_deadline(start_pa
             attackers.start_soon(drip, "one byte at a time", one_byte_at_a_time())
             attackers.start_soon(drip, "endless headers", endless_headers())
     for name in ("one byte at a time", "endless headers"):
-        # Dropped at the relay's deadline (never answered), not later and not by accident.
-        assert SHORT * 0.8 <= cut[name] <= SHORT + 1.0, (name, cut[name])
+        # Dropped at the relay's deadline (never answered), not by accident before it, and long
+        # before the request would have completed (~17 s); the margin is for a busy machine.
+        assert SHORT * 0.8 <= cut[name] <= SHORT + 5.0, (name, cut[name])
         assert answered[name] == b"", (name, answered[name][:100])
     await pair.exchange()
 
@@ -415,7 +422,10 @@ async def test_huge_http_head_is_refused_without_buffering_it(start_pair, tcp):
 
 
 async def test_idle_tcp_connections_are_capped_and_go_away(start_pair, tcp, nursery):
-    pair = await start_pair(handshake_timeout=SHORT, invites=2)
+    # A deadline long enough that all 300 connections are open before it (on a busy machine
+    # opening them took over 4 s), so the ones over the cap meet the oldest still waiting.
+    deadline = 8.0
+    pair = await start_pair(handshake_timeout=deadline, invites=2)
     # No HTTP at all, from 300 connections: more than the relay's 256 open connections. Each
     # one over the cap pushes out the oldest that has not sent a request (told 503), the rest
     # go at the handshake deadline; the member's established connection is untouched.
@@ -423,7 +433,7 @@ async def test_idle_tcp_connections_are_capped_and_go_away(start_pair, tcp, nurs
     closed: list[tuple[int, bytes, float]] = []  # (opened as n-th, answer, seconds open)
 
     async def closes(n: int, stream: trio.SocketStream, opened: float) -> None:
-        answer = await read_answer(stream)
+        answer = await read_answer(stream, deadline + GUARD)
         closed.append((n, answer, trio.current_time() - opened))
 
     async with pair.talking(), trio.open_nursery() as waiters:
@@ -439,7 +449,7 @@ async def test_idle_tcp_connections_are_capped_and_go_away(start_pair, tcp, nurs
     # Those over the cap (and the new member) pushed out the oldest ones, in arrival order.
     assert pushed_out == list(range(len(pushed_out))) and len(pushed_out) >= 300 - 256
     assert all(answer == b"" for n, answer, _ in closed if n not in pushed_out)
-    assert max(seconds for _, _, seconds in closed) <= SHORT + 1.5
+    assert max(seconds for _, _, seconds in closed) <= deadline + 5.0
 
 
 #: Upgrade requests for the right path whose headers wsproto has to decode, with bytes they
@@ -477,17 +487,29 @@ async def test_malformed_upgrade_headers_get_a_400_not_a_traceback(start_pair, t
 async def test_a_fragmented_message_that_never_ends_is_dropped(start_pair, tcp):
     pair = await start_pair(handshake_timeout=SHORT)
     peer = await RawPeer.upgrade(await tcp(pair.host.relay.port), path_of(pair))
-    started = trio.current_time()
+
+    async def trickle() -> None:
+        # An empty continuation every 50 ms until the relay hangs up: the message never
+        # completes, the size limit is never reached, and the peer never authenticates. They
+        # keep coming past the deadline, so a relay that restarted its clock on each frame would
+        # never close (and the read below would give up after GUARD). One frame at a time: a
+        # flood would only make a starved relay too busy to send its Close in time.
+        try:
+            await peer.stream.send_all(frame(OP_BINARY, b"x" * 1000, fin=False))
+            while True:
+                await peer.stream.send_all(frame(OP_CONT, b"", fin=False))
+                await trio.sleep(0.05)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
     async with pair.talking():
-        await peer.stream.send_all(frame(OP_BINARY, b"x" * 1000, fin=False))
-        # Empty continuations forever (well, for a while): the message never completes, the
-        # size limit is never reached, and the peer never authenticates.
-        for _ in range(20):
-            await peer.stream.send_all(frame(OP_CONT, b"", fin=False) * 100)
-            await trio.sleep(0.05)
-        frames = await peer.frames_until_closed()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            # Read while the trickle goes on (not after it): the relay's Close must be seen
+            # however late this task gets the CPU, before the relay tears the socket down.
+            frames = await peer.frames_until_closed(answer=False)
+            nursery.cancel_scope.cancel()
     assert close_code(frames) == CLOSE_HANDSHAKE_TIMEOUT
-    assert trio.current_time() - started <= SHORT + 1.0
     await nothing_left_behind(pair.host)
     await pair.exchange()
 
@@ -602,7 +624,11 @@ async def test_a_flood_of_unknown_invites_does_not_slow_the_member(start_pair):
     async with pair.talking(interval=0.1) as latencies, trio.open_nursery() as attackers:
         for _ in range(16):
             attackers.start_soon(attacker)
-        await trio.sleep(2.0)
+        # As many refusals as the attack brings, not as many as fit in a fixed time: a busy
+        # machine answers more slowly, and that is not what this test is about.
+        with trio.fail_after(6 * GUARD):
+            while outcomes.get("unknown-invite", 0) < 50:
+                await trio.sleep(0.05)
         attackers.cancel_scope.cancel()
     # Some attackers are turned away earlier, for holding too many unauthenticated slots.
     assert set(outcomes) <= {"unknown-invite", f"closed {CLOSE_TOO_MANY_PENDING}"}, outcomes
@@ -761,6 +787,7 @@ async def test_a_member_flooding_says_is_rate_limited_and_others_are_not(start_p
     refs = [conn.say(f"spam {i}") for i in range(200)]
     outcomes: dict[int, SayAccepted | SayRejected] = {}
     async with pair.talking():
+        started = trio.current_time()
         await ws.send_many(conn.data_to_send())
         with trio.fail_after(GUARD):
             while len(outcomes) < len(refs):
@@ -769,10 +796,13 @@ async def test_a_member_flooding_says_is_rate_limited_and_others_are_not(start_p
                     if isinstance(event, SayAccepted | SayRejected):
                         outcomes[event.ref] = event
                 await ws.send_many(conn.data_to_send())  # acks: a well-paced reader
+        elapsed = trio.current_time() - started
     accepted = [e for e in outcomes.values() if isinstance(e, SayAccepted)]
     refused = [e for e in outcomes.values() if isinstance(e, SayRejected)]
-    # The bucket holds `burst` tokens and refills at 5 a second while the flood is read.
-    assert burst <= len(accepted) <= burst + 5
+    # The bucket holds `burst` tokens and refills at 5 a second while the flood is read (about
+    # a second, longer on a busy machine).
+    refill = math.ceil(host.room.config.rate_per_sec * elapsed)
+    assert burst <= len(accepted) <= burst + refill + 1, (len(accepted), elapsed)
     assert all(e.code == "rate-limited" and e.retry_ms and e.retry_ms > 0 for e in refused)
     assert len(accepted) + len(refused) == 200
     # The real member has its own bucket: none of its says was ever refused.
@@ -811,17 +841,21 @@ async def test_a_member_flooding_says_without_reading_is_cut_off(start_pair, cap
     def mallory_is_on() -> bool:
         return any(m.name == "mallory" and m.connected for m in host.status().members)
 
+    def cut_off() -> bool:
+        return any("outbound queue full" in r.getMessage() for r in caplog.records)
+
     async with pair.talking(), trio.open_nursery() as attacker:
         attacker.start_soon(flood)
         with trio.fail_after(GUARD):
-            # The relay drops the seat, then (within its close timeout) the socket and queue.
-            # (The attacker may not notice for a while: the kernel still holds what it could
-            # not deliver, behind the FIN.)
-            while mallory_is_on():
+            # The relay cuts the member off for its queue and drops its seat. (The attacker may
+            # not notice for a while: the kernel still holds what it could not deliver, behind
+            # the FIN.)
+            while not cut_off() or mallory_is_on():
                 await trio.sleep(0.05)
-        await nothing_left_behind(host)
+        # Stop flooding (on a busy machine the sealing alone starves the relay): within its
+        # close timeout the relay lets go of the socket and the queue too.
         attacker.cancel_scope.cancel()
-    assert any("outbound queue full" in r.getMessage() for r in caplog.records)
+        await nothing_left_behind(host)
     assert host.relay.peak_queued_bytes <= host.relay.outbox_limit
     await pair.exchange()
     await ws.aclose()

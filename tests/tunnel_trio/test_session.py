@@ -175,9 +175,10 @@ async def test_late_joiner_is_told_when_history_was_capped(nursery):
 
 
 async def test_idle_room_closes_for_everyone(nursery):
-    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(idle_timeout=0.5))
+    # Long enough that the join completes first on a busy machine.
+    host = await open_host(nursery, "goal", name="ana", config=RoomConfig(idle_timeout=3.0))
     ben = await join(nursery, host.initial_invites[0].join_link, name="ben")
-    with trio.fail_after(10):
+    with trio.fail_after(20):
         while not (host.closed and ben.closed):
             await ben.listen(ben.status().last_seq, 1.0)
     assert host.closed_reason == ben.closed_reason == "idle-closed"

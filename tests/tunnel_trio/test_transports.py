@@ -57,9 +57,13 @@ def test_make_transport_errors_say_what_to_pass(kwargs: dict[str, str], message:
     assert str(caught.value).startswith(message)
 
 
-def test_an_unknown_transport_from_the_environment_is_reported() -> None:
-    with pytest.raises(ValueError, match="unknown transport 'carrier-pigeon'"):
+def test_an_unknown_transport_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(ValueError) as caught:
         make_transport(None, env={"TUNNEL_TRANSPORT": "carrier-pigeon"})
+    assert str(caught.value).startswith(
+        "TUNNEL_TRANSPORT='carrier-pigeon' is not a transport: set it to one of cloudflared, "
+        "local, direct, url"
+    )
 
 
 # --- local, direct, url ----------------------------------------------------------------------
