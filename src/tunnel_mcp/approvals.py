@@ -150,7 +150,7 @@ def read_policy(*, approve_says: bool = False, env: Mapping[str, str] = os.envir
     budget_raw = env.get(TURN_BUDGET_ENV, "").strip()
     budget = DEFAULT_TURN_BUDGET
     if budget_raw:
-        budget = int(budget_raw) if budget_raw.isdigit() else -1
+        budget = int(budget_raw) if budget_raw.isascii() and budget_raw.isdigit() else -1
         if not 0 <= budget <= MAX_TURN_BUDGET:
             raise ValueError(
                 f"{TURN_BUDGET_ENV}={budget_raw!r} is not a turn budget: set it to a whole number "

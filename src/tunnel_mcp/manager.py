@@ -95,7 +95,7 @@ def room_capacity(env: Mapping[str, str] = os.environ) -> int:
     raw = env.get(CAPACITY_ENV, "").strip()
     if not raw:
         return DEFAULT_ROOM_CAPACITY
-    capacity = int(raw) if raw.isdigit() else 0
+    capacity = int(raw) if raw.isascii() and raw.isdigit() else 0
     if not 2 <= capacity <= MAX_ROOM_CAPACITY:
         raise ValueError(
             f"{CAPACITY_ENV}={raw!r} is not a room size: set it to a whole number from 2 to "
