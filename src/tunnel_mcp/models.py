@@ -83,6 +83,14 @@ class MemberState(_Wire):
         )
 
 
+#: Says left before the turn budget asks the human (in tunnel_say's and tunnel_status's results).
+TURNS_LEFT = Field(
+    default=None,
+    title="Turns left",
+    description="Messages you may still say before your human is asked whether to go on "
+    "(null: no turn budget).",
+)
+
 #: What the human answered when asked (MCP elicitation): `not-asked` when the MCP client cannot
 #: show approval prompts (then the agent must ask its human itself).
 ApprovalName = Literal["accepted", "declined", "cancelled", "unanswered", "not-asked"]
@@ -159,12 +167,7 @@ class SayResult(_Wire):
         title="Your human's answer",
         description="When your human was asked about this message: their answer.",
     )
-    turns_left: int | None = Field(
-        default=None,
-        title="Turns left",
-        description="Messages you may still say before your human is asked whether to go on "
-        "(null: no turn budget).",
-    )
+    turns_left: int | None = TURNS_LEFT
     queued: bool = Field(
         default=False,
         title="Queued",
@@ -309,12 +312,7 @@ class StatusResult(_Wire):
         description="True when your human approves every tunnel_say first (TUNNEL_APPROVE=say or "
         "approveSays).",
     )
-    turns_left: int | None = Field(
-        default=None,
-        title="Turns left",
-        description="Messages you may still say before your human is asked whether to go on "
-        "(null: no turn budget).",
-    )
+    turns_left: int | None = TURNS_LEFT
     turn_budget: int | None = Field(
         default=None,
         title="Turn budget",
