@@ -324,6 +324,7 @@ class StatusResult(_Wire):
         cls,
         status: SessionStatus,
         *,
+        phrase: str | None = None,
         turns_left: int | None = None,
         turn_budget: int | None = None,
         approve_says: bool = False,
@@ -351,9 +352,7 @@ class StatusResult(_Wire):
             turns_left=turns_left,
             turn_budget=turn_budget,
             approve_says=approve_says,
-            phrase=next((m.phrase for m in status.members if m.id == status.self_member.id), None)
-            if status.role == "member"
-            else None,
+            phrase=phrase,
         )
 
 
