@@ -34,28 +34,71 @@ async def tunnel_say(
         str, Field(title="Message", description="Your message to everyone in the room (plain text).")
     ],
     ctx: ToolContext,
+    afterCheckIn: Annotated[  # camelCase: it is the MCP argument name
+        bool,
+        Field(
+            title="After check-in",
+            description="true only after a say was refused for the turn budget and your human "
+            "then told you to go on: renews the budget (when your client can show approval "
+            "prompts, your human is asked instead).",
+        ),
+    ] = False,
 ) -> Annotated[CallToolResult, SayResult]:
     """Send a chat message to everyone in the tunnel.
 
     Every member (and the host) reads it. Returns the `seq` the room gave it. Then call
     tunnel_listen with sinceSeq = the highest seq you have seen to wait for the answer. Do not
     paste secrets, credentials or join links; get your human's OK before sharing anything
-    sensitive or agreeing to anything on their behalf.
+    sensitive or agreeing to anything on their behalf. Your human may be asked first (a prompt
+    from your MCP client): when they approve every message, and after `turnsLeft` reaches 0
+    (the turn budget). `sent: false` means it was not sent: do not send it again on your own.
     """
     session = _manager(ctx).current_open()
+    approvals = ctx.approvals
+    decision = await approvals.approve_say(
+        ctx,
+        tunnel_id=session.tunnel_id,
+        speaker=session.self_member.name,
+        text=text,
+        after_check_in=afterCheckIn,
+    )
+    if not decision.send:
+        result = SayResult(
+            seq=None, sent=False, approval=decision.answer, turns_left=approvals.turns_left
+        )
+        return _ok(result, decision.reason or "Not sent.")
+    # The human said yes (or nobody needed asking): from here on it reaches the room.
     receipt = await session.send(text)
+    approvals.said()
+    note = f"\n{decision.note}" if decision.note else ""
+    turns = _turns(approvals.turns_left)
     if receipt.seq is None:
         left = session.status().gives_up_in_sec
         down = f"; reconnecting, for {left} s more at most" if left is not None else ""
         return _ok(
-            SayResult(seq=None, queued=True),
+            SayResult(seq=None, queued=True, approval=decision.answer, turns_left=approvals.turns_left),
             f"Queued, not yet confirmed: the host has not answered (the connection may be down{down}). "
             "It goes out once the connection is back: do not send it again. If it cannot be "
             "delivered after all, tunnel_listen reports it as `undelivered` with its text; "
-            "tunnel_status shows how many are queued.",
+            f"tunnel_status shows how many are queued.{turns}{note}",
         )
     seq = receipt.seq
-    return _ok(SayResult(seq=seq), f"Sent as #{seq}. Next: tunnel_listen with sinceSeq {seq}.")
+    return _ok(
+        SayResult(seq=seq, approval=decision.answer, turns_left=approvals.turns_left),
+        f"Sent as #{seq}. Next: tunnel_listen with sinceSeq {seq}.{turns}{note}",
+    )
+
+
+def _turns(left: int | None) -> str:
+    """The turn budget, when it is close enough to matter to the agent."""
+    if left is None or left > 5:
+        return ""
+    if left == 0:
+        return (
+            " Turn budget used up: your next tunnel_say asks your human whether to go on "
+            "(check in with them first)."
+        )
+    return f" {left} turn{'s' if left != 1 else ''} left before your human is asked whether to go on."
 
 
 @tool(

@@ -218,9 +218,29 @@ def _server_env(transport: str, skills_dir: Path) -> dict[str, str]:
     return env
 
 
+class Prompts:
+    """A human at an MCP client that can show approval prompts (elicitation): the demo's human
+    reads each prompt aloud (in the narration) and accepts."""
+
+    def __init__(self, say: Narrator, name: str) -> None:
+        self._say = say
+        self._name = name
+        self.shown: list[str] = []
+
+    async def __call__(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.shown.append(params.message)
+        self._say.say(f"{self._name}'s MCP client shows {self._name} this prompt:")
+        self._say.say(textwrap.indent(params.message, "   | ", predicate=lambda _: True))
+        self._say.say(f"{self._name} compares the phrase with {HOST_NAME} on a call, and accepts.")
+        return types.ElicitResult(action="accept", content={})
+
+
 @asynccontextmanager
-async def start_agent(name: str, workdir: Path, transport: str) -> AsyncIterator[Agent]:
-    """Start `python -m tunnel_mcp` (works from any virtualenv) and connect an MCP client to it."""
+async def start_agent(
+    name: str, workdir: Path, transport: str, prompts: Prompts | None = None
+) -> AsyncIterator[Agent]:
+    """Start `python -m tunnel_mcp` (works from any virtualenv) and connect an MCP client to it
+    (one that shows approval prompts to its human when `prompts` is given)."""
     log_path = workdir / f"{name}.log"
     params = StdioServerParameters(
         command=sys.executable,
@@ -228,7 +248,9 @@ async def start_agent(name: str, workdir: Path, transport: str) -> AsyncIterator
         env=_server_env(transport, workdir / "skills"),
     )
     with log_path.open("w", encoding="utf-8") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=120) as client:
+        async with Client(
+            stdio_client(params, errlog=errlog), read_timeout_seconds=120, elicitation_callback=prompts
+        ) as client:
             yield Agent(name, client, log_path)
 
 
@@ -285,7 +307,8 @@ async def _story(say: Narrator, transport: str, workdir: Path) -> None:
         )
         # (Not under a timeout scope: the clients' task groups outlive this block.)
         host = await stack.enter_async_context(start_agent(HOST_NAME, workdir, transport))
-        guest = await stack.enter_async_context(start_agent(GUEST_NAME, workdir, transport))
+        prompts = Prompts(say, GUEST_NAME)
+        guest = await stack.enter_async_context(start_agent(GUEST_NAME, workdir, transport, prompts))
         with trio.fail_after(60):
             tools = {t.name for t in (await host.client.list_tools()).tools}
             await guest.client.list_tools()
@@ -325,15 +348,31 @@ async def _story(say: Narrator, transport: str, workdir: Path) -> None:
             guest_link = _via_port(link, tap_port)
             say.ok(f"relay on port {tap.target_port}, tap on port {tap_port}")
 
-        say.step(f"{HOST_NAME}'s human sends the link to {GUEST_NAME}; {GUEST_NAME}'s agent calls tunnel_join.")
-        with trio.fail_after(budget):
+        say.step(
+            f"{HOST_NAME}'s human sends the link to {GUEST_NAME}; {GUEST_NAME}'s agent calls "
+            f"tunnel_join. After the handshake, {GUEST_NAME}'s MCP client asks {GUEST_NAME} to "
+            "approve (an elicitation prompt) before the agent can say or read anything."
+        )
+        with trio.fail_after(budget + 30):
             joined = await guest.call("tunnel_join", {"joinLink": guest_link, "name": GUEST_NAME})
         if joined["goal"] != GOAL:
             raise DemoFailed(f"the guest received the goal {joined['goal']!r}, not {GOAL!r}")
+        if joined["approval"] != "accepted" or len(prompts.shown) != 1:
+            raise DemoFailed(f"the join was not approved through the prompt: {joined['approval']}")
         names = ", ".join(m["name"] for m in joined["members"])
         say.ok(
             f"{GUEST_NAME} joined as member {joined['self']['id']}; the goal arrived inside the "
             f"encrypted tunnel; members: {names}"
+        )
+        status = await host.call("tunnel_status")
+        seen_by_host = [m.get("phrase") for m in status["members"] if m["id"] == joined["self"]["id"]]
+        say.say(f"{GUEST_NAME}'s verification phrase, on {GUEST_NAME}'s side:  {joined['phrase']}")
+        say.say(f"{GUEST_NAME}'s verification phrase, on {HOST_NAME}'s side:  {seen_by_host[0] if seen_by_host else None}")
+        if seen_by_host != [joined["phrase"]]:
+            raise DemoFailed("the two ends show different verification phrases")
+        say.ok(
+            "the same four words on both ends: nobody relays between them (someone holding the "
+            "link in between would make the two ends see different words)"
         )
 
         say.step(f"{GUEST_NAME}'s agent says something; {HOST_NAME}'s agent listens.")
@@ -423,7 +462,11 @@ async def _story(say: Narrator, transport: str, workdir: Path) -> None:
     if not local:
         say.ok("the public URL no longer reaches a relay: cloudflared and the relay are gone")
     say.ok("no child process is left running")
-    say.say("\nDemo complete: open, join, talk both ways, single-use link, ciphertext on the wire, close.", indent="")
+    say.say(
+        "\nDemo complete: open, join with the human's approval and matching phrases, talk both ways, "
+        "single-use link, ciphertext on the wire, close.",
+        indent="",
+    )
 
 
 def _describe(message: dict[str, Any]) -> str:
@@ -431,7 +474,8 @@ def _describe(message: dict[str, Any]) -> str:
         who = message["from"]["name"] if message.get("from") else "?"
         return f"#{message['seq']} {who}: {message['text']}"
     subject = f" {message['subject']['name']}" if message.get("subject") else ""
-    return f"#{message['seq']} [event] {message['event']}{subject}"
+    phrase = f" (verification phrase: {message['phrase']})" if message.get("phrase") else ""
+    return f"#{message['seq']} [event] {message['event']}{subject}{phrase}"
 
 
 def _inspect_wire(say: Narrator, tap: WireTap, link: str, plaintexts: list[str]) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
+from tunnel_mcp.approvals import Approvals
 from tunnel_mcp.identity import default_display_name, sanitize_name
 from tunnel_trio.session_types import NotOpenError, TunnelError
 
@@ -44,7 +45,15 @@ CLOSED = (
     "the tunnel is closed: call tunnel_status to see why, or tunnel_open / tunnel_join to start "
     "a new one"
 )
-NOT_HOST = "only the host can invite: you joined this tunnel as a member (ask the host's human)"
+NOT_HOST = "only the host can {what}: you joined this tunnel as a member (ask the host's human)"
+AWAITING = (
+    "you joined tunnel {id}, but your human has not approved it yet: the tunnel stays out of "
+    "reach until tunnel_join returns that they accepted (tunnel_close leaves it)"
+)
+OVER_FOR_YOU = (
+    "{message}. This tunnel is over for you: call tunnel_status for details, or tunnel_open / "
+    "tunnel_join to start another"
+)
 
 #: What a first tunnel_open or tunnel_join needs beyond the server itself (about 0.1 s of imports:
 #: the protocol core, PyNaCl, wsproto, h11). `preload_session_layer` loads it in a worker
@@ -86,7 +95,7 @@ def room_capacity(env: Mapping[str, str] = os.environ) -> int:
     raw = env.get(CAPACITY_ENV, "").strip()
     if not raw:
         return DEFAULT_ROOM_CAPACITY
-    capacity = int(raw) if raw.isdigit() else 0
+    capacity = int(raw) if raw.isascii() and raw.isdigit() else 0
     if not 2 <= capacity <= MAX_ROOM_CAPACITY:
         raise ValueError(
             f"{CAPACITY_ENV}={raw!r} is not a room size: set it to a whole number from 2 to "
@@ -137,7 +146,12 @@ class TunnelManager:
         self._room_config = room_config  # None: the protocol's defaults (tests shorten timers)
         self._capacity = capacity  # with room_config None; None: $TUNNEL_ROOM_CAPACITY
         self._session: Session | None = None
+        #: A join that waits for the human's approval (see `join`); kept once it closed so the
+        #: tool can still say why.
+        self._held: MemberSession | None = None
         self._watch_scope: trio.CancelScope | None = None
+        #: The human's approvals for this connection (its questions, the tunnel's policy).
+        self.approvals = Approvals()
         self._lock = trio.Lock()
         self._listeners: list[TranscriptListener] = []
 
@@ -150,6 +164,9 @@ class TunnelManager:
 
     def current(self) -> Session:
         """The current session, even if closed (status and listen still work on it)."""
+        held = self.holding
+        if held is not None:
+            raise TunnelError(AWAITING.format(id=held.tunnel_id))
         if self._session is None:
             raise NotOpenError(NO_TUNNEL)
         return self._session
@@ -157,16 +174,21 @@ class TunnelManager:
     def current_open(self) -> Session:
         session = self.current()
         if session.closed:
-            raise NotOpenError(CLOSED)
+            # Say what ended it when that was not our own doing (the host removed us, ...).
+            message = session.status().closed_message
+            raise NotOpenError(OVER_FOR_YOU.format(message=message) if message else CLOSED)
         return session
 
-    def host(self) -> HostSession:
+    def host(self, what: str = "invite") -> HostSession:
         session = self.current_open()
         if session.role != "host":
-            raise TunnelError(NOT_HOST)
+            raise TunnelError(NOT_HOST.format(what=what))
         return session
 
     def _ensure_free(self) -> None:
+        held = self.holding
+        if held is not None:
+            raise TunnelError(AWAITING.format(id=held.tunnel_id))
         session = self._session
         if session is not None and not session.closed:
             wording = ALREADY_HOSTING if session.role == "host" else ALREADY_IN
@@ -218,18 +240,69 @@ class TunnelManager:
             log.info("opened tunnel %s as host", session.tunnel_id)
             return session
 
-    async def join(self, link: str, *, name: str | None = None) -> MemberSession:
+    async def join(self, link: str, *, admit_within: float, name: str | None = None) -> MemberSession:
+        """Join with `link` and hold the member until the human approved: until `admit` no tool
+        reaches it (nothing is said, nothing is read), and unless admitted within
+        `admit_within` seconds it leaves (the host sees `left`)."""
         from tunnel_trio.session import join
 
         async with self._lock:
             self._ensure_free()
             session = await join(self._nursery, unwrap_pasted_link(link), name=await self._name(name))
-            self._adopt(session)
+            self._held = session
+            self._nursery.start_soon(self._leave_unless_admitted, session, admit_within)
             log.info("joined tunnel %s as member %d", session.tunnel_id, session.self_member.id)
             return session
 
+    @property
+    def holding(self) -> MemberSession | None:
+        """The join that waits for the human's approval right now, if any."""
+        held = self._held
+        return held if held is not None and not held.closed else None
+
+    def held(self, link: str) -> MemberSession | None:
+        """The join of `link` that waits for the human's approval (or waited, and left)."""
+        from tunnelproto import JoinLink, LocalProtocolError
+
+        held = self._held
+        if held is None:
+            return None
+        try:
+            asked = JoinLink.parse(unwrap_pasted_link(link))
+        except LocalProtocolError:
+            return None
+        same = asked.tunnel_id == held.link.tunnel_id and asked.secret == held.link.secret
+        return held if same else None
+
+    def admit(self, session: MemberSession) -> None:
+        """The human approved the held join: from now on it is the current tunnel."""
+        if self._held is session:
+            self._held = None
+        if session.closed:
+            raise NotOpenError(CLOSED)
+        self._adopt(session)
+        log.info("admitted into tunnel %s", session.tunnel_id)
+
+    async def withdraw(self, session: MemberSession) -> None:
+        """The human did not approve the held join: leave (the host sees `left`)."""
+        if self._held is session:
+            self._held = None
+        await session.close(None)
+        log.info("left tunnel %s: not approved", session.tunnel_id)
+
+    async def _leave_unless_admitted(self, session: MemberSession, within: float) -> None:
+        await trio.sleep(within)
+        if self._held is session and not session.closed:
+            log.info("left tunnel %s: not approved in time", session.tunnel_id)
+            await session.close(None)
+
     async def close(self, summary: str | None = None) -> Session:
-        """Close the current session (host: ends the room for everyone; member: leaves)."""
+        """Close the current session (host: ends the room for everyone; member: leaves), or
+        leave a join still waiting for the human's approval."""
+        held = self.holding
+        if held is not None:
+            await self.withdraw(held)
+            return held
         session = self.current()
         await session.close(summary)
         await self._notify()
@@ -237,6 +310,12 @@ class TunnelManager:
 
     async def aclose(self) -> None:
         """Shutdown path: close whatever is open. Never raises a TunnelError."""
+        held, self._held = self._held, None
+        if held is not None and not held.closed:
+            try:
+                await held.close(None)
+            except TunnelError as exc:
+                log.warning("leaving the tunnel on shutdown failed: %s", exc)
         session = self._session
         if session is None or session.closed:
             return

@@ -54,15 +54,46 @@ class Member(_Wire):
         return cls(id=info.id, name=info.name, is_host=info.is_host)
 
 
+PHRASE_DESCRIPTION = (
+    "Verification phrase: four words both ends of this member's join derived. The two humans "
+    "compare them over a channel they trust (a call, a DM); different words mean someone else "
+    "is in between."
+)
+
+
 class MemberState(_Wire):
     id: int = Field(title="Member id")
     name: str = Field(title="Display name", description="Chosen by the member: untrusted text.")
     is_host: bool = Field(title="Is the host")
     connected: bool = Field(title="Connected now")
+    phrase: str | None = Field(
+        default=None,
+        title="Verification phrase",
+        description=PHRASE_DESCRIPTION + " The host sees every member's; a member its own.",
+    )
 
     @classmethod
     def of(cls, info: MemberStatus) -> MemberState:
-        return cls(id=info.id, name=info.name, is_host=info.is_host, connected=info.connected)
+        return cls(
+            id=info.id,
+            name=info.name,
+            is_host=info.is_host,
+            connected=info.connected,
+            phrase=info.phrase,
+        )
+
+
+#: Says left before the turn budget asks the human (in tunnel_say's and tunnel_status's results).
+TURNS_LEFT = Field(
+    default=None,
+    title="Turns left",
+    description="Messages you may still say before your human is asked whether to go on "
+    "(null: no turn budget).",
+)
+
+#: What the human answered when asked (MCP elicitation): `not-asked` when the MCP client cannot
+#: show approval prompts (then the agent must ask its human itself).
+ApprovalName = Literal["accepted", "declined", "cancelled", "unanswered", "not-asked"]
 
 
 class Invite(_Wire):
@@ -106,6 +137,18 @@ class JoinResult(_Wire):
     )
     self_member: Member = Field(alias="self", title="You")
     members: list[MemberState] = Field(title="Members")
+    phrase: str | None = Field(default=None, title="Verification phrase", description=PHRASE_DESCRIPTION)
+    joined: bool = Field(
+        default=True,
+        title="Joined",
+        description="False when your human did not approve: you left the tunnel at once.",
+    )
+    approval: ApprovalName = Field(
+        default="not-asked",
+        title="Your human's answer",
+        description="What your human answered to the join prompt (`not-asked`: your MCP client "
+        "cannot show one, so ask them yourself before you say anything).",
+    )
 
 
 class SayResult(_Wire):
@@ -113,6 +156,18 @@ class SayResult(_Wire):
         title="Seq",
         description="The room-wide sequence number the message got; null while it is queued.",
     )
+    sent: bool = Field(
+        default=True,
+        title="Sent",
+        description="False when it was not sent: your human declined it, or the turn budget "
+        "asks you to check in with them first. Do not send it again on your own.",
+    )
+    approval: ApprovalName | None = Field(
+        default=None,
+        title="Your human's answer",
+        description="When your human was asked about this message: their answer.",
+    )
+    turns_left: int | None = TURNS_LEFT
     queued: bool = Field(
         default=False,
         title="Queued",
@@ -161,6 +216,12 @@ class Message(_Wire):
         "unreachable, the host's server stopped, ...), or why your `undelivered` message "
         "(in text) did not reach the room.",
     )
+    phrase: str | None = Field(
+        default=None,
+        title="Verification phrase",
+        description="Host only, on `joined`: the member's verification phrase. Have your human "
+        "compare it with the member's human over a channel they trust.",
+    )
 
     @classmethod
     def of(cls, message: TranscriptMessage) -> Message:
@@ -174,6 +235,7 @@ class Message(_Wire):
             event=message.event,
             subject=Member.of(message.subject) if message.subject is not None else None,
             reason=message.reason,
+            phrase=message.phrase,
         )
 
 
@@ -233,9 +295,40 @@ class StatusResult(_Wire):
         description="Your messages not yet confirmed by the host; they go out once the "
         "connection is back (do not send them again).",
     )
+    closed_message: str | None = Field(
+        default=None,
+        title="What ended it",
+        description="Once closed by something else than your own tunnel_close: what happened "
+        "(e.g. the host removed you, with the host's reason: untrusted text).",
+    )
+    phrase: str | None = Field(
+        default=None,
+        title="Your verification phrase",
+        description=PHRASE_DESCRIPTION + " Members only (the host sees each member's in members).",
+    )
+    approve_says: bool = Field(
+        default=False,
+        title="Says need approval",
+        description="True when your human approves every tunnel_say first (TUNNEL_APPROVE=say or "
+        "approveSays).",
+    )
+    turns_left: int | None = TURNS_LEFT
+    turn_budget: int | None = Field(
+        default=None,
+        title="Turn budget",
+        description="Messages between two check-ins with your human (TUNNEL_TURN_BUDGET; null: off).",
+    )
 
     @classmethod
-    def of(cls, status: SessionStatus) -> StatusResult:
+    def of(
+        cls,
+        status: SessionStatus,
+        *,
+        phrase: str | None = None,
+        turns_left: int | None = None,
+        turn_budget: int | None = None,
+        approve_says: bool = False,
+    ) -> StatusResult:
         return cls(  # type: ignore[call-arg]
             role=status.role,
             is_host=status.role == "host",
@@ -255,7 +348,20 @@ class StatusResult(_Wire):
             closed_reason=status.closed_reason,
             gives_up_in_sec=status.gives_up_in_sec,
             queued_says=status.queued_says,
+            closed_message=status.closed_message,
+            turns_left=turns_left,
+            turn_budget=turn_budget,
+            approve_says=approve_says,
+            phrase=phrase,
         )
+
+
+class RemoveResult(_Wire):
+    removed: Member = Field(title="Removed member")
+    seq: int = Field(title="Seq", description="The seq of the `removed` event everyone sees.")
+    reason: str | None = Field(
+        default=None, title="Reason", description="Your reason, as every member sees it."
+    )
 
 
 class CloseResult(_Wire):
@@ -284,6 +390,10 @@ def invite_message(info: InviteInfo, build: Build | None = None) -> str:
         "\n"
         'Then ask your agent: "Join the tunnel with this link" and paste:\n'
         f"    {info.join_link}\n"
+        "\n"
+        "Once you join, your agent and mine each show four words, the verification phrase: read "
+        "them to each other over a channel we already trust (a call, a DM), because different "
+        "words mean someone else got the link and sits between us.\n"
         "\n"
         f"The link is secret (whoever holds it can join in your place), works once, and expires "
         f"in {minutes} minute{plural}. Keep it out of public channels, tickets and commits."

@@ -22,22 +22,48 @@ _RAW_LINE_BREAKS = {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), 0x2028, 0x202
 
 
 @functools.cache
-def _display_escapes() -> dict[int, str]:
-    """`_RAW_LINE_BREAKS` plus every format character (Unicode category Cf), built on first use.
+def _format_characters() -> tuple[int, ...]:
+    """Every format character (Unicode category Cf), found on first use.
 
     Format characters are invisible yet change what a reader sees: U+202E (right-to-left
     override) makes "exe.txt" read as "txt.exe", zero-width characters (U+200B, U+2060, U+FEFF)
     hide inside words and links, and the tag characters (U+E0000 block) carry whole hidden
-    texts. Each becomes its JSON escape (a surrogate pair beyond the BMP), so the literal stays
-    valid JSON and decodes back to the exact text.
+    texts.
     """
     import unicodedata
 
+    return tuple(code for code in range(0x110000) if unicodedata.category(chr(code)) == "Cf")
+
+
+@functools.cache
+def _display_escapes() -> dict[int, str]:
+    """`_RAW_LINE_BREAKS` plus every format character, each as its JSON escape (a surrogate pair
+    beyond the BMP), so a quoted literal stays valid JSON and decodes back to the exact text."""
     table = dict(_RAW_LINE_BREAKS)
-    for code in range(0x110000):
-        if unicodedata.category(chr(code)) == "Cf":
-            table[code] = json.dumps(chr(code))[1:-1]
+    for code in _format_characters():
+        table[code] = json.dumps(chr(code))[1:-1]
     return table
+
+
+@functools.cache
+def _visible_escapes() -> dict[int, str]:
+    """For `_visible`: every control character but line feed and tab, the Unicode line breaks
+    and every format character, as a backslash escape."""
+    codes = [*range(0x20), *_RAW_LINE_BREAKS, *_format_characters()]
+    return {
+        code: f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+        for code in codes
+        if code not in (0x0A, 0x09)
+    }
+
+
+def _visible(text: str) -> str:
+    """Text shown to a human as it is, lines and all, with every character that could hide or
+    change what they read (controls, bidi overrides, zero-width characters) shown as an escape.
+
+    For the approval prompts: the human approves exactly the text that will be sent.
+    """
+    return text.translate(_visible_escapes())
 
 
 def _quote(text: str) -> str:
@@ -74,7 +100,9 @@ def _render_message(message: Message, limit: int | None = None) -> str:
     label = "your message" if what == "undelivered" else "summary"
     extra = f" {label}: {_quote(text)}{cut}" if message.text else ""
     reason = f" reason: {_quote(message.reason)}" if message.reason else ""
-    return f"#{message.seq} [event] {what}{subject}{extra}{reason}"
+    # The phrase is made here from the handshake, never sent by a peer: no quotes needed.
+    phrase = f" verification phrase: {message.phrase}" if message.phrase else ""
+    return f"#{message.seq} [event] {what}{subject}{extra}{reason}{phrase}"
 
 
 def _minutes(seconds: float) -> str:
@@ -91,9 +119,11 @@ def _connection(state: str, reason: str | None) -> str:
 def _render_members(members: list[MemberState]) -> str:
     parts = []
     for m in members:
-        flags = ["host"] if m.is_host else []
+        flags = ["host"] if m.is_host else [f"id {m.id}"]
         if not m.connected:
             flags.append("disconnected")
+        if m.phrase:
+            flags.append(f"phrase: {m.phrase}")
         suffix = f" ({', '.join(flags)})" if flags else ""
         parts.append(f"{_quote(m.name)}{suffix}")
     return ", ".join(parts) if parts else "nobody"

@@ -22,17 +22,25 @@ import functools
 import inspect
 import logging
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import annotated_types
 import trio
 from mcp.server.context import ServerRequestContext
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import (
+    CallToolRequestParams,
+    CallToolResult,
+    InputRequiredResult,
+    InputResponse,
+    TextContent,
+    ToolAnnotations,
+)
 from mcp.types import Tool as ToolListing
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from tunnel_mcp.approvals import Approvals, CallAnswers, InputRequired
 from tunnel_mcp.manager import TunnelManager
 from tunnel_mcp.models import field_title
 from tunnel_trio.session_types import TunnelError
@@ -47,12 +55,22 @@ PROGRESS_EVERY = 5.0
 
 
 class ToolContext:
-    """What a tool sees of the MCP request it serves: its connection's tunnel, and progress."""
+    """What a tool sees of the MCP request it serves: its connection's tunnel, its human's
+    approvals, and progress. Also the `approvals.Call` a question to the human is asked in."""
 
-    __slots__ = ("request",)
+    __slots__ = ("approval_answers", "input_responses", "request", "request_state")
 
-    def __init__(self, request: ServerRequestContext[Any, Any]) -> None:
+    def __init__(
+        self,
+        request: ServerRequestContext[Any, Any],
+        input_responses: Mapping[str, InputResponse] | None = None,
+        request_state: str | None = None,
+    ) -> None:
         self.request = request
+        #: 2026-era rounds: the human's answers the client brings, and the round they answer.
+        self.input_responses = input_responses
+        self.request_state = request_state
+        self.approval_answers: CallAnswers | None = None
 
     @property
     def manager(self) -> TunnelManager:
@@ -61,11 +79,18 @@ class ToolContext:
             raise RuntimeError("the tunnel server was started without its lifespan")
         return manager
 
+    @property
+    def approvals(self) -> Approvals:
+        return self.manager.approvals
+
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
     ) -> None:
         """A `notifications/progress` for this call; nothing when the client did not ask."""
         await self.request.session.report_progress(progress, total, message)
+
+    async def with_progress(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
+        return await _with_progress(self, what, work)
 
 
 def _manager(ctx: ToolContext) -> TunnelManager:
@@ -93,6 +118,8 @@ def _guarded(fn: ToolFunction) -> ToolFunction:
     async def wrapper(*args: Any, **kwargs: Any) -> CallToolResult:
         try:
             return await fn(*args, **kwargs)
+        except InputRequired:
+            raise  # not a failure: the round ends with a question for the human (Tool.call)
         except Exception as exc:
             user_facing = _user_facing(exc)
             if user_facing is not None:
@@ -200,17 +227,24 @@ class Tool:
             annotations=self.annotations,
         )
 
-    async def call(self, request: ServerRequestContext[Any, Any], arguments: dict[str, Any]) -> CallToolResult:
+    async def call(
+        self, request: ServerRequestContext[Any, Any], params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
         try:
-            parsed = self.arguments.model_validate(arguments)
+            parsed = self.arguments.model_validate(params.arguments or {})
         except ValidationError as exc:
             # Field names only: the rejected values are the caller's data.
             fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
             log.info("%s rejected arguments: %s", self.name, fields)
             return _error(_bad_arguments(self.name, exc, self.input_schema))
         values = {name: getattr(parsed, name) for name in type(parsed).model_fields}
-        values[self.context_parameter] = ToolContext(request)
-        return await self.function(**values)
+        values[self.context_parameter] = ToolContext(
+            request, params.input_responses, params.request_state
+        )
+        try:
+            return await self.function(**values)
+        except InputRequired as asking:
+            return asking.result
 
 
 def tool(*, name: str, title: str, annotations: ToolAnnotations) -> Callable[[ToolFunction], Tool]:

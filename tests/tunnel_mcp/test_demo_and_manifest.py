@@ -29,6 +29,10 @@ def test_demo_runs_the_whole_story_and_exits_0() -> None:
     for promise in ("tunnel_open", "tunnel_join", "already used", "ciphertext", "no child process"):
         assert promise in out
     assert "Demo complete" in out
+    # The guest's human approved the join at a prompt, and both ends show the same phrase.
+    assert "ben's MCP client shows ben this prompt:" in out
+    phrases = re.findall(r"verification phrase, on \w+'s side: +([a-z]+(?: [a-z]+){3})$", out, re.MULTILINE)
+    assert len(phrases) == 2 and phrases[0] == phrases[1], out
     # Never a usable secret on the screen: 43 base64url characters after '#'.
     assert not re.search(r"#[A-Za-z0-9_-]{43}", out + done.stderr)
 

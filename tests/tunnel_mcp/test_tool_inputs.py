@@ -273,7 +273,9 @@ class Harness:
         )
         if not intact:
             changed = any(
-                c.succeeded and c.role in ("host", "guest") and c.tool in ("tunnel_close", "tunnel_open", "tunnel_join")
+                c.succeeded
+                and c.role in ("host", "guest")
+                and c.tool in ("tunnel_close", "tunnel_open", "tunnel_join", "tunnel_remove")
                 for c in calls
             )
             assert changed, f"the tunnel broke though nobody ended it: host {host}, guest {guest}; calls: {calls}"
@@ -351,6 +353,9 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         # also the default, fails at once), no DNS-over-HTTPS fallback, listens capped at 50 ms.
         mp.setenv("TUNNEL_CLOUDFLARED", str(tmp_path_factory.mktemp("no-cloudflared") / "cloudflared"))
         mp.setenv("TUNNEL_DOH", "off")
+        # Thousands of health-check says: no turn budget to check in about.
+        mp.setenv("TUNNEL_TURN_BUDGET", "0")
+        mp.delenv("TUNNEL_APPROVE", raising=False)
         for name in ("TUNNEL_TRANSPORT", "TUNNEL_CONNECT_TO", "TUNNEL_CA_BUNDLE"):
             mp.delenv(name, raising=False)
         mp.setattr(chat_tools, "MAX_LISTEN_MS", LISTEN_CAP_MS)
@@ -488,10 +493,16 @@ PARAMS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "publicUrl": typed_or_any(st.sampled_from(PUBLIC_URLS) | texts),
         "bind": typed_or_any(st.sampled_from(BINDS) | texts),
         "name": typed_or_any(texts),
+        "approveSays": typed_or_any(st.booleans()),
     },
     "tunnel_invite": {"count": typed_or_any(ints)},
-    "tunnel_join": {"joinLink": typed_or_any(links_anywhere | texts), "name": typed_or_any(texts)},
-    "tunnel_say": {"text": typed_or_any(texts)},
+    "tunnel_join": {
+        "joinLink": typed_or_any(links_anywhere | texts),
+        "name": typed_or_any(texts),
+        "approveSays": typed_or_any(st.booleans()),
+    },
+    "tunnel_say": {"text": typed_or_any(texts), "afterCheckIn": typed_or_any(st.booleans())},
+    "tunnel_remove": {"memberId": typed_or_any(ints), "reason": typed_or_any(texts)},
     "tunnel_listen": {
         "sinceSeq": typed_or_any(ints),
         "timeoutMs": typed_or_any(ints),

@@ -45,6 +45,7 @@ TOOLS = {
     "tunnel_open",
     "tunnel_invite",
     "tunnel_join",
+    "tunnel_remove",
     "tunnel_say",
     "tunnel_listen",
     "tunnel_status",
@@ -698,7 +699,7 @@ async def test_bad_arguments_name_the_field_and_never_echo_the_value(
         assert message.startswith("tunnel_join: invalid arguments; nothing was done.")
         assert "- joinLink: Input should be a valid string." in message
         assert "including the part after '#'" in message  # the field's own description
-        assert message.endswith("It takes: joinLink (required), name.")
+        assert message.endswith("It takes: joinLink (required), name, approveSays.")
 
         message = await fails(agent, "tunnel_join", {})
         assert "- joinLink: Field required." in message

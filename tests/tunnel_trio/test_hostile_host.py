@@ -1202,7 +1202,8 @@ async def test_the_mcp_tools_show_a_hostile_host_as_quoted_data(fake: Any) -> No
         result = await client.call_tool("tunnel_join", {"joinLink": host.link})
         text = _text(result)
         assert not result.is_error, text
-        assert len(text.splitlines()) == 4, text
+        # Joined, goal, members, phrase, the advice to ask the human (no prompts here), next.
+        assert len(text.splitlines()) == 6, text
 
         entries = len(FORGERIES) + 2
 
@@ -1223,7 +1224,8 @@ async def test_the_mcp_tools_show_a_hostile_host_as_quoted_data(fake: Any) -> No
 
         result = await client.call_tool("tunnel_status", {})
         status = _text(result)
-        assert len(status.splitlines()) == 4, status
+        # Role, goal, members, last seq, the phrase, the turns left: one line each.
+        assert len(status.splitlines()) == 6, status
         assert result.structured_content is not None
         for member in result.structured_content["members"] + [result.structured_content["self"]]:
             assert clean_name(member["name"]), member
@@ -1237,7 +1239,8 @@ async def test_the_mcp_tools_show_a_hostile_host_as_quoted_data(fake: Any) -> No
                     break
                 await trio.sleep(0.01)
         status = _text(result)
-        assert len(status.splitlines()) == 4, status
+        # ... and what ended it (the host's words, quoted on one line).
+        assert len(status.splitlines()) == 7, status
         reason = result.structured_content["closedReason"]
         assert reason and clean_line(reason)
 
