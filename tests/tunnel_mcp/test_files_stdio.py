@@ -7,104 +7,17 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import mcp_types as types
 import pytest
 import trio
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcpstdio import Human, call, error, file_message, pair, server
 
 from tunnel_trio import files_disk
 from tunnel_trio.session import open_host
 from tunnelproto import FileEntry
 
-SERVER = [sys.executable, "-m", "tunnel_mcp", "--log-level", "debug"]
 MODES = ["legacy", "auto"]
-
-
-def server_env(tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "TUNNEL_TRANSPORT": "local",
-        "TUNNEL_SKIP_SKILL_INSTALL": "1",
-        "TUNNEL_SKILLS_DIR": str(tmp_path / "skills"),
-        "HOME": str(tmp_path / f"home-{name}"),  # the default save folder lives under it
-        **extra,
-    }
-    for key in ("TUNNEL_APPROVE", "TUNNEL_TURN_BUDGET"):
-        env.pop(key, None)
-    return env
-
-
-class Human:
-    """An elicitation callback: answers with `decide(prompt)`, keeps every prompt it saw."""
-
-    def __init__(self, decide: Callable[[str], str] = lambda _: "accept") -> None:
-        self.prompts: list[str] = []
-        self.decide = decide
-
-    async def __call__(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-        assert isinstance(params, types.ElicitRequestFormParams)
-        self.prompts.append(params.message)
-        action = self.decide(params.message)
-        return types.ElicitResult(action=action, content={} if action == "accept" else None)  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def server(
-    tmp_path: Path, name: str, human: Human | None = None, mode: str = "legacy", **env: str
-) -> AsyncIterator[Client]:
-    params = StdioServerParameters(
-        command=SERVER[0], args=SERVER[1:], env=server_env(tmp_path, name, **env)
-    )
-    extra: dict[str, Any] = {"elicitation_callback": human, "mode": mode} if human else {}
-    with (tmp_path / f"{name}.log").open("w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=90, **extra) as client:
-            yield client
-
-
-async def call(client: Client, tool: str, args: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
-    """A tool call that must succeed: its structured content and its text."""
-    result = await client.call_tool(tool, args or {})
-    text = result.content[0].text if isinstance(result.content[0], types.TextContent) else ""
-    assert not result.is_error, f"{tool} failed: {text}"
-    assert result.structured_content is not None
-    return result.structured_content, text
-
-
-async def error(client: Client, tool: str, args: dict[str, Any]) -> str:
-    result = await client.call_tool(tool, args)
-    assert result.is_error, f"{tool} unexpectedly succeeded: {result.structured_content}"
-    assert isinstance(result.content[0], types.TextContent)
-    assert "Traceback" not in result.content[0].text
-    return result.content[0].text
-
-
-async def pair(host: Client, guest: Client) -> None:
-    opened, _ = await call(host, "tunnel_open", {"goal": "hand over the fixtures", "name": "ana"})
-    await call(guest, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
-
-
-async def file_message(client: Client, offer_id: int, event: str = "file-offer") -> tuple[dict[str, Any], str]:
-    """The `file` message about `offer_id` (and the listen text it came in), once it arrives."""
-    since = 0
-    with trio.fail_after(60):
-        while True:
-            result = await client.call_tool(
-                "tunnel_listen", {"sinceSeq": since, "timeoutMs": 5000, "includeOwn": True}
-            )
-            assert not result.is_error and result.structured_content is not None
-            got = result.structured_content
-            for m in got["messages"]:
-                if m["kind"] == "file" and m["event"] == event and m["file"]["offerId"] == offer_id:
-                    assert isinstance(result.content[0], types.TextContent)
-                    return m, result.content[0].text
-            since = got["lastSeq"]
 
 
 def make_project(root: Path) -> dict[str, bytes]:
