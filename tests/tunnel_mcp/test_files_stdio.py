@@ -5,10 +5,12 @@ names. (The 1 GiB transfer with a drop is in test_files_big.py.)"""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
 
+import mcp_types as types
 import pytest
 import trio
 from mcpstdio import Human, call, error, file_message, pair, server
@@ -61,6 +63,10 @@ async def test_a_file_and_a_folder_both_ways_without_approval_prompts(tmp_path: 
         assert message["from"]["name"] == "ana" and message["file"]["name"] == "report.txt"
         assert message["file"]["hash"] == shared["hash"] and message["file"]["note"] == "the failing run"
         assert f'#{message["seq"]} [file] offer {offer_id} from host 1 "ana": file "report.txt"' in listened
+        (resource,) = (await guest.read_resource("tunnel://transcript")).contents
+        assert isinstance(resource, types.TextResourceContents)
+        offers = [m for m in json.loads(resource.text)["messages"] if m["kind"] == "file"]
+        assert [m["file"]["offerId"] for m in offers] == [offer_id]
         status, status_text = await call(guest, "tunnel_status")
         assert [o["offerId"] for o in status["offers"]] == [offer_id]
         assert f"offer {offer_id} from host 1" in status_text
