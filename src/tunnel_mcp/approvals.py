@@ -56,7 +56,8 @@ from mcp.types import (
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
-from tunnel_mcp.render import _quote, _visible
+from tunnel_mcp.render import _count, _quote, _visible
+from tunnel_mcp.render import size_text as _size
 
 T = TypeVar("T")
 
@@ -77,6 +78,9 @@ MAX_OPEN_ROUNDS = 32
 
 #: What the human answered. `not-asked`: the client cannot show a prompt (no elicitation).
 Answer = Literal["accepted", "declined", "cancelled", "unanswered", "not-asked"]
+
+#: Files a share's prompt names among those it leaves out (the rest are counted).
+SKIPPED_SHOWN = 10
 
 #: The form every question shows: no fields, only the client's accept / decline buttons.
 _YES_OR_NO: dict[str, Any] = {"type": "object", "properties": {}}
@@ -385,17 +389,36 @@ class Approvals:
         )
 
     async def approve_reading(
-        self, call: Call, *, tunnel_id: str, path: str, files: int, total_bytes: int
+        self,
+        call: Call,
+        *,
+        tunnel_id: str,
+        path: str,
+        files: int,
+        total_bytes: int,
+        skipped: Sequence[tuple[str, str]] = (),
+        skipped_unlisted: int = 0,
+        digest: str | None = None,
     ) -> Answer:
-        """May `files` files (`total_bytes` in all) under `path` be read from disk and offered to
-        the room? Ask before anything is read; only `accepted` is a yes from the human."""
+        """May `files` files (`total_bytes` in all) under `path` be offered to the room? Asked
+        after the local scan (which lists and hashes them) and before anything is sent; only
+        `accepted` is a yes from the human. `skipped`: (path, why) of what the scan left out;
+        `digest`: the offer's hash, so an answer counts only for exactly these files."""
+        left_out = ""
+        if skipped or skipped_unlisted:
+            shown = ", ".join(f"{_quote(p)} ({why})" for p, why in skipped[:SKIPPED_SHOWN])
+            more = len(skipped) - min(len(skipped), SKIPPED_SHOWN) + skipped_unlisted
+            left_out = (
+                f"Left out (never sent): {shown}" + (f" and {more} more" if more else "") + "\n"
+            )
         message = (
             f"Your agent wants to share {_count(files, 'file')} ({_size(total_bytes)}) from\n"
             f"{_visible(path)}\n"
-            f"with everyone in tunnel {tunnel_id}. Nothing is read from disk before you accept.\n"
-            "Accept shares them. Decline shares nothing."
+            f"with everyone in tunnel {tunnel_id}.\n{left_out}"
+            "Nothing is sent before you accept (the files were only read here, to list and hash "
+            "them).\nAccept shares them. Decline shares nothing."
         )
-        subject = f"{tunnel_id}\0{path}\0{files}\0{total_bytes}"
+        subject = f"{tunnel_id}\0{path}\0{files}\0{total_bytes}\0{digest}"
         return await self.ask(call, Question("read-files", subject, message))
 
     async def approve_writing(
@@ -406,19 +429,27 @@ class Approvals:
         destination: str,
         files: int | None = None,
         total_bytes: int | None = None,
+        sharer: str | None = None,
+        replaces: int = 0,
     ) -> Answer:
         """May files received in the tunnel be written to `destination` (the full path)? Ask
-        before anything is written; only `accepted` is a yes from the human."""
+        before anything is written; only `accepted` is a yes from the human. `sharer`: who
+        offers them (shown quoted); `replaces`: existing files they would overwrite."""
         what = "files received"
         if files is not None:
             what = f"{_count(files, 'file')} received"
             if total_bytes is not None:
                 what += f" ({_size(total_bytes)})"
+        source = f" from {sharer}" if sharer else ""
+        clobbers = (
+            f"They replace {_count(replaces, 'existing file')} there (overwrite).\n" if replaces else ""
+        )
         message = (
-            f"Your agent wants to save {what} in tunnel {tunnel_id} to\n{_visible(destination)}\n"
+            f"Your agent wants to save {what} in tunnel {tunnel_id}{source} to\n"
+            f"{_visible(destination)}\n{clobbers}"
             "Nothing is written before you accept.\nAccept saves them there. Decline saves nothing."
         )
-        subject = f"{tunnel_id}\0{destination}\0{files}\0{total_bytes}"
+        subject = f"{tunnel_id}\0{destination}\0{files}\0{total_bytes}\0{replaces}"
         return await self.ask(call, Question("write-files", subject, message))
 
 
@@ -452,18 +483,3 @@ def _not_sent(answer: Answer, what: str) -> str:
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} bytes"
-    size = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        size /= 1024
-        if size < 1024 or unit == "TiB":
-            break
-    return f"{size:.1f} {unit}"

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -231,7 +233,10 @@ class Prompts:
         self.shown.append(params.message)
         self._say.say(f"{self._name}'s MCP client shows {self._name} this prompt:")
         self._say.say(textwrap.indent(params.message, "   | ", predicate=lambda _: True))
-        self._say.say(f"{self._name} compares the phrase with {HOST_NAME} on a call, and accepts.")
+        if "erification phrase" in params.message:
+            self._say.say(f"{self._name} compares the phrase with {HOST_NAME} on a call, and accepts.")
+        else:
+            self._say.say(f"{self._name} reads it and accepts.")
         return types.ElicitResult(action="accept", content={})
 
 
@@ -306,7 +311,8 @@ async def _story(say: Narrator, transport: str, workdir: Path) -> None:
             "client SDK, as their agents' MCP clients would."
         )
         # (Not under a timeout scope: the clients' task groups outlive this block.)
-        host = await stack.enter_async_context(start_agent(HOST_NAME, workdir, transport))
+        host_prompts = Prompts(say, HOST_NAME)
+        host = await stack.enter_async_context(start_agent(HOST_NAME, workdir, transport, host_prompts))
         prompts = Prompts(say, GUEST_NAME)
         guest = await stack.enter_async_context(start_agent(GUEST_NAME, workdir, transport, prompts))
         with trio.fail_after(60):
@@ -395,6 +401,8 @@ async def _story(say: Narrator, transport: str, workdir: Path) -> None:
             say.say(_describe(m))
         say.ok("messages flow both ways, in one order for everyone")
 
+        since_guest = await _share_a_folder(say, host, guest, workdir, since_guest, budget)
+
         say.step(
             f"A third developer, {INTRUDER_NAME}, got hold of the same link and starts a third "
             "server to join with it."
@@ -428,7 +436,7 @@ async def _story(say: Narrator, transport: str, workdir: Path) -> None:
 
         if tap is not None:
             say.step("Look at what crossed the wire (what a relay, a proxy or Cloudflare would see).")
-            _inspect_wire(say, tap, link, [GOAL, GUEST_SAYS, HOST_SAYS, SUMMARY])
+            _inspect_wire(say, tap, link, [GOAL, GUEST_SAYS, HOST_SAYS, SUMMARY, *FOLDER.values(), *LEFT_BEHIND.values()])
         else:
             say.step("What crossed the wire")
             say.say(
@@ -464,15 +472,102 @@ async def _story(say: Narrator, transport: str, workdir: Path) -> None:
     say.ok("no child process is left running")
     say.say(
         "\nDemo complete: open, join with the human's approval and matching phrases, talk both ways, "
-        "single-use link, ciphertext on the wire, close.",
+        "share a folder (secrets and git-ignored files left out), single-use link, ciphertext on "
+        "the wire, close.",
         indent="",
     )
+
+
+#: The folder ana shares: what ben must receive, file by file.
+FOLDER = {
+    "retry_cases.json": '{"cases": [{"status": 503, "retry": true}, {"status": 400, "retry": false}]}\n',
+    "README.md": "Fixtures for the payments client's retry policy.\n",
+    ".gitignore": "*.log\n",
+}
+#: What ana's folder also holds and must never leave her machine.
+LEFT_BEHIND = {
+    ".env": "PAYMENTS_API_KEY=sk_demo_do_not_share_0123456789\n",
+    "debug.log": "2026-01-01 retry 3 of 3 failed (local debugging noise)\n",
+}
+
+
+def _make_folder(root: Path) -> bool:
+    """ana's fixtures folder, a git work tree when git is installed (True then)."""
+    root.mkdir(parents=True)
+    for name, text in {**FOLDER, **LEFT_BEHIND}.items():
+        (root / name).write_text(text, encoding="utf-8")
+    if shutil.which("git") is None:
+        return False
+    done = subprocess.run(["git", "init", "-q", str(root)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+async def _share_a_folder(
+    say: Narrator, host: Agent, guest: Agent, workdir: Path, since: int, budget: float
+) -> int:
+    folder = workdir / HOST_NAME / "payments-fixtures"
+    in_git = _make_folder(folder)
+    say.step(
+        f"{HOST_NAME}'s agent shares a folder of fixtures with tunnel_share. It also holds a "
+        "secret-looking .env and a debug.log that git ignores: neither may leave her machine. "
+        f"{HOST_NAME}'s MCP client asks her first, showing what is read and what is left out."
+    )
+    with trio.fail_after(budget + 15):
+        shared = await host.call("tunnel_share", {"path": str(folder), "note": "retry fixtures"})
+    skipped = {s["path"]: s["reason"] for s in shared["skipped"]}
+    for path, reason in skipped.items():
+        say.say(f"skipped: {path} ({reason})")
+    if ".env" not in skipped or (in_git and "debug.log" not in skipped):
+        raise DemoFailed(f"the share did not leave out the secret and the ignored file: {skipped}")
+    if not shared["shared"] or sorted(f["path"] for f in shared["files"]) != sorted(FOLDER):
+        raise DemoFailed(f"the share offered {[f['path'] for f in shared['files']]}")
+    say.ok(
+        f"offer {shared['offerId']}: {shared['count']} files, {shared['total']} bytes, hash "
+        f"{shared['hash'][:16]}..."
+    )
+
+    say.step(
+        f"{GUEST_NAME}'s agent sees the offer in tunnel_listen and receives it with "
+        f"tunnel_receive; {GUEST_NAME}'s MCP client asks him to approve the full destination."
+    )
+    into = workdir / GUEST_NAME / "received" / "payments-fixtures"
+    with trio.fail_after(budget + 15):
+        heard, since = await guest.listen_until(
+            since, lambda m: m.get("kind") == "file" and m["file"]["offerId"] == shared["offerId"],
+            budget=budget,
+        )
+        for m in heard:
+            say.say(_describe(m))
+        got = await guest.call(
+            "tunnel_receive", {"offerId": shared["offerId"], "saveTo": str(into)}
+        )
+    if not got["complete"]:
+        raise DemoFailed(f"the receive did not complete: {got.get('error')}")
+    for f in got["written"]:
+        say.say(f"written: {f['target']} ({f['size']} bytes, sha256 {f['sha256'][:16]}...)")
+    arrived = {
+        p.relative_to(into).as_posix(): p.read_text(encoding="utf-8")
+        for p in into.rglob("*") if p.is_file()
+    }
+    if arrived != FOLDER:
+        raise DemoFailed(f"{GUEST_NAME} received {sorted(arrived)}, not {sorted(FOLDER)}")
+    say.ok(
+        f"{GUEST_NAME} has exactly the shared files, each checked against its SHA-256; no .env, "
+        "no debug.log"
+    )
+    return int(since)
 
 
 def _describe(message: dict[str, Any]) -> str:
     if message["kind"] == "chat":
         who = message["from"]["name"] if message.get("from") else "?"
         return f"#{message['seq']} {who}: {message['text']}"
+    if message["kind"] == "file" and message.get("file"):
+        offer = message["file"]
+        return (
+            f"#{message['seq']} [file] offer {offer['offerId']} from {offer['sharer']['name']}: "
+            f"{offer['name']} ({offer['count']} files, {offer['total']} bytes)"
+        )
     subject = f" {message['subject']['name']}" if message.get("subject") else ""
     phrase = f" (verification phrase: {message['phrase']})" if message.get("phrase") else ""
     return f"#{message['seq']} [event] {message['event']}{subject}{phrase}"
@@ -502,7 +597,8 @@ def _inspect_wire(say: Narrator, tap: WireTap, link: str, plaintexts: list[str])
     if found:
         raise DemoFailed(f"plaintext found on the wire: {found}")
     say.ok(
-        "none of the goal, the chat texts, the closing summary or the invite secret appear in "
+        "none of the goal, the chat texts, the shared files, the closing summary or the invite "
+        "secret appear in "
         "the captured bytes, not even after removing the WebSocket masking: it is ciphertext"
     )
 

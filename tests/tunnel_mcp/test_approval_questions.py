@@ -95,7 +95,7 @@ async def test_reading_files_shows_the_path_the_count_and_the_size(mode: str, ac
         assert await answer_of(client, "share", SHARE) == answer
     (prompt,) = human.prompts
     assert "share 3 files (1.5 MiB) from\n/home/ana/project/src\nwith everyone in tunnel T1" in prompt
-    assert "Nothing is read from disk before you accept" in prompt
+    assert "Nothing is sent before you accept" in prompt
 
 
 @pytest.mark.parametrize("mode", MODES)

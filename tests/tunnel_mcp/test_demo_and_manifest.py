@@ -29,6 +29,14 @@ def test_demo_runs_the_whole_story_and_exits_0() -> None:
     for promise in ("tunnel_open", "tunnel_join", "already used", "ciphertext", "no child process"):
         assert promise in out
     assert "Demo complete" in out
+    # ana shares a folder: the secret-looking and git-ignored files are shown as skipped, her
+    # human approves what is read, ben's approves where it is written, and he gets the rest.
+    assert "skipped: .env (looks like a secret)" in out
+    assert "skipped: debug.log (ignored by git)" in out
+    assert "ana's MCP client shows ana this prompt:" in out and "wants to share 3 files" in out
+    assert "wants to save 3 files received" in out
+    assert "ben has exactly the shared files" in out
+    assert "sk_demo_do_not_share" not in out + done.stderr
     # The guest's human approved the join at a prompt, and both ends show the same phrase.
     assert "ben's MCP client shows ben this prompt:" in out
     phrases = re.findall(r"verification phrase, on \w+'s side: +([a-z]+(?: [a-z]+){3})$", out, re.MULTILINE)

@@ -48,6 +48,9 @@ TOOLS = {
     "tunnel_remove",
     "tunnel_say",
     "tunnel_listen",
+    "tunnel_share",
+    "tunnel_receive",
+    "tunnel_cancel",
     "tunnel_status",
     "tunnel_close",
 }
