@@ -30,7 +30,13 @@ SETTLE = 2.0
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "TUNNEL_TRANSPORT": "local", "TUNNEL_SKIP_SKILL_INSTALL": "1"}
+    # No turn budget: a bench's agents say hundreds of messages with no human to check in with.
+    return {
+        **os.environ,
+        "TUNNEL_TRANSPORT": "local",
+        "TUNNEL_SKIP_SKILL_INSTALL": "1",
+        "TUNNEL_TURN_BUDGET": "0",
+    }
 
 
 @asynccontextmanager

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import _baseline as base
+import _mcp as mcp
 import _startup as startup
 import _tunnel as tun
 import trio
@@ -47,6 +48,8 @@ class Plan:
     stall_count: int
     stall_size: int
     startup_reps: int
+    mcp_joins: int
+    mcp_samples: int
 
 
 DEFAULT = Plan(
@@ -62,6 +65,8 @@ DEFAULT = Plan(
     stall_count=8192,
     stall_size=LARGE,
     startup_reps=7,
+    mcp_joins=20,
+    mcp_samples=200,
 )
 QUICK = Plan(
     joins=8,
@@ -76,6 +81,8 @@ QUICK = Plan(
     stall_count=2048,
     stall_size=LARGE,
     startup_reps=3,
+    mcp_joins=5,
+    mcp_samples=30,
 )
 
 
@@ -142,6 +149,9 @@ async def measure(plan: Plan, progress: bool) -> list[Figure]:
         figures.append(await startup.start_to_initialize(plan.startup_reps))
         figures += await startup.first_join(plan.startup_reps)
 
+        step("MCP: join, say -> listen, status over stdio")
+        figures += await mcp.mcp_figures(plan.mcp_joins, plan.mcp_samples)
+
         step("done")
         nursery.cancel_scope.cancel()
     return figures
@@ -191,6 +201,13 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         f"first tunnel_join (local transport), {startup.SETTLE:g} s after its start (a human "
         "pastes the link), from the call to its answer; baseline: the same process joining "
         "again after leaving.",
+        "MCP rows: a host and a guest `python -m tunnel_mcp` (local transport, no turn budget) "
+        "driven by this process's SDK stdio client; steady state (warm-up calls not counted). "
+        f"join: {plan.mcp_joins} joins with fresh links, each left before the next. "
+        f"say -> listen ({plan.mcp_samples} samples): the guest's tunnel_listen is pending "
+        f"({mcp.LISTEN_SETTLE * 1000:g} ms after it was called) when the host's tunnel_say is "
+        "called; timed until the listen has returned. Baseline of each: an MCP ping round trip "
+        "on the same connection, taken in turn with the samples (the SDK's floor per request).",
         f"stalled member: default RoomConfig (window {x['room_window_kib']:.0f} KiB), "
         f"the host says {plan.stall_count} x {plan.stall_size} B "
         f"({x['said_kib']:.0f} KiB) while its only member never reads. "
