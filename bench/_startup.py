@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -24,6 +25,10 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 SERVER = [sys.executable, "-m", "tunnel_mcp"]
+#: Set to a directory to run every server under cProfile, each writing server-<n>.prof there
+#: when it exits (start-up figures then include the profiler's own cost).
+PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR")
+_started = itertools.count(1)
 #: An agent's first join comes seconds after its client started the server (a human pastes
 #: a link); the server uses that time to load the session layer.
 SETTLE = 2.0
@@ -41,7 +46,11 @@ def _env() -> dict[str, str]:
 
 @asynccontextmanager
 async def server_process(mode: str = "legacy") -> AsyncIterator[Client]:
-    params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=_env())
+    command = SERVER
+    if PROFILE_DIR:
+        out = os.path.join(PROFILE_DIR, f"server-{next(_started)}.prof")
+        command = [sys.executable, "-m", "cProfile", "-o", out, *SERVER[1:]]
+    params = StdioServerParameters(command=command[0], args=command[1:], env=_env())
     with open(os.devnull, "w") as errlog:
         async with Client(stdio_client(params, errlog=errlog), mode=mode, read_timeout_seconds=60) as client:
             yield client
