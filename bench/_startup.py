@@ -98,6 +98,8 @@ async def first_join(reps: int) -> list[Figure]:
         links = [invite["joinLink"] for invite in opened["invites"]]
         for rep in range(reps):
             async with server_process() as guest:
+                # An agent's client lists the tools when it starts, long before the first call.
+                await guest.list_tools()
                 await trio.sleep(SETTLE)
                 for samples, link in ((first, links[2 * rep]), (later, links[2 * rep + 1])):
                     t0 = time.perf_counter()

@@ -30,6 +30,7 @@ import mcp_types as types
 import trio
 from mcp.shared.message import SessionMessage
 
+from tunnel_mcp import render
 from tunnel_mcp.manager import TunnelManager, preload_session_layer
 from tunnel_mcp.server import SHUTDOWN_GRACE, build_server
 from tunnel_mcp.stdio_transport import stdio_streams
@@ -82,6 +83,12 @@ def _parse_error(line: str) -> SessionMessage | None:
     return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 
+async def _preload() -> None:
+    """What a first open, join or listen would otherwise wait for, loaded once the server is up."""
+    await preload_session_layer()
+    await trio.to_thread.run_sync(render.warm_up, abandon_on_cancel=True)
+
+
 async def _serve(banner: str | None) -> None:
     managers: list[TunnelManager] = []
 
@@ -114,7 +121,7 @@ async def _serve(banner: str | None) -> None:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(on_signal)
-            nursery.start_soon(preload_session_layer)
+            nursery.start_soon(_preload)
             if banner:
                 # Only now: a signal from here on is handled, so whoever waits for this line
                 # (a human, a test) can rely on a graceful shutdown.

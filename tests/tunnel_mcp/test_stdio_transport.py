@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 #: A process serving the transport: it answers each request with an empty result, while
@@ -101,3 +102,18 @@ async def test_over_files_lines_are_read_and_answered_in_worker_threads(tmp_path
     assert done.stderr.count(b"stray print") == 3
     assert b"exception ValidationError" in done.stderr  # `[1, 2]` goes to the dispatcher as the error
     assert got.endswith(b"after serving\n")
+
+
+async def test_a_served_process_builds_its_escape_tables_before_the_first_tool_call(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    # Scanning every code point for format characters takes tens of milliseconds: the first
+    # join or listen would pay for it if the server did not do it once it is up.
+    from tunnel_mcp import manager, render, stdio
+
+    monkeypatch.setattr(manager, "SESSION_LAYER", ())
+    for table in (render._format_characters, render._display_escapes, render._visible_escapes):
+        table.cache_clear()
+    await stdio._preload()
+    assert render._display_escapes.cache_info().currsize == 1
+    assert render._visible_escapes.cache_info().currsize == 1
