@@ -3,6 +3,7 @@
     python bench/run.py            # the default run (well under a minute on 2 cores)
     python bench/run.py --quick    # a ~10 s smoke run with small counts
     python bench/run.py --json out.json
+    python bench/run.py --json out.json --files   # also bench/files.py, its figures in out.json
 
 Everything runs in one process and one trio loop: a host, its members and the baseline server
 and clients share the CPU, as two agents on one machine would. Figures are measured, printed
@@ -16,12 +17,16 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import _baseline as base
+import _goals as goals
+import _idle as idle
 import _mcp as mcp
 import _startup as startup
 import _tunnel as tun
@@ -50,6 +55,7 @@ class Plan:
     startup_reps: int
     mcp_joins: int
     mcp_samples: int
+    idle_window: float
 
 
 DEFAULT = Plan(
@@ -67,6 +73,7 @@ DEFAULT = Plan(
     startup_reps=7,
     mcp_joins=20,
     mcp_samples=200,
+    idle_window=25.0,
 )
 QUICK = Plan(
     joins=8,
@@ -83,6 +90,7 @@ QUICK = Plan(
     startup_reps=3,
     mcp_joins=5,
     mcp_samples=30,
+    idle_window=5.0,
 )
 
 
@@ -152,6 +160,10 @@ async def measure(plan: Plan, progress: bool) -> list[Figure]:
         step("MCP: join, say -> listen, status over stdio")
         figures += await mcp.mcp_figures(plan.mcp_joins, plan.mcp_samples)
 
+        if idle.available():
+            step(f"idle: {plan.idle_window:g} s of silence")
+            figures += await idle.idle_figures(plan.idle_window)
+
         step("done")
         nursery.cancel_scope.cancel()
     return figures
@@ -208,6 +220,13 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         f"({mcp.LISTEN_SETTLE * 1000:g} ms after it was called) when the host's tunnel_say is "
         "called; timed until the listen has returned. Baseline of each: an MCP ping round trip "
         "on the same connection, taken in turn with the samples (the SDK's floor per request).",
+        f"idle: over {plan.idle_window:g} s of silence (after 3 s to settle), CPU ms and wakeups "
+        "(context switches of all threads) per second of a host `python -m tunnel_mcp` with 2 "
+        "guest processes joined, of one of those guests, and of a server process with no "
+        "tunnel; baseline: a process that imported the SDK and blocks on stdin. Keepalives: "
+        "a connection silent for 20 s is pinged."
+        if "idle.host.cpu" in by_key
+        else "idle: not measured (needs Linux /proc).",
         f"stalled member: default RoomConfig (window {x['room_window_kib']:.0f} KiB), "
         f"the host says {plan.stall_count} x {plan.stall_size} B "
         f"({x['said_kib']:.0f} KiB) while its only member never reads. "
@@ -225,11 +244,29 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
     ]
 
 
+def _files(quick: bool) -> dict[str, object] | None:
+    """bench/files.py in its own process (its own figures and table), its JSON brought back."""
+    print(flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "files.json"
+        argv = [sys.executable, str(Path(__file__).with_name("files.py")), "--json", str(out)]
+        done = subprocess.run(argv + (["--quick"] if quick else []), check=False)
+        if not out.exists():
+            print(f"- bench/files.py failed (exit {done.returncode}); no file figures", file=sys.stderr)
+            return None
+        result: dict[str, object] = json.loads(out.read_text())
+        result["exit_code"] = done.returncode
+        return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a ~10 s smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--files", action="store_true", help="also run bench/files.py (1 GiB; 128 MiB with --quick)"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else DEFAULT
     # The session layer logs reconnects and cut-offs at INFO; the table is the output here.
@@ -252,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if note:
             print(f"- {note}")
     print(f"- total wall time {wall:.1f} s")
+    print()
+    judged = goals.rows(figures)
+    print(goals.render(judged))
+
+    files = _files(args.quick) if args.files else None
 
     if args.json:
         out = {
@@ -264,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             "plan": asdict(plan),
             "rate_limits_lifted_for_pipelined": tun.UNLIMITED,
             "figures": {f.key: f.as_json() for f in figures},
+            "issue_11_goals": judged,
+            "files": files,
         }
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"- results written to {args.json}")
