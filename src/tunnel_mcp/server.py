@@ -62,7 +62,7 @@ from tunnel_mcp.room_tools import (
     tunnel_status,
 )
 from tunnel_mcp.skills import SkillCatalog, etiquette_skill
-from tunnel_mcp.toolkit import Tool
+from tunnel_mcp.toolkit import Tool, wire
 from tunnel_trio.session_types import TranscriptMessage
 
 log = logging.getLogger(__name__)
@@ -235,12 +235,13 @@ def build_server(
 
     async def call_tool(
         ctx: ServerRequestContext[TunnelManager], params: CallToolRequestParams
-    ) -> CallToolResult | InputRequiredResult:
+    ) -> dict[str, Any] | InputRequiredResult:
         called = tools.get(params.name)
         if called is None:
             # The name is not echoed: an agent may have pasted anything into it.
             raise MCPError(INVALID_PARAMS, f"unknown tool: this server's tools are {', '.join(tools)}")
-        return await called.call(ctx, params)
+        result = await called.call(ctx, params)
+        return wire(result) if isinstance(result, CallToolResult) else result
 
     async def list_resources(
         ctx: ServerRequestContext[TunnelManager], params: PaginatedRequestParams | None
