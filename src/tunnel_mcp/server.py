@@ -228,10 +228,16 @@ def build_server(
                 subscribers.forget(manager)
                 nursery.cancel_scope.cancel()
 
+    # Dumped once (the tools cannot change while the server runs): building the listing's models
+    # anew validated every schema again, about 0.5 ms a call.
+    listing = ListToolsResult(tools=[t.listing() for t in tools.values()]).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+
     async def list_tools(
         ctx: ServerRequestContext[TunnelManager], params: PaginatedRequestParams | None
-    ) -> ListToolsResult:
-        return ListToolsResult(tools=[t.listing() for t in tools.values()])
+    ) -> dict[str, Any]:
+        return listing
 
     async def call_tool(
         ctx: ServerRequestContext[TunnelManager], params: CallToolRequestParams
