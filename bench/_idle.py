@@ -73,7 +73,7 @@ async def _ok(client: Client, tool: str, args: dict[str, object]) -> dict[str, o
     return result.structured_content
 
 
-async def _start(stack: AsyncExitStack) -> tuple[Client, int]:
+async def start_server(stack: AsyncExitStack) -> tuple[Client, int]:
     """A server process that lives as long as `stack`, and its pid."""
     before = _children()
     client = await stack.enter_async_context(server_process())
@@ -96,15 +96,15 @@ async def _floor_process() -> trio.Process:
 async def idle_figures(window: float, settle: float = 3.0) -> list[Figure]:
     """CPU ms and wakeups per second of each process over `window` seconds of silence."""
     async with AsyncExitStack() as stack:
-        host, host_pid = await _start(stack)
+        host, host_pid = await start_server(stack)
         opened = await _ok(host, "tunnel_open", {"goal": "bench", "invites": 2, "name": "host"})
         links = [str(invite["joinLink"]) for invite in opened["invites"]]  # type: ignore[attr-defined]
         guests: list[tuple[Client, int]] = []
         for n, link in enumerate(links):
-            guest, pid = await _start(stack)
+            guest, pid = await start_server(stack)
             await _ok(guest, "tunnel_join", {"joinLink": link, "name": f"g{n}"})
             guests.append((guest, pid))
-        _, lone_pid = await _start(stack)
+        _, lone_pid = await start_server(stack)
         floor = await _floor_process()
         try:
             # Let start-up work (the background imports, the joins' aftermath) finish first.

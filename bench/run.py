@@ -220,6 +220,7 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         f"({mcp.LISTEN_SETTLE * 1000:g} ms after it was called) when the host's tunnel_say is "
         "called; timed until the listen has returned. Baseline of each: an MCP ping round trip "
         "on the same connection, taken in turn with the samples (the SDK's floor per request).",
+        mcp.cpu_note(figures),
         f"idle: over {plan.idle_window:g} s of silence (after 3 s to settle), CPU ms and wakeups "
         "(context switches of all threads) per second of a host `python -m tunnel_mcp` with 2 "
         "guest processes joined, of one of those guests, and of a server process with no "
