@@ -34,6 +34,7 @@ from typing import Protocol
 import anyio
 import mcp_types as types
 import trio
+from mcp.os.win32.utilities import rebind_std_handle_to_fd
 from mcp.shared.message import SessionMessage
 
 #: How much is read from stdin at a time.
@@ -84,8 +85,15 @@ def _claim(fd: int, diversion: int) -> int:
     """Move the stream on `fd` to a private descriptor (returned); `fd` gets `diversion`."""
     private = os.dup(fd)
     os.set_inheritable(private, False)
-    os.dup2(diversion, fd)
+    _point(fd, diversion)
     return private
+
+
+def _point(fd: int, to: int) -> None:
+    os.dup2(to, fd)
+    if sys.platform == "win32":  # children inherit the Win32 standard handles, not the fds
+        with suppress(OSError):
+            rebind_std_handle_to_fd(fd)
 
 
 class StdinMessages:
@@ -228,7 +236,7 @@ async def stdio_streams(
     finally:
         # Put the client's stdout back on fd 1 (the process may still log at exit, to stderr).
         with suppress(OSError):
-            os.dup2(stdout_fd, 1)
+            _point(1, stdout_fd)
         with trio.CancelScope(shield=True):
             await writer.aclose()
             await reader.aclose()
