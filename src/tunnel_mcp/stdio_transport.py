@@ -23,6 +23,7 @@ goes to the dispatcher as the exception, as the SDK's transport does.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
@@ -39,6 +40,16 @@ from mcp.shared.message import SessionMessage
 
 #: How much is read from stdin at a time.
 READ_SIZE = 1 << 16
+#: The longest line (one MCP message) this server reads. Nothing a client sends legitimately
+#: comes close (a chat text fits one protocol frame); a longer line is skipped as it streams
+#: by and answered with an error, so a runaway client cannot grow this process without bound.
+MAX_LINE = 32 << 20
+
+log = logging.getLogger(__name__)
+
+
+class _LineTooLong(Exception):
+    """A line longer than MAX_LINE went by (skipped)."""
 
 
 class _Wire(Protocol):
@@ -114,18 +125,29 @@ class StdinMessages:
         self._scanned = 0  # bytes of the buffer known to hold no newline
         self._eof = False
         self._closed = False
+        self._skipping = False  # inside a line longer than MAX_LINE
 
     async def _line(self) -> bytes | None:
-        """The next line without its newline; None at the end of the stream."""
+        """The next line without its newline; None at the end of the stream.
+
+        Raises _LineTooLong once a line longer than MAX_LINE has gone by."""
         while True:
             end = self._buffer.find(b"\n", self._scanned)
             if end >= 0:
                 line = bytes(self._buffer[:end])
                 del self._buffer[: end + 1]
                 self._scanned = 0
+                if self._skipping:
+                    self._skipping = False
+                    raise _LineTooLong
                 return line
+            if len(self._buffer) > MAX_LINE or self._skipping:
+                self._skipping = True
+                self._buffer.clear()
             self._scanned = len(self._buffer)
             if self._eof:
+                if self._skipping:
+                    return None
                 if not self._buffer:
                     return None
                 line = bytes(self._buffer)  # a last line without a newline
@@ -142,7 +164,17 @@ class StdinMessages:
         if self._closed:
             raise anyio.ClosedResourceError
         while True:
-            line = await self._line()
+            try:
+                line = await self._line()
+            except _LineTooLong:
+                log.warning("stdin: a message over %d bytes was skipped and answered with an error", MAX_LINE)
+                error = types.ErrorData(
+                    code=types.INVALID_REQUEST,
+                    message=f"Invalid request: the message is longer than {MAX_LINE:,} bytes; nothing "
+                    "was done.",
+                )
+                await self._reply(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=None, error=error)))
+                continue
             if line is None:
                 raise anyio.EndOfStream
             text = line.decode("utf-8", errors="replace")
@@ -154,10 +186,13 @@ class StdinMessages:
                 reply = self._answer_unreadable(text)
                 if reply is None:
                     return exc
-                with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    await self._replies.send(reply)
+                await self._reply(reply)
                 continue
             return SessionMessage(message)
+
+    async def _reply(self, reply: SessionMessage) -> None:
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._replies.send(reply)
 
     def __aiter__(self) -> StdinMessages:
         return self

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,10 @@ ECHO = r"""
 import os, sys, trio
 import mcp_types as types
 from mcp.shared.message import SessionMessage
+from tunnel_mcp import stdio_transport
 from tunnel_mcp.stdio_transport import stdio_streams
+
+stdio_transport.MAX_LINE = int(os.environ.get("MAX_LINE", stdio_transport.MAX_LINE))
 
 def unreadable(line):
     if not line.startswith("not"):
@@ -84,6 +88,36 @@ async def test_over_pipes_only_mcp_messages_reach_stdout() -> None:
     assert answers[3]["error"]["message"] == "unreadable"  # type: ignore[index]
     assert b"stray" not in out
     assert err.count(b"stray print") == 4 and err.count(b"stray write") == 4
+
+
+async def test_a_line_over_the_limit_is_skipped_and_answered_and_the_next_one_served() -> None:
+    # A client that never ends its line must not grow the server without bound.
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={**os.environ, "MAX_LINE": "4096"},
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    out = bytearray()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+
+            async def drain() -> None:
+                assert proc.stdout is not None
+                async for chunk in proc.stdout:
+                    out.extend(chunk)
+
+            nursery.start_soon(drain)
+            await proc.stdin.send_all(_request(1))
+            huge = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping", "params": {"x": "y" * 100_000}})
+            for start in range(0, len(huge), 8192):  # it streams in over many reads
+                await proc.stdin.send_all(huge[start : start + 8192].encode())
+            await proc.stdin.send_all(b"\n" + _request(3))
+            await proc.stdin.aclose()
+            await proc.wait()
+        err = await proc.stderr.receive_some(1 << 20)
+    answers = _answers(bytes(out).removesuffix(b"after serving\n"))
+    assert [a.get("id") for a in answers] == [1, None, 3], (out, err)
+    assert "longer than 4,096 bytes" in answers[1]["error"]["message"]  # type: ignore[index]
 
 
 async def test_over_files_lines_are_read_and_answered_in_worker_threads(tmp_path: Path) -> None:
