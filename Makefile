@@ -37,9 +37,10 @@ fuzz: $(STAMP)
 fuzz-ci: $(STAMP)
 	HYPOTHESIS_PROFILE=ci-fuzz $(BIN)/python -m pytest -q fuzz
 
+# Every figure of issue 11 (library, MCP, memory, idle CPU, files), printed and written to BENCH_JSON.
+BENCH_JSON ?= bench-results.json
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/files.py
+	$(BIN)/python bench/run.py --files --json $(BENCH_JSON)
 
 # One 1 GiB file member to member beside a bare TCP relay: MB/s, chat latency, memory (~1 min).
 bench-files: $(STAMP)

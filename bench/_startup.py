@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -24,18 +25,32 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 SERVER = [sys.executable, "-m", "tunnel_mcp"]
+#: Set to a directory to run every server under cProfile, each writing server-<n>.prof there
+#: when it exits (start-up figures then include the profiler's own cost).
+PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR")
+_started = itertools.count(1)
 #: An agent's first join comes seconds after its client started the server (a human pastes
 #: a link); the server uses that time to load the session layer.
 SETTLE = 2.0
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "TUNNEL_TRANSPORT": "local", "TUNNEL_SKIP_SKILL_INSTALL": "1"}
+    # No turn budget: a bench's agents say hundreds of messages with no human to check in with.
+    return {
+        **os.environ,
+        "TUNNEL_TRANSPORT": "local",
+        "TUNNEL_SKIP_SKILL_INSTALL": "1",
+        "TUNNEL_TURN_BUDGET": "0",
+    }
 
 
 @asynccontextmanager
 async def server_process(mode: str = "legacy") -> AsyncIterator[Client]:
-    params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=_env())
+    command = SERVER
+    if PROFILE_DIR:
+        out = os.path.join(PROFILE_DIR, f"server-{next(_started)}.prof")
+        command = [sys.executable, "-m", "cProfile", "-o", out, *SERVER[1:]]
+    params = StdioServerParameters(command=command[0], args=command[1:], env=_env())
     with open(os.devnull, "w") as errlog:
         async with Client(stdio_client(params, errlog=errlog), mode=mode, read_timeout_seconds=60) as client:
             yield client
@@ -83,6 +98,8 @@ async def first_join(reps: int) -> list[Figure]:
         links = [invite["joinLink"] for invite in opened["invites"]]
         for rep in range(reps):
             async with server_process() as guest:
+                # An agent's client lists the tools when it starts, long before the first call.
+                await guest.list_tools()
                 await trio.sleep(SETTLE)
                 for samples, link in ((first, links[2 * rep]), (later, links[2 * rep + 1])):
                     t0 = time.perf_counter()

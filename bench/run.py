@@ -3,6 +3,7 @@
     python bench/run.py            # the default run (well under a minute on 2 cores)
     python bench/run.py --quick    # a ~10 s smoke run with small counts
     python bench/run.py --json out.json
+    python bench/run.py --json out.json --files   # also bench/files.py, its figures in out.json
 
 Everything runs in one process and one trio loop: a host, its members and the baseline server
 and clients share the CPU, as two agents on one machine would. Figures are measured, printed
@@ -16,12 +17,17 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import _baseline as base
+import _goals as goals
+import _idle as idle
+import _mcp as mcp
 import _startup as startup
 import _tunnel as tun
 import trio
@@ -47,6 +53,9 @@ class Plan:
     stall_count: int
     stall_size: int
     startup_reps: int
+    mcp_joins: int
+    mcp_samples: int
+    idle_window: float
 
 
 DEFAULT = Plan(
@@ -62,6 +71,9 @@ DEFAULT = Plan(
     stall_count=8192,
     stall_size=LARGE,
     startup_reps=7,
+    mcp_joins=20,
+    mcp_samples=200,
+    idle_window=25.0,
 )
 QUICK = Plan(
     joins=8,
@@ -76,6 +88,9 @@ QUICK = Plan(
     stall_count=2048,
     stall_size=LARGE,
     startup_reps=3,
+    mcp_joins=5,
+    mcp_samples=30,
+    idle_window=5.0,
 )
 
 
@@ -138,12 +153,32 @@ async def measure(plan: Plan, progress: bool) -> list[Figure]:
         )
         figures.append(fig)
 
-        step("start-up: server processes over stdio")
-        figures.append(await startup.start_to_initialize(plan.startup_reps))
-        figures += await startup.first_join(plan.startup_reps)
-
         step("done")
         nursery.cancel_scope.cancel()
+    return figures
+
+
+async def measure_processes(plan: Plan, progress: bool) -> list[Figure]:
+    """The figures of real server processes (start-up, MCP calls, idle). They run first, in a
+    fresh event loop: this process is their MCP client, and after the library figures its heap
+    (and the garbage collector's work) is much larger."""
+    figures: list[Figure] = []
+    started = time.perf_counter()
+
+    def step(name: str) -> None:
+        if progress:
+            print(f"  {time.perf_counter() - started:5.1f} s  {name}", file=sys.stderr, flush=True)
+
+    step("start-up: server processes over stdio")
+    figures.append(await startup.start_to_initialize(plan.startup_reps))
+    figures += await startup.first_join(plan.startup_reps)
+
+    step("MCP: join, say -> listen, status over stdio")
+    figures += await mcp.mcp_figures(plan.mcp_joins, plan.mcp_samples)
+
+    if idle.available():
+        step(f"idle: {plan.idle_window:g} s of silence")
+        figures += await idle.idle_figures(plan.idle_window)
     return figures
 
 
@@ -191,6 +226,21 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         f"first tunnel_join (local transport), {startup.SETTLE:g} s after its start (a human "
         "pastes the link), from the call to its answer; baseline: the same process joining "
         "again after leaving.",
+        "MCP rows: a host and a guest `python -m tunnel_mcp` (local transport, no turn budget) "
+        "driven by this process's SDK stdio client; steady state (warm-up calls not counted). "
+        f"join: {plan.mcp_joins} joins with fresh links, each left before the next. "
+        f"say -> listen ({plan.mcp_samples} samples): the guest's tunnel_listen is pending "
+        f"({mcp.LISTEN_SETTLE * 1000:g} ms after it was called) when the host's tunnel_say is "
+        "called; timed until the listen has returned. Baseline of each: an MCP ping round trip "
+        "on the same connection, taken in turn with the samples (the SDK's floor per request).",
+        mcp.cpu_note(figures),
+        f"idle: over {plan.idle_window:g} s of silence (after 3 s to settle), CPU ms and wakeups "
+        "(context switches of all threads) per second of a host `python -m tunnel_mcp` with 2 "
+        "guest processes joined, of one of those guests, and of a server process with no "
+        "tunnel; baseline: a process that imported the SDK and blocks on stdin. Keepalives: "
+        "a connection silent for 20 s is pinged."
+        if "idle.host.cpu" in by_key
+        else "idle: not measured (needs Linux /proc).",
         f"stalled member: default RoomConfig (window {x['room_window_kib']:.0f} KiB), "
         f"the host says {plan.stall_count} x {plan.stall_size} B "
         f"({x['said_kib']:.0f} KiB) while its only member never reads. "
@@ -208,11 +258,29 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
     ]
 
 
+def _files(quick: bool) -> dict[str, object] | None:
+    """bench/files.py in its own process (its own figures and table), its JSON brought back."""
+    print(flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "files.json"
+        argv = [sys.executable, str(Path(__file__).with_name("files.py")), "--json", str(out)]
+        done = subprocess.run(argv + (["--quick"] if quick else []), check=False)
+        if not out.exists():
+            print(f"- bench/files.py failed (exit {done.returncode}); no file figures", file=sys.stderr)
+            return None
+        result: dict[str, object] = json.loads(out.read_text())
+        result["exit_code"] = done.returncode
+        return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a ~10 s smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--files", action="store_true", help="also run bench/files.py (1 GiB; 128 MiB with --quick)"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else DEFAULT
     # The session layer logs reconnects and cut-offs at INFO; the table is the output here.
@@ -225,16 +293,23 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     t0 = time.perf_counter()
-    figures = trio.run(measure, plan, not args.quiet)
+    processes = trio.run(measure_processes, plan, not args.quiet)
+    figures = trio.run(measure, plan, not args.quiet) + processes
     wall = time.perf_counter() - t0
 
     print()
     print(render_table(figures))
     print()
-    for note in _notes(plan, figures):
+    notes = [note for note in _notes(plan, figures) if note]
+    for note in notes:
         if note:
             print(f"- {note}")
     print(f"- total wall time {wall:.1f} s")
+    print()
+    judged = goals.rows(figures)
+    print(goals.render(judged))
+
+    files = _files(args.quick) if args.files else None
 
     if args.json:
         out = {
@@ -247,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             "plan": asdict(plan),
             "rate_limits_lifted_for_pipelined": tun.UNLIMITED,
             "figures": {f.key: f.as_json() for f in figures},
+            "issue_11_goals": judged,
+            "notes": notes,
+            "files": files,
         }
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"- results written to {args.json}")

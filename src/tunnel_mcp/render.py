@@ -57,6 +57,13 @@ def _visible_escapes() -> dict[int, str]:
     }
 
 
+def warm_up() -> None:
+    """Build the escape tables now (a scan of every code point, tens of milliseconds) rather
+    than in the first tool call that quotes peer text (a first join, a first listen)."""
+    _display_escapes()
+    _visible_escapes()
+
+
 def _visible(text: str) -> str:
     """Text shown to a human as it is, lines and all, with every character that could hide or
     change what they read (controls, bidi overrides, zero-width characters) shown as an escape.

@@ -9,8 +9,8 @@ everyone and cloudflared stops; member: it leaves):
   to resume), then everything is cancelled. A second signal skips the wait.
 
 The SDK's `run_stdio_async` reads stdin in a worker thread that cannot be abandoned, so a
-cancelled server would wait for the client's next line (or forever). Here the reader thread
-*can* be abandoned.
+cancelled server would wait for the client's next line (or forever). Here stdin and stdout are
+trio streams (`stdio_transport`): a read is cancelled like any other wait.
 
 A line the SDK cannot read (not JSON, or a request holding a lone surrogate such as "\ud800",
 which is valid JSON but not Unicode text) would be dropped by the SDK without an answer, and
@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from typing import Any, BinaryIO, cast
 
 import anyio
 import mcp_types as types
 import trio
-from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
+from tunnel_mcp import render
 from tunnel_mcp.manager import TunnelManager, preload_session_layer
 from tunnel_mcp.server import SHUTDOWN_GRACE, build_server
+from tunnel_mcp.stdio_transport import stdio_streams
 
 log = logging.getLogger(__name__)
 
@@ -85,58 +83,10 @@ def _parse_error(line: str) -> SessionMessage | None:
     return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 
-class _StdinLines:
-    """Lines of the MCP client's stream, read in a thread that cancellation may abandon.
-
-    Lines the SDK would drop unanswered go to `replies` as parse errors instead."""
-
-    def __init__(
-        self, stream: BinaryIO, replies: trio.MemorySendChannel[SessionMessage]
-    ) -> None:
-        self._stream = stream
-        self._replies = replies
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._lines()
-
-    async def _lines(self) -> AsyncIterator[str]:
-        while True:
-            line = await trio.to_thread.run_sync(self._stream.readline, abandon_on_cancel=True)
-            if not line:
-                return
-            text = line.decode("utf-8", errors="replace")
-            reply = _parse_error(text)
-            if reply is None:
-                yield text
-            else:
-                await self._replies.send(reply)
-
-
-async def _send_replies(
-    replies: trio.MemoryReceiveChannel[SessionMessage], write_stream: Any
-) -> None:
-    """Put the parse errors on stdout through the SDK's own writer (one writer, whole lines)."""
-    async for reply in replies:
-        try:
-            await write_stream.send(reply)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return
-
-
-def _take_stdin() -> BinaryIO:
-    """Move the client's stream off fd 0, leaving /dev/null there.
-
-    Child processes (cloudflared) and stray reads then see EOF instead of stealing MCP bytes.
-    """
-    try:
-        private = os.dup(0)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-    except OSError:
-        return sys.stdin.buffer
-    os.set_inheritable(private, False)
-    return os.fdopen(private, "rb", buffering=0 if sys.platform == "win32" else -1, closefd=False)
+async def _preload() -> None:
+    """What a first open, join or listen would otherwise wait for, loaded once the server is up."""
+    await preload_session_layer()
+    await trio.to_thread.run_sync(render.warm_up, abandon_on_cancel=True)
 
 
 async def _serve(banner: str | None) -> None:
@@ -148,8 +98,6 @@ async def _serve(banner: str | None) -> None:
         return manager
 
     server = build_server(manager_factory)
-    replies_in, replies_out = trio.open_memory_channel[SessionMessage](16)
-    stdin = cast(Any, _StdinLines(_take_stdin(), replies_in))
     signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
     with trio.open_signal_receiver(*signals) as received:
         async with trio.open_nursery() as nursery:
@@ -173,13 +121,12 @@ async def _serve(banner: str | None) -> None:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(on_signal)
-            nursery.start_soon(preload_session_layer)
+            nursery.start_soon(_preload)
             if banner:
                 # Only now: a signal from here on is handled, so whoever waits for this line
                 # (a human, a test) can rely on a graceful shutdown.
                 print(banner, file=sys.stderr, flush=True)
-            async with stdio_server(stdin=stdin) as (read_stream, write_stream):
-                nursery.start_soon(_send_replies, replies_out, write_stream)
+            async with stdio_streams(_parse_error) as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             log.info("stdin closed: exiting")
             nursery.cancel_scope.cancel()

@@ -101,14 +101,31 @@ def _manager(ctx: ToolContext) -> TunnelManager:
 
 
 def _ok(model: BaseModel, text: str) -> CallToolResult:
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)],
+    # Built without validation: the structured content was just dumped from a validated model,
+    # and the SDK checks the whole result against the protocol's types on its way out.
+    return CallToolResult.model_construct(
+        content=[TextContent.model_construct(type="text", text=text)],
         structured_content=model.model_dump(mode="json", by_alias=True),
     )
 
 
 def _error(text: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+    return CallToolResult.model_construct(
+        content=[TextContent.model_construct(type="text", text=text)], is_error=True
+    )
+
+
+def wire(result: CallToolResult) -> dict[str, Any]:
+    """A tool result in its wire form, as `tools/call` answers it.
+
+    Given a model, the SDK would dump it whole (a deep copy of the structured content: ~0.2 ms
+    for a full tunnel_listen page) before checking it against the protocol's types, which dumps
+    it again; given this mapping it only copies the top level. Everything but the structured
+    content is dumped as the SDK would."""
+    out = result.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"structured_content"})
+    if result.structured_content is not None:
+        out["structuredContent"] = result.structured_content
+    return out
 
 
 def _guarded(fn: ToolFunction) -> ToolFunction:
