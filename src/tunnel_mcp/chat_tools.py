@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import trio
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.types import CallToolResult
 from pydantic import Field
 
 from tunnel_mcp.models import ListenResult, Message, SayResult
@@ -25,9 +25,7 @@ PREVIEW_CHARS = 200
 @tool(
     name="tunnel_say",
     title="Say something in the tunnel",
-    annotations=ToolAnnotations(
-        title="Say something in the tunnel", read_only_hint=False, destructive_hint=False, open_world_hint=True
-    ),
+    read_only=False, destructive=False, open_world=True,
 )
 async def tunnel_say(
     text: Annotated[
@@ -104,7 +102,7 @@ def _turns(left: int | None) -> str:
 @tool(
     name="tunnel_listen",
     title="Wait for messages",
-    annotations=ToolAnnotations(title="Wait for messages", read_only_hint=True, open_world_hint=True),
+    read_only=True, open_world=True,
 )
 async def tunnel_listen(
     ctx: ToolContext,

@@ -24,7 +24,7 @@ import os
 from typing import Annotated, Literal
 
 import trio
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
 from tunnel_mcp.approvals import Answer
@@ -171,9 +171,7 @@ class CancelResult(_Wire):
 @tool(
     name="tunnel_share",
     title="Share a file or folder",
-    annotations=ToolAnnotations(
-        title="Share a file or folder", read_only_hint=False, destructive_hint=False, open_world_hint=True
-    ),
+    read_only=False, destructive=False, open_world=True,
 )
 async def tunnel_share(
     path: Annotated[
@@ -277,12 +275,7 @@ def _skipped_lines(head: str, skipped: list[SkippedEntry], unlisted: int = 0) ->
 @tool(
     name="tunnel_receive",
     title="Receive a shared file or folder",
-    annotations=ToolAnnotations(
-        title="Receive a shared file or folder",
-        read_only_hint=False,
-        destructive_hint=False,
-        open_world_hint=True,
-    ),
+    read_only=False, destructive=False, open_world=True,
 )
 async def tunnel_receive(
     offerId: Annotated[  # camelCase: it is the MCP argument name
@@ -453,13 +446,7 @@ def _receive_result(got: ReceiveResult, answer: Answer | None) -> CallToolResult
 @tool(
     name="tunnel_cancel",
     title="Withdraw an offer or cancel a receive",
-    annotations=ToolAnnotations(
-        title="Withdraw an offer or cancel a receive",
-        read_only_hint=False,
-        destructive_hint=True,
-        idempotent_hint=True,
-        open_world_hint=True,
-    ),
+    read_only=False, destructive=True, idempotent=True, open_world=True,
 )
 async def tunnel_cancel(
     offerId: Annotated[  # camelCase: it is the MCP argument name

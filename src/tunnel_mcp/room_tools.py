@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import trio
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.types import CallToolResult
 from pydantic import Field
 
 from tunnel_mcp.approvals import ANSWER_WITHIN, Policy, read_policy
@@ -47,12 +47,25 @@ def _policy(approve_says: bool) -> Policy:
 
 
 
+#: Arguments tunnel_open and tunnel_join share.
+DisplayName = Annotated[
+    str | None,
+    Field(title="Display name", description="Your display name (default: git user.name, else the OS user)."),
+]
+ApproveSays = Annotated[
+    bool,
+    Field(
+        title="Approve says",
+        description="true: your human approves every tunnel_say before it is sent (a prompt "
+        "from your MCP client). $TUNNEL_APPROVE=say turns this on for every tunnel.",
+    ),
+]
+
+
 @tool(
     name="tunnel_open",
     title="Open a tunnel (host)",
-    annotations=ToolAnnotations(
-        title="Open a tunnel (host)", read_only_hint=False, destructive_hint=False, open_world_hint=True
-    ),
+    read_only=False, destructive=False, open_world=True,
 )
 async def tunnel_open(
     goal: Annotated[
@@ -91,18 +104,8 @@ async def tunnel_open(
             "(without it the port is chosen for you and reported in warnings)."
         ),
     ] = None,
-    name: Annotated[
-        str | None,
-        Field(title="Display name", description="Your display name (default: git user.name, else the OS user)."),
-    ] = None,
-    approveSays: Annotated[
-        bool,
-        Field(
-            title="Approve says",
-            description="true: your human approves every tunnel_say before it is sent (a prompt "
-            "from your MCP client). $TUNNEL_APPROVE=say turns this on for every tunnel.",
-        ),
-    ] = False,
+    name: DisplayName = None,
+    approveSays: ApproveSays = False,  # camelCase: it is the MCP argument name
 ) -> Annotated[CallToolResult, OpenResult]:
     """Open a new tunnel as its host, so another developer's agent can join and talk with you.
 
@@ -162,9 +165,7 @@ async def tunnel_open(
 @tool(
     name="tunnel_invite",
     title="Invite more guests (host)",
-    annotations=ToolAnnotations(
-        title="Invite more guests (host)", read_only_hint=False, destructive_hint=False, open_world_hint=False
-    ),
+    read_only=False, destructive=False, open_world=False,
 )
 async def tunnel_invite(
     ctx: ToolContext,
@@ -194,9 +195,7 @@ async def tunnel_invite(
 @tool(
     name="tunnel_join",
     title="Join a tunnel",
-    annotations=ToolAnnotations(
-        title="Join a tunnel", read_only_hint=False, destructive_hint=False, open_world_hint=True
-    ),
+    read_only=False, destructive=False, open_world=True,
 )
 async def tunnel_join(
     joinLink: Annotated[  # camelCase: it is the MCP argument name
@@ -204,18 +203,8 @@ async def tunnel_join(
         Field(title="Join link", description="The whole link from the invite, including the part after '#'."),
     ],
     ctx: ToolContext,
-    name: Annotated[
-        str | None,
-        Field(title="Display name", description="Your display name (default: git user.name, else the OS user)."),
-    ] = None,
-    approveSays: Annotated[
-        bool,
-        Field(
-            title="Approve says",
-            description="true: your human approves every tunnel_say before it is sent (a prompt "
-            "from your MCP client). $TUNNEL_APPROVE=say turns this on for every tunnel.",
-        ),
-    ] = False,
+    name: DisplayName = None,
+    approveSays: ApproveSays = False,  # camelCase: it is the MCP argument name
 ) -> Annotated[CallToolResult, JoinResult]:
     """Join another developer's tunnel with the join link their human sent yours.
 
@@ -306,7 +295,7 @@ async def tunnel_join(
 @tool(
     name="tunnel_status",
     title="Tunnel status",
-    annotations=ToolAnnotations(title="Tunnel status", read_only_hint=True, open_world_hint=False),
+    read_only=True, open_world=False,
 )
 async def tunnel_status(ctx: ToolContext) -> Annotated[CallToolResult, StatusResult]:
     """Describe the current tunnel: your role, the goal, members and who is connected.
@@ -378,13 +367,7 @@ async def tunnel_status(ctx: ToolContext) -> Annotated[CallToolResult, StatusRes
 @tool(
     name="tunnel_remove",
     title="Remove a member (host)",
-    annotations=ToolAnnotations(
-        title="Remove a member (host)",
-        read_only_hint=False,
-        destructive_hint=True,
-        idempotent_hint=False,
-        open_world_hint=True,
-    ),
+    read_only=False, destructive=True, idempotent=False, open_world=True,
 )
 async def tunnel_remove(
     memberId: Annotated[  # camelCase: it is the MCP argument name
@@ -426,13 +409,7 @@ async def tunnel_remove(
 @tool(
     name="tunnel_close",
     title="Close or leave the tunnel",
-    annotations=ToolAnnotations(
-        title="Close or leave the tunnel",
-        read_only_hint=False,
-        destructive_hint=True,
-        idempotent_hint=True,
-        open_world_hint=True,
-    ),
+    read_only=False, destructive=True, idempotent=True, open_world=True,
 )
 async def tunnel_close(
     ctx: ToolContext,

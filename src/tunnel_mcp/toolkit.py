@@ -264,8 +264,26 @@ class Tool:
             return asking.result
 
 
-def tool(*, name: str, title: str, annotations: ToolAnnotations) -> Callable[[ToolFunction], Tool]:
-    """Declare `fn` as the tool `name` (see the module docstring)."""
+def tool(
+    *,
+    name: str,
+    title: str,
+    read_only: bool | None = None,
+    destructive: bool | None = None,
+    idempotent: bool | None = None,
+    open_world: bool | None = None,
+) -> Callable[[ToolFunction], Tool]:
+    """Declare `fn` as the tool `name` (see the module docstring).
+
+    The hints become the tool's MCP annotations (None: not stated), titled like the tool.
+    """
+    annotations = ToolAnnotations(
+        title=title,
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=open_world,
+    )
 
     def declare(fn: ToolFunction) -> Tool:
         hints = typing.get_type_hints(fn, include_extras=True)

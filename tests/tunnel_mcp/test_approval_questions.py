@@ -29,7 +29,7 @@ class Verdict(BaseModel):
     answer: str = Field(title="Answer")
 
 
-@tool(name="share", title="Share files", annotations=types.ToolAnnotations())
+@tool(name="share", title="Share files", read_only=False)
 async def share(
     path: str, files: int, size: int, ctx: ToolContext
 ) -> Annotated[types.CallToolResult, Verdict]:
@@ -37,7 +37,7 @@ async def share(
     return _ok(Verdict(answer=answer), answer)
 
 
-@tool(name="save", title="Save files", annotations=types.ToolAnnotations())
+@tool(name="save", title="Save files", read_only=False)
 async def save(destination: str, ctx: ToolContext) -> Annotated[types.CallToolResult, Verdict]:
     answer = await ctx.approvals.approve_writing(ctx, tunnel_id="T1", destination=destination, files=2, total_bytes=10)
     return _ok(Verdict(answer=answer), answer)
