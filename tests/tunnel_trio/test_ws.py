@@ -837,7 +837,14 @@ async def test_message_ready_says_whether_receive_would_wait() -> None:
     from tunnel_trio._ws import WebSocket, _new_connection
 
     ours, theirs = memory_stream_pair()
-    ws = WebSocket(ours, _new_connection(ConnectionType.CLIENT, 1024, b""), path="/", remote="x")
+    ws = WebSocket(
+        ours,
+        _new_connection(ConnectionType.CLIENT),
+        path="/",
+        remote="x",
+        client=True,
+        max_message_size=1024,
+    )
     peer = Connection(ConnectionType.SERVER)
     burst = b"".join(peer.send(BytesMessage(data=bytes([i]))) for i in range(3))
     await theirs.send_all(burst)  # three messages arrive in one read
@@ -866,7 +873,14 @@ async def test_send_many_writes_one_burst_that_arrives_as_separate_messages() ->
         await real_send_all(data)
 
     ours.send_stream.send_all = counting_send_all  # type: ignore[method-assign]
-    ws = WebSocket(ours, _new_connection(ConnectionType.CLIENT, 1 << 20, b""), path="/", remote="x")
+    ws = WebSocket(
+        ours,
+        _new_connection(ConnectionType.CLIENT),
+        path="/",
+        remote="x",
+        client=True,
+        max_message_size=1 << 20,
+    )
     messages = [b"", b"a", os.urandom(200), os.urandom(70_000)]
     await ws.send_many(messages)
     assert len(writes) == 1  # one write for the whole burst
