@@ -880,8 +880,9 @@ class RoomMachine(RuleBasedStateMachine):
 # ---------------------------------------------------------------------------------- files
 
 
-def check_chunk_decode(data: bytes) -> None:
-    """The direct chunk reader and the general decoder agree on every input."""
+def check_direct_decode(data: bytes) -> None:
+    """The direct readers of the hot-path frames (chunk, message, say, ack) and the general
+    decoder agree on every input, alone and as the first frame of a batch."""
     general: object = None
     try:
         value = decode(data)
@@ -889,23 +890,77 @@ def check_chunk_decode(data: bytes) -> None:
             general = _frames._parse(value)
     except RemoteProtocolError:
         pass
-    fast = _frames._decode_chunk(data) if data[: _frames._CHUNK_PREFIX_LEN] == _frames._CHUNK_PREFIX else None
-    if fast is not None:
-        assert fast == general
+    known = _frames._decode_known(data, 0)
+    if known is not None:
+        frame, end = known
+        if end == len(data):
+            assert frame == general
+        # Whatever the direct reader took is exactly one frame the general decoder reads alike.
+        assert _frames._parse(decode(data[:end])) == frame  # type: ignore[arg-type]
     try:
         assert _frames.decode_frame(data) == general
     except RemoteProtocolError:
         assert general is None
+    try:
+        frames = _frames.decode_frames(data)
+    except RemoteProtocolError:
+        assert known is None or known[1] < len(data) or general is None
+    else:
+        if general is not None:
+            assert frames == [general]
+
+
+def check_batch_decode(encoded: list[bytes]) -> None:
+    """A batch of valid frames decodes to the frames one by one, in order."""
+    frames = [_frames.decode_frame(e) for e in encoded]
+    assert _frames.decode_frames(_frames.encode_batch(encoded)) == frames
 
 
 @st.composite
-def chunkish(draw: st.DrawFn) -> bytes:
-    """Chunk frames, canonical or nearly: fields and lengths that straddle the size classes."""
-    x = draw(st.sampled_from([0, 1, 23, 24, 255, 256, 2**32, 2**64 - 1]))
-    at = draw(st.sampled_from([0, 1, 23, 24, 65535, 65536, 2**64 - 1]))
-    data = draw(st.binary(max_size=30)) + bytes(draw(st.sampled_from([0, 0, 300])))
-    frame = _frames.encode_chunk(x, at, data)
+def directish(draw: st.DrawFn) -> bytes:
+    """Frames the direct readers take (chunk, message, say, ack), canonical or nearly: fields
+    and lengths that straddle the size classes, then perhaps mutated."""
+    n = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1])
+    kind = draw(st.sampled_from(["chunk", "message", "say", "ack"]))
+    text = draw(st.text(max_size=12)) + "x" * draw(st.sampled_from([0, 0, 30, 300]))
+    if kind == "chunk":
+        data = draw(st.binary(max_size=30)) + bytes(draw(st.sampled_from([0, 0, 300])))
+        frame = _frames.encode_chunk(draw(n), draw(n), data)
+    elif kind == "message":
+        frame = _frames.Message(
+            seq=draw(n), ts=draw(n), text=text, ref=draw(n), from_=draw(n)
+        ).encode()
+    elif kind == "say":
+        frame = _frames.Say(ref=draw(n), text=text).encode()
+    else:
+        frame = _frames.Ack(seq=draw(n)).encode()
     return draw(st.just(frame) | mutations(frame))
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[bytes]:
+    """Lists of valid encoded frames of every kind the hot paths and the rest use."""
+    one = st.one_of(
+        directish().filter(lambda d: _decodes(d)),
+        st.sampled_from(
+            [
+                _frames.Ping().encode(),
+                _frames.Pong().encode(),
+                _frames.Roster(members=(_frames.MemberEntry(1, "host", True, True),)).encode(),
+                _frames.Event(kind="joined", seq=3, ts=9, member=2, name="ana").encode(),
+                _frames.Credit(x=1, n=65536).encode(),
+            ]
+        ),
+    )
+    return draw(st.lists(one, min_size=1, max_size=6))
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        _frames.decode_frame(data)
+    except RemoteProtocolError:
+        return False
+    return True
 
 
 def check_file_frames(data: st.DataObject) -> None:
