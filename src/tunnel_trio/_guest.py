@@ -168,6 +168,8 @@ class Guest:
         self._leaving = False
         self._stop = trio.CancelScope()
         self._deadline_moved = trio.Event()
+        #: `flush_soon` was called: the writer flushes before its next write.
+        self._flush_pending = False
         #: The deadline the timer task sleeps until (inf: none, or no timer running).
         self._armed = float("inf")
         self._ended: ConnectionEnded | None = None
@@ -209,6 +211,16 @@ class Guest:
         deadline = conn.next_deadline()
         if deadline is not None and deadline < self._armed:
             self._deadline_moved.set()
+
+    def flush_soon(self) -> None:
+        """Like `flush`, but left to the writer task, which runs once the tasks ready now have
+        had their turn: what they queue meanwhile (pipelined says) is sealed together, in one
+        transport message with batch/1. Order is kept: whoever flushes first seals everything
+        queued so far."""
+        if self._outbox is None:
+            return
+        self._flush_pending = True
+        self._outbox.kick()
 
     def pump(self) -> None:
         """After a call into the connection that may make events (a file chunk provided, the
@@ -537,6 +549,10 @@ class Guest:
                 if isinstance(item, CloseMarker):
                     await ws.close(item.code, item.reason)
                     return
+                if self._flush_pending and outbox is self._outbox:
+                    self._flush_pending = False
+                    self.flush()  # the writer is busy, so this queues, behind `item`
+                    item += outbox.take_ready(WRITE_BATCH)
                 conn = self.conn
                 if (
                     outbox is self._outbox

@@ -87,8 +87,7 @@ class Outbox:
             and direct.send_now(items)
         ):
             if direct.unsent_bytes:
-                self._kicked = True
-                self._wake.set()
+                self.kick()
             return
         for data in items:
             self.put(data)
@@ -119,16 +118,16 @@ class Outbox:
             self.queued_bytes -= len(item)
         return item
 
-    async def get_batch(self, max_bytes: int) -> list[bytes] | CloseMarker:
-        """Every message queued now, in order, up to `max_bytes` (always at least one); or the
-        close marker when it is next. One write for a burst instead of one per message. An empty
-        batch: only what the direct path left unsent is to be written."""
-        first = await self.get()
-        if first is None:
-            return []
-        if isinstance(first, CloseMarker):
-            return first
-        batch, size = [first], len(first)
+    def kick(self) -> None:
+        """Wake the writer even with nothing queued (`get_batch` returns an empty batch)."""
+        self._kicked = True
+        self._wake.set()
+
+    def take_ready(self, max_bytes: int) -> list[bytes]:
+        """What is queued now, in order, up to `max_bytes` (possibly nothing), without waiting;
+        never the close marker."""
+        batch: list[bytes] = []
+        size = 0
         while self._items:
             item = self._items[0]
             if isinstance(item, CloseMarker) or size + len(item) > max_bytes:
@@ -138,3 +137,16 @@ class Outbox:
             batch.append(item)
             size += len(item)
         return batch
+
+    async def get_batch(self, max_bytes: int) -> list[bytes] | CloseMarker:
+        """Every message queued now, in order, up to `max_bytes` (always at least one); or the
+        close marker when it is next. One write for a burst instead of one per message. An empty
+        batch: only what the direct path left unsent is to be written."""
+        first = await self.get()
+        if first is None:
+            return []
+        if isinstance(first, CloseMarker):
+            return first
+        if len(first) >= max_bytes or not self._items:
+            return [first]
+        return [first, *self.take_ready(max_bytes - len(first))]

@@ -985,7 +985,12 @@ class MemberSession(_Session):
             except LocalProtocolError as exc:
                 raise TunnelError(str(exc)) from None
             pending = self._says[ref] = _PendingSay(text)
-            self.guest.flush()
+            if len(self._says) > 1:
+                # Others are on their way: let says made in the same turn of the scheduler
+                # share a transport message (batch/1); a lone say goes at once.
+                self.guest.flush_soon()
+            else:
+                self.guest.flush()
             with trio.move_on_at(deadline):
                 while pending.result is None and not self.closed:
                     await pending.done.wait()
