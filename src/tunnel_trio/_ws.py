@@ -195,6 +195,8 @@ class WebSocket:
         # Bytes `send_now` framed that the socket did not take at once: they go first.
         self._unsent = b""
         self._unyielded = 0
+        # The last read took less than it asked for (see `_read`).
+        self._drained = False
         # Set once no more input will be read: the peer's Close, EOF, or a framing error.
         self._input_done = False
         self._peer_close: CloseConnection | None = None
@@ -435,20 +437,27 @@ class WebSocket:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
         socket = self._stream.socket  # type: ignore[attr-defined]
+        # A short read emptied the socket: the next read would almost surely fail with EAGAIN
+        # (a system call and an exception per message), so wait for readability first.
+        wait_first = self._drained
         while True:
+            if wait_first:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    return b""
+                self._unyielded = 0
             if socket.fileno() != fd:
                 return b""  # closed by another task: the number may already be someone else's
             try:
-                return os.read(fd, RECEIVE_CHUNK)
+                data = os.read(fd, RECEIVE_CHUNK)
             except BlockingIOError:
-                pass
+                wait_first = True
+                continue
             except OSError:
                 return b""
-            try:
-                await trio.lowlevel.wait_readable(fd)
-            except trio.ClosedResourceError:
-                return b""
-            self._unyielded = 0
+            self._drained = len(data) < RECEIVE_CHUNK
+            return data
 
     async def _send_event(self, event: Event) -> bool:
         """Send a control event; False if the connection can no longer carry it."""
