@@ -44,6 +44,7 @@ from tunnelproto import (
     LocalProtocolError,
     MemberConnection,
     MemberEntry,
+    MemberState,
     ReadRequest,
     Refused,
     RoomEvent,
@@ -936,11 +937,15 @@ class MemberSession(_Session):
     async def _open_connection(self, deadline: float) -> MemberConnection | None:
         """The connection once it is open (now, or by `deadline`: else None). Raises
         NotOpenError when the tunnel closes meanwhile."""
+        self._require_open()
+        conn = self.guest.conn
+        if conn is not None and conn.state is MemberState.OPEN:
+            return conn  # the usual case, without a cancel scope per say
         with trio.move_on_at(deadline):
             while True:
                 self._require_open()
                 conn = self.guest.conn
-                if conn is not None and conn.state.value == "open":
+                if conn is not None and conn.state is MemberState.OPEN:
                     return conn
                 await self._transcript.wait()
         return None
