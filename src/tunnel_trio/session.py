@@ -177,7 +177,9 @@ class _Transcript:
         self._messages: list[TranscriptMessage] = []
         self._head = 0
         self.last_seq = 0
-        self._changed = trio.Event()
+        # Made by the first waiter after a change, not by every change: a burst of messages
+        # that nobody waits on costs no Event each.
+        self._changed: trio.Event | None = None
 
     def since(self, seq: int) -> list[TranscriptMessage]:
         if self._head >= len(self._messages):
@@ -219,10 +221,14 @@ class _Transcript:
         self.poke()
 
     def poke(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
     async def wait(self) -> None:
+        if self._changed is None:
+            self._changed = trio.Event()
         await self._changed.wait()
 
 

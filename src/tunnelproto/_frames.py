@@ -9,6 +9,7 @@ Unknown keys are ignored (room for additive extensions); a missing or mistyped k
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -524,62 +525,86 @@ def _decode_chunk(data: bytes, pos: int) -> tuple[Chunk, int] | None:
     return Chunk(x=x, at=at, data=data[p:end]), end
 
 
-def _decode_text(data: bytes, pos: int) -> tuple[str, int] | None:
-    parsed = _read_arg(data, pos, 3)
-    if parsed is None:
-        return None
-    n, p = parsed
-    end = p + n
+# The same frames as regular expressions: one C-level match per frame instead of a Python call
+# per field. Each integer group only matches shortest-form heads (section 8.1 rule 1): 0x18 then
+# a byte >= 24; 0x19, 0x1a, 0x1b whose leading bytes are not all zero. Anything else does not
+# match, and the general decoder decides (and raises the right error).
+_UINT_RE = (
+    rb"([\x00-\x17]|\x18[\x18-\xff]|\x19(?!\x00)..|\x1a(?!\x00\x00)....|\x1b(?!\x00{4}).{8})"
+)
+_TEXT_HEAD_RE = rb"([\x60-\x77]|\x78[\x18-\xff]|\x79(?!\x00)..|\x7a(?!\x00\x00)....)"
+_MESSAGE_RE = re.compile(
+    re.escape(_MESSAGE_PREFIX)
+    + _UINT_RE
+    + re.escape(_REF_KEY)
+    + _UINT_RE
+    + re.escape(_SEQ_KEY)
+    + _UINT_RE
+    + re.escape(_FROM_KEY)
+    + _UINT_RE
+    + re.escape(_TEXT_KEY)
+    + _TEXT_HEAD_RE,
+    re.DOTALL,
+)
+_SAY_RE = re.compile(
+    re.escape(_SAY_PREFIX) + _UINT_RE + re.escape(_TEXT_KEY) + _TEXT_HEAD_RE, re.DOTALL
+)
+_ACK_RE = re.compile(re.escape(_ACK_PREFIX) + _UINT_RE, re.DOTALL)
+_from_bytes = int.from_bytes
+
+
+def _head_value(head: bytes) -> int:
+    """The argument of a matched head (its low five bits, or the bytes after it)."""
+    return head[0] & 0x1F if len(head) == 1 else _from_bytes(head[1:], "big")
+
+
+def _matched_text(data: bytes, pos: int, head: bytes) -> tuple[str, int] | None:
+    end = pos + _head_value(head)
     if end > len(data):
         return None
     try:
-        return data[p:end].decode("utf-8"), end
+        return data[pos:end].decode("utf-8"), end
     except UnicodeDecodeError:
         return None
 
 
 def _decode_message(data: bytes, pos: int) -> tuple[Message, int] | None:
     """The canonical `message` frame at `pos` (exactly the keys the encoder writes)."""
-    parsed = _read_uint(data, pos + len(_MESSAGE_PREFIX))
-    if parsed is None:
+    m = _MESSAGE_RE.match(data, pos)
+    if m is None:
         return None
-    ts, p = parsed
-    values = []
-    for key in (_REF_KEY, _SEQ_KEY, _FROM_KEY):
-        if not data.startswith(key, p):
-            return None
-        parsed = _read_uint(data, p + len(key))
-        if parsed is None:
-            return None
-        value, p = parsed
-        values.append(value)
-    if not data.startswith(_TEXT_KEY, p):
-        return None
-    text = _decode_text(data, p + len(_TEXT_KEY))
+    ts, ref, seq, from_, head = m.groups()
+    text = _matched_text(data, m.end(), head)
     if text is None:
         return None
-    ref, seq, from_ = values
-    return Message(seq=seq, ts=ts, text=text[0], ref=ref, from_=from_), text[1]
+    return Message(
+        seq=_head_value(seq),
+        ts=_head_value(ts),
+        text=text[0],
+        ref=_head_value(ref),
+        from_=_head_value(from_),
+    ), text[1]
 
 
 def _decode_say(data: bytes, pos: int) -> tuple[Say, int] | None:
-    parsed = _read_uint(data, pos + len(_SAY_PREFIX))
-    if parsed is None or parsed[0] == 0:  # ref 0: the general decoder refuses it
+    m = _SAY_RE.match(data, pos)
+    if m is None:
         return None
-    ref, p = parsed
-    if not data.startswith(_TEXT_KEY, p):
+    ref_head, head = m.groups()
+    ref = _head_value(ref_head)
+    if ref == 0:  # the general decoder refuses it
         return None
-    text = _decode_text(data, p + len(_TEXT_KEY))
+    text = _matched_text(data, m.end(), head)
     if text is None:
         return None
     return Say(ref=ref, text=text[0]), text[1]
 
 
 def _decode_ack(data: bytes, pos: int) -> tuple[Ack, int] | None:
-    parsed = _read_uint(data, pos + len(_ACK_PREFIX))
-    if parsed is None:
+    m = _ACK_RE.match(data, pos)
+    if m is None:
         return None
-    return Ack(seq=parsed[0]), parsed[1]
+    return Ack(seq=_head_value(m.group(1))), m.end()
 
 
 def _decode_known(data: bytes, pos: int) -> tuple[Frame, int] | None:
