@@ -26,7 +26,7 @@ import trio
 WRITE_BATCH = 64 * 1024
 #: The most bytes `put_all` writes directly: a burst bigger than this goes through the queue,
 #: so what the socket leaves unsent outside the queue's bound stays small.
-DIRECT_MAX = 16 * 1024
+DIRECT_MAX = WRITE_BATCH
 
 
 class DirectWriter(Protocol):
@@ -52,8 +52,9 @@ class Outbox:
     def __init__(self, limit: int, direct: DirectWriter | None = None) -> None:
         self.limit = limit
         self._direct = direct
-        # True while the writer waits in `get` on an empty queue: the direct path is open.
-        self._idle = False
+        # True while the writer waits in `get` on an empty queue, or has not asked for anything
+        # yet: nothing is queued or being written, so the direct path is open.
+        self._idle = True
         # The writer must write what the direct path left unsent, even with nothing queued.
         self._kicked = False
         self._items: deque[bytes | CloseMarker] = deque()
@@ -102,6 +103,7 @@ class Outbox:
     async def get(self) -> bytes | CloseMarker | None:
         """The next item; None when there is none but the direct path left bytes unsent (the
         writer writes them: `send_many([])`)."""
+        self._idle = False
         while not self._items:
             if self._kicked:
                 self._kicked = False

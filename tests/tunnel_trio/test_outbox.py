@@ -102,22 +102,27 @@ async def test_an_idle_writer_lets_a_small_burst_go_straight_to_the_socket() -> 
 async def test_the_direct_path_is_closed_while_the_writer_has_work_or_the_burst_is_big() -> None:
     sock = FakeSocket()
     box = Outbox(limit=1 << 20, direct=sock)
-    # No writer waiting (it is writing, or not started): queued, in order.
-    box.put_all([b"1"])
-    assert sock.taken == [] and box.queued_bytes == 1
+    # Before the writer ever asked for anything, nothing is queued or written: direct.
+    box.put_all([b"0"])
+    assert sock.taken == [[b"0"]] and box.queued_bytes == 0
+    # The writer holds a batch (it is writing it): what comes next queues behind it.
+    box.put(b"1")
     assert await box.get_batch(1 << 16) == [b"1"]
+    box.put_all([b"1b"])
+    assert sock.taken == [[b"0"]] and box.queued_bytes == 2
+    assert await box.get_batch(1 << 16) == [b"1b"]
 
     got: list[list[bytes] | CloseMarker] = []
 
     async def writer() -> None:
-        got.append(await box.get_batch(1 << 16))
+        got.append(await box.get_batch(1 << 20))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
         await trio.testing.wait_all_tasks_blocked()
         box.put_all([b"x" * (DIRECT_MAX + 1)])  # too big to leave unsent outside the bound
         box.put_all([b"2"])  # behind it, never around it
-        assert sock.taken == []
+        assert sock.taken == [[b"0"]]
     assert got == [[b"x" * (DIRECT_MAX + 1), b"2"]]
 
     async with trio.open_nursery() as nursery:
@@ -125,9 +130,9 @@ async def test_the_direct_path_is_closed_while_the_writer_has_work_or_the_burst_
         await trio.testing.wait_all_tasks_blocked()
         sock.accept = False  # a write in progress, a TLS stream, a closing WebSocket
         box.put_all([b"3"])
-    assert got[-1] == [b"3"] and sock.taken == []
+    assert got[-1] == [b"3"] and sock.taken == [[b"0"]]
 
     box.close(1000, "bye")
     sock.accept = True
     box.put_all([b"after the close"])
-    assert sock.taken == []
+    assert sock.taken == [[b"0"]]
