@@ -6,18 +6,22 @@ session keys seal what a modified client could send.
 
 from __future__ import annotations
 
-from harness import Net, seal_as_member
+import pytest
+from harness import FakeHost, Net, seal_as_member
 
 from tunnelproto import (
     BATCH_CAP,
     CLOSE_FLOODING,
     CLOSE_PROTOCOL_ERROR,
     Disconnect,
+    JoinLink,
+    MemberConnection,
     MemberState,
+    RemoteProtocolError,
     RoomConfig,
     _frames,
 )
-from tunnelproto._member import ACK_DELAY
+from tunnelproto._member import ACK_DELAY, PING_AFTER
 from tunnelproto._state import ConnState
 
 
@@ -177,3 +181,30 @@ def test_a_resume_keeps_batch_and_replays_in_batches() -> None:
     assert len(ana.received) - before <= 3  # the welcome, then the replay in one or two
     assert BATCH_CAP in ana.caps
     net.check()
+
+
+def test_a_member_that_asked_for_batch_keeps_one_frame_a_message_with_an_older_host() -> None:
+    link = JoinLink("https://h.example", "abcdefghijklmnop", bytes(range(32)))
+    mc = MemberConnection(link, "ana", 1000.0, caps=(BATCH_CAP,))
+    host = FakeHost(link)
+    (msg1,) = mc.data_to_send()
+    mc.receive_data(host.welcome(msg1), 1000.0)  # no caps: an older host
+    assert mc.state is MemberState.OPEN
+    (confirm,) = mc.data_to_send()
+    assert host.open(confirm) == _frames.Ack(seq=0)
+    # The host's entries, one per message; each drain acks at once (nothing waits).
+    mc.receive_data(host.frame(_frames.Message(seq=1, ts=0, text="hi", ref=0, from_=1)), 1000.1)
+    (ack,) = mc.data_to_send()
+    assert host.open(ack) == _frames.Ack(seq=1)
+    assert mc.next_deadline() == 1000.1 + PING_AFTER
+    mc.say("one")
+    mc.say("two")
+    sent = mc.data_to_send()
+    assert [host.open(data) for data in sent] == [
+        _frames.Say(ref=1, text="one"),
+        _frames.Say(ref=2, text="two"),
+    ]
+    # A batch from such a host is malformed: the member never agreed to read one.
+    batch = _frames.Ping().encode() + _frames.Ping().encode()
+    with pytest.raises(RemoteProtocolError):
+        mc.receive_data(host.seal(batch), 1000.2)
