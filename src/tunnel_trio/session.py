@@ -337,13 +337,17 @@ class _Session:
                 "start again at 1 in every tunnel: pass 0, or a lastSeq this tunnel returned"
             )
         timeout = max(0.0, timeout)
+        page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
+        if page.messages or self.closed:
+            return page  # a listener behind the transcript: no cancel scope needed
+        since_seq = page.last_seq
         with trio.move_on_after(timeout):
             while True:
+                await transcript.wait()
                 page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
                 if page.messages or self.closed:
                     return page
                 since_seq = page.last_seq
-                await transcript.wait()
         return ListenResult([], max(since_seq, 0), True)
 
     def _page(
@@ -804,6 +808,18 @@ class MemberSession(_Session):
         self._transcript.poke()
 
     def _on_event(self, event: TunnelEvent) -> None:
+        if isinstance(event, ChatMessage):
+            # The busiest path of chat, checked first.
+            self._transcript.add(
+                TranscriptMessage(
+                    seq=event.seq,
+                    kind="chat",
+                    ts=event.ts / 1000,
+                    sender=self._names.get(event.sender_id),
+                    text=event.text,
+                )
+            )
+            return
         if isinstance(event, _FILE_DATA_EVENTS):
             # The busy path of a transfer: no transcript change, so no listener is woken.
             self.files.on_event(event, self.guest.conn)
@@ -837,16 +853,6 @@ class MemberSession(_Session):
             self._welcomed.set()
         elif isinstance(event, Refused):
             self._refused = event
-        elif isinstance(event, ChatMessage):
-            self._transcript.add(
-                TranscriptMessage(
-                    seq=event.seq,
-                    kind="chat",
-                    ts=event.ts / 1000,
-                    sender=self._names.get(event.sender_id),
-                    text=event.text,
-                )
-            )
         elif isinstance(event, RoomEvent):
             self._names.learn(event.member_id, event.name)
             if event.kind == "history-truncated":
