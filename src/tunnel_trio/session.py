@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import math
+import re
 import ssl
 import sys
 import time
@@ -106,7 +107,13 @@ def _size(message: TranscriptMessage) -> int:
     return size
 
 
+#: What JSON escapes in a string (with ensure_ascii off): quotes, backslashes, controls.
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+
+
 def _json_text(text: str) -> int:
+    if text.isascii() and _JSON_ESCAPED.search(text) is None:
+        return len(text) + 2  # most chat: the text between two quotes, as json.dumps writes it
     return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
