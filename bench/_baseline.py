@@ -1,7 +1,18 @@
-"""The baseline: bare wsproto-on-trio (tunnel_trio._ws), no crypto, no room, no sessions.
+"""The baseline: bare wsproto on trio, written here and frozen. No crypto, no room, no sessions.
 
 Every tunnel figure is divided by its counterpart measured here, in the same process and run,
 so a slow machine moves both and the ratio says what the tunnel layers themselves cost.
+
+Why it lives in bench/ and imports nothing of ours: the tunnel's own WebSocket layer
+(`tunnel_trio._ws`) is one of the things being measured. A baseline built on it would get
+faster with every speed-up there and hide the gain, and a fast path added there would make it
+no longer "bare wsproto". So this is wsproto (1.x, its public `WSConnection` for the handshake
+and the framing both) on trio's `SocketStream`, as plainly as a competent user writes it:
+
+* one `WSConnection` per socket; `send` is `await stream.send_all(ws.send(BytesMessage(...)))`;
+* `receive` reads 64 KiB at a time, feeds wsproto, queues every complete message, answers
+  pings; no reader task, no extra buffering, no locks (each socket here has one writer);
+* the server is `trio.serve_tcp` plus wsproto's server handshake.
 
 One server serves three paths:
 
@@ -18,15 +29,87 @@ import gc
 import struct
 import time
 import tracemalloc
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
 from _stats import Figure
-
-from tunnel_trio._ws import WebSocket, WebSocketClosed, connect_websocket, serve_websocket
-from tunnelproto import MAX_FRAME
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+)
 
 STAMP = struct.Struct("!Q")
+RECEIVE_SIZE = 65536
+
+
+class Closed(Exception):
+    """The peer closed the WebSocket (or the socket went away)."""
+
+
+class BareWebSocket:
+    """One established connection: whole binary messages over a trio stream."""
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection, path: str) -> None:
+        self.stream = stream
+        self.ws = ws
+        self.path = path
+        self._messages: deque[bytes] = deque()
+        self._partial = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(self.ws.send(BytesMessage(data=data)))
+
+    async def receive(self) -> bytes:
+        while not self._messages:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                raise Closed
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, BytesMessage):
+                    if event.message_finished and not self._partial:
+                        self._messages.append(event.data)
+                    else:
+                        self._partial += event.data
+                        if event.message_finished:
+                            self._messages.append(self._partial)
+                            self._partial = b""
+                elif isinstance(event, Ping):
+                    await self.stream.send_all(self.ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    raise Closed
+        return self._messages.popleft()
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+async def _read_event(stream: trio.SocketStream, ws: WSConnection) -> object:
+    while True:
+        for event in ws.events():
+            return event
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise Closed
+        ws.receive_data(data)
+
+
+async def bare_connect(port: int, path: str) -> BareWebSocket:
+    """TCP connect to 127.0.0.1:`port` and the client side of the upgrade."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=f"127.0.0.1:{port}", target=path)))
+    event = await _read_event(stream, ws)
+    if not isinstance(event, AcceptConnection):
+        await trio.aclose_forcefully(stream)
+        raise Closed(f"upgrade refused: {event!r}")
+    return BareWebSocket(stream, ws, path)
 
 
 class BareServer:
@@ -34,51 +117,52 @@ class BareServer:
 
     def __init__(self) -> None:
         self.port = 0
-        self._held_send, self.held = trio.open_memory_channel[WebSocket](64)
+        self._held_send, self.held = trio.open_memory_channel[BareWebSocket](64)
         self._release = trio.Event()
 
-    @property
-    def base_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(
-                lambda task_status: serve_websocket(
-                    self._handle,
-                    "127.0.0.1",
-                    0,
-                    accept_path=lambda path: path in ("/echo", "/stamp", "/hold"),
-                    max_message_size=MAX_FRAME,
-                    task_status=task_status,
-                )
-            )
-            self.port = listeners[0].socket.getsockname()[1]
-            task_status.started()
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        await trio.serve_listeners(self._serve, listeners, task_status=task_status)
 
     def release_held(self) -> None:
         """Let every held connection's handler return (which closes it)."""
         self._release.set()
         self._release = trio.Event()
 
-    async def _handle(self, ws: WebSocket) -> None:
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
         try:
-            if ws.path == "/echo":
-                while True:
-                    await ws.send(await ws.receive())
-            elif ws.path == "/stamp":
-                while True:
-                    message = await ws.receive()
-                    await ws.send(STAMP.pack(time.perf_counter_ns()) + message[STAMP.size :])
-            else:
-                release = self._release
-                await self._held_send.send(ws)
-                await release.wait()
-        except WebSocketClosed:
+            request = await _read_event(stream, ws)
+            if not isinstance(request, Request) or request.target not in (
+                "/echo",
+                "/stamp",
+                "/hold",
+            ):
+                await stream.send_all(ws.send(RejectConnection(status_code=404)))
+                return
+            await stream.send_all(ws.send(AcceptConnection()))
+            await self._handle(BareWebSocket(stream, ws, request.target))
+        except (Closed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        finally:
+            await trio.aclose_forcefully(stream)
 
-    async def connect(self, path: str) -> WebSocket:
-        return await connect_websocket(self.base_url + path, max_message_size=MAX_FRAME)
+    async def _handle(self, ws: BareWebSocket) -> None:
+        if ws.path == "/echo":
+            while True:
+                await ws.send(await ws.receive())
+        elif ws.path == "/stamp":
+            while True:
+                message = await ws.receive()
+                await ws.send(STAMP.pack(time.perf_counter_ns()) + message[STAMP.size :])
+        else:
+            release = self._release
+            await self._held_send.send(ws)
+            await release.wait()
+
+    async def connect(self, path: str) -> BareWebSocket:
+        return await bare_connect(self.port, path)
 
 
 def _payload(size: int) -> bytes:
@@ -147,7 +231,7 @@ async def one_way(server: BareServer, size: int, n: int) -> Figure:
     return Figure(f"base.oneway.{size}", f"ws one-way server->client {size} B", "us", samples)
 
 
-async def _drain(ws: WebSocket, count: int) -> None:
+async def _drain(ws: BareWebSocket, count: int) -> None:
     for _ in range(count):
         await ws.receive()
 
@@ -165,7 +249,7 @@ async def echo_pipelined(server: BareServer, size: int, count: int, reps: int) -
     for _ in range(reps):
         ws = await server.connect("/echo")
 
-        async def run(ws: WebSocket = ws) -> None:
+        async def run(ws: BareWebSocket = ws) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain, ws, count)
                 for _ in range(count):
@@ -191,7 +275,7 @@ async def push(server: BareServer, size: int, count: int, reps: int) -> Figure:
         client = await server.connect("/hold")
         held = await server.held.receive()
 
-        async def run(client: WebSocket = client, held: WebSocket = held) -> None:
+        async def run(client: BareWebSocket = client, held: BareWebSocket = held) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drain, client, count)
                 for _ in range(count):
@@ -218,7 +302,9 @@ async def fan_out(server: BareServer, size: int, count: int, members: int, reps:
         clients = [await server.connect("/hold") for _ in range(members)]
         held = [await server.held.receive() for _ in range(members)]
 
-        async def run(clients: list[WebSocket] = clients, held: list[WebSocket] = held) -> None:
+        async def run(
+            clients: list[BareWebSocket] = clients, held: list[BareWebSocket] = held
+        ) -> None:
             async with trio.open_nursery() as nursery:
                 for client in clients:
                     nursery.start_soon(_drain, client, count)

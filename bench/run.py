@@ -191,7 +191,7 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
     return [
         "ratio = tunnel median / baseline median: above 1 is slower for times and memory, "
         "below 1 is slower for rates.",
-        "baseline = bare wsproto-on-trio (tunnel_trio._ws) on 127.0.0.1: no Noise, no room, "
+        "baseline = bare wsproto on trio (bench/_baseline.py, frozen: it imports nothing of ours) on 127.0.0.1: no Noise, no room, "
         "no session; the same message sizes.",
         "join: open_host once, then one join per fresh invite, timed from join() to its "
         f"return. 'host alone': {plan.joins} joins, each member leaves (untimed) before the "

@@ -16,13 +16,15 @@ from core_properties import (
     MEMBER_STATES,
     ROOM_STATES,
     RoomMachine,
-    check_chunk_decode,
+    batches,
+    check_batch_decode,
     check_codec,
+    check_direct_decode,
     check_file_frames,
     check_link_parse,
     check_member_garbage,
     check_room_garbage,
-    chunkish,
+    directish,
     link_texts,
 )
 from hypothesis import HealthCheck, given, settings
@@ -87,10 +89,18 @@ def test_fuzz_link_parse(fuzz_rounds: Rounds) -> None:
 
 
 @settings(max_examples=share(1.0), suppress_health_check=SLOW_OK)
-@given(chunkish() | st.binary(max_size=120))
-def test_fuzz_chunk_reader(data: bytes) -> None:
-    """The direct chunk reader (the hot path of transfers) and the general decoder agree."""
-    check_chunk_decode(data)
+@given(directish() | st.binary(max_size=120))
+def test_fuzz_direct_readers(data: bytes) -> None:
+    """The direct readers of the hot-path frames (chunk, message, say, ack) and the general
+    decoder agree, alone and at the start of a batch."""
+    check_direct_decode(data)
+
+
+@settings(max_examples=share(0.5), suppress_health_check=SLOW_OK)
+@given(batches())
+def test_fuzz_batches(encoded: list[bytes]) -> None:
+    """A batch of frames decodes to its frames, in order."""
+    check_batch_decode(encoded)
 
 
 @settings(max_examples=share(0.2), suppress_health_check=SLOW_OK)

@@ -581,6 +581,43 @@ def _codec_examples() -> list[tuple[str, Any]]:
     ]
 
 
+def _batch_examples() -> list[tuple[str, str, list[f.Frame]]]:
+    """Batches (capability batch/1, section 8.3): what one transport message may carry."""
+    h2m = "host->member (transport, batch/1)"
+    m2h = "member->host (transport, batch/1)"
+    return [
+        ("one frame: a batch of one is the plain layout", h2m,
+         [f.Message(seq=7, ts=1763942400000, text="hello", ref=0, from_=1)]),
+        ("a burst of entries for one member", h2m,
+         [f.Message(seq=8, ts=1763942400010, text="first", ref=0, from_=1),
+          f.Message(seq=9, ts=1763942400020, text="second", ref=3, from_=2),
+          f.Event(seq=10, ts=1763942400030, kind="left", member=3, name="bob")]),
+        ("a stamped copy, a roster and a ping", h2m,
+         [f.Message(seq=11, ts=1763942400040, text="mine", ref=4, from_=2),
+          f.Roster(members=(f.MemberEntry(id=1, name="host", host=True, on=True),
+                            f.MemberEntry(id=2, name="ana", host=False, on=True))),
+          f.Ping()]),
+        ("pipelined says with the delayed ack riding behind them", m2h,
+         [f.Say(ref=5, text="one"), f.Say(ref=6, text="two"), f.Ack(seq=11)]),
+        ("a pong and an ack", m2h, [f.Pong(), f.Ack(seq=12)]),
+    ]
+
+
+def _invalid_batch_examples() -> list[tuple[str, bytes]]:
+    say = f.Say(ref=1, text="hi").encode()
+    ack = f.Ack(seq=3).encode()
+    return [
+        ("empty plaintext: a batch holds at least one frame", b""),
+        ("a whole frame, then the first bytes of another", say + ack[:-1]),
+        ("a whole frame, then a byte that is no frame", say + b"\x00"),
+        ("a frame, then a CBOR value that is not a map", say + b"\x83\x01\x02\x03"),
+        ("a frame, then a map without `t`", say + bytes.fromhex("a1637365710a")),
+        ("a frame, then an unknown frame type", ack + bytes.fromhex("a16174646e6f7065")),
+        ("a good frame after a non-deterministic one (long-form integer)",
+         bytes.fromhex("a26174636163686373657118") + b"\x03" + say),
+    ]
+
+
 def build_frames() -> dict[str, Any]:
     frames = []
     for what, direction, frame in _frame_examples():
@@ -623,10 +660,29 @@ def build_frames() -> dict[str, Any]:
         assert _codec.decode(data) == value, what
         codec.append({"what": what, "value": to_json(value), "cbor_hex": data.hex()})
 
+    batches = []
+    for what, direction, batch in _batch_examples():
+        data = b"".join(frame.encode() for frame in batch)
+        assert f.decode_frames(data) == batch, what
+        batches.append({"what": what, "direction": direction,
+                        "frames": [{"type": fr.TYPE, "value": frame_json(fr)} for fr in batch],
+                        "plaintext_hex": data.hex()})
+    invalid_batches = []
+    for what, data in _invalid_batch_examples():
+        try:
+            f.decode_frames(data)
+        except RemoteProtocolError as exc:
+            invalid_batches.append({"what": what, "plaintext_hex": data.hex(),
+                                    "error": "RemoteProtocolError", "code": exc.code,
+                                    "python_message": str(exc)})
+        else:
+            raise AssertionError(f"decoded but should not: {what}")
+
     return {
         "description": (
             "Frame encoding: every frame type as JSON and its exact deterministic CBOR; inputs a "
-            "decoder must accept; inputs a decoder must reject; primitive CBOR values."
+            "decoder must accept; inputs a decoder must reject; primitive CBOR values; batches "
+            "(batch/1, section 8.3): plaintexts of several frames, and ones a receiver rejects."
         ),
         "format": FORMAT,
         "notation": NOTATION,
@@ -635,6 +691,8 @@ def build_frames() -> dict[str, Any]:
         "invalid": invalid,
         "unknown_event_kinds": unknown_kinds,
         "cbor": codec,
+        "batches": batches,
+        "invalid_batches": invalid_batches,
     }
 
 

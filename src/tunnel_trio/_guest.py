@@ -10,7 +10,7 @@ while; any other end of a join before its welcome is reported, with what the hos
 code says. Events are handed to `on_event` in order: from the reader task, and from `pump`
 (the session's file work, after a call that queues events in the connection).
 
-Files: every connection announces files/1 (`FILES_CAP`). Chunks of our offers are sealed only
+Every connection announces files/1 and batch/1 (`CAPS`). Chunks of our offers are sealed only
 when the outbox runs low (`flush`, and the writer right after it takes a batch), so chat said
 meanwhile is never behind more than one batch of them. The resume state is taken from the last
 connection object just before each redial, so credit granted on it after it dropped (our writes
@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from tunnelproto import (
+    BATCH_CAP,
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_REFUSED,
@@ -53,6 +54,9 @@ log = logging.getLogger("tunnel_trio.guest")
 CONNECT_TIMEOUT = 15.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0
+#: What every connection announces: files (spec section 26) and batches of frames with
+#: delayed acks (section 8.3).
+CAPS = (FILES_CAP, BATCH_CAP)
 #: How long a connection must stay up after its welcome for its drop to count as ordinary:
 #: redialled at once, with the backoff started over. One that drops sooner (a host that welcomes
 #: us and hangs up, again and again) continues the backoff, so such a host is redialled ever more
@@ -164,6 +168,10 @@ class Guest:
         self._leaving = False
         self._stop = trio.CancelScope()
         self._deadline_moved = trio.Event()
+        #: `flush_soon` was called: the writer flushes before its next write.
+        self._flush_pending = False
+        #: The deadline the timer task sleeps until (inf: none, or no timer running).
+        self._armed = float("inf")
         self._ended: ConnectionEnded | None = None
         self._welcomed = False
         self._draining = False
@@ -186,12 +194,10 @@ class Guest:
             return
         conn, outbox = self.conn, self._outbox
         try:
-            for data in conn.data_to_send():
-                outbox.put(data)
+            outbox.put_all(conn.data_to_send())
             if outbox.queued_bytes < WRITE_BATCH and conn.has_bulk():
                 conn.pull_bulk(WRITE_BATCH)
-                for data in conn.data_to_send():
-                    outbox.put(data)
+                outbox.put_all(conn.data_to_send())
         except OutboxFull:
             # Frames already sealed (their nonces spent) cannot be dropped and the rest sent:
             # this connection is done. Resuming re-sends every unconfirmed say.
@@ -200,7 +206,21 @@ class Guest:
             self._drain(self.conn)  # records the (resumable) end, so run() resumes
             if self._serve_scope is not None:
                 self._serve_scope.cancel()
-        self._deadline_moved.set()
+        # Only an earlier deadline needs the timer woken (a later one costs one early wake-up
+        # at most); waking it on every flush cost a task switch per message.
+        deadline = conn.next_deadline()
+        if deadline is not None and deadline < self._armed:
+            self._deadline_moved.set()
+
+    def flush_soon(self) -> None:
+        """Like `flush`, but left to the writer task, which runs once the tasks ready now have
+        had their turn: what they queue meanwhile (pipelined says) is sealed together, in one
+        transport message with batch/1. Order is kept: whoever flushes first seals everything
+        queued so far."""
+        if self._outbox is None:
+            return
+        self._flush_pending = True
+        self._outbox.kick()
 
     def pump(self) -> None:
         """After a call into the connection that may make events (a file chunk provided, the
@@ -273,7 +293,7 @@ class Guest:
                     # Credit granted since the drop went to the old object: take it along.
                     resume = self.conn.resume_state() or resume
                 conn = MemberConnection(
-                    self.link, self.name, trio.current_time(), resume=resume, caps=(FILES_CAP,)
+                    self.link, self.name, trio.current_time(), resume=resume, caps=CAPS
                 )
                 self.conn = conn
                 self._welcomed = False
@@ -424,7 +444,7 @@ class Guest:
         started: bool,
         task_status: trio.TaskStatus[None],
     ) -> ConnectionEnded | None:
-        outbox = Outbox(OUTBOX_LIMIT)
+        outbox = Outbox(OUTBOX_LIMIT, ws)
         self._outbox = outbox
         self._ended = None
         self._close_code = None
@@ -529,6 +549,10 @@ class Guest:
                 if isinstance(item, CloseMarker):
                     await ws.close(item.code, item.reason)
                     return
+                if self._flush_pending and outbox is self._outbox:
+                    self._flush_pending = False
+                    self.flush()  # the writer is busy, so this queues, behind `item`
+                    item += outbox.take_ready(WRITE_BATCH)
                 conn = self.conn
                 if (
                     outbox is self._outbox
@@ -548,7 +572,8 @@ class Guest:
         while True:
             self._deadline_moved = trio.Event()
             deadline = conn.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+            self._armed = deadline if deadline is not None else float("inf")
+            with trio.move_on_at(self._armed):
                 await self._deadline_moved.wait()
                 continue
             conn.handle_timer(trio.current_time())

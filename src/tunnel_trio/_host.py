@@ -65,6 +65,8 @@ class Relay:
         self._on_files = on_files
         self._outboxes: dict[int, Outbox] = {}
         self._deadline_moved = trio.Event()
+        #: The deadline the timer task sleeps until (inf: none, or not started yet).
+        self._armed = float("inf")
         self.port: int | None = None
         #: The most bytes ever queued for one connection (each is bounded by outbox_limit).
         self.peak_queued_bytes = 0
@@ -119,8 +121,16 @@ class Relay:
 
     def _dispatch(self) -> None:
         self._move_output()
-        self._deadline_moved.set()
+        self._rearm_timer()
         self._on_change()
+
+    def _rearm_timer(self) -> None:
+        # Only a deadline earlier than the one the timer sleeps until needs it woken; a later
+        # one costs at most one early wake-up (handle_timer does nothing, then re-arms), while
+        # waking it on every message cost a task switch per message.
+        deadline = self.room.next_deadline()
+        if deadline is not None and deadline < self._armed:
+            self._deadline_moved.set()
 
     def _move_output(self) -> None:
         """The room's output into the outboxes; chunks for every connection whose outbox is
@@ -129,22 +139,26 @@ class Relay:
         room = self.room
         while True:
             while outputs := room.data_to_send():
+                # Per connection, what it gets goes to its outbox in one call (one write when
+                # it goes directly); a disconnect goes behind what came before it.
+                sends: dict[int, list[bytes]] = {}
                 for out in outputs:
-                    outbox = self._outboxes.get(out.conn)
-                    if outbox is None:
-                        continue
-                    if isinstance(out, Send):
-                        try:
-                            outbox.put(out.data)
-                        except OutboxFull:
-                            # The core's window should make this unreachable for a well-behaved
-                            # member; a flood of control traffic is what is left. Cut it off.
-                            log.info("connection %d: outbound queue full, disconnecting", out.conn)
-                            self._end_connection(out.conn, outbox, 4004, "outbound queue full")
-                            room.connection_lost(out.conn, trio.current_time())
-                        self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
-                    elif isinstance(out, Disconnect):
+                    if type(out) is Send:
+                        if out.conn in sends:
+                            sends[out.conn].append(out.data)
+                        else:
+                            sends[out.conn] = [out.data]
+                    else:
+                        assert isinstance(out, Disconnect)
+                        outbox = self._outboxes.get(out.conn)
+                        if outbox is None:
+                            continue
+                        self._put(out.conn, outbox, sends.pop(out.conn, []))
                         self._end_connection(out.conn, outbox, out.code, out.reason)
+                for conn, items in sends.items():
+                    outbox = self._outboxes.get(conn)
+                    if outbox is not None:
+                        self._put(conn, outbox, items)
             pulled = 0
             for conn in room.bulk_connections():
                 outbox = self._outboxes.get(conn)
@@ -155,6 +169,19 @@ class Relay:
                 self._on_files(events)
             if not pulled and not events:
                 return
+
+    def _put(self, conn: int, outbox: Outbox, items: list[bytes]) -> None:
+        if not items:
+            return
+        try:
+            outbox.put_all(items)
+        except OutboxFull:
+            # The core's window should make this unreachable for a well-behaved member; a
+            # flood of control traffic is what is left. Cut it off.
+            log.info("connection %d: outbound queue full, disconnecting", conn)
+            self._end_connection(conn, outbox, 4004, "outbound queue full")
+            self.room.connection_lost(conn, trio.current_time())
+        self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
 
     def _end_connection(self, conn: int, outbox: Outbox, code: int, reason: str) -> None:
         """Queue the close behind what is already queued, and bound how long that may take:
@@ -168,7 +195,8 @@ class Relay:
         while True:
             self._deadline_moved = trio.Event()
             deadline = self.room.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+            self._armed = deadline if deadline is not None else float("inf")
+            with trio.move_on_at(self._armed):
                 await self._deadline_moved.wait()
                 continue
             self.room.handle_timer(trio.current_time())
@@ -183,7 +211,7 @@ class Relay:
             else:
                 await ws.close(CLOSE_TOO_MANY_PENDING, "too many pending connections")
             return
-        outbox = Outbox(self.outbox_limit)
+        outbox = Outbox(self.outbox_limit, ws)
         self._outboxes[conn] = outbox
         try:
             async with trio.open_nursery() as nursery:
@@ -193,7 +221,11 @@ class Relay:
                     while True:
                         data = await ws.receive()
                         self.room.receive(conn, data, trio.current_time())
-                        self._dispatch()
+                        if not ws.message_ready():
+                            # What a burst of messages makes goes out together (with batch/1
+                            # in one transport message per connection). The burst is bounded
+                            # by one socket read.
+                            self._dispatch()
                 except WebSocketClosed:
                     self.room.connection_lost(conn, trio.current_time())
                     self._dispatch()

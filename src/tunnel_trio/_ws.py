@@ -12,13 +12,18 @@ Design notes (the *why*):
   receive lock, so a user that stops calling ``receive()`` stops reading and TCP flow control
   pushes back on the peer. Nothing buffers without bound.
 * Writes are serialized by a send lock; pings are answered from inside ``receive()``.
+* The opening handshakes are done with h11 + wsproto's handshake. On the established
+  connection, binary data frames are encoded and parsed by `_wsframes` (the hot path: wsproto's
+  general machinery cost more than the rest of this layer), and control frames (close, ping,
+  pong) are handed whole to a `wsproto.connection.Connection`, which keeps the closing
+  handshake. Bytes that arrived right after the handshake are not lost.
 * The message size limit is enforced on each frame *header*: a frame that announces more bytes
   than the limit allows closes the connection with 1009 before any of its payload is read
-  (RFC 6455 section 10.4). This uses wsproto's public `Extension` hook, so the framing itself
-  stays wsproto's.
-* The opening handshakes are done with h11 + wsproto's handshake; the established framing
-  runs on a `wsproto.connection.Connection` we build ourselves, so the size limit applies on
-  both sides and bytes that arrived right after the handshake are not lost.
+  (RFC 6455 section 10.4), on both sides.
+* On a plain TCP stream (POSIX), the socket is read and written directly (`os.read` /
+  `os.write` on its descriptor, `trio.lowlevel.wait_readable` to wait): a message that is
+  already there costs no trip through the scheduler, and `send_now` lets synchronous code put
+  a reply in the socket without waking a writer task. TLS streams use trio's stream API.
 * A server holds at most ``max_connections``. At the cap a newcomer evicts the oldest
   connection that has made no progress (`ConnectionSlots`), so connections that never finish
   their request head cannot lock real clients out.
@@ -33,6 +38,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import os
 import socket
 import ssl
 from collections import deque
@@ -46,20 +52,17 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
-    BytesMessage,
     CloseConnection,
     Event,
     Ping,
     RejectConnection,
     Request,
-    TextMessage,
 )
-from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from ._slots import ConnectionSlots, Slot
 from ._tls import client_ssl_context
+from ._wsframes import TEXT, ControlFrame, FrameParser, FramingError, _Text, frame_messages
 
 __all__ = [
     "WebSocket",
@@ -72,9 +75,13 @@ __all__ = [
 
 logger = logging.getLogger("tunnel_trio.ws")
 
-#: How much we ask the stream for at a time. Also bounds what wsproto buffers beyond the
-#: current message, since we only read when the current bytes are used up.
+#: How much we ask the stream for at a time. Also bounds what is buffered beyond the current
+#: message, since we only read when the messages already read are used up.
 RECEIVE_CHUNK = 65536
+#: `receive` returns messages that were already read (or could be read at once) without a
+#: trip through the scheduler; after this many in a row it yields once, so that a peer that
+#: keeps the socket full cannot starve every other task.
+YIELD_EVERY = 16
 #: How long a graceful close waits for the peer's Close frame before dropping the stream.
 CLOSE_TIMEOUT = 3.0
 #: Upper bound on the HTTP response head a client accepts during the upgrade (h11's default
@@ -129,70 +136,36 @@ class WebSocketError(Exception):
         self.status_code = status_code
 
 
-class _MessageSizeLimit(Extension):
-    """Refuses a message as soon as a frame header makes it exceed the limit.
+def _new_connection(connection_type: ConnectionType) -> Connection:
+    """wsproto's side of an established connection: it parses the control frames we hand it
+    (close, ping, pong) and writes ours, and keeps the closing handshake's state. Data frames
+    never pass through it (`_wsframes`)."""
+    return Connection(connection_type)
 
-    wsproto delivers frame payloads in pieces as they arrive and has no size limit of its own,
-    so without this a peer announcing a 100 MB frame would make us read (and a naive
-    accumulator buffer) 100 MB. The header hook sees each frame's declared length first.
-    The header may be parsed more than once (wsproto rolls back when the masking key has not
-    arrived yet), so the running total is only advanced when a frame *completes*.
-    """
 
-    name = "tunnel-trio-message-size-limit"  # never offered or negotiated: purely local
+def _raw_socket_fd(stream: trio.abc.Stream) -> int | None:
+    """The descriptor of a plain TCP stream we may read and write directly (POSIX), else None.
 
-    def __init__(self, max_message_size: int) -> None:
-        self._max = max_message_size
-        self._message_so_far = 0  # bytes of earlier frames of the current message
-        self._frame_length = 0
-        self._frame_is_control = False
-
-    def enabled(self) -> bool:
-        return True
-
-    def offer(self) -> bool:
-        return False
-
-    def frame_inbound_header(
-        self,
-        proto: FrameDecoder | FrameProtocol,
-        opcode: Opcode,
-        rsv: RsvBits,
-        payload_length: int,
-    ) -> CloseReason | RsvBits:
-        self._frame_is_control = opcode.iscontrol()
-        if not self._frame_is_control:
-            if opcode is not Opcode.CONTINUATION:
-                self._message_so_far = 0
-            self._frame_length = payload_length
-            if self._message_so_far + payload_length > self._max:
-                return CloseReason.MESSAGE_TOO_BIG
-        return RsvBits(False, False, False)
-
-    def frame_inbound_complete(
-        self, proto: FrameDecoder | FrameProtocol, fin: bool
-    ) -> bytes | CloseReason | None:
-        if not self._frame_is_control:
-            self._message_so_far = 0 if fin else self._message_so_far + self._frame_length
+    TLS streams go through trio's stream API: their bytes are not the socket's."""
+    if os.name != "posix" or type(stream) is not trio.SocketStream:
         return None
-
-
-def _new_connection(
-    connection_type: ConnectionType, max_message_size: int, trailing_data: bytes
-) -> Connection:
-    return Connection(
-        connection_type,
-        extensions=[_MessageSizeLimit(max_message_size)],
-        trailing_data=trailing_data,
-    )
+    fd = stream.socket.fileno()
+    return fd if fd >= 0 else None
 
 
 class WebSocket:
     """One established WebSocket connection (either side).
 
     Carries binary messages only. One task should call `receive` (a receive lock serializes
-    misuse); any number of tasks may `send` (writes are serialized by a send lock).
+    misuse); any number of tasks may `send` (writes are serialized by a send lock), and
+    `send_now` writes without waiting when nothing else is being written.
     Receiving happens only inside `receive`, so not calling it applies TCP backpressure.
+
+    On a plain TCP stream (POSIX) the socket is read and written directly: `receive` returns a
+    message already read, or read at once, without a trip through the scheduler (it still
+    honours cancellation, and yields to other tasks at least every `YIELD_EVERY` messages), and
+    `send_now` puts bytes in the socket from synchronous code, so a relay can answer from the
+    task that read the question instead of waking a writer task. TLS streams use trio's API.
     """
 
     def __init__(
@@ -202,6 +175,9 @@ class WebSocket:
         *,
         path: str,
         remote: str,
+        client: bool,
+        max_message_size: int,
+        trailing_data: bytes = b"",
         close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         self.path = path
@@ -209,10 +185,18 @@ class WebSocket:
         self.close_timeout = close_timeout
         self._stream = stream
         self._connection = connection
+        self._client = client
+        self._parser = FrameParser(client=client, max_message_size=max_message_size)
+        self._fd = _raw_socket_fd(stream)
         self._receive_lock = trio.Lock()
         self._send_lock = trio.Lock()
+        # wsproto's events for control frames, handed out before the next parsed item.
         self._events: deque[Event] = deque()
-        self._message = bytearray()
+        # Bytes `send_now` framed that the socket did not take at once: they go first.
+        self._unsent = b""
+        self._unyielded = 0
+        # The last read took less than it asked for (see `_read`).
+        self._drained = False
         # Set once no more input will be read: the peer's Close, EOF, or a framing error.
         self._input_done = False
         self._peer_close: CloseConnection | None = None
@@ -220,6 +204,8 @@ class WebSocket:
         self._close_reason: str | None = None
         self._close_sent = False
         self._finished = trio.Event()
+        if trailing_data:
+            self._parser.feed(trailing_data)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -243,6 +229,11 @@ class WebSocket:
     def close_reason(self) -> str | None:
         return self._close_reason
 
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes `send_now` accepted that are not yet in the socket (the next send writes them)."""
+        return len(self._unsent)
+
     # -- public API -------------------------------------------------------------------------
 
     async def receive(self) -> bytes:
@@ -254,34 +245,45 @@ class WebSocket:
         complete (bounded by ``close_timeout``): a caller that tears the connection down as
         soon as ``receive()`` raises can never cut off a close frame still being written.
         """
-        async with self._receive_lock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock = self._receive_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             while self._close_code is None:
-                event = await self._next_event()
+                item = await self._next_item()
                 if self._close_code is not None:
                     # Another task started closing while we waited; it owns the shutdown
                     # (and will want the receive lock to read the peer's Close).
                     break
-                if event is None:
+                if type(item) is bytes:
+                    if self._unyielded >= YIELD_EVERY:
+                        # Messages that were all there without waiting: let others run too.
+                        self._unyielded = 0
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    else:
+                        self._unyielded += 1
+                    return item
+                if item is None:
                     self._begin_close(CLOSE_ABNORMAL, "connection lost")
                     await self._finish()
-                elif isinstance(event, BytesMessage):
-                    self._message += event.data
-                    if event.message_finished:
-                        message = bytes(self._message)
-                        self._message = bytearray()
-                        return message
-                elif isinstance(event, TextMessage):
-                    self._message = bytearray()
+                elif item is TEXT:
                     await self._close_gracefully(
                         CLOSE_UNSUPPORTED_DATA,
                         "text messages are not supported",
                         holding_receive_lock=True,
                     )
-                elif isinstance(event, CloseConnection):
-                    await self._on_close_event(event)
-                elif isinstance(event, Ping):
-                    await self._send_event(event.response())
+                elif isinstance(item, FramingError):
+                    await self._on_framing_error(item.code, item.reason)
+                elif isinstance(item, CloseConnection):
+                    await self._on_close_event(item)
+                elif isinstance(item, Ping):
+                    await self._send_event(item.response())
                 # Pong: nothing to do, we never wait for one.
+        finally:
+            lock.release()
         # Outside the receive lock: a closer in another task may need it to drain.
         await self._finished.wait()
         raise self._closed_error()
@@ -291,7 +293,7 @@ class WebSocket:
 
         Lets a caller batch its replies (one ack for a burst instead of one per message).
         """
-        return any(isinstance(e, BytesMessage) and e.message_finished for e in self._events)
+        return self._parser.messages > 0
 
     async def send(self, data: bytes) -> None:
         """Send one binary message.
@@ -302,11 +304,8 @@ class WebSocket:
         await self.send_many((data,))
 
     async def send_many(self, messages: Sequence[bytes]) -> None:
-        """Send several binary messages, in order, with one write to the stream.
-
-        The same as calling `send` for each, minus a system call and a trip through the
-        scheduler per message. Cancellation aborts the connection, as for `send`.
-        """
+        """Send several binary messages, in order, with one write to the stream (after any
+        bytes `send_now` left unsent). Cancellation aborts the connection, as for `send`."""
         if self._close_code is not None:
             raise self._closed_error()
         async with self._send_lock:
@@ -318,13 +317,41 @@ class WebSocket:
                 raise WebSocketClosed(
                     peer.code if peer else CLOSE_ABNORMAL, (peer.reason or "") if peer else ""
                 )
-            payload = b"".join(
-                self._connection.send(BytesMessage(data=bytes(data))) for data in messages
-            )
+            payload = frame_messages(messages, client=self._client) if messages else b""
             if not await self._write(payload):
                 self._begin_close(CLOSE_ABNORMAL, "connection lost")
                 await self._finish()
                 raise self._closed_error()
+
+    def send_now(self, messages: Sequence[bytes]) -> bool:
+        """Frame `messages` and put them in the socket now, from synchronous code.
+
+        False when that cannot be done (a TLS stream, the connection closing, or a write in
+        progress or left unfinished): nothing was taken; send them with `send_many`, which
+        keeps their order behind what is being written. True when all were taken; whatever the
+        socket had no room for waits in `unsent_bytes`, and the caller must soon call
+        `send_many` (with or without more messages) to write it: it goes before anything else.
+        """
+        fd = self._fd
+        if (
+            fd is None
+            or self._unsent
+            or self._close_code is not None
+            or self._send_lock.locked()
+            or self._connection.state is not ConnectionState.OPEN
+            or self._stream.socket.fileno() != fd  # type: ignore[attr-defined]
+        ):
+            return False
+        payload = frame_messages(messages, client=self._client)
+        try:
+            written = os.write(fd, payload)
+        except OSError:
+            # EAGAIN: nothing fits now. Anything else (a reset): `send_many` finds out and
+            # closes the connection the usual way.
+            written = 0
+        if written < len(payload):
+            self._unsent = payload[written:]
+        return True
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Close gracefully: send a Close frame, wait (briefly) for the peer's, drop the stream.
@@ -363,38 +390,74 @@ class WebSocket:
         self._input_done = True
         self._finished.set()
 
-    async def _next_event(self) -> Event | None:
-        """Next wsproto event, reading from the stream as needed; None once input is over."""
-        # wsproto may already hold bytes (those that came with the handshake response), so
-        # ask it before reading.
-        self._collect_events()
-        while not self._events:
-            if self._input_done:
+    async def _next_item(self) -> bytes | _Text | FramingError | Event | None:
+        """The next message or event, reading from the stream as needed; None once input is
+        over. Control frames are handed to wsproto here, in their turn."""
+        parser = self._parser
+        items = parser.items
+        while True:
+            if self._events:
+                return self._events.popleft()
+            if items:
+                item = items.popleft()
+                if type(item) is bytes:
+                    parser.messages -= 1
+                    return item
+                if isinstance(item, ControlFrame):
+                    self._control_frame(item.raw)
+                    continue
+                return item
+            if self._input_done or parser.done:
                 return None
-            try:
-                data = await self._stream.receive_some(RECEIVE_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await self._read()
             if not data:
                 self._input_done = True
                 return None
-            self._connection.receive_data(bytes(data))
-            self._collect_events()
-        return self._events.popleft()
+            parser.feed(data)
 
-    def _collect_events(self) -> None:
-        if self._input_done:
-            return
+    def _control_frame(self, raw: bytes) -> None:
+        self._connection.receive_data(raw)
         for event in self._connection.events():
             self._events.append(event)
             if isinstance(event, CloseConnection):
-                # Either the peer's Close or our parser failing: wsproto stops after it.
+                # Either the peer's Close or wsproto failing to parse a control frame.
                 self._input_done = True
                 if self._connection.state in (
                     ConnectionState.REMOTE_CLOSING,
                     ConnectionState.CLOSED,
                 ):
                     self._peer_close = event
+
+    async def _read(self) -> bytes:
+        """Some bytes from the stream; b"" once it is over (EOF, reset, closed under us)."""
+        fd = self._fd
+        if fd is None:
+            try:
+                return bytes(await self._stream.receive_some(RECEIVE_CHUNK))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+        socket = self._stream.socket  # type: ignore[attr-defined]
+        # A short read emptied the socket: the next read would almost surely fail with EAGAIN
+        # (a system call and an exception per message), so wait for readability first.
+        wait_first = self._drained
+        while True:
+            if wait_first:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    return b""
+                self._unyielded = 0
+            if socket.fileno() != fd:
+                return b""  # closed by another task: the number may already be someone else's
+            try:
+                data = os.read(fd, RECEIVE_CHUNK)
+            except BlockingIOError:
+                wait_first = True
+                continue
+            except OSError:
+                return b""
+            self._drained = len(data) < RECEIVE_CHUNK
+            return data
 
     async def _send_event(self, event: Event) -> bool:
         """Send a control event; False if the connection can no longer carry it."""
@@ -406,7 +469,12 @@ class WebSocket:
             return await self._write(payload)
 
     async def _write(self, payload: bytes) -> bool:
-        """Put bytes on the wire (caller holds the send lock); False if the stream is gone."""
+        """Put bytes on the wire after any left unsent (caller holds the send lock); False if
+        the stream is gone."""
+        if self._unsent:
+            payload, self._unsent = self._unsent + payload, b""
+        if not payload:
+            return True
         try:
             await self._stream.send_all(payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -429,17 +497,17 @@ class WebSocket:
             finally:
                 await self._finish()
             return
-        # The state did not move, so this is wsproto reporting a framing error (or our size
-        # limit). The parser is dead after it, so there is no point waiting for the peer's
-        # Close: send ours and drop the connection (RFC 6455 section 7.1.7).
-        if event.code == CLOSE_MESSAGE_TOO_BIG:
-            reason = "message too big"
-        else:
-            reason = event.reason or "protocol error"
-        self._begin_close(event.code, reason)
+        # The state did not move, so this is wsproto failing to parse a control frame. The
+        # parser is dead after it, so there is no point waiting for the peer's Close.
+        await self._on_framing_error(event.code, event.reason or "protocol error")
+
+    async def _on_framing_error(self, code: int, reason: str) -> None:
+        """The peer broke the framing: send our Close and drop the connection (RFC 6455
+        section 7.1.7); nothing it sends after the error can be parsed."""
+        self._begin_close(code, reason)
         try:
             with trio.move_on_after(self.close_timeout):
-                frame = CloseConnection(code=event.code, reason=reason)
+                frame = CloseConnection(code=code, reason=reason)
                 self._close_sent = await self._send_event(frame)
         finally:
             await self._finish()
@@ -468,8 +536,8 @@ class WebSocket:
         # After our Close the peer may still send data frames (RFC 6455 section 5.5.1); they
         # are read and dropped, never buffered, until its Close or EOF.
         while True:
-            event = await self._next_event()
-            if event is None or isinstance(event, CloseConnection):
+            item = await self._next_item()
+            if item is None or isinstance(item, CloseConnection):
                 return
 
 
@@ -731,8 +799,15 @@ async def _server_handshake(
         return None
     await stream.send_all(handshake.send(AcceptConnection()))
     trailing_data, _ = http.trailing_data
-    connection = _new_connection(ConnectionType.SERVER, max_message_size, trailing_data)
-    return WebSocket(stream, connection, path=path, remote=remote)
+    return WebSocket(
+        stream,
+        _new_connection(ConnectionType.SERVER),
+        path=path,
+        remote=remote,
+        client=False,
+        max_message_size=max_message_size,
+        trailing_data=trailing_data,
+    )
 
 
 # -- client ---------------------------------------------------------------------------------
@@ -883,8 +958,8 @@ async def _tls_handshake(stream: trio.SSLStream[trio.SocketStream], endpoint: _E
 
 
 async def _client_handshake(
-    stream: trio.abc.Stream, endpoint: _Endpoint, max_message_size: int
-) -> Connection:
+    stream: trio.abc.Stream, endpoint: _Endpoint
+) -> tuple[Connection, bytes]:
     handshake = WSConnection(ConnectionType.CLIENT)
     await stream.send_all(
         handshake.send(Request(host=endpoint.host_header, target=endpoint.resource))
@@ -916,7 +991,7 @@ async def _client_handshake(
         ) from None
     for event in events:
         if isinstance(event, AcceptConnection):
-            return _new_connection(ConnectionType.CLIENT, max_message_size, trailing_data)
+            return _new_connection(ConnectionType.CLIENT), trailing_data
         if isinstance(event, RejectConnection):
             raise WebSocketError(
                 f"{endpoint.address} refused the WebSocket upgrade: "
@@ -963,7 +1038,7 @@ async def connect_websocket(
                 stream = tls_stream
                 await _tls_handshake(tls_stream, endpoint)
             try:
-                connection = await _client_handshake(stream, endpoint, max_message_size)
+                connection, trailing_data = await _client_handshake(stream, endpoint)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise WebSocketError(
                     f"connection to {endpoint.address} was lost during the WebSocket handshake"
@@ -978,4 +1053,12 @@ async def connect_websocket(
         if stream is not None:
             await trio.aclose_forcefully(stream)
         raise
-    return WebSocket(stream, connection, path=endpoint.path, remote=remote)
+    return WebSocket(
+        stream,
+        connection,
+        path=endpoint.path,
+        remote=remote,
+        client=True,
+        max_message_size=max_message_size,
+        trailing_data=trailing_data,
+    )

@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import math
+import re
 import ssl
 import sys
 import time
@@ -44,6 +45,7 @@ from tunnelproto import (
     LocalProtocolError,
     MemberConnection,
     MemberEntry,
+    MemberState,
     ReadRequest,
     Refused,
     RoomEvent,
@@ -105,7 +107,13 @@ def _size(message: TranscriptMessage) -> int:
     return size
 
 
+#: What JSON escapes in a string (with ensure_ascii off): quotes, backslashes, controls.
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+
+
 def _json_text(text: str) -> int:
+    if text.isascii() and _JSON_ESCAPED.search(text) is None:
+        return len(text) + 2  # most chat: the text between two quotes, as json.dumps writes it
     return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
@@ -176,7 +184,9 @@ class _Transcript:
         self._messages: list[TranscriptMessage] = []
         self._head = 0
         self.last_seq = 0
-        self._changed = trio.Event()
+        # Made by the first waiter after a change, not by every change: a burst of messages
+        # that nobody waits on costs no Event each.
+        self._changed: trio.Event | None = None
 
     def since(self, seq: int) -> list[TranscriptMessage]:
         if self._head >= len(self._messages):
@@ -218,10 +228,14 @@ class _Transcript:
         self.poke()
 
     def poke(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
     async def wait(self) -> None:
+        if self._changed is None:
+            self._changed = trio.Event()
         await self._changed.wait()
 
 
@@ -330,13 +344,17 @@ class _Session:
                 "start again at 1 in every tunnel: pass 0, or a lastSeq this tunnel returned"
             )
         timeout = max(0.0, timeout)
+        page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
+        if page.messages or self.closed:
+            return page  # a listener behind the transcript: no cancel scope needed
+        since_seq = page.last_seq
         with trio.move_on_after(timeout):
             while True:
+                await transcript.wait()
                 page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
                 if page.messages or self.closed:
                     return page
                 since_seq = page.last_seq
-                await transcript.wait()
         return ListenResult([], max(since_seq, 0), True)
 
     def _page(
@@ -797,6 +815,18 @@ class MemberSession(_Session):
         self._transcript.poke()
 
     def _on_event(self, event: TunnelEvent) -> None:
+        if isinstance(event, ChatMessage):
+            # The busiest path of chat, checked first.
+            self._transcript.add(
+                TranscriptMessage(
+                    seq=event.seq,
+                    kind="chat",
+                    ts=event.ts / 1000,
+                    sender=self._names.get(event.sender_id),
+                    text=event.text,
+                )
+            )
+            return
         if isinstance(event, _FILE_DATA_EVENTS):
             # The busy path of a transfer: no transcript change, so no listener is woken.
             self.files.on_event(event, self.guest.conn)
@@ -830,16 +860,6 @@ class MemberSession(_Session):
             self._welcomed.set()
         elif isinstance(event, Refused):
             self._refused = event
-        elif isinstance(event, ChatMessage):
-            self._transcript.add(
-                TranscriptMessage(
-                    seq=event.seq,
-                    kind="chat",
-                    ts=event.ts / 1000,
-                    sender=self._names.get(event.sender_id),
-                    text=event.text,
-                )
-            )
         elif isinstance(event, RoomEvent):
             self._names.learn(event.member_id, event.name)
             if event.kind == "history-truncated":
@@ -936,11 +956,15 @@ class MemberSession(_Session):
     async def _open_connection(self, deadline: float) -> MemberConnection | None:
         """The connection once it is open (now, or by `deadline`: else None). Raises
         NotOpenError when the tunnel closes meanwhile."""
+        self._require_open()
+        conn = self.guest.conn
+        if conn is not None and conn.state is MemberState.OPEN:
+            return conn  # the usual case, without a cancel scope per say
         with trio.move_on_at(deadline):
             while True:
                 self._require_open()
                 conn = self.guest.conn
-                if conn is not None and conn.state.value == "open":
+                if conn is not None and conn.state is MemberState.OPEN:
                     return conn
                 await self._transcript.wait()
         return None
@@ -985,7 +1009,12 @@ class MemberSession(_Session):
             except LocalProtocolError as exc:
                 raise TunnelError(str(exc)) from None
             pending = self._says[ref] = _PendingSay(text)
-            self.guest.flush()
+            if len(self._says) > 1:
+                # Others are on their way: let says made in the same turn of the scheduler
+                # share a transport message (batch/1); a lone say goes at once.
+                self.guest.flush_soon()
+            else:
+                self.guest.flush()
             with trio.move_on_at(deadline):
                 while pending.result is None and not self.closed:
                     await pending.done.wait()

@@ -70,10 +70,11 @@ from ._room import (
     Room,
     RoomConfig,
 )
-from ._state import ConnState, MemberState
+from ._state import BATCH_CAP, ConnState, MemberState
 from ._transcript import TranscriptEntry
 
 __all__ = [
+    "BATCH_CAP",
     "CLOSE_FLOODING",
     "CLOSE_HANDSHAKE_TIMEOUT",
     "CLOSE_KEEPALIVE_TIMEOUT",

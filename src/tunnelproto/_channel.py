@@ -5,7 +5,8 @@ Handshake message 1 (member -> host):
 Handshake message 2 (host -> member), first byte says which:
     0x00 || Noise message 2 (e || encrypted welcome or refuse)
     0x01 || CBOR refuse, in the clear: only when the host holds no key for that key id
-After that every transport message is one Noise transport message carrying one frame.
+After that every transport message is one Noise transport message carrying one frame, or,
+where the capability batch/1 is in force (spec section 8.3), one frame or more back to back.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ MAX_FRAME = MAX_MESSAGE
 MAX_PLAINTEXT = MAX_MESSAGE - 16
 #: Handshake message 1 is small; anything bigger is an attack or a bug.
 MAX_MSG1 = 1 + ID_LEN + 32 + 2048 + 16
+#: What sealing adds to a plaintext: the AEAD tag.
+SEAL_OVERHEAD = 16
 
 
 #: What a driver may hand in as one transport message.
@@ -70,24 +73,65 @@ def split_msg1(data: bytes) -> tuple[int, bytes, bytes]:
 
 
 class Channel:
-    """Per-direction Noise CipherStates after the handshake: one frame per transport message."""
+    """Per-direction Noise CipherStates after the handshake.
 
-    __slots__ = ("_send", "_recv")
+    Without batch/1 every transport message carries one frame: `seal` it, `open` it. With it
+    (`batch`), a sender `queue`s encoded frames and `seal_queued` packs them, in order, into as
+    few transport messages as fit (each at most MAX_PLAINTEXT of plaintext): one seal, one
+    nonce and one WebSocket message for a burst instead of one per frame. Nonce order is seal
+    order, and seal order is queue order, so a driver that sends what comes out, in order,
+    keeps the nonces in step. `open_all` reads either kind.
+    """
 
-    def __init__(self, send: CipherState, recv: CipherState) -> None:
+    __slots__ = ("_send", "_recv", "batch", "queued")
+
+    def __init__(self, send: CipherState, recv: CipherState, *, batch: bool = False) -> None:
         self._send = send
         self._recv = recv
+        self.batch = batch
+        #: Encoded frames waiting for `seal_queued` (batch only).
+        self.queued: list[bytes] = []
 
     def seal(self, plaintext: bytes) -> bytes:
         return self._send.encrypt_with_ad(b"", plaintext)
 
-    def open(self, data: bytes) -> _frames.Frame:
+    def queue(self, plaintext: bytes) -> None:
+        self.queued.append(plaintext)
+
+    def seal_queued(self) -> list[bytes]:
+        """The queued frames as sealed transport messages, each holding as many whole frames,
+        in order, as fit in MAX_PLAINTEXT."""
+        frames, self.queued = self.queued, []
+        messages: list[bytes] = []
+        batch: list[bytes] = []
+        size = 0
+        for frame in frames:
+            if batch and size + len(frame) > MAX_PLAINTEXT:
+                messages.append(self.seal(batch[0] if len(batch) == 1 else b"".join(batch)))
+                batch, size = [], 0
+            batch.append(frame)
+            size += len(frame)
+        if batch:
+            messages.append(self.seal(batch[0] if len(batch) == 1 else b"".join(batch)))
+        return messages
+
+    def _decrypt(self, data: bytes) -> bytes:
         if len(data) > MAX_FRAME:
             raise RemoteProtocolError("transport message exceeds the max frame", "too-large")
         try:
-            plaintext = self._recv.decrypt_with_ad(b"", data)
+            return self._recv.decrypt_with_ad(b"", data)
         except NoiseError:
             # Replayed, reordered, dropped-then-continued, truncated or forged: all look the same
             # from here, and all are fatal for this connection (spec 5.1).
             raise RemoteProtocolError("transport message failed to decrypt", "decrypt") from None
-        return _frames.decode_frame(plaintext)
+
+    def open(self, data: bytes) -> _frames.Frame:
+        """One transport message that carries exactly one frame."""
+        return _frames.decode_frame(self._decrypt(data))
+
+    def open_all(self, data: bytes) -> list[_frames.Frame]:
+        """One transport message: its frames (one, or with batch/1 one or more)."""
+        plaintext = self._decrypt(data)
+        if self.batch:
+            return _frames.decode_frames(plaintext)
+        return [_frames.decode_frame(plaintext)]

@@ -144,6 +144,15 @@ def decode(data: bytes) -> Value:
     return value
 
 
+def decode_next(data: bytes, pos: int) -> tuple[Value, int]:
+    """Decode the value that starts at `pos` (one item of a CBOR sequence, RFC 8742): the
+    value and where the next one starts. Raises only RemoteProtocolError."""
+    reader = _Reader(data)
+    reader.pos = pos
+    value = _decode(reader, 0)
+    return value, reader.pos
+
+
 def _text(reader: _Reader, length: int) -> str:
     raw = reader.take(length)
     try:

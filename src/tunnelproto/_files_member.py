@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _frames as f
+from ._channel import SEAL_OVERHEAD
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     ChunkReceived,
@@ -295,10 +296,10 @@ class MemberFiles:
             if p is None or not p.buffer:
                 continue
             data = _take(p)
-            message = channel.seal(f.encode_chunk(x, p.sent, data))
+            plaintext = f.encode_chunk(x, p.sent, data)
+            self._mc._emit(plaintext)
             p.sent += len(data)
-            self._mc._out.append(message)
-            size += len(message)
+            size += len(plaintext) + SEAL_OVERHEAD
             if p.buffer:
                 self._bulk.append(x)
             elif p.sent == p.size:

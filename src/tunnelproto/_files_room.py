@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _frames as f
+from ._channel import SEAL_OVERHEAD
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     ChunkReceived,
@@ -34,7 +35,6 @@ from ._events import (
     FetchComplete,
     OfferInfo,
     ReadRequest,
-    Send,
     TransferInfo,
     TunnelEvent,
 )
@@ -305,11 +305,11 @@ class RoomFiles:
             if t is None or not t.buffer:
                 continue
             data = self._take(t)
-            message = conn.channel.seal(f.encode_chunk(t.receiver_x, t.sent, data))
+            plaintext = f.encode_chunk(t.receiver_x, t.sent, data)
+            self._room._emit(conn, plaintext)
             t.sent += len(data)
             t.unanswered += 1
-            self._room._out.append(Send(conn_id, message))
-            size += len(message)
+            size += len(plaintext) + SEAL_OVERHEAD
             if t.buffer:
                 cf.bulk.append(tid)
                 cf.queued.add(tid)

@@ -9,6 +9,7 @@ Unknown keys are ignored (room for additive extensions); a missing or mistyped k
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -121,6 +122,13 @@ class Say(Frame):
     ref: int
     text: str
 
+    def encode(self) -> bytes:
+        ref, text = self.ref, self.text
+        if type(ref) is not int or not 0 <= ref < _U64 or type(text) is not str:
+            return _codec.encode(self.to_value())  # the general encoder says what is wrong
+        data = text.encode("utf-8")
+        return b"".join((_SAY_PREFIX, _uint(ref), _TEXT_KEY, _text_head(len(data)), data))
+
 
 @dataclass(frozen=True, slots=True)
 class Message(Frame):
@@ -141,6 +149,29 @@ class Message(Frame):
             "from": self.from_,
         }
 
+    def encode(self) -> bytes:
+        seq, ts, ref, from_, text = self.seq, self.ts, self.ref, self.from_, self.text
+        if type(text) is not str or not all(
+            type(v) is int and 0 <= v < _U64 for v in (seq, ts, ref, from_)
+        ):
+            return _codec.encode(self.to_value())
+        data = text.encode("utf-8")
+        return b"".join(
+            (
+                _MESSAGE_PREFIX,
+                _uint(ts),
+                _REF_KEY,
+                _uint(ref),
+                _SEQ_KEY,
+                _uint(seq),
+                _FROM_KEY,
+                _uint(from_),
+                _TEXT_KEY,
+                _text_head(len(data)),
+                data,
+            )
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Event(Frame):
@@ -158,6 +189,12 @@ class Event(Frame):
 class Ack(Frame):
     TYPE: ClassVar[str] = "ack"
     seq: int
+
+    def encode(self) -> bytes:
+        seq = self.seq
+        if type(seq) is not int or not 0 <= seq < _U64:
+            return _codec.encode(self.to_value())
+        return _ACK_PREFIX + _uint(seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,11 +406,34 @@ class Abort(Frame):
 #: most 40 + MAX_CHUNK bytes, inside MAX_PLAINTEXT (65519).
 MAX_CHUNK = 65408
 
+_U64 = 1 << 64
+
 # A chunk frame has exactly one encoding (section 8): map(4), keys "t" "x" "at" "data".
 _CHUNK_PREFIX = b"\xa4\x61t\x65chunk\x61x"
 _CHUNK_PREFIX_LEN = len(_CHUNK_PREFIX)
 _CHUNK_AT = b"\x62at"
 _CHUNK_DATA = b"\x64data"
+# The other frames of the hot paths, in their one encoding (keys sorted: section 8.1 rule 3).
+_MESSAGE_PREFIX = b"\xa6\x61t\x67message\x62ts"  # then ts, ref, seq, from, text
+_SAY_PREFIX = b"\xa3\x61t\x63say\x63ref"  # then ref, text
+_ACK_PREFIX = b"\xa2\x61t\x63ack\x63seq"  # then seq
+_REF_KEY = b"\x63ref"
+_SEQ_KEY = b"\x63seq"
+_FROM_KEY = b"\x64from"
+_TEXT_KEY = b"\x64text"
+
+
+def _text_head(n: int) -> bytes:
+    """The head of a text string of `n` UTF-8 bytes (major type 3, shortest form)."""
+    if n < 24:
+        return bytes((0x60 | n,))
+    if n < 0x100:
+        return bytes((0x78, n))
+    if n < 0x10000:
+        return b"\x79" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\x7a" + n.to_bytes(4, "big")
+    return b"\x7b" + n.to_bytes(8, "big")
 
 
 def _uint(value: int) -> bytes:
@@ -402,6 +462,7 @@ def encode_chunk(x: int, at: int, data: bytes | memoryview) -> bytes:
 
 
 _UINT_SIZES = {0x18: 1, 0x19: 2, 0x1A: 4, 0x1B: 8}
+_ARG_SIZES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 
 def _read_uint(data: bytes, pos: int) -> tuple[int, int] | None:
@@ -420,33 +481,144 @@ def _read_uint(data: bytes, pos: int) -> tuple[int, int] | None:
     return value, pos + 1 + size
 
 
-def _decode_chunk(data: bytes) -> Chunk | None:
-    """The canonical chunk frame, parsed without building a map; None for anything else (the
-    general decoder then decides, and raises the right error)."""
-    parsed = _read_uint(data, _CHUNK_PREFIX_LEN)
-    if parsed is None:
+def _read_arg(data: bytes, pos: int, major: int) -> tuple[int, int] | None:
+    """The argument of a shortest-form CBOR head of type `major` at `pos`: (value, next pos)."""
+    if pos >= len(data):
         return None
-    x, pos = parsed
-    if data[pos : pos + 3] != _CHUNK_AT:
-        return None
-    parsed = _read_uint(data, pos + 3)
-    if parsed is None:
-        return None
-    at, pos = parsed
-    if data[pos : pos + 5] != _CHUNK_DATA or pos + 5 >= len(data):
-        return None
-    pos += 5
     first = data[pos]
-    if first >> 5 != 2:
+    if first >> 5 != major:
         return None
-    parsed = _read_uint(bytes((first & 0x1F,)) + data[pos + 1 : pos + 9], 0)
+    info = first & 0x1F
+    if info < 24:
+        return info, pos + 1
+    size = _ARG_SIZES.get(info)
+    if size is None or pos + 1 + size > len(data):
+        return None
+    value = int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
+    if (size == 1 and value < 24) or (size > 1 and value < 1 << (4 * size)):
+        return None
+    return value, pos + 1 + size
+
+
+def _decode_chunk(data: bytes, pos: int) -> tuple[Chunk, int] | None:
+    """The canonical chunk frame at `pos`, parsed without building a map; None for anything
+    else (the general decoder then decides, and raises the right error)."""
+    parsed = _read_uint(data, pos + _CHUNK_PREFIX_LEN)
     if parsed is None:
         return None
-    n, used = parsed
-    pos += used
-    if pos + n != len(data):
+    x, p = parsed
+    if data[p : p + 3] != _CHUNK_AT:
         return None
-    return Chunk(x=x, at=at, data=data[pos:])
+    parsed = _read_uint(data, p + 3)
+    if parsed is None:
+        return None
+    at, p = parsed
+    if data[p : p + 5] != _CHUNK_DATA:
+        return None
+    parsed = _read_arg(data, p + 5, 2)
+    if parsed is None:
+        return None
+    n, p = parsed
+    end = p + n
+    if end > len(data):
+        return None
+    return Chunk(x=x, at=at, data=data[p:end]), end
+
+
+# The same frames as regular expressions: one C-level match per frame instead of a Python call
+# per field. Each integer group only matches shortest-form heads (section 8.1 rule 1): 0x18 then
+# a byte >= 24; 0x19, 0x1a, 0x1b whose leading bytes are not all zero. Anything else does not
+# match, and the general decoder decides (and raises the right error).
+_UINT_RE = (
+    rb"([\x00-\x17]|\x18[\x18-\xff]|\x19(?!\x00)..|\x1a(?!\x00\x00)....|\x1b(?!\x00{4}).{8})"
+)
+_TEXT_HEAD_RE = rb"([\x60-\x77]|\x78[\x18-\xff]|\x79(?!\x00)..|\x7a(?!\x00\x00)....)"
+_MESSAGE_RE = re.compile(
+    re.escape(_MESSAGE_PREFIX)
+    + _UINT_RE
+    + re.escape(_REF_KEY)
+    + _UINT_RE
+    + re.escape(_SEQ_KEY)
+    + _UINT_RE
+    + re.escape(_FROM_KEY)
+    + _UINT_RE
+    + re.escape(_TEXT_KEY)
+    + _TEXT_HEAD_RE,
+    re.DOTALL,
+)
+_SAY_RE = re.compile(
+    re.escape(_SAY_PREFIX) + _UINT_RE + re.escape(_TEXT_KEY) + _TEXT_HEAD_RE, re.DOTALL
+)
+_ACK_RE = re.compile(re.escape(_ACK_PREFIX) + _UINT_RE, re.DOTALL)
+_from_bytes = int.from_bytes
+
+
+def _head_value(head: bytes) -> int:
+    """The argument of a matched head (its low five bits, or the bytes after it)."""
+    return head[0] & 0x1F if len(head) == 1 else _from_bytes(head[1:], "big")
+
+
+def _matched_text(data: bytes, pos: int, head: bytes) -> tuple[str, int] | None:
+    end = pos + _head_value(head)
+    if end > len(data):
+        return None
+    try:
+        return data[pos:end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode_message(data: bytes, pos: int) -> tuple[Message, int] | None:
+    """The canonical `message` frame at `pos` (exactly the keys the encoder writes)."""
+    m = _MESSAGE_RE.match(data, pos)
+    if m is None:
+        return None
+    ts, ref, seq, from_, head = m.groups()
+    text = _matched_text(data, m.end(), head)
+    if text is None:
+        return None
+    return Message(
+        seq=_head_value(seq),
+        ts=_head_value(ts),
+        text=text[0],
+        ref=_head_value(ref),
+        from_=_head_value(from_),
+    ), text[1]
+
+
+def _decode_say(data: bytes, pos: int) -> tuple[Say, int] | None:
+    m = _SAY_RE.match(data, pos)
+    if m is None:
+        return None
+    ref_head, head = m.groups()
+    ref = _head_value(ref_head)
+    if ref == 0:  # the general decoder refuses it
+        return None
+    text = _matched_text(data, m.end(), head)
+    if text is None:
+        return None
+    return Say(ref=ref, text=text[0]), text[1]
+
+
+def _decode_ack(data: bytes, pos: int) -> tuple[Ack, int] | None:
+    m = _ACK_RE.match(data, pos)
+    if m is None:
+        return None
+    return Ack(seq=_head_value(m.group(1))), m.end()
+
+
+def _decode_known(data: bytes, pos: int) -> tuple[Frame, int] | None:
+    """The frames of the hot paths, in their one valid encoding, read directly; None for
+    anything else (or anything wrong), which the general decoder then handles."""
+    if data.startswith(_MESSAGE_PREFIX, pos):
+        return _decode_message(data, pos)
+    if data.startswith(_SAY_PREFIX, pos):
+        return _decode_say(data, pos)
+    if data.startswith(_ACK_PREFIX, pos):
+        return _decode_ack(data, pos)
+    if data.startswith(_CHUNK_PREFIX, pos):
+        return _decode_chunk(data, pos)
+    return None
 
 
 def _files(value: dict[str, _codec.Value], key: str, where: str) -> tuple[FileEntry, ...]:
@@ -695,12 +867,36 @@ def _caps(value: dict[str, _codec.Value], where: str) -> tuple[str, ...] | None:
 
 
 def decode_frame(data: bytes) -> Frame:
-    """Decode one frame. Raises only RemoteProtocolError."""
-    if data[:_CHUNK_PREFIX_LEN] == _CHUNK_PREFIX:
-        chunk = _decode_chunk(data)
-        if chunk is not None:
-            return chunk
+    """Decode one frame that spans all of `data`. Raises only RemoteProtocolError."""
+    known = _decode_known(data, 0)
+    if known is not None and known[1] == len(data):
+        return known[0]
     value = _codec.decode(data)
     if not isinstance(value, dict):
         raise RemoteProtocolError("a frame must be a CBOR map", "malformed")
     return _parse(value)
+
+
+def decode_frames(data: bytes) -> list[Frame]:
+    """Decode a batch (capability batch/1, spec section 8.3): one frame or more, back to back,
+    spanning all of `data`. Raises only RemoteProtocolError."""
+    if not data:
+        raise RemoteProtocolError("a batch must hold at least one frame", "malformed")
+    frames: list[Frame] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        known = _decode_known(data, pos)
+        if known is not None:
+            frame, pos = known
+        else:
+            value, pos = _codec.decode_next(data, pos)
+            if not isinstance(value, dict):
+                raise RemoteProtocolError("a frame must be a CBOR map", "malformed")
+            frame = _parse(value)
+        frames.append(frame)
+    return frames
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    """Encoded frames as one batch plaintext: their concatenation (a CBOR sequence)."""
+    return b"".join(frames)

@@ -49,6 +49,7 @@ from ._phrase import derive_phrase
 from ._removal import REMOVED, removed_message
 from ._room import check_text
 from ._state import (
+    BATCH_CAP,
     MEMBER_ACCEPTS,
     MEMBER_ACCEPTS_FILES,
     MEMBER_HANDSHAKE_ACCEPTS,
@@ -69,6 +70,13 @@ MAX_UNACKED_SAYS = 256
 #: Capabilities a member may announce in hello, and their length.
 MAX_CAPS = 8
 MAX_CAP_CHARS = 32
+#: With batch/1 (spec section 12): how long an ack may wait for company (a say, a credit, a
+#: pong it can ride along with) before it goes alone, and the share of the host's window
+#: (`welcome.limits.window`) received unacknowledged after which it goes at the next drain.
+ACK_DELAY = 0.05
+ACK_WINDOW_SHARE = 4
+#: The window assumed when a host with batch/1 does not say (the room's default).
+DEFAULT_WINDOW = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,10 @@ class MemberConnection:
         self._next_ref = resume.next_ref if resume else 1
         self._unacked: dict[int, str] = dict(resume.unacked) if resume else {}
         self._acked_sent = self.last_seq
+        #: batch/1: when the pending ack must go at the latest, and the bytes it acknowledges.
+        self._ack_due: float | None = None
+        self._unacked_bytes = 0
+        self._ack_every = DEFAULT_WINDOW // ACK_WINDOW_SHARE
         self._events: deque[TunnelEvent] = deque()
         self._out: list[bytes] = []
         self._channel: Channel | None = None
@@ -163,11 +175,21 @@ class MemberConnection:
     def data_to_send(self) -> list[bytes]:
         # Acks are coalesced here: one per drain, for the highest seq we hold. They pace the
         # room's window (history and live traffic) and tell it what we have. So are credits.
+        # With batch/1 an ack also waits (up to ACK_DELAY, or a share of the window) for a
+        # frame to ride with, since a lone ack costs both ends a whole transport message.
         self.files.flush_credit()
+        channel = self._channel
         if self.state is MemberState.OPEN and self.last_seq > self._acked_sent:
-            self._queue(f.Ack(seq=self.last_seq))
-            self._acked_sent = self.last_seq
+            assert channel is not None
+            if (
+                not channel.batch
+                or channel.queued
+                or self._unacked_bytes >= self._ack_every
+            ):
+                self._queue_ack()
         out, self._out = self._out, []
+        if channel is not None and channel.queued:
+            out += channel.seal_queued()
         return out
 
     def next_event(self) -> TunnelEvent | None:
@@ -244,8 +266,17 @@ class MemberConnection:
             if self.state is MemberState.HANDSHAKE:
                 self._on_msg2(data)
             else:
-                assert self._channel is not None
-                self._on_frame(self._channel.open(data))
+                channel = self._channel
+                assert channel is not None
+                held = self.last_seq
+                for frame in channel.open_all(data):
+                    if self.state is not MemberState.OPEN:
+                        break  # a close (or a refusal of the seat) ended the connection
+                    self._on_frame(frame)
+                if channel.batch and self.last_seq > held:
+                    self._unacked_bytes += len(data)
+                    if self._ack_due is None:
+                        self._ack_due = now + ACK_DELAY
         except RemoteProtocolError as exc:
             self._end(exc.code, f"protocol error from the host: {exc}", resumable=True)
             self.state = MemberState.ERROR
@@ -256,8 +287,12 @@ class MemberConnection:
             return self._opened_at + HANDSHAKE_TIMEOUT
         if self.state is MemberState.OPEN:
             if self._ping_outstanding:
-                return self._last_rx + DEAD_AFTER
-            return self._last_rx + PING_AFTER
+                deadline = self._last_rx + DEAD_AFTER
+            else:
+                deadline = self._last_rx + PING_AFTER
+            if self._ack_due is not None and self._ack_due < deadline:
+                return self._ack_due
+            return deadline
         return None
 
     def handle_timer(self, now: float) -> None:
@@ -272,9 +307,12 @@ class MemberConnection:
                     resumable=True,
                 )
                 self.state = MemberState.ERROR
-            elif not self._ping_outstanding and now >= self._last_rx + PING_AFTER:
-                self._ping_outstanding = True
-                self._queue(f.Ping())
+            else:
+                if self._ack_due is not None and now >= self._ack_due:
+                    self._queue_ack()
+                if not self._ping_outstanding and now >= self._last_rx + PING_AFTER:
+                    self._ping_outstanding = True
+                    self._queue(f.Ping())
 
     # ------------------------------------------------------------------ internals
 
@@ -285,8 +323,23 @@ class MemberConnection:
         return ref
 
     def _queue(self, frame: f.Frame) -> None:
-        assert self._channel is not None
-        self._out.append(self._channel.seal(frame.encode()))
+        self._emit(frame.encode())
+
+    def _emit(self, plaintext: bytes) -> None:
+        """One encoded frame: sealed now, or with batch/1 queued in the channel and sealed with
+        whatever else is queued at the next drain."""
+        channel = self._channel
+        assert channel is not None
+        if channel.batch:
+            channel.queue(plaintext)
+        else:
+            self._out.append(channel.seal(plaintext))
+
+    def _queue_ack(self) -> None:
+        self._queue(f.Ack(seq=self.last_seq))
+        self._acked_sent = self.last_seq
+        self._ack_due = None
+        self._unacked_bytes = 0
 
     def _end(
         self, reason: str, message: str, *, resumable: bool, summary: str | None = None
@@ -331,7 +384,9 @@ class MemberConnection:
         if resume is not None and (frame.you != resume.member_id or frame.last < resume.last_seq):
             raise RemoteProtocolError("resume welcome does not match our seat", "malformed")
         send, recv = self._hs.split()
-        self._channel = Channel(send, recv)
+        self._channel = Channel(
+            send, recv, batch=BATCH_CAP in self.caps and BATCH_CAP in (frame.caps or ())
+        )
         if resume is None:
             self.phrase = derive_phrase(self._hs.handshake_hash)
         assert self.phrase is not None
@@ -342,11 +397,15 @@ class MemberConnection:
         self.roster = frame.roster
         self._ticket = frame.ticket
         self.limits = dict(frame.limits)
+        window = self.limits.get("window", DEFAULT_WINDOW)
+        self._ack_every = max(1, window // ACK_WINDOW_SHARE)
         if resume is None and frame.first > 1:
             self.last_seq = 0
-        # Key confirmation: the room seats us only once this first ack arrives.
+        # Key confirmation: the room seats us only once this first ack arrives. It travels
+        # alone (section 7), so it is sealed now even where frames are batched.
         self._queue(f.Ack(seq=self.last_seq))
         self._acked_sent = self.last_seq
+        self._out += self._channel.seal_queued()
         self.files.on_welcome(frame)
         # Re-sent in ref order, says and shares together: the room drops a ref it has handled,
         # so one sent after a higher one would be lost.

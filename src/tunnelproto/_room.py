@@ -20,6 +20,7 @@ from ._channel import (
     MAX_FRAME,
     MSG2_NOISE,
     MSG2_PLAIN_REFUSE,
+    SEAL_OVERHEAD,
     Channel,
     Message,
     message_bytes,
@@ -44,7 +45,7 @@ from ._names import sanitize_name, unique_name
 from ._noise import NoiseError
 from ._phrase import derive_phrase
 from ._removal import REMOVED, RemovedTickets, check_reason
-from ._state import FILES_CAP, ROOM_ACCEPTS, ROOM_ACCEPTS_FILES, ConnState
+from ._state import BATCH_CAP, FILES_CAP, ROOM_ACCEPTS, ROOM_ACCEPTS_FILES, ConnState
 from ._transcript import TranscriptEntry
 from ._transcript import held_bytes as _held_bytes
 
@@ -230,6 +231,7 @@ class _Conn:
     inflight_bytes: int = 0
     stall_since: float = 0.0
     files: bool = False  # "files/1" is in force on this connection
+    batch: bool = False  # "batch/1" is in force on this connection
 
 
 class Room:
@@ -270,6 +272,8 @@ class Room:
         self._conns: dict[int, _Conn] = {}
         self._next_conn = 1
         self._out: list[Send | Disconnect] = []
+        #: Connections (batch/1) with frames queued in their channel, sealed at the next drain.
+        self._queued: dict[int, _Conn] = {}
         self._entries: list[TranscriptEntry] = []
         self._head = 0  # index of the oldest kept entry in _entries
         self._kept_bytes = 0
@@ -406,8 +410,17 @@ class Room:
         return entry
 
     def data_to_send(self) -> list[Send | Disconnect]:
+        if self._queued:
+            queued, self._queued = self._queued, {}
+            for conn in queued.values():
+                self._seal_queued(conn)
         out, self._out = self._out, []
         return out
+
+    def _seal_queued(self, conn: _Conn) -> None:
+        assert conn.channel is not None
+        for message in conn.channel.seal_queued():
+            self._out.append(Send(conn.id, message))
 
     def bulk_connections(self) -> list[int]:
         """Connections with bulk (file chunks) waiting: the driver wakes their writers, which
@@ -464,18 +477,28 @@ class Room:
             if conn.state is ConnState.OPEN:
                 # Charged before decrypting: decryption is the cost the budget bounds.
                 self._spend_bytes(self._seats[conn.seat_id], len(data), now)  # type: ignore[index]
-            frame = conn.channel.open(data)
-            if type(frame) not in ROOM_ACCEPTS[conn.state] and not (
-                conn.files and conn.state is ConnState.OPEN and type(frame) in ROOM_ACCEPTS_FILES
-            ):
-                raise RemoteProtocolError(
-                    f"{frame.TYPE!r} frame is not allowed in state {conn.state.value}", "unexpected"
-                )
-            if conn.state is ConnState.CONFIRMING:
-                assert isinstance(frame, f.Ack)
-                self._confirm(conn, frame, now)
-            else:
-                self._on_frame(conn, frame, now)
+            frames = conn.channel.open_all(data)
+            if conn.state is ConnState.CONFIRMING and len(frames) > 1:
+                # Section 7: the confirming ack travels alone, so no frame of a member that
+                # has no seat yet is ever processed (or left uncharged).
+                raise RemoteProtocolError("the key confirmation must travel alone", "unexpected")
+            for frame in frames:
+                if conn.state is ConnState.CLOSED:
+                    return  # an earlier frame of this batch ended the connection
+                if type(frame) not in ROOM_ACCEPTS[conn.state] and not (
+                    conn.files
+                    and conn.state is ConnState.OPEN
+                    and type(frame) in ROOM_ACCEPTS_FILES
+                ):
+                    raise RemoteProtocolError(
+                        f"{frame.TYPE!r} frame is not allowed in state {conn.state.value}",
+                        "unexpected",
+                    )
+                if conn.state is ConnState.CONFIRMING:
+                    assert isinstance(frame, f.Ack)
+                    self._confirm(conn, frame, now)
+                else:
+                    self._on_frame(conn, frame, now)
         except RemoteProtocolError as exc:
             self._fail(conn, exc, now)
 
@@ -615,6 +638,7 @@ class Room:
             self._add_ticket(seat, new_ticket, used=key_id)
             roster = self.roster()
         conn.files = FILES_CAP in hello.caps
+        conn.batch = BATCH_CAP in hello.caps
         limits = {
             "text": MAX_TEXT_BYTES,
             "frame": MAX_FRAME,
@@ -624,6 +648,9 @@ class Room:
         }
         if conn.files:
             limits["file_window"] = self.config.file_window
+        if conn.batch:
+            limits["window"] = self.config.window  # a member paces its delayed acks by it
+        caps = tuple(c for c, on in ((FILES_CAP, conn.files), (BATCH_CAP, conn.batch)) if on)
         welcome = f.Welcome(
             goal=self.goal,
             you=pending.seat_id,
@@ -634,7 +661,7 @@ class Room:
             ticket=new_ticket,
             resumed=invite is None,
             limits=limits,
-            caps=(FILES_CAP,) if conn.files else None,
+            caps=caps or None,
         )
         reply = hs.write_message(welcome.encode())
         self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
@@ -642,7 +669,7 @@ class Room:
             # Only a join fixes the phrase: the seat keeps it across resumes.
             pending.phrase = derive_phrase(hs.handshake_hash)
         send, recv = hs.split()
-        conn.channel = Channel(send, recv)
+        conn.channel = Channel(send, recv, batch=conn.batch)
         conn.pending = pending
         conn.state = ConnState.CONFIRMING
 
@@ -948,24 +975,36 @@ class Room:
             entry = self._entries[self._head + conn.cursor - self.first_seq]
             # File entries have a generic `event` for connections without files/1.
             plain = entry.frame if entry.fallback is None or conn.files else entry.fallback
-            data = conn.channel.seal(plain)
-            self._out.append(Send(conn.id, data))
+            self._emit(conn, plain)
+            size = len(plain) + SEAL_OVERHEAD  # its size sealed alone, batched or not
             if not conn.inflight:
                 conn.stall_since = now
-            conn.inflight.append((entry.seq, len(data)))
-            conn.inflight_bytes += len(data)
+            conn.inflight.append((entry.seq, size))
+            conn.inflight_bytes += size
             conn.cursor += 1
+
+    def _emit(self, conn: _Conn, plaintext: bytes) -> None:
+        """One encoded frame for `conn`: sealed now, or with batch/1 queued in its channel and
+        sealed with whatever else is queued at the next drain (`data_to_send`)."""
+        channel = conn.channel
+        assert channel is not None
+        if channel.batch:
+            if not channel.queued:
+                self._queued[conn.id] = conn
+            channel.queue(plaintext)
+        else:
+            self._out.append(Send(conn.id, channel.seal(plaintext)))
 
     def _send_frame(self, conn: _Conn, frame: f.Frame) -> None:
         if conn.channel is not None:
-            self._out.append(Send(conn.id, conn.channel.seal(frame.encode())))
+            self._emit(conn, frame.encode())
 
     def _broadcast_roster(self) -> None:
         self.roster_version += 1
         plaintext = f.Roster(members=self.roster()).encode()  # once, sealed per connection
         for conn in self._conns.values():
             if conn.state is ConnState.OPEN and conn.channel is not None:
-                self._out.append(Send(conn.id, conn.channel.seal(plaintext)))
+                self._emit(conn, plaintext)
 
     # ------------------------------------------------------------------ internals: endings
 
@@ -991,6 +1030,12 @@ class Room:
         prev = conn.state
         conn.state = ConnState.CLOSED
         self.files.on_conn_closed(conn.id)
+        if self._queued.pop(conn.id, None) is not None:
+            if code is not None:
+                self._seal_queued(conn)  # its last frames go out before the close
+            else:
+                assert conn.channel is not None
+                conn.channel.queued.clear()  # the transport is gone already
         if code is not None:
             self._out.append(Disconnect(conn.id, code, reason))
         if conn.pending is not None and conn.pending.invite is not None:

@@ -53,6 +53,10 @@ MEMBER_ACCEPTS: frozenset[type[f.Frame]] = frozenset(
 #: elsewhere it is `unexpected`, like any frame not in the tables above.
 FILES_CAP = "files/1"
 
+#: The capability that lets one transport message carry several frames (spec section 8.3).
+#: It changes no state table: a batch is read frame by frame, each judged as if it came alone.
+BATCH_CAP = "batch/1"
+
 #: Frames the room accepts in OPEN, beyond `ROOM_ACCEPTS[OPEN]`, from a connection with files/1.
 ROOM_ACCEPTS_FILES: frozenset[type[f.Frame]] = frozenset(
     {f.Share, f.Manifest, f.Unshare, f.ListFiles, f.Fetch, f.Credit, f.Cancel, f.Chunk, f.Abort}

@@ -119,8 +119,8 @@ def _spy_on_the_core(monkeypatch: pytest.MonkeyPatch, secrets: Secrets, seen: Se
 
     channel_init = _channel.Channel.__init__
 
-    def new_channel(self, send, recv):  # type: ignore[no-untyped-def]
-        channel_init(self, send, recv)
+    def new_channel(self, send, recv, **kwargs):  # type: ignore[no-untyped-def]
+        channel_init(self, send, recv, **kwargs)
         secrets.add(send._k, "a Noise transport key (send)")
         secrets.add(recv._k, "a Noise transport key (receive)")
 
@@ -139,10 +139,19 @@ def _spy_on_the_core(monkeypatch: pytest.MonkeyPatch, secrets: Secrets, seen: Se
         seen.repr_of(f"decoded {type(frame).__name__} frame", frame)
         return frame
 
+    decode_batch = _frames.decode_frames
+
+    def decode_frames(data):  # type: ignore[no-untyped-def]
+        frames = decode_batch(data)  # batch/1: several frames in one message
+        for frame in frames:
+            seen.repr_of(f"decoded {type(frame).__name__} frame", frame)
+        return frames
+
     monkeypatch.setattr(_noise.HandshakeState, "__init__", handshake_init)
     monkeypatch.setattr(_channel.Channel, "__init__", new_channel)
     monkeypatch.setattr(_member.MemberConnection, "_on_msg2", member_on_msg2)
     monkeypatch.setattr(_frames, "decode_frame", decode_frame)
+    monkeypatch.setattr(_frames, "decode_frames", decode_frames)
 
 
 def _via(link: str, port: int) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from transcripts import collect
 
-from tunnel_trio.session import RoomConfig, join, open_host
+from tunnel_trio.session import RoomConfig, _json_text, join, open_host
 from tunnel_trio.session_types import JoinRefusedError, NotOpenError, TunnelError
 from tunnelproto import JoinLink
 
@@ -261,3 +265,10 @@ async def test_a_relay_that_cannot_bind_says_why_and_what_to_do(nursery):
     transport = make_transport("direct", bind="192.0.2.1:0")
     with pytest.raises(TunnelError, match="not one of this machine's; bind to one of its own"):
         await open_host(nursery, "goal", name="ana", transport=transport)
+
+
+@given(st.text() | st.text(alphabet='ab "\\\x00\x1f\x7f\né€\ud800'))
+def test_the_json_size_of_a_text_is_what_json_writes(text: str) -> None:
+    """listen's byte cap counts texts as JSON; the plain-ASCII shortcut must agree."""
+    written = json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert _json_text(text) == len(written)

@@ -837,7 +837,14 @@ async def test_message_ready_says_whether_receive_would_wait() -> None:
     from tunnel_trio._ws import WebSocket, _new_connection
 
     ours, theirs = memory_stream_pair()
-    ws = WebSocket(ours, _new_connection(ConnectionType.CLIENT, 1024, b""), path="/", remote="x")
+    ws = WebSocket(
+        ours,
+        _new_connection(ConnectionType.CLIENT),
+        path="/",
+        remote="x",
+        client=True,
+        max_message_size=1024,
+    )
     peer = Connection(ConnectionType.SERVER)
     burst = b"".join(peer.send(BytesMessage(data=bytes([i]))) for i in range(3))
     await theirs.send_all(burst)  # three messages arrive in one read
@@ -866,7 +873,14 @@ async def test_send_many_writes_one_burst_that_arrives_as_separate_messages() ->
         await real_send_all(data)
 
     ours.send_stream.send_all = counting_send_all  # type: ignore[method-assign]
-    ws = WebSocket(ours, _new_connection(ConnectionType.CLIENT, 1 << 20, b""), path="/", remote="x")
+    ws = WebSocket(
+        ours,
+        _new_connection(ConnectionType.CLIENT),
+        path="/",
+        remote="x",
+        client=True,
+        max_message_size=1 << 20,
+    )
     messages = [b"", b"a", os.urandom(200), os.urandom(70_000)]
     await ws.send_many(messages)
     assert len(writes) == 1  # one write for the whole burst
@@ -882,3 +896,108 @@ async def test_send_many_writes_one_burst_that_arrives_as_separate_messages() ->
                 received.append(partial_message)
                 partial_message = b""
     assert received == messages
+
+
+async def _socket_pair(nursery: trio.Nursery) -> tuple[WebSocket, WebSocket]:
+    """A connected (client, server) pair over a real socket on 127.0.0.1."""
+    servers, accepted = trio.open_memory_channel[WebSocket](1)
+    done = trio.Event()
+
+    async def handler(ws: WebSocket) -> None:
+        await servers.send(ws)
+        await done.wait()
+
+    port = await start_server(nursery, handler, max_message_size=1 << 20)
+    client = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=1 << 20)
+    server = await accepted.receive()
+    return client, server
+
+
+async def test_send_now_writes_from_synchronous_code(nursery: trio.Nursery) -> None:
+    client, server = await _socket_pair(nursery)
+    assert client.send_now([b"one", b"two"])  # no await: the socket takes it at once
+    assert client.unsent_bytes == 0
+    with trio.fail_after(GUARD):
+        assert await server.receive() == b"one"
+        assert await server.receive() == b"two"
+    assert server.send_now([b"back"])
+    with trio.fail_after(GUARD):
+        assert await client.receive() == b"back"
+
+
+async def test_what_send_now_could_not_write_goes_before_the_next_send(
+    nursery: trio.Nursery,
+) -> None:
+    client, server = await _socket_pair(nursery)
+    big = [os.urandom(60_000) for _ in range(100)]  # far more than the socket buffers hold
+    assert client.send_now(big)
+    assert client.unsent_bytes > 0  # the server is not reading: the rest waits with us
+    assert not client.send_now([b"later"])  # refuses: it would overtake the rest
+    received: list[bytes] = []
+
+    async def read_all() -> None:
+        while len(received) < len(big) + 1:
+            received.append(await server.receive())
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read_all)
+            await client.send_many([b"later"])
+    assert client.unsent_bytes == 0
+    assert received == [*big, b"later"]
+
+
+async def test_send_now_refuses_on_a_tls_stream(nursery: trio.Nursery, ca: trustme.CA) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    port = await start_server(nursery, echo, ssl_context=server_context)
+    ws = await connect_websocket(
+        f"wss://localhost:{port}/ws",
+        max_message_size=MAX,
+        ssl_context=client_tls_context(ca),
+        resolve_override={("localhost", port): ("127.0.0.1", port)},
+    )
+    assert not ws.send_now([b"x"])  # TLS bytes are not the socket's: trio's API writes them
+    await ws.send(b"x")
+    with trio.fail_after(GUARD):
+        assert await ws.receive() == b"x"
+
+
+async def test_receive_lets_other_tasks_run_while_messages_keep_coming(
+    nursery: trio.Nursery,
+) -> None:
+    from tunnel_trio._ws import YIELD_EVERY
+
+    client, server = await _socket_pair(nursery)
+    count = 10 * YIELD_EVERY
+    await client.send_many([b"m"] * count)
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(other)
+        await trio.sleep(0)
+        before = turns
+        for _ in range(count):
+            await server.receive()
+        inner.cancel_scope.cancel()
+    # Whether or not the socket had them all at once, the other task got a turn regularly.
+    assert turns - before >= count // (YIELD_EVERY + 1) - 1
+
+
+async def test_receive_honours_cancellation_with_a_message_waiting(nursery: trio.Nursery) -> None:
+    client, server = await _socket_pair(nursery)
+    await client.send_many([b"first", b"kept"])  # one write: they arrive in one read
+    with trio.fail_after(GUARD):
+        assert await server.receive() == b"first"
+    assert server.message_ready()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await server.receive()
+    assert scope.cancelled_caught
+    assert await server.receive() == b"kept"  # nothing was lost to the cancellation

@@ -20,6 +20,7 @@ from hypothesis.stateful import (
 )
 
 from tunnelproto import (
+    BATCH_CAP,
     CLOSE_HANDSHAKE_TIMEOUT,
     CLOSE_KEEPALIVE_TIMEOUT,
     CLOSE_LEFT,
@@ -171,6 +172,8 @@ plaintexts = st.one_of(
     anything.map(_encode_or_raw),
     st.binary(max_size=80),
 )
+#: What a peer with batch/1 may seal: several plaintexts back to back (frames or not).
+batch_plaintexts = st.lists(plaintexts, min_size=1, max_size=4).map(b"".join)
 
 
 @st.composite
@@ -193,7 +196,7 @@ def mutations(draw: st.DrawFn, base: bytes) -> bytes:
 
 # ---------------------------------------------------------------------------------- garbage in
 
-ROOM_STATES = ["handshake", "confirming", "open", "files"]
+ROOM_STATES = ["handshake", "confirming", "open", "files", "batch"]
 
 
 def check_room_garbage(state: str, data: st.DataObject) -> None:
@@ -220,7 +223,7 @@ def check_room_garbage(state: str, data: st.DataObject) -> None:
             payloads = [bytes([version]) + real[1:]]
         payloads += data.draw(st.lists(st.binary(max_size=100), max_size=2), label="more")
     else:
-        eve = net.join("eve", invite, pump=False, files=state == "files")
+        eve = net.join("eve", invite, pump=False, files=state == "files", batch=state == "batch")
         if state == "confirming":
             # The room has answered eve's message 1 and waits for her confirming ack.
             (msg1,) = eve.mc.data_to_send()
@@ -250,7 +253,8 @@ def check_room_garbage(state: str, data: st.DataObject) -> None:
             if kind == "raw":
                 payloads.append(data.draw(st.binary(max_size=200), label="raw"))
             elif kind == "sealed":
-                payloads.append(seal_as_member(eve, data.draw(plaintexts, label="plaintext")))
+                texts = batch_plaintexts if state == "batch" else plaintexts
+                payloads.append(seal_as_member(eve, data.draw(texts, label="plaintext")))
             else:
                 payloads.append(data.draw(mutations(seal_as_member(eve, b"\xa1atdping")), label="m"))
     mark = len(net.room_out)
@@ -265,7 +269,11 @@ def check_room_garbage(state: str, data: st.DataObject) -> None:
             assert item.code in CLOSE_CODES
     # Nobody was seated by garbage.
     seated = {m.id for m in net.room.roster()}
-    assert seated <= {1, ana.member_id, eve.member_id if eve is not None and state in ("open", "files") else -1}
+    assert seated <= {
+        1,
+        ana.member_id,
+        eve.member_id if eve is not None and state in ("open", "files", "batch") else -1,
+    }
     # The others keep working.
     net.tick(1.0)
     net.host_say("after the garbage")
@@ -280,7 +288,7 @@ def check_room_garbage(state: str, data: st.DataObject) -> None:
     net.check([ana])
 
 
-MEMBER_STATES = ["handshake", "welcome", "open", "files"]
+MEMBER_STATES = ["handshake", "welcome", "open", "files", "batch"]
 LINK = JoinLink("https://h.example", "abcdefghijklmnop", bytes(range(32)))
 
 
@@ -345,6 +353,26 @@ def check_member_garbage(state: str, data: st.DataObject) -> None:
             payloads.append(b"\x01" + data.draw(plaintexts, label="plain"))
         else:
             payloads.append(host.answer(msg1, data.draw(plaintexts, label="payload")))
+    elif state == "batch":
+        mc = MemberConnection(LINK, "ana", 1000.0, caps=(FILES_CAP, BATCH_CAP))
+        (msg1,) = mc.data_to_send()
+        mc.receive_data(host.welcome(msg1, caps=(BATCH_CAP,), limits={"window": 4000}), 1000.0)
+        assert mc.state is MemberState.OPEN
+        mc.say("hello")
+        mc.data_to_send()
+        for _ in range(data.draw(st.integers(1, 4), label="count")):
+            kind = data.draw(st.sampled_from(["raw", "sealed", "entries"]), label="kind")
+            if kind == "raw":
+                payloads.append(data.draw(st.binary(max_size=200), label="raw"))
+            elif kind == "sealed":
+                payloads.append(host.seal(data.draw(batch_plaintexts, label="plaintext")))
+            else:
+                # Entries in order, then whatever follows them in the same message.
+                good = b"".join(
+                    _frames.Message(seq=seq, ts=0, text="hi", ref=0, from_=1).encode()
+                    for seq in range(1, data.draw(st.integers(1, 3), label="n") + 1)
+                )
+                payloads.append(host.seal(good + data.draw(plaintexts, label="tail")))
     else:
         welcome = host.welcome(msg1)
         if state == "welcome":
@@ -489,8 +517,11 @@ class RoomMachine(RuleBasedStateMachine):
         name=st.sampled_from(NAMES),
         capture=st.booleans(),
         files=st.sampled_from([True, True, False]),
+        batch=st.booleans(),
     )
-    def join(self, i: int | None, name: str, capture: bool, files: bool = True) -> None:
+    def join(
+        self, i: int | None, name: str, capture: bool, files: bool = True, batch: bool = False
+    ) -> None:
         """A member dials in with a fresh invite (i None), or with any invite minted so far:
         used, expired or still good."""
         if i is None or not self.invites:
@@ -503,7 +534,7 @@ class RoomMachine(RuleBasedStateMachine):
         used = bool(self.admitted.get(id(invite)))
         expired = self.net.now >= invite.expires_at
         closed = self.net.room.closed
-        peer = self.net.join(name, invite, files=files)
+        peer = self.net.join(name, invite, files=files, batch=batch)
         if capture and peer.sent:
             self.captured.append(tuple(peer.sent[:2]))
         welcomed = [ev for ev in peer.events if isinstance(ev, Welcomed)]
@@ -880,8 +911,9 @@ class RoomMachine(RuleBasedStateMachine):
 # ---------------------------------------------------------------------------------- files
 
 
-def check_chunk_decode(data: bytes) -> None:
-    """The direct chunk reader and the general decoder agree on every input."""
+def check_direct_decode(data: bytes) -> None:
+    """The direct readers of the hot-path frames (chunk, message, say, ack) and the general
+    decoder agree on every input, alone and as the first frame of a batch."""
     general: object = None
     try:
         value = decode(data)
@@ -889,23 +921,77 @@ def check_chunk_decode(data: bytes) -> None:
             general = _frames._parse(value)
     except RemoteProtocolError:
         pass
-    fast = _frames._decode_chunk(data) if data[: _frames._CHUNK_PREFIX_LEN] == _frames._CHUNK_PREFIX else None
-    if fast is not None:
-        assert fast == general
+    known = _frames._decode_known(data, 0)
+    if known is not None:
+        frame, end = known
+        if end == len(data):
+            assert frame == general
+        # Whatever the direct reader took is exactly one frame the general decoder reads alike.
+        assert _frames._parse(decode(data[:end])) == frame  # type: ignore[arg-type]
     try:
         assert _frames.decode_frame(data) == general
     except RemoteProtocolError:
         assert general is None
+    try:
+        frames = _frames.decode_frames(data)
+    except RemoteProtocolError:
+        assert known is None or known[1] < len(data) or general is None
+    else:
+        if general is not None:
+            assert frames == [general]
+
+
+def check_batch_decode(encoded: list[bytes]) -> None:
+    """A batch of valid frames decodes to the frames one by one, in order."""
+    frames = [_frames.decode_frame(e) for e in encoded]
+    assert _frames.decode_frames(_frames.encode_batch(encoded)) == frames
 
 
 @st.composite
-def chunkish(draw: st.DrawFn) -> bytes:
-    """Chunk frames, canonical or nearly: fields and lengths that straddle the size classes."""
-    x = draw(st.sampled_from([0, 1, 23, 24, 255, 256, 2**32, 2**64 - 1]))
-    at = draw(st.sampled_from([0, 1, 23, 24, 65535, 65536, 2**64 - 1]))
-    data = draw(st.binary(max_size=30)) + bytes(draw(st.sampled_from([0, 0, 300])))
-    frame = _frames.encode_chunk(x, at, data)
+def directish(draw: st.DrawFn) -> bytes:
+    """Frames the direct readers take (chunk, message, say, ack), canonical or nearly: fields
+    and lengths that straddle the size classes, then perhaps mutated."""
+    n = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1])
+    kind = draw(st.sampled_from(["chunk", "message", "say", "ack"]))
+    text = draw(st.text(max_size=12)) + "x" * draw(st.sampled_from([0, 0, 30, 300]))
+    if kind == "chunk":
+        data = draw(st.binary(max_size=30)) + bytes(draw(st.sampled_from([0, 0, 300])))
+        frame = _frames.encode_chunk(draw(n), draw(n), data)
+    elif kind == "message":
+        frame = _frames.Message(
+            seq=draw(n), ts=draw(n), text=text, ref=draw(n), from_=draw(n)
+        ).encode()
+    elif kind == "say":
+        frame = _frames.Say(ref=draw(n), text=text).encode()
+    else:
+        frame = _frames.Ack(seq=draw(n)).encode()
     return draw(st.just(frame) | mutations(frame))
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[bytes]:
+    """Lists of valid encoded frames of every kind the hot paths and the rest use."""
+    one = st.one_of(
+        directish().filter(lambda d: _decodes(d)),
+        st.sampled_from(
+            [
+                _frames.Ping().encode(),
+                _frames.Pong().encode(),
+                _frames.Roster(members=(_frames.MemberEntry(1, "host", True, True),)).encode(),
+                _frames.Event(kind="joined", seq=3, ts=9, member=2, name="ana").encode(),
+                _frames.Credit(x=1, n=65536).encode(),
+            ]
+        ),
+    )
+    return draw(st.lists(one, min_size=1, max_size=6))
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        _frames.decode_frame(data)
+    except RemoteProtocolError:
+        return False
+    return True
 
 
 def check_file_frames(data: st.DataObject) -> None:

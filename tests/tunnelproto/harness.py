@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tunnelproto import (
+    BATCH_CAP,
     FILES_CAP,
     MAX_FRAME,
     MAX_PLAINTEXT,
@@ -296,13 +297,14 @@ class Net:
         pump: bool = True,
         label: str | None = None,
         files: bool = False,
+        batch: bool = False,
     ) -> Peer:
         """A new member dials in with `invite` (a fresh one is minted when None); with `files`
-        it announces files/1."""
+        it announces files/1, with `batch` batch/1."""
         if invite is None:
             invite = self.mint(1)[0]
         link = self.link(invite) if isinstance(invite, Invite) else invite
-        caps = (FILES_CAP,) if files else ()
+        caps = ((FILES_CAP,) if files else ()) + ((BATCH_CAP,) if batch else ())
         mc = MemberConnection(link, name, self.now, rng=self.rng, caps=caps)
         self._labels += 1
         peer = Peer(

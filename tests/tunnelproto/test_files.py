@@ -287,10 +287,12 @@ def test_an_offer_outlives_a_drop_but_not_the_grace_period() -> None:
 # ---------------------------------------------------------------------------- transfers
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one frame a message", "batch/1"])
 @pytest.mark.parametrize("who", ["member to member", "host to member", "member to host"])
-def test_a_file_arrives_byte_for_byte_whoever_shares(who: str) -> None:
+def test_a_file_arrives_byte_for_byte_whoever_shares(who: str, batch: bool) -> None:
     net = Net()
-    ana, bob = net.join("ana", files=True), net.join("bob", files=True)
+    ana = net.join("ana", files=True, batch=batch)
+    bob = net.join("bob", files=True, batch=batch)
     contents = [blob(3 * 1024 * 1024 + 17, 1), b"", b"tail"]
     if who == "host to member":
         oid = net.host_share(contents)

@@ -8,13 +8,15 @@ from core_properties import (
     MEMBER_STATES,
     ROOM_STATES,
     RoomMachine,
-    check_chunk_decode,
+    batches,
+    check_batch_decode,
     check_codec,
+    check_direct_decode,
     check_file_frames,
     check_link_parse,
     check_member_garbage,
     check_room_garbage,
-    chunkish,
+    directish,
     link_texts,
 )
 from hypothesis import HealthCheck, given, settings
@@ -54,9 +56,14 @@ def test_link_parse_garbage(text: str) -> None:
     check_link_parse(text)
 
 
-@given(chunkish() | st.binary(max_size=60))
-def test_the_direct_chunk_reader_agrees_with_the_decoder(data: bytes) -> None:
-    check_chunk_decode(data)
+@given(directish() | st.binary(max_size=60))
+def test_the_direct_readers_agree_with_the_decoder(data: bytes) -> None:
+    check_direct_decode(data)
+
+
+@given(batches())
+def test_a_batch_decodes_to_its_frames_in_order(encoded: list[bytes]) -> None:
+    check_batch_decode(encoded)
 
 
 @settings(max_examples=budget(0.5), suppress_health_check=[HealthCheck.too_slow])
@@ -71,3 +78,20 @@ TestRoomMachine.settings = settings(
     stateful_step_count=40,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+_ints = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+
+
+@given(_ints, _ints, _ints, _ints, st.text(max_size=40) | st.sampled_from(["é" * 300, "x" * 70000]))
+def test_the_direct_encoders_write_what_the_general_encoder_writes(
+    a: int, b: int, c: int, d: int, text: str
+) -> None:
+    from tunnelproto import _codec, _frames
+
+    for frame in (
+        _frames.Message(seq=a, ts=b, text=text, ref=c, from_=d),
+        _frames.Say(ref=a, text=text),
+        _frames.Ack(seq=a),
+    ):
+        assert frame.encode() == _codec.encode(frame.to_value())

@@ -307,6 +307,34 @@ def test_frame_invalid(case: dict[str, Any]) -> None:
     assert info.value.code == case["code"]
 
 
+@pytest.mark.parametrize("case", load("frames.json")["batches"], ids=lambda c: c["what"][:40])
+def test_batch_vector(case: dict[str, Any]) -> None:
+    """batch/1 (section 8.3): the plaintext is the frames' encodings back to back, read in
+    order; a batch of one is exactly the plain layout."""
+    data = bytes.fromhex(case["plaintext_hex"])
+    frames = f.decode_frames(data)
+    assert [(fr.TYPE, to_json(fr.to_value())) for fr in frames] == [
+        (c["type"], c["value"]) for c in case["frames"]
+    ]
+    # An encoder fed only the JSON writes the same bytes, frame after frame.
+    assert b"".join(_codec.encode(from_json(c["value"])) for c in case["frames"]) == data
+    if len(frames) == 1:
+        assert f.decode_frame(data) == frames[0]
+    else:
+        with pytest.raises(RemoteProtocolError):
+            f.decode_frame(data)  # without batch/1 in force the same bytes are malformed
+
+
+@pytest.mark.parametrize(
+    "case", load("frames.json")["invalid_batches"], ids=lambda c: c["what"][:40]
+)
+def test_batch_invalid(case: dict[str, Any]) -> None:
+    assert case["error"] == "RemoteProtocolError"
+    with pytest.raises(RemoteProtocolError) as info:
+        f.decode_frames(bytes.fromhex(case["plaintext_hex"]))
+    assert info.value.code == case["code"]
+
+
 @pytest.mark.parametrize(
     "case", load("frames.json")["unknown_event_kinds"], ids=lambda c: c["what"][:40]
 )
