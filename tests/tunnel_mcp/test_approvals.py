@@ -11,20 +11,19 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import mcp_types as types
 import pytest
 import trio
+from inprocess import InProcessRoom
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from tunnel_mcp import approvals, room_tools
-from tunnel_mcp.manager import TunnelManager
-from tunnel_mcp.server import build_server
 
 MODES = ["legacy", "auto"]
 GOAL = "Agree on the retry policy"
@@ -54,23 +53,7 @@ class Human:
         return types.ElicitResult(action=action, content={} if action == "accept" else None)  # type: ignore[arg-type]
 
 
-class Room:
-    """One in-process server; its connections' managers stay reachable for the test."""
-
-    def __init__(self) -> None:
-        self.managers: list[TunnelManager] = []
-
-        def factory(nursery: trio.Nursery) -> TunnelManager:
-            manager = TunnelManager(nursery, display_name=lambda: "default-name")
-            self.managers.append(manager)
-            return manager
-
-        self.server = build_server(factory)
-
-    @asynccontextmanager
-    async def clients(self, *settings: dict[str, Any]) -> AsyncIterator[list[Client]]:
-        async with AsyncExitStack() as stack:
-            yield [await stack.enter_async_context(Client(self.server, **s)) for s in settings]
+Room = InProcessRoom
 
 
 async def call(client: Client, tool: str, args: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:

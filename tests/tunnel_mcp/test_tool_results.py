@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import mcp_types as types
 import pytest
 import trio
 from dropproxy import DropProxy
+from inprocess import InProcessRoom
 from mcp import Client
 
 import tunnel_trio.session as session_module
 from tunnel_mcp.chat_tools import PREVIEW_CHARS, TEXT_FULL_CHARS
-from tunnel_mcp.manager import TunnelManager
-from tunnel_mcp.server import TRANSCRIPT_URI, build_server
+from tunnel_mcp.server import TRANSCRIPT_URI
 from tunnel_trio.session import LISTEN_MAX_BYTES, LISTEN_MAX_MESSAGES, MemberSession
 from tunnelproto import JoinLink
 
@@ -33,25 +33,11 @@ def no_turn_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNNEL_TURN_BUDGET", "0")
 
 
-class Agents:
-    """An MCP server whose connections' managers the test can reach (for their sessions)."""
-
-    def __init__(self) -> None:
-        self.managers: list[TunnelManager] = []
-
-        def factory(nursery: trio.Nursery) -> TunnelManager:
-            manager = TunnelManager(nursery, display_name=lambda: "default-name")
-            self.managers.append(manager)
-            return manager
-
-        self.server = build_server(factory)
-
-
 @asynccontextmanager
-async def agents(n: int) -> AsyncIterator[tuple[Agents, list[Client]]]:
-    made = Agents()
-    async with AsyncExitStack() as stack:
-        yield made, [await stack.enter_async_context(Client(made.server)) for _ in range(n)]
+async def agents(n: int) -> AsyncIterator[tuple[InProcessRoom, list[Client]]]:
+    made = InProcessRoom()
+    async with made.clients(*({} for _ in range(n))) as clients:
+        yield made, clients
 
 
 async def call(client: Client, tool: str, args: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
