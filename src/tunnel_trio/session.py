@@ -356,10 +356,12 @@ class _Session:
                 "start again at 1 in every tunnel: pass 0, or a lastSeq this tunnel returned"
             )
         timeout = max(0.0, timeout)
-        page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
-        if page.messages or self.closed:
-            return page  # a listener behind the transcript: no cancel scope needed
-        since_seq = page.last_seq
+        if since_seq < transcript.last_seq or self.closed or (notices and self._notices):
+            page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
+            if page.messages or self.closed:
+                return page  # a listener behind the transcript: no wait
+            since_seq = page.last_seq
+        # else: a listener at the end of the transcript (the usual case) has nothing to page
         deadline = trio.current_time() + timeout
         while await transcript.wait(deadline):
             page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
