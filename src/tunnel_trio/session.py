@@ -279,7 +279,10 @@ class _Names:
     def get(self, member_id: int | None) -> MemberInfo | None:
         if member_id is None:
             return None
-        return self._known.get(member_id, MemberInfo(member_id, f"member {member_id}", False))
+        known = self._known.get(member_id)
+        if known is not None:
+            return known  # the usual case: no stand-in made (it was, per message)
+        return MemberInfo(member_id, f"member {member_id}", False)
 
 
 def _sanitized(roster: tuple[MemberEntry, ...]) -> tuple[MemberEntry, ...]:
