@@ -1014,7 +1014,10 @@ class MemberSession(_Session):
         self._require_open()
         deadline = trio.current_time() + max(0.0, SAY_TIMEOUT if wait is None else wait)
         while True:
-            conn = await self._open_connection(deadline)
+            self._require_open()
+            conn = self.guest.conn
+            if conn is None or conn.state is not MemberState.OPEN:
+                conn = await self._open_connection(deadline)  # else no coroutine per say
             if conn is None:
                 raise TunnelError(
                     "not sent: the connection to the host is down"
