@@ -65,6 +65,7 @@ from tunnelproto._room import TranscriptEntry
 
 from ._guest import DialError, Guest
 from ._host import Relay, wall_clock_offset
+from ._waits import Parked, Timers
 from .files import HostFiles, MemberFiles, SessionFiles
 from .session_types import (
     ConnectionState,
@@ -184,9 +185,11 @@ class _Transcript:
         self._messages: list[TranscriptMessage] = []
         self._head = 0
         self.last_seq = 0
-        # Made by the first waiter after a change, not by every change: a burst of messages
-        # that nobody waits on costs no Event each.
-        self._changed: trio.Event | None = None
+        #: The session's timer (its task runs while the session does): waits need no cancel
+        #: scope each.
+        self.timers = Timers()
+        # Who waits for the next change: a burst of messages that nobody waits on costs nothing.
+        self._waiting: list[Parked] = []
 
     def since(self, seq: int) -> list[TranscriptMessage]:
         if self._head >= len(self._messages):
@@ -228,15 +231,24 @@ class _Transcript:
         self.poke()
 
     def poke(self) -> None:
-        changed = self._changed
-        if changed is not None:
-            self._changed = None
-            changed.set()
+        waiting = self._waiting
+        if waiting:
+            self._waiting = []
+            for parked in waiting:
+                parked.wake()
 
-    async def wait(self) -> None:
-        if self._changed is None:
-            self._changed = trio.Event()
-        await self._changed.wait()
+    async def wait(self, deadline: float = math.inf) -> bool:
+        """Until the next change (True) or `deadline` (False)."""
+        parked = Parked(self.timers)
+        self._waiting.append(parked)
+        try:
+            woken = await self.timers.wait(parked, deadline)
+        finally:
+            if parked.task is None and parked in self._waiting:
+                # Timed out or cancelled: not left behind for the next change (a listener
+                # that times out every 30 s of a quiet day would otherwise pile up).
+                self._waiting.remove(parked)
+        return woken
 
 
 class _Names:
@@ -267,7 +279,10 @@ class _Names:
     def get(self, member_id: int | None) -> MemberInfo | None:
         if member_id is None:
             return None
-        return self._known.get(member_id, MemberInfo(member_id, f"member {member_id}", False))
+        known = self._known.get(member_id)
+        if known is not None:
+            return known  # the usual case: no stand-in made (it was, per message)
+        return MemberInfo(member_id, f"member {member_id}", False)
 
 
 def _sanitized(roster: tuple[MemberEntry, ...]) -> tuple[MemberEntry, ...]:
@@ -344,17 +359,18 @@ class _Session:
                 "start again at 1 in every tunnel: pass 0, or a lastSeq this tunnel returned"
             )
         timeout = max(0.0, timeout)
-        page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
-        if page.messages or self.closed:
-            return page  # a listener behind the transcript: no cancel scope needed
-        since_seq = page.last_seq
-        with trio.move_on_after(timeout):
-            while True:
-                await transcript.wait()
-                page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
-                if page.messages or self.closed:
-                    return page
-                since_seq = page.last_seq
+        if since_seq < transcript.last_seq or self.closed or (notices and self._notices):
+            page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
+            if page.messages or self.closed:
+                return page  # a listener behind the transcript: no wait
+            since_seq = page.last_seq
+        # else: a listener at the end of the transcript (the usual case) has nothing to page
+        deadline = trio.current_time() + timeout
+        while await transcript.wait(deadline):
+            page = self._page(since_seq, include_own, notices, max_messages, max_bytes)
+            if page.messages or self.closed:
+                return page
+            since_seq = page.last_seq
         return ListenResult([], max(since_seq, 0), True)
 
     def _page(
@@ -684,6 +700,7 @@ class HostSession(_Session):
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._transcript.timers.run)
                     await nursery.start(self.files.run)
                     host, port = self.transport.bind_address()
                     bound = await nursery.start(self.relay.run, host, port)
@@ -769,8 +786,9 @@ class _PendingSay:
 
     __slots__ = ("done", "queued", "result", "text", "tries")
 
-    def __init__(self, text: str, *, queued: bool = False, tries: int = 0) -> None:
-        self.done = trio.Event()
+    def __init__(self, timers: Timers, text: str, *, queued: bool = False, tries: int = 0) -> None:
+        #: The `send` waiting for the answer (a timed wait without a cancel scope).
+        self.done = Parked(timers)
         self.result: SayAccepted | SayRejected | None = None
         self.text = text
         self.queued = queued
@@ -779,7 +797,7 @@ class _PendingSay:
     def answer(self, result: SayAccepted | SayRejected) -> None:
         if self.result is None:
             self.result = result
-            self.done.set()
+            self.done.wake()
 
 
 class MemberSession(_Session):
@@ -905,7 +923,7 @@ class MemberSession(_Session):
                             "the tunnel closed before the host confirmed it; it may or may not "
                             "have reached the others",
                         )
-                    pending.done.set()  # no answer: send() sees `closed`
+                    pending.done.wake()  # no answer: send() sees `closed`
                 self._says = {ref: p for ref, p in self._says.items() if not p.queued}
         self._transcript.poke()
 
@@ -950,7 +968,7 @@ class MemberSession(_Session):
             return
         finally:
             self._resending -= 1
-        self._says[ref] = _PendingSay(text, queued=True, tries=tries)
+        self._says[ref] = _PendingSay(self._transcript.timers, text, queued=True, tries=tries)
         self.guest.flush()
 
     async def _open_connection(self, deadline: float) -> MemberConnection | None:
@@ -996,7 +1014,10 @@ class MemberSession(_Session):
         self._require_open()
         deadline = trio.current_time() + max(0.0, SAY_TIMEOUT if wait is None else wait)
         while True:
-            conn = await self._open_connection(deadline)
+            self._require_open()
+            conn = self.guest.conn
+            if conn is None or conn.state is not MemberState.OPEN:
+                conn = await self._open_connection(deadline)  # else no coroutine per say
             if conn is None:
                 raise TunnelError(
                     "not sent: the connection to the host is down"
@@ -1008,16 +1029,17 @@ class MemberSession(_Session):
                 ref = conn.say(text)
             except LocalProtocolError as exc:
                 raise TunnelError(str(exc)) from None
-            pending = self._says[ref] = _PendingSay(text)
+            pending = self._says[ref] = _PendingSay(self._transcript.timers, text)
             if len(self._says) > 1:
                 # Others are on their way: let says made in the same turn of the scheduler
                 # share a transport message (batch/1); a lone say goes at once.
                 self.guest.flush_soon()
             else:
                 self.guest.flush()
-            with trio.move_on_at(deadline):
-                while pending.result is None and not self.closed:
-                    await pending.done.wait()
+            timers = self._transcript.timers
+            while pending.result is None and not self.closed:
+                if not await timers.wait(pending.done, deadline):
+                    break
             result = pending.result
             if result is None and not self.closed:
                 pending.queued = True  # _on_event settles it
@@ -1127,6 +1149,7 @@ class MemberSession(_Session):
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._transcript.timers.run)
                     await nursery.start(self.files.run)
                     try:
                         await self.guest.run(task_status=task_status)

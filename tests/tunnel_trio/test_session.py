@@ -272,3 +272,15 @@ def test_the_json_size_of_a_text_is_what_json_writes(text: str) -> None:
     """listen's byte cap counts texts as JSON; the plain-ASCII shortcut must agree."""
     written = json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")
     assert _json_text(text) == len(written)
+
+
+def test_a_sender_the_member_never_heard_of_gets_a_stand_in_name():
+    from tunnel_trio.session import _Names
+    from tunnel_trio.session_types import MemberInfo
+    from tunnelproto import MemberEntry
+
+    names = _Names()
+    names.update((MemberEntry(id=2, name="ben", host=False, on=True),))
+    assert names.get(2) == MemberInfo(2, "ben", False)
+    assert names.get(7) == MemberInfo(7, "member 7", False)
+    assert names.get(None) is None

@@ -1,0 +1,122 @@
+"""Timed waits without a cancel scope each: one timer task per session serves them all.
+
+A listen or a say waits for something (a transcript change, the host's answer) *or* a
+deadline. `trio.move_on_at` per wait costs a cancel scope (entered, deadline registered,
+closed) on every message of a busy session, a good part of the per-message cost of chat.
+Here a waiting task parks itself (`trio.lowlevel.wait_task_rescheduled`) with its deadline in
+a heap, and the session's one timer task sleeps until the earliest deadline still waited on.
+
+Bounds: an entry stays in the heap after its waiter was woken (removing it would cost a heap
+search), so the heap is rebuilt from the live entries once it is mostly dead: its size stays
+within a small multiple of the tasks actually waiting. Idle cost: the timer wakes only at a
+deadline someone still waits on (a dead entry at the top is dropped before arming), so an idle
+session with a 30 s listen wakes once in 30 s, as with a cancel scope.
+
+Cancellation of a parked task (its own scopes) works as for any trio wait. When the timer is
+not running (before the session started, after it ended) a wait falls back to a cancel scope.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import trio
+from outcome import Value
+
+#: Below this many heap entries there is nothing worth compacting.
+_COMPACT_MIN = 64
+
+
+class Parked:
+    """One waiting task; `wake()` (from any task) reschedules it, at most once."""
+
+    __slots__ = ("_timers", "task")
+
+    def __init__(self, timers: Timers) -> None:
+        self._timers = timers
+        self.task: trio.lowlevel.Task | None = None
+
+    def wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            self._timers.live -= 1
+            trio.lowlevel.reschedule(task, Value(True))
+
+
+class Timers:
+    """The deadlines of every `Parked` wait of one session, and the task that expires them."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Parked]] = []
+        self._count = 0  # tie-breaker: Parked objects do not compare
+        self.live = 0  # parked tasks not yet woken
+        self._armed = math.inf
+        self._moved: trio.Event | None = None
+        self.running = False
+
+    async def wait(self, parked: Parked, deadline: float) -> bool:
+        """Park the current task until `parked.wake()` (True) or `deadline` (False)."""
+        if not self.running:
+            with trio.move_on_at(deadline):
+                return await self._park(parked)
+            return False
+        heap = self._heap
+        if len(heap) > _COMPACT_MIN and len(heap) > 4 * (self.live + 1):
+            heap[:] = [entry for entry in heap if entry[2].task is not None]
+            heapq.heapify(heap)
+        self._count += 1
+        heapq.heappush(heap, (deadline, self._count, parked))
+        if deadline < self._armed and self._moved is not None:
+            self._moved.set()
+        return await self._park(parked)
+
+    async def _park(self, parked: Parked) -> bool:
+        parked.task = trio.lowlevel.current_task()
+        self.live += 1
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if parked.task is not None:
+                parked.task = None
+                self.live -= 1
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        woken: bool = await trio.lowlevel.wait_task_rescheduled(abort)
+        return woken
+
+    def _expire(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            parked = heapq.heappop(heap)[2]
+            task = parked.task
+            if task is not None:
+                parked.task = None
+                self.live -= 1
+                trio.lowlevel.reschedule(task, Value(False))
+
+    def _earliest(self) -> float:
+        heap = self._heap
+        while heap and heap[0][2].task is None:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+    async def run(self) -> None:
+        """The timer task: runs until cancelled; then wakes every waiter to look again (each
+        falls back to a cancel scope of its own if it waits on)."""
+        self.running = True
+        try:
+            while True:
+                self._moved = trio.Event()
+                self._armed = self._earliest()
+                with trio.move_on_at(self._armed):
+                    await self._moved.wait()
+                    continue
+                self._expire(trio.current_time())
+        finally:
+            self.running = False
+            self._moved = None
+            self._armed = math.inf
+            for _, _, parked in self._heap:
+                parked.wake()
+            self._heap.clear()
