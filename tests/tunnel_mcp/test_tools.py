@@ -781,6 +781,23 @@ def test_unwrapping_a_pasted_link_never_changes_the_link(secret: bytes, before: 
     assert JoinLink.parse(unwrap_pasted_link(before + link + after)).secret == secret
 
 
+async def test_start_up_objects_are_frozen_out_of_the_collector_after_the_preload(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    import gc
+
+    import tunnel_mcp.stdio as stdio_module
+
+    monkeypatch.setattr(manager_module, "SESSION_LAYER", ())
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        await stdio_module._preload()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 async def test_the_session_layer_is_preloaded_in_the_background(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
