@@ -76,7 +76,9 @@ async def _relay(host: Client, guest: Client, since: int, tag: str) -> tuple[flo
 
 class _CpuMeter:
     """CPU time (us per operation) of the host and guest server processes and of this client
-    process over a run of operations (Linux /proc; None elsewhere)."""
+    process over a run of operations, and the servers' wakeups (context switches) per operation
+    (Linux /proc; None elsewhere). A wakeup after a few ms idle finds the CPU caches cold: the
+    same work then costs several times its back-to-back CPU, so wakeups are part of the cost."""
 
     def __init__(self, host_pid: int | None, guest_pid: int | None) -> None:
         self.pids = {"host": host_pid, "guest": guest_pid}
@@ -95,7 +97,9 @@ class _CpuMeter:
         used = {"client_cpu_us": (after["client"] - before["client"]) * 1e6 / n}
         for name in self.pids:
             if before[name] is not None:
-                used[f"{name}_server_cpu_us"] = idle.used_between(before[name], after[name])[0] * 1e6 / n
+                cpu, wakeups = idle.used_between(before[name], after[name])
+                used[f"{name}_server_cpu_us"] = cpu * 1e6 / n
+                used[f"{name}_server_wakeups"] = wakeups / n
         return used
 
 
@@ -191,7 +195,7 @@ def cpu_note(figures: list[Figure]) -> str:
         x = fig.extra
         if fig.key in ("mcp.say_listen", "mcp.status") and "client_cpu_us" in x:
             servers = ", ".join(
-                f"{who} server {x[f'{who}_server_cpu_us']:.0f} us"
+                f"{who} server {x[f'{who}_server_cpu_us']:.0f} us in {x.get(f'{who}_server_wakeups', 0):.1f} wakeups"
                 for who in ("host", "guest")
                 if x.get(f"{who}_server_cpu_us", 0) >= 1
             )

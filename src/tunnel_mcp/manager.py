@@ -154,6 +154,9 @@ class TunnelManager:
         self.approvals = Approvals()
         self._lock = trio.Lock()
         self._listeners: list[TranscriptListener] = []
+        #: Whether anyone wants to hear of new transcript entries (see `watch_transcript`).
+        self._watched = False
+        self._watch_wanted = trio.Event()
 
     # -- state -----------------------------------------------------------------------------
 
@@ -330,6 +333,18 @@ class TunnelManager:
     def add_transcript_listener(self, listener: TranscriptListener) -> None:
         self._listeners.append(listener)
 
+    def watch_transcript(self, wanted: bool) -> None:
+        """Say whether anyone wants the listeners told of new transcript entries (the server:
+        while the transcript resource has subscribers). Following the transcript costs every
+        message a second wake-up and page in this process (about a quarter of its CPU for a
+        message), so the manager follows it only while wanted; once wanted again, the
+        listeners are told at once (what came meanwhile) and then of every new entry."""
+        self._watched = wanted
+        if wanted:
+            self._watch_wanted.set()
+        elif self._watch_wanted.is_set():
+            self._watch_wanted = trio.Event()
+
     def _adopt(self, session: Session) -> None:
         if self._watch_scope is not None:
             self._watch_scope.cancel()
@@ -345,6 +360,11 @@ class TunnelManager:
             since = 0
             await self._notify()
             while not session.closed:
+                if not self._watched:
+                    await self._watch_wanted.wait()
+                    since = session.newest(max_messages=1).last_seq
+                    await self._notify()  # whatever came while nobody listened
+                    continue
                 try:
                     # notices=False: local notices are the agent's, for its tunnel_listen.
                     result = await session.listen(

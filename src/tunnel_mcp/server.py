@@ -29,7 +29,12 @@ import trio
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    ResourceUpdated,
+    ServerEvent,
+)
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INVALID_PARAMS,
@@ -171,34 +176,82 @@ def _room_capacity(configured: int | None) -> int:
 # -- the server --------------------------------------------------------------------------------
 
 
+class _CountedBus(InMemorySubscriptionBus):
+    """The SDK's in-memory bus, telling `on_change` whenever a listener comes or goes."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        super().__init__()
+        self.listeners = 0
+        self._on_change = on_change
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(listener)
+        self.listeners += 1
+        self._on_change()
+        gone = False
+
+        def counted_unsubscribe() -> None:
+            nonlocal gone
+            unsubscribe()
+            if not gone:
+                gone = True
+                self.listeners -= 1
+                self._on_change()
+
+        return counted_unsubscribe
+
+
 class _Subscribers:
     """Who wants `notifications/resources/updated` for the transcript.
 
     2026-era clients use `subscriptions/listen` (the SDK's bus fans out to every listener, so one
     may hear of another connection's tunnel and re-read its own transcript for nothing);
-    handshake-era clients (most agents today) send `resources/subscribe`: we keep their sessions
-    here, each with its own connection's manager, and tell each only about its own tunnel.
+    handshake-era clients (most agents today) send `resources/subscribe`: we keep, for each
+    connection (known by its own manager: the SDK hands every request a session of its own),
+    the session to tell, and tell each only about its own tunnel. A manager follows its
+    transcript only while someone may want to hear of it (`refresh`).
     """
 
-    def __init__(self, bus: InMemorySubscriptionBus) -> None:
-        self.bus = bus
-        self.legacy: dict[ServerSession, TunnelManager | None] = {}
+    def __init__(self) -> None:
+        self.bus = _CountedBus(self.refresh)
+        self.legacy: dict[TunnelManager, ServerSession] = {}
+        self.managers: set[TunnelManager] = set()
+
+    def refresh(self) -> None:
+        """Tell each manager whether anyone listens for its transcript."""
+        everyone = self.bus.listeners > 0
+        for manager in self.managers:
+            manager.watch_transcript(everyone or manager in self.legacy)
+
+    def add(self, manager: TunnelManager) -> None:
+        self.managers.add(manager)
+        self.refresh()
+
+    def subscribe(self, manager: TunnelManager, session: ServerSession) -> None:
+        self.legacy[manager] = session
+        self.refresh()
+
+    def unsubscribe(self, manager: TunnelManager) -> None:
+        self.legacy.pop(manager, None)
+        self.refresh()
 
     async def transcript_changed(self, manager: TunnelManager) -> None:
-        await self.bus.publish(ResourceUpdated(uri=TRANSCRIPT_URI))
-        for session, wanted in list(self.legacy.items()):
-            if wanted is not manager:
-                continue
-            try:
-                await session.send_resource_updated(TRANSCRIPT_URI)
-            except Exception:
-                log.debug("dropping a transcript subscriber that went away", exc_info=True)
-                self.legacy.pop(session, None)
+        if self.bus.listeners:
+            await self.bus.publish(ResourceUpdated(uri=TRANSCRIPT_URI))
+        session = self.legacy.get(manager)
+        if session is None:
+            return
+        try:
+            await session.send_resource_updated(TRANSCRIPT_URI)
+        except Exception:
+            log.debug("dropping a transcript subscriber that went away", exc_info=True)
+            if self.legacy.get(manager) is session:
+                self.unsubscribe(manager)
 
     def forget(self, manager: TunnelManager) -> None:
-        for session, wanted in list(self.legacy.items()):
-            if wanted is manager:
-                del self.legacy[session]
+        self.managers.discard(manager)
+        self.legacy.pop(manager, None)
+        self.refresh()
 
 
 def build_server(
@@ -215,8 +268,7 @@ def build_server(
         for t in TOOLS
     }
     skills = SkillCatalog([etiquette_skill()])
-    bus = InMemorySubscriptionBus()
-    subscribers = _Subscribers(bus)
+    subscribers = _Subscribers()
 
     @asynccontextmanager
     async def lifespan(_: Server[TunnelManager]) -> AsyncIterator[TunnelManager]:
@@ -225,6 +277,7 @@ def build_server(
         async with trio.open_nursery() as nursery:
             manager = manager_factory(nursery)
             manager.add_transcript_listener(functools.partial(subscribers.transcript_changed, manager))
+            subscribers.add(manager)
             try:
                 yield manager
             finally:
@@ -277,15 +330,17 @@ def build_server(
         )
 
     async def subscribe(ctx: ServerRequestContext[TunnelManager], params: SubscribeRequestParams) -> EmptyResult:
-        if str(params.uri) == TRANSCRIPT_URI:
-            manager = ctx.lifespan_context
-            subscribers.legacy[ctx.session] = manager if isinstance(manager, TunnelManager) else None
+        manager = ctx.lifespan_context
+        if str(params.uri) == TRANSCRIPT_URI and isinstance(manager, TunnelManager):
+            subscribers.subscribe(manager, ctx.session)
         return EmptyResult()
 
     async def unsubscribe(
         ctx: ServerRequestContext[TunnelManager], params: UnsubscribeRequestParams
     ) -> EmptyResult:
-        subscribers.legacy.pop(ctx.session, None)
+        manager = ctx.lifespan_context
+        if str(params.uri) == TRANSCRIPT_URI and isinstance(manager, TunnelManager):
+            subscribers.unsubscribe(manager)
         return EmptyResult()
 
     server = Server(
@@ -304,7 +359,7 @@ def build_server(
         # send `resources/subscribe`.
         on_subscribe_resource=subscribe,
         on_unsubscribe_resource=unsubscribe,
-        on_subscriptions_listen=ListenHandler(bus),
+        on_subscriptions_listen=ListenHandler(subscribers.bus),
     )
     skills.serve_on(server)
     return server

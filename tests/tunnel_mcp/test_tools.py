@@ -20,6 +20,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from mcp import Client
@@ -613,6 +614,55 @@ async def test_transcript_subscribers_hear_about_new_messages_handshake_era(
                 await trio.sleep(0.02)
 
 
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
+@pytest.mark.filterwarnings("ignore:resources/unsubscribe is removed")
+async def test_the_transcript_is_followed_only_while_someone_subscribed() -> None:
+    # Following the transcript costs every message a second wake-up and page: with nobody
+    # subscribed, a message must not reach the transcript listeners at all.
+    managers: list[TunnelManager] = []
+
+    def factory(nursery: trio.Nursery) -> TunnelManager:
+        managers.append(TunnelManager(nursery, display_name=lambda: "ana"))
+        return managers[-1]
+
+    told: list[int] = []
+    updates: list[str] = []
+
+    async def on_message(message: IncomingMessage) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(str(message.params.uri))
+
+    async def count() -> None:
+        told.append(1)
+
+    async with Client(build_server(factory), mode="legacy", message_handler=on_message) as host:
+        await open_local(host)
+        managers[0].add_transcript_listener(count)
+        await ok(host, "tunnel_say", {"text": "nobody follows this"})
+        await trio.testing.wait_all_tasks_blocked()
+        assert told == []
+        # A subscriber that comes later hears at once (something may have come meanwhile)...
+        await host.session.subscribe_resource(TRANSCRIPT_URI)
+        with trio.fail_after(10):
+            while not told:
+                await trio.sleep(0.01)
+        told.clear()
+        updates.clear()
+        # ...and then of every new message.
+        await ok(host, "tunnel_say", {"text": "now someone does"})
+        with trio.fail_after(10):
+            while not told or TRANSCRIPT_URI not in updates:
+                await trio.sleep(0.01)
+        # Unsubscribed: not followed any more (at most the wait already under way ends).
+        await host.session.unsubscribe_resource(TRANSCRIPT_URI)
+        await ok(host, "tunnel_say", {"text": "first after"})
+        await trio.testing.wait_all_tasks_blocked()
+        told.clear()
+        await ok(host, "tunnel_say", {"text": "nobody follows this either"})
+        await trio.testing.wait_all_tasks_blocked()
+        assert told == []
+
+
 async def test_transcript_subscribers_hear_about_new_messages_via_listen(
     server: Server[TunnelManager],
 ) -> None:
@@ -729,6 +779,23 @@ def test_unwrapping_a_pasted_link_never_changes_the_link(secret: bytes, before: 
     # Secrets may end in '-' or '_' (base64url): those are never trimmed.
     assert unwrap_pasted_link(before + link + after) == link
     assert JoinLink.parse(unwrap_pasted_link(before + link + after)).secret == secret
+
+
+async def test_start_up_objects_are_frozen_out_of_the_collector_after_the_preload(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    import gc
+
+    import tunnel_mcp.stdio as stdio_module
+
+    monkeypatch.setattr(manager_module, "SESSION_LAYER", ())
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        await stdio_module._preload()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 async def test_the_session_layer_is_preloaded_in_the_background(
