@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests fuzz bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict src/tunnelproto
+	$(BIN)/mypy --strict src/tunnelproto src/tunnel_trio src/tunnel_mcp
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -214,7 +214,7 @@ async def tunnel_share(
         skipped_unlisted=prepared.skipped_unlisted,
         digest=prepared.hash,
     )
-    result = ShareToolResult(  # type: ignore[call-arg]
+    result = ShareToolResult(
         shared=False,
         path=prepared.path,
         name=prepared.name,
@@ -347,7 +347,7 @@ async def tunnel_receive(
                 replaces=sum(1 for f in prepared.files if f.replaces),
             )
             if answer not in ("accepted", "not-asked"):
-                declined = ReceiveToolResult(  # type: ignore[call-arg]
+                declined = ReceiveToolResult(
                     received=False, offer_id=offerId, destination=prepared.destination,
                     written=[], skipped=[], failed=[], complete=False, running=False,
                     resumable=False, received_bytes=0, total_bytes=prepared.total, approval=answer,
@@ -377,7 +377,7 @@ def _real(path: str) -> str:
 
 
 def _receive_result(got: ReceiveResult, answer: Answer | None) -> CallToolResult:
-    result = ReceiveToolResult(  # type: ignore[call-arg]
+    result = ReceiveToolResult(
         received=True,
         offer_id=got.offer_id,
         destination=got.destination,
@@ -468,12 +468,12 @@ async def tunnel_cancel(
     if mine:
         session.unshare(offerId)
         return _ok(
-            CancelResult(offer_id=offerId, action="withdrawn"),  # type: ignore[call-arg]
+            CancelResult(offer_id=offerId, action="withdrawn"),
             f"Withdrew offer {offerId}: everyone sees it end; receives in progress stop.",
         )
     if await session.cancel_receive(offerId):
         return _ok(
-            CancelResult(offer_id=offerId, action="cancelled"),  # type: ignore[call-arg]
+            CancelResult(offer_id=offerId, action="cancelled"),
             f"Cancelled your receive of offer {offerId}: its partial files are removed; files "
             "already finished stay.",
         )

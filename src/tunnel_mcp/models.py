@@ -227,7 +227,7 @@ class FileOffer(_Wire):
 
     @classmethod
     def of(cls, info: FileOfferInfo) -> FileOffer:
-        return cls(  # type: ignore[call-arg]
+        return cls(
             offer_id=info.offer_id,
             sharer=Member.of(info.sharer),
             name=info.name,
@@ -258,7 +258,7 @@ class ReceiveState(_Wire):
 
     @classmethod
     def of(cls, progress: ReceiveProgress) -> ReceiveState:
-        return cls(  # type: ignore[call-arg]
+        return cls(
             offer_id=progress.offer_id,
             name=progress.name,
             destination=progress.destination,

@@ -351,8 +351,11 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         get_tool_input_schema=lambda name: tools[name].input_schema if name in tools else None,
-        on_list_tools=list_tools,
-        on_call_tool=call_tool,
+        # These two answer with wire mappings, not models (see `wire`): the SDK serializes a
+        # mapping as it is, which its annotations do not say; tests/tunnel_mcp/test_wire.py
+        # checks what reaches the client.
+        on_list_tools=list_tools,  # type: ignore[arg-type]
+        on_call_tool=call_tool,  # type: ignore[arg-type]
         on_list_resources=list_resources,
         on_read_resource=read_resource,
         # 2026-era clients use `subscriptions/listen`; handshake-era clients (most agents today)

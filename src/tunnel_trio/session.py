@@ -54,6 +54,7 @@ from tunnelproto import (
     SayRejected,
     ShareAccepted,
     ShareRejected,
+    TranscriptEntry,
     TunnelEvent,
     Welcomed,
     sanitize_name,
@@ -61,7 +62,6 @@ from tunnelproto import (
 from tunnelproto import Room as _Room
 from tunnelproto import RoomConfig as _RoomConfig
 from tunnelproto._files import KIND_OFFER, KIND_OFFER_ENDED
-from tunnelproto._room import TranscriptEntry
 
 from ._guest import DialError, Guest
 from ._host import Relay, wall_clock_offset
