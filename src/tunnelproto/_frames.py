@@ -461,24 +461,12 @@ def encode_chunk(x: int, at: int, data: bytes | memoryview) -> bytes:
     return b"".join((_CHUNK_PREFIX, _uint(x), _CHUNK_AT, _uint(at), _CHUNK_DATA, head, data))
 
 
-_UINT_SIZES = {0x18: 1, 0x19: 2, 0x1A: 4, 0x1B: 8}
 _ARG_SIZES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 
 def _read_uint(data: bytes, pos: int) -> tuple[int, int] | None:
     """A shortest-form CBOR unsigned integer at `pos`: (value, next pos), or None."""
-    if pos >= len(data):
-        return None
-    first = data[pos]
-    if first < 24:
-        return first, pos + 1
-    size = _UINT_SIZES.get(first)
-    if size is None or pos + 1 + size > len(data):
-        return None
-    value = int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
-    if (size == 1 and value < 24) or (size > 1 and value < 1 << (4 * size)):
-        return None
-    return value, pos + 1 + size
+    return _read_arg(data, pos, 0)
 
 
 def _read_arg(data: bytes, pos: int, major: int) -> tuple[int, int] | None:
