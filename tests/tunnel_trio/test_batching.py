@@ -4,32 +4,14 @@ an older member beside them does not, and a stalled member that batches stays bo
 from __future__ import annotations
 
 import trio
+from rawmember import raw_member
 from transcripts import collect
 
-from tunnel_trio._ws import connect_websocket
 from tunnel_trio.session import RoomConfig, join, open_host
 from tunnelproto import (
     BATCH_CAP,
-    MAX_FRAME,
     ChatMessage,
-    JoinLink,
-    MemberConnection,
-    Welcomed,
 )
-
-
-async def _raw_member(link: str, name: str, caps: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    """A hand-driven member (the core over a WebSocket) announcing only `caps`."""
-    parsed = JoinLink.parse(link)
-    ws = await connect_websocket(parsed.websocket_url, max_message_size=MAX_FRAME)
-    conn = MemberConnection(parsed, name, trio.current_time(), caps=caps)
-    for data in conn.data_to_send():
-        await ws.send(data)
-    conn.receive_data(await ws.receive(), trio.current_time())
-    assert isinstance(conn.next_event(), Welcomed)
-    for data in conn.data_to_send():  # the confirming ack
-        await ws.send(data)
-    return ws, conn
 
 
 async def test_session_members_batch_and_an_older_member_chats_beside_them(nursery):
@@ -37,7 +19,7 @@ async def test_session_members_batch_and_an_older_member_chats_beside_them(nurse
     links = [i.join_link for i in host.initial_invites]
     ben = await join(nursery, links[0], name="ben")
     cy = await join(nursery, links[1], name="cy")
-    ws, old = await _raw_member(links[2], "old")  # announces nothing, like an older client
+    ws, old = await raw_member(links[2], "old")  # announces nothing, like an older client
     conns = host.room._conns
     assert ben.guest.conn is not None and ben.guest.conn._channel is not None
     assert ben.guest.conn._channel.batch
@@ -77,7 +59,7 @@ async def test_session_members_batch_and_an_older_member_chats_beside_them(nurse
 async def test_a_stalled_member_with_batch_is_cut_off_and_memory_stays_bounded(nursery):
     config = RoomConfig(window=64 * 1024, stall_timeout=1.0)
     host = await open_host(nursery, "goal", name="ana", invites=2, config=config)
-    ws, _conn = await _raw_member(host.initial_invites[0].join_link, "sloth", (BATCH_CAP,))
+    ws, _conn = await raw_member(host.initial_invites[0].join_link, "sloth", (BATCH_CAP,))
     assert _conn._channel is not None and _conn._channel.batch
     big = "x" * 16_000
     for _ in range(400):  # ~6 MiB, far more than the window or any queue

@@ -7,6 +7,7 @@ import os
 import pytest
 import trio
 from dropproxy import DropProxy
+from rawmember import raw_member
 from transcripts import collect
 
 import tunnel_trio.session as session_module
@@ -19,7 +20,6 @@ from tunnelproto import (
     MAX_FRAME,
     JoinLink,
     MemberConnection,
-    Welcomed,
 )
 
 
@@ -207,24 +207,10 @@ async def test_a_queued_say_that_cannot_be_delivered_is_reported(nursery):
     await host.close()
 
 
-async def _raw_member(link: str, name: str):
-    """A hand-driven member: the core over a WebSocket, reading only when told to."""
-    parsed = JoinLink.parse(link)
-    ws = await connect_websocket(parsed.websocket_url, max_message_size=MAX_FRAME)
-    conn = MemberConnection(parsed, name, trio.current_time())
-    for data in conn.data_to_send():
-        await ws.send(data)
-    conn.receive_data(await ws.receive(), trio.current_time())
-    assert isinstance(conn.next_event(), Welcomed)
-    for data in conn.data_to_send():  # the confirming ack
-        await ws.send(data)
-    return ws, conn
-
-
 async def test_stalled_reader_is_cut_off_and_memory_stays_bounded(nursery):
     config = RoomConfig(window=64 * 1024, stall_timeout=1.0)
     host = await open_host(nursery, "goal", name="ana", invites=2, config=config)
-    ws, _conn = await _raw_member(host.initial_invites[0].join_link, "sloth")
+    ws, _conn = await raw_member(host.initial_invites[0].join_link, "sloth")
     ok = await join(nursery, host.initial_invites[1].join_link, name="ok")
     big = "x" * 16_000
     for _ in range(400):  # ~6 MiB, far more than the window or any queue
@@ -250,7 +236,7 @@ async def test_a_cut_off_reader_loses_its_socket_and_queue(nursery):
     import socket
 
     host = await open_host(nursery, "goal", name="ana", config=RoomConfig(stall_timeout=1.0))
-    ws, _conn = await _raw_member(host.initial_invites[0].join_link, "sloth")
+    ws, _conn = await raw_member(host.initial_invites[0].join_link, "sloth")
     ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     for _ in range(200):
         await host.say("y" * 16_000)
@@ -308,7 +294,7 @@ async def test_oversized_message_is_rejected(nursery):
 
 async def test_garbage_after_handshake_kills_only_that_connection(nursery):
     host = await open_host(nursery, "goal", name="ana", invites=2)
-    ws, _conn = await _raw_member(host.initial_invites[0].join_link, "mallory")
+    ws, _conn = await raw_member(host.initial_invites[0].join_link, "mallory")
     ben = await join(nursery, host.initial_invites[1].join_link, name="ben")
     await ws.send(os.urandom(200))
     codes = []
