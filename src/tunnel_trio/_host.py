@@ -102,6 +102,7 @@ class Relay:
         self._corked = False
         self._held = 0
         self._held_bytes = 0
+        self._held_since = 0.0  # when the first of them was said
         self._cork_set = trio.Event()
         # Says that go out without starting a corked stretch, and the next such backoff.
         self._cork_skip = 0
@@ -165,6 +166,8 @@ class Relay:
             and self._held < CORK_MAX_SAYS - 1
             and self._held_bytes + size <= CORK_MAX_BYTES
         ):
+            if not self._held:
+                self._held_since = trio.current_time()
             self._held += 1
             self._held_bytes += size
             self._rearm_timer()
@@ -266,15 +269,27 @@ class Relay:
             self._dispatch()
 
     async def _uncork(self) -> None:
-        """Ends each corked stretch: once nothing else is left to run (or CORK_MAX_DELAY
-        after it began), what is held goes out and the next say goes out at once."""
+        """Ends each corked stretch once nothing else is left to run: what is held goes out,
+        and the next say goes out at once. While the process stays busy, what is held goes
+        out every CORK_MAX_DELAY."""
         while True:
             await self._cork_set.wait()
             self._cork_set = trio.Event()
-            with trio.move_on_after(CORK_MAX_DELAY) as waited:
-                await wait_all_tasks_blocked()
+            while True:
+                if self._held:
+                    deadline = self._held_since + CORK_MAX_DELAY
+                else:
+                    deadline = trio.current_time() + CORK_MAX_DELAY
+                with trio.move_on_at(deadline) as waited:
+                    await wait_all_tasks_blocked()
+                if not waited.cancelled_caught:
+                    break
+                # Still busy: what has waited CORK_MAX_DELAY goes out; the stretch goes on.
+                if self._held and trio.current_time() >= self._held_since + CORK_MAX_DELAY:
+                    self._cork_backoff = CORK_BACKOFF_MIN
+                    self._dispatch()
             self._corked = False
-            if self._held == 1 and not waited.cancelled_caught:
+            if self._held == 1:
                 # The stretch held one say until the process went idle: it waited for
                 # nothing (the host says one message at a time). Back off.
                 self._cork_skip = self._cork_backoff

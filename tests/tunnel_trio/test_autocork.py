@@ -10,7 +10,7 @@ import trio.testing
 from rawmember import raw_member
 
 from tunnel_trio import _host
-from tunnel_trio._host import CORK_BACKOFF_MIN, CORK_MAX_SAYS
+from tunnel_trio._host import CORK_BACKOFF_MIN, CORK_MAX_DELAY, CORK_MAX_SAYS
 from tunnel_trio.session import open_host
 from tunnelproto import BATCH_CAP, ChatMessage
 
@@ -107,5 +107,29 @@ async def test_one_message_at_a_time_stops_the_corking(nursery, autojump_clock):
         await host.say(f"next {i}")
         assert host.relay.held_says == 0
         assert await _read_chats(ws, conn, 1) == [[f"next {i}"]]
+    await ws.aclose()
+    await host.close()
+
+
+async def test_while_the_process_stays_busy_held_says_wait_at_most_the_cork_delay(
+    nursery, autojump_clock
+):
+    host = await open_host(nursery, "cork", name="ana", invites=1)
+    ws, conn = await raw_member(host.initial_invites[0].join_link, "ben", (BATCH_CAP,))
+    await trio.testing.wait_all_tasks_blocked()
+    await host.say("first")
+    await host.say("second")
+    assert host.relay.held_says == 1
+    for _ in range(20):  # busy, but no time passes: it stays held
+        await trio.sleep(0)
+    assert host.relay.held_says == 1
+    autojump_clock.jump(CORK_MAX_DELAY)
+    for _ in range(3):  # still busy: the cork's deadline passed, so it goes out anyway
+        await trio.sleep(0)
+    assert host.relay.held_says == 0
+    await host.say("third")  # the process never went idle: the stretch goes on
+    assert host.relay.held_says == 1
+    batched = await _read_chats(ws, conn, 3)
+    assert batched == [["first"], ["second"], ["third"]]
     await ws.aclose()
     await host.close()
