@@ -170,7 +170,8 @@ class Relay:
                 self._held_since = trio.current_time()
             self._held += 1
             self._held_bytes += size
-            self._rearm_timer()
+            # The timer is re-armed when what is held goes out: a say only moves deadlines
+            # later, except a member's stall deadline, which is stall_timeout away.
             self._on_change()
             return result
         self._dispatch()
