@@ -201,8 +201,9 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         "this process). Baseline: TCP connect + HTTP upgrade only.",
         "member.say -> seq is member -> host -> member (the say comes back stamped); "
         "its baseline is the echo round trip of the same size.",
-        "host.say() does no network wait (it seals and queues for each member); its baseline "
-        "is one `await ws.send()` of the same size.",
+        "host.say() does no network wait (it seals and writes for each member, or, corked, "
+        "leaves that to the flush of what is held); its baseline is one `await ws.send()` of "
+        "the same size.",
         "one-way: the host says a perf_counter stamp, the member's listen() returns it; "
         "baseline: the server stamps, the client receives.",
         f"pipelined member->member: {plan.senders} concurrent member.say() tasks on one member, "
@@ -216,7 +217,11 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         f"fan-out: RoomConfig(capacity={plan.fanout_members + 1}), the host says "
         f"{plan.fanout_count} messages, {plan.fanout_members} members listen; "
         "deliveries/s = messages x members / time until the last member has them all. "
-        "Baseline: a bare server sending each message to every client in turn.",
+        "Baseline: a bare server sending each message to every client in turn. "
+        "Pipelined host->member and fan-out: the host says faster than the process goes idle, "
+        "so the relay's autocork holds its says (at most 64, 2 ms) and each member gets them "
+        "in one transport message (batch/1); a say made after the process went idle goes out "
+        "at once (one-way).",
         f"rates are the median of {plan.reps} run(s) (a fresh room each); no p95 for them.",
         "start-up: `python -m tunnel_mcp` spawned and driven by the SDK's stdio client "
         "(handshake-era initialize); baseline: a process that only imports mcp.server.lowlevel "

@@ -14,6 +14,15 @@ never wait behind more than one batch of chunks. The pull happens synchronously 
 with a checkpoint between sealing and queueing. The room's file events (reads of the host's own
 offers, chunks of the host's own fetches) go to `on_files`, which must not call the room
 synchronously: it only queues work (disk I/O runs in worker threads, see `files.py`).
+
+Autocork (the host's own says, as Linux TCP corks small writes while earlier ones are still in
+the stack): a say made while the process has been busy ever since the relay's last say went out
+is held in the room (stamped, charged to each member's window, not yet sealed) and goes out
+with whatever follows: the next dispatch of any kind, or at the latest when the scheduler has
+nothing left to run (`_uncork`), when CORK_MAX_SAYS or CORK_MAX_BYTES are held, or after
+CORK_MAX_DELAY. With batch/1 the says held for a member then share one transport message:
+one seal, one write and one read instead of one each. A say made after the process went idle
+(an agent's say, one at a time) goes out at once, from the say itself.
 """
 
 from __future__ import annotations
@@ -23,6 +32,14 @@ import time
 from collections.abc import Callable
 
 import trio
+
+# trio.testing.wait_all_tasks_blocked, taken from where trio defines it: importing trio.testing
+# itself imports pytest when it is installed (a quarter of a second). The autocork's test
+# checks that the two are the same function; a trio that moved it gets trio.testing's.
+try:
+    from trio._core._generated_run import wait_all_tasks_blocked
+except ImportError:  # pragma: no cover - another trio layout
+    from trio.testing import wait_all_tasks_blocked
 
 from tunnelproto import (
     CLOSE_ROOM_CLOSED,
@@ -48,6 +65,16 @@ CLOSE_TIMEOUT = 2.0
 #: any). An honest client sends it at once; a slowloris connection is dropped this soon, and
 #: before that it is the first to give way when the relay is full (see `ConnectionSlots`).
 REQUEST_HEAD_TIMEOUT = 3.0
+#: Autocork bounds (see the module docstring): how many host says go out together at most,
+#: about how many bytes of their text, and how long the first of them may wait.
+CORK_MAX_SAYS = 64
+CORK_MAX_BYTES = 64 * 1024
+CORK_MAX_DELAY = 0.002
+#: After a corked stretch that held a lone say (it waited for nothing: the host says one
+#: message at a time, each after the last was handled), this many says go out at once without
+#: corking, doubling with each such stretch up to CORK_BACKOFF_MAX.
+CORK_BACKOFF_MIN = 16
+CORK_BACKOFF_MAX = 1024
 
 
 class Relay:
@@ -73,10 +100,25 @@ class Relay:
         self._cancel = trio.CancelScope()
         self._conn_gone = trio.Event()
         self._scopes: dict[int, trio.CancelScope] = {}
+        # Autocork: `_corked` from a say that went out until the process next went idle;
+        # `_held` / `_held_bytes`: says (and their text bytes) held in the room meanwhile.
+        self._corked = False
+        self._held = 0
+        self._held_bytes = 0
+        self._held_since = 0.0  # when the first of them was said
+        self._cork_set = trio.Event()
+        # Says that go out without starting a corked stretch, and the next such backoff.
+        self._cork_skip = 0
+        self._cork_backoff = CORK_BACKOFF_MIN
 
     @property
     def outbox_limit(self) -> int:
         return self.room.config.window + OUTBOX_SLACK
+
+    @property
+    def held_says(self) -> int:
+        """The host's says held by the autocork now (see the module docstring)."""
+        return self._held
 
     def queued_bytes(self) -> int:
         return sum(o.queued_bytes for o in self._outboxes.values())
@@ -102,6 +144,7 @@ class Relay:
                 )
                 self.port = listeners[0].socket.getsockname()[1]
                 nursery.start_soon(self._timer)
+                nursery.start_soon(self._uncork)
                 task_status.started(self.port)
 
     async def drain(self, timeout: float) -> None:
@@ -115,6 +158,32 @@ class Relay:
     def call(self, fn: Callable[[float], object]) -> object:
         result = fn(trio.current_time())
         self._dispatch()
+        return result
+
+    def say(self, fn: Callable[[float], object], size: int) -> object:
+        """`call` for the host's own say of `size` bytes of text: held while corked (see the
+        module docstring), else out at once."""
+        result = fn(trio.current_time())
+        if (
+            self._corked
+            and self._held < CORK_MAX_SAYS - 1
+            and self._held_bytes + size <= CORK_MAX_BYTES
+        ):
+            if not self._held:
+                self._held_since = trio.current_time()
+            self._held += 1
+            self._held_bytes += size
+            # The timer is re-armed when what is held goes out: a say only moves deadlines
+            # later, except a member's stall deadline, which is stall_timeout away.
+            self._on_change()
+            return result
+        self._dispatch()
+        if not self._corked:
+            if self._cork_skip:
+                self._cork_skip -= 1
+            else:
+                self._corked = True
+                self._cork_set.set()
         return result
 
     # ---- internals ----
@@ -137,6 +206,7 @@ class Relay:
         low; the room's file events to `on_files`. Loops: cutting a connection off makes the
         room emit more (an event, a roster), and so may a pull."""
         room = self.room
+        self._held = self._held_bytes = 0
         while True:
             while outputs := room.data_to_send():
                 # Per connection, what it gets goes to its outbox in one call (one write when
@@ -201,6 +271,37 @@ class Relay:
                 continue
             self.room.handle_timer(trio.current_time())
             self._dispatch()
+
+    async def _uncork(self) -> None:
+        """Ends each corked stretch once nothing else is left to run: what is held goes out,
+        and the next say goes out at once. While the process stays busy, what is held goes
+        out every CORK_MAX_DELAY."""
+        while True:
+            await self._cork_set.wait()
+            self._cork_set = trio.Event()
+            while True:
+                if self._held:
+                    deadline = self._held_since + CORK_MAX_DELAY
+                else:
+                    deadline = trio.current_time() + CORK_MAX_DELAY
+                with trio.move_on_at(deadline) as waited:
+                    await wait_all_tasks_blocked()
+                if not waited.cancelled_caught:
+                    break
+                # Still busy: what has waited CORK_MAX_DELAY goes out; the stretch goes on.
+                if self._held and trio.current_time() >= self._held_since + CORK_MAX_DELAY:
+                    self._cork_backoff = CORK_BACKOFF_MIN
+                    self._dispatch()
+            self._corked = False
+            if self._held == 1:
+                # The stretch held one say until the process went idle: it waited for
+                # nothing (the host says one message at a time). Back off.
+                self._cork_skip = self._cork_backoff
+                self._cork_backoff = min(CORK_BACKOFF_MAX, self._cork_backoff * 2)
+            elif self._held:
+                self._cork_backoff = CORK_BACKOFF_MIN
+            if self._held:
+                self._dispatch()
 
     async def _handle(self, ws: WebSocket) -> None:
         conn = self.room.open_connection(trio.current_time())

@@ -608,7 +608,7 @@ class HostSession(_Session):
     async def say(self, text: str) -> int:
         self._require_open()
         try:
-            entry = self.relay.call(lambda now: self.room.say(text, now))
+            entry = self.relay.say(lambda now: self.room.say(text, now), len(text))
         except LocalProtocolError as exc:
             raise TunnelError(str(exc)) from None
         assert isinstance(entry, TranscriptEntry)

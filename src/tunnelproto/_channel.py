@@ -102,6 +102,12 @@ class Channel:
         """The queued frames as sealed transport messages, each holding as many whole frames,
         in order, as fit in MAX_PLAINTEXT."""
         frames, self.queued = self.queued, []
+        if not frames:
+            return []
+        if len(frames) == 1:
+            return [self.seal(frames[0])]
+        if sum(map(len, frames)) <= MAX_PLAINTEXT:
+            return [self.seal(b"".join(frames))]  # the usual burst: one message, no loop
         messages: list[bytes] = []
         batch: list[bytes] = []
         size = 0

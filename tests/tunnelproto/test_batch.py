@@ -208,3 +208,36 @@ def test_a_member_that_asked_for_batch_keeps_one_frame_a_message_with_an_older_h
     batch = _frames.Ping().encode() + _frames.Ping().encode()
     with pytest.raises(RemoteProtocolError):
         mc.receive_data(host.seal(batch), 1000.2)
+
+
+def _error_frame_of(size: int) -> bytes:
+    """An encoded `error` frame of exactly `size` bytes."""
+    bare = len(_frames.Error(code="malformed", msg="").encode())
+    for n in range(size - bare - 8, size - bare + 1):
+        frame = _frames.Error(code="malformed", msg="x" * n).encode()
+        if len(frame) == size:
+            return frame
+    raise AssertionError(f"no error frame of {size} bytes")
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_queued_frames_fill_messages_up_to_max_plaintext_and_never_split_a_frame(
+    over: int,
+) -> None:
+    from tunnelproto import MAX_PLAINTEXT
+    from tunnelproto._channel import Channel
+    from tunnelproto._noise import CipherState
+
+    key = bytes(range(32))
+    sender = Channel(CipherState(key), CipherState(key), batch=True)
+    receiver = Channel(CipherState(key), CipherState(key), batch=True)
+    ping, pong = _frames.Ping().encode(), _frames.Pong().encode()
+    frames = [ping, _error_frame_of(MAX_PLAINTEXT + over - len(ping) - len(pong)), pong]
+    for frame in frames:
+        sender.queue(frame)
+    messages = sender.seal_queued()
+    assert sender.queued == [] and sender.seal_queued() == []
+    # All in one message when they fit exactly; one byte more and the last frame goes alone.
+    assert len(messages) == 1 + over
+    opened = [frame for message in messages for frame in receiver.open_all(message)]
+    assert [f.encode() for f in opened] == frames
