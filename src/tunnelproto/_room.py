@@ -46,7 +46,7 @@ from ._noise import NoiseError
 from ._phrase import derive_phrase
 from ._removal import REMOVED, RemovedTickets, check_reason
 from ._state import BATCH_CAP, FILES_CAP, ROOM_ACCEPTS, ROOM_ACCEPTS_FILES, ConnState
-from ._transcript import TranscriptEntry
+from ._transcript import TranscriptEntry, chat_entry
 from ._transcript import held_bytes as _held_bytes
 
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
@@ -913,8 +913,7 @@ class Room:
     def _append_chat(self, sender: int, text: str, ref: int, now: float) -> TranscriptEntry:
         seq = self.last_seq + 1
         ts = self._ts(now)
-        frame = f.Message(seq=seq, ts=ts, text=text, ref=ref, from_=sender).encode()
-        entry = TranscriptEntry(seq, ts, "chat", sender, text, None, None, None, None, frame)
+        entry = chat_entry(seq, ts, sender, text, f.encode_message(seq, ts, text, ref, sender))
         self._last_chat_at = now
         self._append(entry, now)
         return entry
