@@ -49,6 +49,9 @@ from ._state import BATCH_CAP, FILES_CAP, ROOM_ACCEPTS, ROOM_ACCEPTS_FILES, Conn
 from ._transcript import TranscriptEntry, chat_entry
 from ._transcript import held_bytes as _held_bytes
 
+#: What an OPEN connection may send (the usual case, looked up once).
+_ACCEPTS_OPEN = ROOM_ACCEPTS[ConnState.OPEN]
+
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
 #: Max chat text, in UTF-8 bytes.
 MAX_TEXT_BYTES = 32 * 1024
@@ -483,9 +486,12 @@ class Room:
                 # has no seat yet is ever processed (or left uncharged).
                 raise RemoteProtocolError("the key confirmation must travel alone", "unexpected")
             for frame in frames:
-                if conn.state is ConnState.CLOSED:
+                state = conn.state
+                if state is ConnState.CLOSED:
                     return  # an earlier frame of this batch ended the connection
-                if type(frame) not in ROOM_ACCEPTS[conn.state] and not (
+                # (OPEN looked up without hashing the enum: a Python call per frame)
+                accepts = _ACCEPTS_OPEN if state is ConnState.OPEN else ROOM_ACCEPTS[state]
+                if type(frame) not in accepts and not (
                     conn.files
                     and conn.state is ConnState.OPEN
                     and type(frame) in ROOM_ACCEPTS_FILES
