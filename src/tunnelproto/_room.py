@@ -518,24 +518,31 @@ class Room:
     def next_deadline(self) -> float | None:
         if self.closed:
             return None
+        # A running minimum: the driver asks after every call into the room (every message).
         cfg = self.config
-        deadlines = [self._last_chat_at + cfg.idle_timeout]
+        earliest = self._last_chat_at + cfg.idle_timeout
         offers_end = self.files.next_deadline()
-        if offers_end is not None:
-            deadlines.append(offers_end)
+        if offers_end is not None and offers_end < earliest:
+            earliest = offers_end
+        # An open connection's keepalive: the ping is due before the dead timer unless one is
+        # already outstanding.
+        ping_after, dead_after, stall_timeout = cfg.ping_after, cfg.dead_after, cfg.stall_timeout
+        open_state = ConnState.OPEN
         for conn in self._conns.values():
-            if conn.state is not ConnState.OPEN:
-                deadlines.append(self._handshake_deadline(conn))
-                continue
-            deadlines.append(conn.last_rx + cfg.dead_after)
-            if not conn.ping_outstanding:
-                deadlines.append(conn.last_rx + cfg.ping_after)
-            if conn.inflight:
-                deadlines.append(conn.stall_since + cfg.stall_timeout)
+            if conn.state is not open_state:
+                deadline = self._handshake_deadline(conn)
+            else:
+                deadline = conn.last_rx + dead_after
+                if not conn.ping_outstanding and conn.last_rx + ping_after < deadline:
+                    deadline = conn.last_rx + ping_after
+                if conn.inflight and conn.stall_since + stall_timeout < deadline:
+                    deadline = conn.stall_since + stall_timeout
+            if deadline < earliest:
+                earliest = deadline
         for seat in self._seats.values():
-            if not seat.is_host and not seat.connected:
-                deadlines.append(seat.disconnected_at + cfg.grace)
-        return min(deadlines)
+            if not seat.is_host and not seat.connected and seat.disconnected_at + cfg.grace < earliest:
+                earliest = seat.disconnected_at + cfg.grace
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         if self.closed:
