@@ -36,12 +36,14 @@ from tunnelproto import (
     MAX_FRAME,
     MAX_TEXT_BYTES,
     MAX_UNACKED_SAYS,
+    ChatMessage,
     ConnectionEnded,
     JoinLink,
     MemberConnection,
     Refused,
     RemoteProtocolError,
     ResumeState,
+    SayAccepted,
     TunnelEvent,
     Welcomed,
 )
@@ -522,7 +524,11 @@ class Guest:
             self._draining = was
 
     def _drain_events(self, conn: MemberConnection) -> None:
+        on_event = self._on_event
         while (event := conn.next_event()) is not None:
+            if type(event) is ChatMessage or type(event) is SayAccepted:
+                on_event(event)  # chat: none of the cases below
+                continue
             if self._reconnecting and isinstance(event, Refused):
                 # A refusal while reconnecting is ours to handle (see run), not the session's.
                 self._refusal = event

@@ -88,6 +88,7 @@ from .session_types import (
     TranscriptMessage,
     TranscriptWindow,
     TunnelError,
+    chat_message,
 )
 from .transports import LocalTransport, Transport
 
@@ -575,13 +576,7 @@ class HostSession(_Session):
                 entry.seq, entry.ts, entry.offer.id, entry.offer.sharer, entry.summary or ""
             )
         if entry.kind == "chat":
-            return TranscriptMessage(
-                seq=entry.seq,
-                kind="chat",
-                ts=entry.ts / 1000,
-                sender=self._names.get(entry.sender),
-                text=entry.text,
-            )
+            return chat_message(entry.seq, entry.ts / 1000, self._names.get(entry.sender), entry.text)
         assert entry.event is not None
         return _event_message(
             entry.seq, entry.ts, entry.event, self._names, entry.member, entry.summary, entry.phrase
@@ -833,17 +828,22 @@ class MemberSession(_Session):
         self._transcript.poke()
 
     def _on_event(self, event: TunnelEvent) -> None:
-        if isinstance(event, ChatMessage):
-            # The busiest path of chat, checked first.
+        if type(event) is ChatMessage:
+            # The busiest paths of chat, checked first.
             self._transcript.add(
-                TranscriptMessage(
-                    seq=event.seq,
-                    kind="chat",
-                    ts=event.ts / 1000,
-                    sender=self._names.get(event.sender_id),
-                    text=event.text,
+                chat_message(
+                    event.seq, event.ts / 1000, self._names.get(event.sender_id), event.text
                 )
             )
+            return
+        if type(event) is SayAccepted:
+            # Our own say's seq (its ChatMessage follows): no transcript change, no poke.
+            waiting = self._says.get(event.ref)
+            if waiting is not None:
+                if waiting.queued:
+                    del self._says[event.ref]
+                else:
+                    waiting.answer(event)
             return
         if isinstance(event, _FILE_DATA_EVENTS):
             # The busy path of a transfer: no transcript change, so no listener is woken.
@@ -991,10 +991,10 @@ class MemberSession(_Session):
         """Say `text`; returns its seq once the host stamped it. Raises SayQueuedError when the
         host has not confirmed it within SAY_TIMEOUT (it is queued, see `send`), TunnelError
         when it was not sent or the host refused it."""
-        receipt = await self.send(text)
-        if receipt.seq is None:
+        seq = await self._send(text, None)
+        if seq is None:
             raise SayQueuedError(QUEUED_NOTE)
-        return receipt.seq
+        return seq
 
     async def send(self, text: str, *, wait: float | None = None) -> SayReceipt:
         """Say `text` and wait up to `wait` seconds (default SAY_TIMEOUT) for the host to stamp
@@ -1011,7 +1011,11 @@ class MemberSession(_Session):
         - refused by the host: TunnelError with the host's reason.
 
         A rate-limited say is sent again after the wait the host asks for, within `wait`."""
-        self._require_open()
+        seq = await self._send(text, wait)
+        return SayReceipt(None, queued=True) if seq is None else SayReceipt(seq)
+
+    async def _send(self, text: str, wait: float | None) -> int | None:
+        """`send`, with the seq for `SayReceipt(seq)` and None for a queued say."""
         deadline = trio.current_time() + max(0.0, SAY_TIMEOUT if wait is None else wait)
         while True:
             self._require_open()
@@ -1043,7 +1047,7 @@ class MemberSession(_Session):
             result = pending.result
             if result is None and not self.closed:
                 pending.queued = True  # _on_event settles it
-                return SayReceipt(None, queued=True)
+                return None
             if self._says.get(ref) is pending:
                 del self._says[ref]
             if result is None:
@@ -1052,7 +1056,7 @@ class MemberSession(_Session):
                     "it may not have been delivered"
                 )
             if isinstance(result, SayAccepted):
-                return SayReceipt(result.seq)
+                return result.seq
             if result.code == "rate-limited" and result.retry_ms is not None:
                 retry_at = trio.current_time() + result.retry_ms / 1000
                 if retry_at > deadline:

@@ -421,7 +421,9 @@ class RoomFiles:
             self._end_offer(offer, reason, now)
 
     def next_deadline(self) -> float | None:
-        return min((o.expires_at for o in self._offers.values()), default=None)
+        if not self._offers:
+            return None  # the usual case, asked after every message: no generator made
+        return min(o.expires_at for o in self._offers.values())
 
     def handle_timer(self, now: float) -> None:
         for offer in [o for o in self._offers.values() if now >= o.expires_at]:

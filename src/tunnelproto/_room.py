@@ -46,8 +46,11 @@ from ._noise import NoiseError
 from ._phrase import derive_phrase
 from ._removal import REMOVED, RemovedTickets, check_reason
 from ._state import BATCH_CAP, FILES_CAP, ROOM_ACCEPTS, ROOM_ACCEPTS_FILES, ConnState
-from ._transcript import TranscriptEntry
+from ._transcript import TranscriptEntry, chat_entry
 from ._transcript import held_bytes as _held_bytes
+
+#: What an OPEN connection may send (the usual case, looked up once).
+_ACCEPTS_OPEN = ROOM_ACCEPTS[ConnState.OPEN]
 
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
 #: Max chat text, in UTF-8 bytes.
@@ -483,9 +486,12 @@ class Room:
                 # has no seat yet is ever processed (or left uncharged).
                 raise RemoteProtocolError("the key confirmation must travel alone", "unexpected")
             for frame in frames:
-                if conn.state is ConnState.CLOSED:
+                state = conn.state
+                if state is ConnState.CLOSED:
                     return  # an earlier frame of this batch ended the connection
-                if type(frame) not in ROOM_ACCEPTS[conn.state] and not (
+                # (OPEN looked up without hashing the enum: a Python call per frame)
+                accepts = _ACCEPTS_OPEN if state is ConnState.OPEN else ROOM_ACCEPTS[state]
+                if type(frame) not in accepts and not (
                     conn.files
                     and conn.state is ConnState.OPEN
                     and type(frame) in ROOM_ACCEPTS_FILES
@@ -512,24 +518,31 @@ class Room:
     def next_deadline(self) -> float | None:
         if self.closed:
             return None
+        # A running minimum: the driver asks after every call into the room (every message).
         cfg = self.config
-        deadlines = [self._last_chat_at + cfg.idle_timeout]
+        earliest = self._last_chat_at + cfg.idle_timeout
         offers_end = self.files.next_deadline()
-        if offers_end is not None:
-            deadlines.append(offers_end)
+        if offers_end is not None and offers_end < earliest:
+            earliest = offers_end
+        # An open connection's keepalive: the ping is due before the dead timer unless one is
+        # already outstanding.
+        ping_after, dead_after, stall_timeout = cfg.ping_after, cfg.dead_after, cfg.stall_timeout
+        open_state = ConnState.OPEN
         for conn in self._conns.values():
-            if conn.state is not ConnState.OPEN:
-                deadlines.append(self._handshake_deadline(conn))
-                continue
-            deadlines.append(conn.last_rx + cfg.dead_after)
-            if not conn.ping_outstanding:
-                deadlines.append(conn.last_rx + cfg.ping_after)
-            if conn.inflight:
-                deadlines.append(conn.stall_since + cfg.stall_timeout)
+            if conn.state is not open_state:
+                deadline = self._handshake_deadline(conn)
+            else:
+                deadline = conn.last_rx + dead_after
+                if not conn.ping_outstanding and conn.last_rx + ping_after < deadline:
+                    deadline = conn.last_rx + ping_after
+                if conn.inflight and conn.stall_since + stall_timeout < deadline:
+                    deadline = conn.stall_since + stall_timeout
+            if deadline < earliest:
+                earliest = deadline
         for seat in self._seats.values():
-            if not seat.is_host and not seat.connected:
-                deadlines.append(seat.disconnected_at + cfg.grace)
-        return min(deadlines)
+            if not seat.is_host and not seat.connected and seat.disconnected_at + cfg.grace < earliest:
+                earliest = seat.disconnected_at + cfg.grace
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         if self.closed:
@@ -913,8 +926,7 @@ class Room:
     def _append_chat(self, sender: int, text: str, ref: int, now: float) -> TranscriptEntry:
         seq = self.last_seq + 1
         ts = self._ts(now)
-        frame = f.Message(seq=seq, ts=ts, text=text, ref=ref, from_=sender).encode()
-        entry = TranscriptEntry(seq, ts, "chat", sender, text, None, None, None, None, frame)
+        entry = chat_entry(seq, ts, sender, text, f.encode_message(seq, ts, text, ref, sender))
         self._last_chat_at = now
         self._append(entry, now)
         return entry

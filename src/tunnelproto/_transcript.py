@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._events import OfferInfo
+from ._make import new, setters
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,30 @@ class TranscriptEntry:
     #: Files: the offer, without its files (`room.files.offer(id)` has them while it lives;
     #: `frame` holds the first page).
     offer: OfferInfo | None = None
+
+
+_ENTRY_SLOTS = setters(TranscriptEntry)
+
+
+def chat_entry(seq: int, ts: int, sender: int, text: str, frame: bytes) -> TranscriptEntry:
+    """`TranscriptEntry(seq, ts, "chat", sender, text, None, None, None, None, frame)`, made
+    without the frozen dataclass's __init__ (see `_make`): one per chat message."""
+    entry: TranscriptEntry = new(TranscriptEntry)
+    s = _ENTRY_SLOTS
+    s[0](entry, seq)
+    s[1](entry, ts)
+    s[2](entry, "chat")
+    s[3](entry, sender)
+    s[4](entry, text)
+    s[5](entry, None)
+    s[6](entry, None)
+    s[7](entry, None)
+    s[8](entry, None)
+    s[9](entry, frame)
+    s[10](entry, None)
+    s[11](entry, None)
+    s[12](entry, None)
+    return entry
 
 
 def held_bytes(entry: TranscriptEntry) -> int:

@@ -284,3 +284,19 @@ def test_a_sender_the_member_never_heard_of_gets_a_stand_in_name():
     assert names.get(2) == MemberInfo(2, "ben", False)
     assert names.get(7) == MemberInfo(7, "member 7", False)
     assert names.get(None) is None
+
+
+def test_chat_message_is_the_constructors() -> None:
+    # The session's fast maker of chat messages sets every field as the constructor does.
+    import dataclasses
+
+    from tunnel_trio.session_types import MemberInfo, TranscriptMessage, chat_message
+
+    sender = MemberInfo(3, "ana", False)
+    made = chat_message(7, 1.5, sender, "hi")
+    built = TranscriptMessage(seq=7, kind="chat", ts=1.5, sender=sender, text="hi")
+    for field in dataclasses.fields(TranscriptMessage):
+        assert getattr(made, field.name) == getattr(built, field.name), field.name
+    assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.seq = 0  # type: ignore[misc]

@@ -1,0 +1,64 @@
+"""The makers that build hot-path objects without their dataclass __init__ (tunnelproto._make)
+must give exactly what the constructor gives: every field, equal, hashable, still frozen.
+(The member's ChatMessage events are compared with the constructor's in test_member.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tunnelproto import _codec
+from tunnelproto import _frames as f
+from tunnelproto._make import setters
+from tunnelproto._transcript import TranscriptEntry, chat_entry
+
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+def same(made: object, built: object) -> None:
+    assert type(made) is type(built)
+    for field in dataclasses.fields(built):  # type: ignore[arg-type]
+        assert getattr(made, field.name) == getattr(built, field.name), field.name
+    assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.seq = 0  # type: ignore[attr-defined]
+
+
+def test_setters_refuses_a_class_whose_slots_are_not_its_fields() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    with pytest.raises(TypeError):
+        setters(NoSlots)
+
+
+@given(seq=u64, ts=u64, sender=u64, text=st.text(), frame=st.binary())
+def test_chat_entry_is_the_constructors(
+    seq: int, ts: int, sender: int, text: str, frame: bytes
+) -> None:
+    same(
+        chat_entry(seq, ts, sender, text, frame),
+        TranscriptEntry(seq, ts, "chat", sender, text, None, None, None, None, frame),
+    )
+
+
+@given(seq=u64, ts=u64, ref=u64, sender=u64, text=st.text())
+def test_chat_frame_encoded_and_decoded_without_the_frame_object(
+    seq: int, ts: int, ref: int, sender: int, text: str
+) -> None:
+    frame = f.Message(seq=seq, ts=ts, text=text, ref=ref, from_=sender)
+    data = f.encode_message(seq, ts, text, ref, sender)
+    assert data == _codec.encode(frame.to_value())  # the general encoder's bytes
+    same(f.decode_frame(data), frame)
+    same(f.decode_frames(data + data)[1], frame)
+
+
+def test_encode_message_leaves_what_is_out_of_its_range_to_the_general_encoder() -> None:
+    negative = f.Message(seq=1, ts=2, text="x", ref=3, from_=-1)
+    assert f.encode_message(1, 2, "x", 3, -1) == _codec.encode(negative.to_value())
+    with pytest.raises(ValueError):
+        f.encode_message(1, 2**64, "x", 3, 4)
