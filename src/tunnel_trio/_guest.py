@@ -470,12 +470,19 @@ class Guest:
                             conn.connection_lost(trio.current_time())
                             self._drain(conn)
                             break
+                        welcomed = self._welcomed
                         try:
                             conn.receive_data(data, trio.current_time())
                         except RemoteProtocolError as exc:
                             log.warning("protocol error from the host: %s", exc)
                         self._drain(conn)
-                        if not ws.message_ready():
+                        if self._welcomed and not welcomed:
+                            # The key confirmation goes from the writer, right after the task
+                            # the welcome woke (the join) has had its turn: written from here,
+                            # the host's answer to it (seating us, the roster, the history)
+                            # could run first in a process that holds both ends.
+                            self.flush_soon()
+                        elif not ws.message_ready():
                             # One ack for a burst: the core coalesces acks per flush.
                             self.flush()
                 finally:

@@ -1150,7 +1150,9 @@ class MemberSession(_Session):
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._transcript.timers.run)
-                    await nursery.start(self.files.run)
+                    # Not `start`: its first step (opening the files' nursery) runs at the
+                    # first scheduler pass, long before the dial below can end in a welcome.
+                    nursery.start_soon(self.files.run)
                     try:
                         await self.guest.run(task_status=task_status)
                     except DialError as exc:
