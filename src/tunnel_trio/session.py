@@ -818,6 +818,11 @@ class MemberSession(_Session):
         self._nursery: trio.Nursery | None = None
         self._resending = 0  # queued says waiting to be sent again after a rate limit
         self._welcomed = trio.Event()
+        #: Set once the session is over (`_run` has ended).
+        self._stopped = trio.Event()
+        #: What ended the session before its welcome (a failed first dial, or anything
+        #: unexpected): `join()` raises it.
+        self._join_failure: Exception | None = None
         self._refused: Refused | None = None
         self._end: ConnectionEnded | None = None
         self._phrase: str | None = None
@@ -1143,24 +1148,26 @@ class MemberSession(_Session):
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + 2.0)
         await self._stopped.wait()
 
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._stopped = trio.Event()
-        failed: DialError | None = None
+    async def _run(self) -> None:
+        """The session's life, in the join's nursery. What stops the join before its welcome
+        (the first dial failing, or anything unexpected) is kept in `_join_failure` for
+        `join()` to raise, never raised into that nursery: the caller hears it from its call.
+        """
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._transcript.timers.run)
-                    # Not `start`: its first step (opening the files' nursery) runs at the
-                    # first scheduler pass, long before the dial below can end in a welcome.
+                    # Its first step (opening the files' nursery) runs at the first scheduler
+                    # pass, long before the dial below can end in a welcome.
                     nursery.start_soon(self.files.run)
                     try:
-                        await self.guest.run(task_status=task_status)
-                    except DialError as exc:
-                        failed = exc  # raised below, outside the nursery: join() reports it
+                        await self.guest.run()
+                    except Exception as exc:
+                        if self._welcomed.is_set():
+                            raise
+                        self._join_failure = exc
                     finally:
                         nursery.cancel_scope.cancel()
-            if failed is not None:
-                raise failed
         finally:
             if not self.closed:
                 self.closed = True
@@ -1265,21 +1272,37 @@ async def _join_once(
 ) -> MemberSession:
     session = MemberSession(parsed, name, **dial)
     session._nursery = nursery
+    # Not `nursery.start`: its handshake (a nursery of its own and one more wake-up of this
+    # task) bought nothing that waiting for the welcome does not; a failure before the
+    # welcome comes back through `_join_failure`.
+    nursery.start_soon(session._run)
+    transcript = session._transcript
     try:
-        await nursery.start(session._run)
-    except DialError as exc:
-        raise TunnelError(f"could not reach the host: {exc}") from None
-    with trio.move_on_at(deadline):
         while not session._welcomed.is_set():
+            failure = session._join_failure
+            if failure is not None:
+                await session._stopped.wait()
+                if isinstance(failure, DialError):
+                    raise TunnelError(f"could not reach the host: {failure}") from None
+                raise failure
             if session._refused is not None:
                 raise JoinRefusedError(session._refused.code, session._refused.message)
             if session.closed:
                 reason = session._end.message if session._end else "the connection closed"
                 raise TunnelError(f"could not join: {reason}")
-            await session._transcript.wait()
-        return session
-    session.guest.stop()
-    raise TunnelError("the host did not answer within 30 s: check the link and try again")
+            if trio.current_time() >= deadline:
+                raise TunnelError(
+                    "the host did not answer within 30 s: check the link and try again"
+                )
+            # A timed wait on the session's own timer task (no cancel scope), once that runs.
+            await transcript.wait(deadline)
+    except BaseException:
+        # A timeout, or the caller's own cancellation, ends the session too: nobody would hold
+        # it. (A refusal or a close is ending it already, the host's way: left alone.)
+        if session._refused is None and not session.closed:
+            session.guest.stop()
+        raise
+    return session
 
 
 async def relay_answers(link: str, *, timeout: float = 10.0) -> bool:

@@ -284,3 +284,59 @@ def test_a_sender_the_member_never_heard_of_gets_a_stand_in_name():
     assert names.get(2) == MemberInfo(2, "ben", False)
     assert names.get(7) == MemberInfo(7, "member 7", False)
     assert names.get(None) is None
+
+
+async def test_a_join_cancelled_before_its_welcome_leaves_nothing_dialling(nursery):
+    # A relay that takes handshake message 1 and never answers: the join waits. Cancelling the
+    # join call must end its session too (closing the connection), not leave it joining.
+    from tunnel_trio._ws import WebSocketClosed, listener_port, serve_websocket
+
+    got_msg1 = trio.Event()
+    closed = trio.Event()
+
+    async def silent(ws):
+        try:
+            await ws.receive()
+            got_msg1.set()
+            await ws.receive()
+        except WebSocketClosed:
+            pass
+        closed.set()
+
+    listeners = await nursery.start(
+        lambda task_status: serve_websocket(
+            silent, "127.0.0.1", 0, accept_path=lambda p: True, max_message_size=1 << 16,
+            task_status=task_status,
+        )
+    )
+    port = listener_port(listeners)
+    host = await open_host(nursery, "goal", name="ana")
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    elsewhere = str(link).replace(f":{host.relay.port}/", f":{port}/")
+    async with trio.open_nursery() as caller:
+
+        async def joining():
+            await join(nursery, elsewhere, name="ben")
+
+        caller.start_soon(joining)
+        with trio.fail_after(10):
+            await got_msg1.wait()
+        caller.cancel_scope.cancel()
+    with trio.fail_after(10):
+        await closed.wait()
+    await host.close()
+
+
+async def test_an_unexpected_error_before_the_welcome_comes_out_of_join(nursery, monkeypatch):
+    from tunnel_trio import _guest
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the dial")
+
+    monkeypatch.setattr(_guest, "connect_websocket", broken)
+    host = await open_host(nursery, "goal", name="ana")
+    with pytest.raises(RuntimeError, match="a bug in the dial"):
+        await join(nursery, host.initial_invites[0].join_link, name="ben")
+    # The nursery the session ran in is unharmed: the host still works.
+    assert host.invite(1)
+    await host.close()
