@@ -755,6 +755,9 @@ async def _server_handshake(
     """
     # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
     http = h11.Connection(h11.SERVER)
+    # An honest client writes its request as soon as it is connected, so by the time this
+    # task runs it is usually there: read before waiting.
+    fd = _raw_socket_fd(stream)
     while True:
         try:
             event = http.next_event()
@@ -764,7 +767,7 @@ async def _server_handshake(
             )
             return None
         if event is h11.NEED_DATA:
-            http.receive_data(bytes(await stream.receive_some(RECEIVE_CHUNK)))
+            http.receive_data(await _read_some(stream, fd, wait_first=False))
             continue
         if isinstance(event, h11.Request):
             on_request()
@@ -788,7 +791,6 @@ async def _server_handshake(
     if response is not None:
         # The usual request: its 101 without wsproto's second parse of the head. Written at
         # once on a plain socket (a fresh one takes it whole): no scheduler pass for it.
-        fd = _raw_socket_fd(stream)
         written = _write_now(fd, response) if fd is not None else 0
         if written < len(response):
             await stream.send_all(response[written:])
@@ -1021,7 +1023,7 @@ async def _client_handshake(
     while (end := buffer.find(b"\r\n\r\n")) < 0:
         if len(buffer) > MAX_RESPONSE_HEAD:
             raise WebSocketError(f"{endpoint.address} sent an oversized HTTP response head")
-        data = await _read_some(stream, fd)
+        data = await _read_some(stream, fd, wait_first=True)
         if not data:
             raise WebSocketError(
                 f"{endpoint.address} closed the connection during the WebSocket handshake"
@@ -1051,12 +1053,16 @@ def _write_now(fd: int, data: bytes) -> int:
         return 0
 
 
-async def _read_some(stream: trio.abc.Stream, fd: int | None) -> bytes:
-    """Some bytes of the opening handshake; b"" at EOF. On a plain socket, read directly."""
+async def _read_some(stream: trio.abc.Stream, fd: int | None, *, wait_first: bool) -> bytes:
+    """Some bytes of the opening handshake; b"" at EOF. On a plain socket, read directly:
+    `wait_first=False` tries the read before waiting (the bytes are often there already, and
+    finding them costs no scheduler pass)."""
     if fd is None:
         return bytes(await stream.receive_some(RECEIVE_CHUNK))
     while True:
-        await trio.lowlevel.wait_readable(fd)
+        if wait_first:
+            await trio.lowlevel.wait_readable(fd)
+        wait_first = True
         try:
             return os.read(fd, RECEIVE_CHUNK)
         except BlockingIOError:
