@@ -668,33 +668,34 @@ async def _serve_connection(
 ) -> None:
     remote = _peer_name(tcp_stream)
     stream: trio.abc.Stream = tcp_stream
+    websocket: WebSocket | None = None
     try:
+        # One scope for eviction and the handshake's deadline (lifted once upgraded).
         with slot.scope:
-            websocket: WebSocket | None = None
-            with trio.move_on_after(handshake_timeout) as handshake_scope:
-                if ssl_context is not None:
-                    tls_stream = trio.SSLStream(
-                        tcp_stream, ssl_context, server_side=True, https_compatible=True
-                    )
-                    stream = tls_stream
-                    await tls_stream.do_handshake()
-                websocket = await _server_handshake(
-                    stream,
-                    remote=remote,
-                    accept_path=accept_path,
-                    max_message_size=max_message_size,
-                    on_request=slot.request_received,
+            slot.scope.deadline = trio.current_time() + handshake_timeout
+            if ssl_context is not None:
+                tls_stream = trio.SSLStream(
+                    tcp_stream, ssl_context, server_side=True, https_compatible=True
                 )
-            if handshake_scope.cancelled_caught:
-                # Not worth a line each: under a slowloris flood there are hundreds.
-                logger.debug(
-                    "dropping %s: no WebSocket handshake within %g s", remote, handshake_timeout
-                )
-                return
+                stream = tls_stream
+                await tls_stream.do_handshake()
+            websocket = await _server_handshake(
+                stream,
+                remote=remote,
+                accept_path=accept_path,
+                max_message_size=max_message_size,
+                on_request=slot.request_received,
+            )
+            slot.scope.deadline = math.inf
             if websocket is None:
                 return
             slot.upgraded(websocket)
             await _run_handler(handler, websocket)
+        if slot.scope.cancelled_caught and websocket is None and not slot.evicted:
+            # Not worth a line each: under a slowloris flood there are hundreds.
+            logger.debug(
+                "dropping %s: no WebSocket handshake within %g s", remote, handshake_timeout
+            )
         if slot.evicted and not slot.head_done:
             await _turn_away(tcp_stream, plain=ssl_context is None)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
