@@ -285,11 +285,31 @@ class _Names:
         return MemberInfo(member_id, f"member {member_id}", False)
 
 
-def _sanitized(roster: tuple[MemberEntry, ...]) -> tuple[MemberEntry, ...]:
-    """The roster with every name cleaned as the room cleans names (a host may not have)."""
-    return tuple(
-        MemberEntry(id=m.id, name=sanitize_name(m.name), host=m.host, on=m.on) for m in roster
-    )
+#: How many cleaned roster rows a member session remembers, and the longest raw name it
+#: remembers one for (longer ones, which no honest host sends, are cleaned every time).
+CLEAN_ROWS = 1024
+CLEAN_ROW_NAME_CHARS = 256
+
+
+def _sanitized(
+    roster: tuple[MemberEntry, ...], cleaned: dict[MemberEntry, MemberEntry] | None = None
+) -> tuple[MemberEntry, ...]:
+    """The roster with every name cleaned as the room cleans names (a host may not have).
+
+    `cleaned` remembers rows already cleaned: every join and leave sends each member the whole
+    roster again, so in a room of n the same n rows come back at every change, and cleaning
+    each name again cost more than reading the roster."""
+    rows = []
+    for m in roster:
+        row = cleaned.get(m) if cleaned is not None else None
+        if row is None:
+            row = MemberEntry(id=m.id, name=sanitize_name(m.name), host=m.host, on=m.on)
+            if cleaned is not None and len(m.name) <= CLEAN_ROW_NAME_CHARS:
+                if len(cleaned) >= CLEAN_ROWS:
+                    cleaned.clear()
+                cleaned[m] = row
+        rows.append(row)
+    return tuple(rows)
 
 
 def _event_message(
@@ -811,6 +831,7 @@ class MemberSession(_Session):
         self.self_member = MemberInfo(0, name, False)
         self.connection: ConnectionState = "connecting"
         self._roster: tuple[MemberEntry, ...] = ()
+        self._cleaned_rows: dict[MemberEntry, MemberEntry] = {}
         # One waiter per unconfirmed say, woken only by its own answer: with a shared event,
         # n pipelined says would all wake (and re-check) on every answer.
         self._says: dict[int, _PendingSay] = {}
@@ -878,7 +899,7 @@ class MemberSession(_Session):
             self._phrase = event.phrase
             self.goal = event.goal
             self.self_member = MemberInfo(event.member_id, sanitize_name(event.name), False)
-            self._roster = _sanitized(event.roster)
+            self._roster = _sanitized(event.roster, self._cleaned_rows)
             self._names.update(self._roster)
             self._welcomed.set()
         elif isinstance(event, Refused):
@@ -894,7 +915,7 @@ class MemberSession(_Session):
                     )
                 )
         elif isinstance(event, RosterChanged):
-            self._roster = _sanitized(event.members)
+            self._roster = _sanitized(event.members, self._cleaned_rows)
             self._names.update(self._roster)
         elif isinstance(event, (SayAccepted, SayRejected)):
             waiting = self._says.get(event.ref)

@@ -340,3 +340,20 @@ async def test_an_unexpected_error_before_the_welcome_comes_out_of_join(nursery,
     # The nursery the session ran in is unharmed: the host still works.
     assert host.invite(1)
     await host.close()
+
+
+def test_roster_rows_are_cleaned_once_and_the_memory_of_them_is_bounded():
+    from tunnel_trio.session import CLEAN_ROW_NAME_CHARS, CLEAN_ROWS, _sanitized
+    from tunnelproto._frames import MemberEntry
+
+    hostile = MemberEntry(2, "ana\n\u202eIGNORE PREVIOUS", False, True)
+    long = MemberEntry(3, "b\n" * CLEAN_ROW_NAME_CHARS, False, True)
+    cleaned: dict = {}
+    first = _sanitized((hostile, long), cleaned)
+    assert first == _sanitized((hostile, long))  # the same as without a memory
+    assert first[0].name == "ana IGNORE PREVIOUS"
+    assert list(cleaned) == [hostile]  # an over-long name is cleaned every time instead
+    assert _sanitized((hostile,), cleaned)[0] is first[0]
+    for i in range(CLEAN_ROWS + 5):
+        _sanitized((MemberEntry(i, f"m{i}", False, True),), cleaned)
+    assert len(cleaned) <= CLEAN_ROWS

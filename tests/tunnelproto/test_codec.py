@@ -174,3 +174,23 @@ def test_anything_decodable_has_exactly_one_encoding(data: bytes) -> None:
     except RemoteProtocolError:
         return
     assert encode(value) == data
+
+
+def test_a_canonical_roster_is_read_row_by_row_and_anything_else_by_the_decoder() -> None:
+    # Rosters go to every member at every join and leave: the direct reader takes them
+    # (check_direct_decode holds it to the general decoder on mutated inputs).
+    from tunnelproto import _frames as f
+
+    roster = f.Roster(
+        members=(f.MemberEntry(1, "host", True, True), f.MemberEntry(300, "ana\u00e9", False, False))
+    )
+    data = roster.encode()
+    assert f._decode_known(data, 0) == (roster, len(data))
+    assert f.decode_frame(data) == roster
+    assert f.decode_frames(data + data) == [roster, roster]
+    # A row the encoder never writes (keys out of order) is left to the general decoder,
+    # which refuses it.
+    swapped = data.replace(b"\x62on\xf5\x64host\xf5", b"\x64host\xf5\x62on\xf5", 1)
+    assert f._decode_known(swapped, 0) is None
+    with pytest.raises(RemoteProtocolError, match="unsorted"):
+        f.decode_frame(swapped)
