@@ -194,17 +194,10 @@ def _decode(reader: _Reader, depth: int) -> Value:
     if major == 5:
         if arg > MAX_ITEMS:
             raise RemoteProtocolError("map too long", "malformed")
-        result: dict[str, Value] = {}
-        previous: bytes | None = None
-        for _ in range(arg):
-            start = reader.pos
-            key = _decode_key(reader, depth + 1)
-            key_bytes = reader.data[start : reader.pos]
-            if previous is not None and key_bytes <= previous:
-                raise RemoteProtocolError("map keys unsorted or duplicated", "malformed")
-            previous = key_bytes
-            result[key] = _decode(reader, depth + 1)
-        return result
+        if depth + 1 > MAX_DEPTH:
+            # Its keys are too deep: the general path below raises as it always has.
+            return _decode_map(reader, arg, depth)
+        return _decode_shallow_map(reader, arg, depth)
     if major == 7:
         if arg == 20:
             return False
@@ -214,3 +207,70 @@ def _decode(reader: _Reader, depth: int) -> Value:
             return None
         raise RemoteProtocolError("unsupported CBOR simple value or float", "malformed")
     raise RemoteProtocolError("CBOR tags are not allowed", "malformed")
+
+
+def _decode_map(reader: _Reader, count: int, depth: int) -> dict[str, Value]:
+    result: dict[str, Value] = {}
+    previous: bytes | None = None
+    for _ in range(count):
+        start = reader.pos
+        key = _decode_key(reader, depth + 1)
+        key_bytes = reader.data[start : reader.pos]
+        if previous is not None and key_bytes <= previous:
+            raise RemoteProtocolError("map keys unsorted or duplicated", "malformed")
+        previous = key_bytes
+        result[key] = _decode(reader, depth + 1)
+    return result
+
+
+#: Decoded map keys by their encoding (frames use a few dozen field names over and over).
+_KEY_TEXT: dict[bytes, str] = {}
+
+
+def _decode_shallow_map(reader: _Reader, count: int, depth: int) -> dict[str, Value]:
+    """`_decode_map` with the usual items read in line: a key that is a short text string, a
+    value that is a small integer, a short text, or false/true/null. Anything else, and any
+    error, goes through the general functions, so the result and every error are theirs.
+    (A welcome or a hello is a few dozen such items; a call per item was most of its cost.)"""
+    data = reader.data
+    size = len(data)
+    result: dict[str, Value] = {}
+    previous: bytes | None = None
+    for _ in range(count):
+        start = reader.pos
+        first = data[start] if start < size else -1
+        end = start + 1 + (first & 0x1F)
+        if 0x60 <= first <= 0x77 and end <= size:
+            key_bytes = data[start:end]
+            key = _KEY_TEXT.get(key_bytes)
+            if key is None:
+                key = _decode_key(reader, depth + 1)
+                if len(_KEY_TEXT) < _KEY_CACHE_MAX:
+                    _KEY_TEXT[key_bytes] = key
+            reader.pos = end
+        else:
+            key = _decode_key(reader, depth + 1)
+            key_bytes = data[start : reader.pos]
+        if previous is not None and key_bytes <= previous:
+            raise RemoteProtocolError("map keys unsorted or duplicated", "malformed")
+        previous = key_bytes
+        pos = reader.pos
+        first = data[pos] if pos < size else -1
+        if 0 <= first < 24:
+            result[key] = first
+            reader.pos = pos + 1
+        elif first == 0xF4:
+            result[key] = False
+            reader.pos = pos + 1
+        elif first == 0xF5:
+            result[key] = True
+            reader.pos = pos + 1
+        elif first == 0xF6:
+            result[key] = None
+            reader.pos = pos + 1
+        elif 0x60 <= first <= 0x77 and pos + 1 + (first & 0x1F) <= size:
+            reader.pos = pos + 1
+            result[key] = _text(reader, first & 0x1F)
+        else:
+            result[key] = _decode(reader, depth + 1)
+    return result
