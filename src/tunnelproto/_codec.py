@@ -30,6 +30,29 @@ _KEY_CACHE: dict[str, bytes] = {}
 _KEY_CACHE_MAX = 512
 
 
+#: Sorted (key, encoded key) pairs by a map's keys in insertion order (bounded, like the keys).
+_KEY_ORDERS: dict[tuple[str, ...], tuple[tuple[str, bytes], ...]] = {}
+
+
+def _key_order(keys: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+    items = []
+    for key in keys:
+        key_bytes = _KEY_CACHE.get(key) if isinstance(key, str) else None
+        if key_bytes is None:
+            if not isinstance(key, str):
+                raise TypeError("map keys must be text")
+            key_bytes = encode(key)
+            if len(_KEY_CACHE) < _KEY_CACHE_MAX and len(key) <= 32:
+                _KEY_CACHE[key] = key_bytes
+        items.append((key, key_bytes))
+    # RFC 8949 section 4.2.1: keys sorted by the bytewise order of their encodings.
+    items.sort(key=lambda pair: pair[1])
+    order = tuple(items)
+    if len(_KEY_ORDERS) < _KEY_CACHE_MAX and all(key in _KEY_CACHE for key in keys):
+        _KEY_ORDERS[keys] = order
+    return order
+
+
 def _head(major: int, arg: int) -> bytes:
     if arg < 24:
         return bytes((major << 5 | arg,))
@@ -79,22 +102,26 @@ def _encode_into(value: Value, out: bytearray) -> None:
         for item in value:
             _encode_into(item, out)
     elif isinstance(value, dict):
-        items = []
-        for key, item in value.items():
-            key_bytes = _KEY_CACHE.get(key) if isinstance(key, str) else None
-            if key_bytes is None:
-                if not isinstance(key, str):
-                    raise TypeError("map keys must be text")
-                key_bytes = encode(key)
-                if len(_KEY_CACHE) < _KEY_CACHE_MAX and len(key) <= 32:
-                    _KEY_CACHE[key] = key_bytes
-            items.append((key_bytes, item))
-        # RFC 8949 section 4.2.1: keys sorted by the bytewise order of their encodings.
-        items.sort(key=lambda pair: pair[0])
-        out += _head(5, len(items))
-        for key_bytes, item in items:
+        # A frame type's map has the same keys every time: their sorted order is kept.
+        keys = tuple(value)
+        order = _KEY_ORDERS.get(keys)
+        if order is None:
+            order = _key_order(keys)
+        out += _head(5, len(order))
+        for key, key_bytes in order:
             out += key_bytes
-            _encode_into(item, out)
+            item = value[key]
+            # The usual items in line; anything else by the general path.
+            if type(item) is int and 0 <= item < 24:
+                out.append(item)
+            elif item is True:
+                out.append(0xF5)
+            elif item is False:
+                out.append(0xF4)
+            elif item is None:
+                out.append(0xF6)
+            else:
+                _encode_into(item, out)
     else:
         raise TypeError(f"cannot encode {type(value).__name__}")
 
