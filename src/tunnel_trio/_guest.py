@@ -20,6 +20,7 @@ finishing) is carried over rather than lost.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -169,11 +170,11 @@ class Guest:
         self._outbox: Outbox | None = None
         self._leaving = False
         self._stop = trio.CancelScope()
-        self._deadline_moved = trio.Event()
+        #: The timer task's sleep (None while it is not sleeping): its deadline is the
+        #: connection's next one, moved earlier from `flush` when a call brings one forward.
+        self._timer_scope: trio.CancelScope | None = None
         #: `flush_soon` was called: the writer flushes before its next write.
         self._flush_pending = False
-        #: The deadline the timer task sleeps until (inf: none, or no timer running).
-        self._armed = float("inf")
         self._ended: ConnectionEnded | None = None
         self._welcomed = False
         self._draining = False
@@ -208,11 +209,13 @@ class Guest:
             self._drain(self.conn)  # records the (resumable) end, so run() resumes
             if self._serve_scope is not None:
                 self._serve_scope.cancel()
-        # Only an earlier deadline needs the timer woken (a later one costs one early wake-up
-        # at most); waking it on every flush cost a task switch per message.
-        deadline = conn.next_deadline()
-        if deadline is not None and deadline < self._armed:
-            self._deadline_moved.set()
+        # Only an earlier deadline needs the timer's sleep moved (a later one costs one early
+        # wake-up at most), and it is moved in place, without waking the timer task.
+        scope = self._timer_scope
+        if scope is not None:
+            deadline = conn.next_deadline()
+            if deadline is not None and deadline < scope.deadline:
+                scope.deadline = deadline
 
     def flush_soon(self) -> None:
         """Like `flush`, but left to the writer task, which runs once the tasks ready now have
@@ -472,12 +475,19 @@ class Guest:
                             conn.connection_lost(trio.current_time())
                             self._drain(conn)
                             break
+                        welcomed = self._welcomed
                         try:
                             conn.receive_data(data, trio.current_time())
                         except RemoteProtocolError as exc:
                             log.warning("protocol error from the host: %s", exc)
                         self._drain(conn)
-                        if not ws.message_ready():
+                        if self._welcomed and not welcomed:
+                            # The key confirmation goes from the writer, right after the task
+                            # the welcome woke (the join) has had its turn: written from here,
+                            # the host's answer to it (seating us, the roster, the history)
+                            # could run first in a process that holds both ends.
+                            self.flush_soon()
+                        elif not ws.message_ready():
                             # One ack for a burst: the core coalesces acks per flush.
                             self.flush()
                 finally:
@@ -576,12 +586,13 @@ class Guest:
 
     async def _timer(self, conn: MemberConnection, ws: WebSocket) -> None:
         while True:
-            self._deadline_moved = trio.Event()
             deadline = conn.next_deadline()
-            self._armed = deadline if deadline is not None else float("inf")
-            with trio.move_on_at(self._armed):
-                await self._deadline_moved.wait()
-                continue
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._timer_scope = scope
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._timer_scope = None
             conn.handle_timer(trio.current_time())
             self._drain(conn)
             self.flush()

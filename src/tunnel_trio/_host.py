@@ -28,6 +28,7 @@ one seal, one write and one read instead of one each. A say made after the proce
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -91,9 +92,9 @@ class Relay:
         self._on_change = on_change
         self._on_files = on_files
         self._outboxes: dict[int, Outbox] = {}
-        self._deadline_moved = trio.Event()
-        #: The deadline the timer task sleeps until (inf: none, or not started yet).
-        self._armed = float("inf")
+        #: The timer task's sleep (None while it is not sleeping): its deadline is the room's
+        #: next one, moved earlier from here when a call brings one forward.
+        self._timer_scope: trio.CancelScope | None = None
         self.port: int | None = None
         #: The most bytes ever queued for one connection (each is bounded by outbox_limit).
         self.peak_queued_bytes = 0
@@ -194,12 +195,16 @@ class Relay:
         self._on_change()
 
     def _rearm_timer(self) -> None:
-        # Only a deadline earlier than the one the timer sleeps until needs it woken; a later
-        # one costs at most one early wake-up (handle_timer does nothing, then re-arms), while
-        # waking it on every message cost a task switch per message.
+        # Only a deadline earlier than the one the timer sleeps until needs moving; a later
+        # one costs at most one early wake-up (handle_timer does nothing, then re-arms). The
+        # sleep's deadline is moved in place: the timer task is not woken to re-arm (each new
+        # connection's handshake deadline did that, a task switch per join).
+        scope = self._timer_scope
+        if scope is None:
+            return  # not sleeping: it reads the next deadline before it sleeps again
         deadline = self.room.next_deadline()
-        if deadline is not None and deadline < self._armed:
-            self._deadline_moved.set()
+        if deadline is not None and deadline < scope.deadline:
+            scope.deadline = deadline
 
     def _move_output(self) -> None:
         """The room's output into the outboxes; chunks for every connection whose outbox is
@@ -263,12 +268,13 @@ class Relay:
 
     async def _timer(self) -> None:
         while True:
-            self._deadline_moved = trio.Event()
             deadline = self.room.next_deadline()
-            self._armed = deadline if deadline is not None else float("inf")
-            with trio.move_on_at(self._armed):
-                await self._deadline_moved.wait()
-                continue
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._timer_scope = scope
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._timer_scope = None
             self.room.handle_timer(trio.current_time())
             self._dispatch()
 

@@ -52,8 +52,9 @@ class Timers:
         self._heap: list[tuple[float, int, Parked]] = []
         self._count = 0  # tie-breaker: Parked objects do not compare
         self.live = 0  # parked tasks not yet woken
-        self._armed = math.inf
-        self._moved: trio.Event | None = None
+        #: The timer task's sleep (None while it is not sleeping): its deadline is the earliest
+        #: one waited on, moved earlier in place by `wait` (without waking the timer task).
+        self._sleep: trio.CancelScope | None = None
         self.running = False
 
     async def wait(self, parked: Parked, deadline: float) -> bool:
@@ -68,8 +69,9 @@ class Timers:
             heapq.heapify(heap)
         self._count += 1
         heapq.heappush(heap, (deadline, self._count, parked))
-        if deadline < self._armed and self._moved is not None:
-            self._moved.set()
+        sleep = self._sleep
+        if sleep is not None and deadline < sleep.deadline:
+            sleep.deadline = deadline
         return await self._park(parked)
 
     async def _park(self, parked: Parked) -> bool:
@@ -107,16 +109,15 @@ class Timers:
         self.running = True
         try:
             while True:
-                self._moved = trio.Event()
-                self._armed = self._earliest()
-                with trio.move_on_at(self._armed):
-                    await self._moved.wait()
-                    continue
+                with trio.CancelScope(deadline=self._earliest()) as sleep:
+                    self._sleep = sleep
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        self._sleep = None
                 self._expire(trio.current_time())
         finally:
             self.running = False
-            self._moved = None
-            self._armed = math.inf
             for _, _, parked in self._heap:
                 parked.wake()
             self._heap.clear()

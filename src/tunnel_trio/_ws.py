@@ -12,8 +12,10 @@ Design notes (the *why*):
   receive lock, so a user that stops calling ``receive()`` stops reading and TCP flow control
   pushes back on the peer. Nothing buffers without bound.
 * Writes are serialized by a send lock; pings are answered from inside ``receive()``.
-* The opening handshakes are done with h11 + wsproto's handshake. On the established
-  connection, binary data frames are encoded and parsed by `_wsframes` (the hot path: wsproto's
+* The opening handshake: the client writes its request and judges the answer by hand
+  (`_wshandshake`, strictly, held byte for byte against wsproto's); the server parses the
+  request head with h11, answers the usual request with a hand-written 101 and leaves any
+  other to wsproto's handshake. On the established connection, binary data frames are encoded and parsed by `_wsframes` (the hot path: wsproto's
   general machinery cost more than the rest of this layer), and control frames (close, ping,
   pong) are handed whole to a `wsproto.connection.Connection`, which keeps the closing
   handshake. Bytes that arrived right after the handshake are not lost.
@@ -63,6 +65,7 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 from ._slots import ConnectionSlots, Slot
 from ._tls import client_ssl_context
 from ._wsframes import TEXT, ControlFrame, FrameParser, FramingError, _Text, frame_messages
+from ._wshandshake import HandshakeError, accept_response, check_response, client_request
 
 __all__ = [
     "WebSocket",
@@ -665,33 +668,34 @@ async def _serve_connection(
 ) -> None:
     remote = _peer_name(tcp_stream)
     stream: trio.abc.Stream = tcp_stream
+    websocket: WebSocket | None = None
     try:
+        # One scope for eviction and the handshake's deadline (lifted once upgraded).
         with slot.scope:
-            websocket: WebSocket | None = None
-            with trio.move_on_after(handshake_timeout) as handshake_scope:
-                if ssl_context is not None:
-                    tls_stream = trio.SSLStream(
-                        tcp_stream, ssl_context, server_side=True, https_compatible=True
-                    )
-                    stream = tls_stream
-                    await tls_stream.do_handshake()
-                websocket = await _server_handshake(
-                    stream,
-                    remote=remote,
-                    accept_path=accept_path,
-                    max_message_size=max_message_size,
-                    on_request=slot.request_received,
+            slot.scope.deadline = trio.current_time() + handshake_timeout
+            if ssl_context is not None:
+                tls_stream = trio.SSLStream(
+                    tcp_stream, ssl_context, server_side=True, https_compatible=True
                 )
-            if handshake_scope.cancelled_caught:
-                # Not worth a line each: under a slowloris flood there are hundreds.
-                logger.debug(
-                    "dropping %s: no WebSocket handshake within %g s", remote, handshake_timeout
-                )
-                return
+                stream = tls_stream
+                await tls_stream.do_handshake()
+            websocket = await _server_handshake(
+                stream,
+                remote=remote,
+                accept_path=accept_path,
+                max_message_size=max_message_size,
+                on_request=slot.request_received,
+            )
+            slot.scope.deadline = math.inf
             if websocket is None:
                 return
             slot.upgraded(websocket)
             await _run_handler(handler, websocket)
+        if slot.scope.cancelled_caught and websocket is None and not slot.evicted:
+            # Not worth a line each: under a slowloris flood there are hundreds.
+            logger.debug(
+                "dropping %s: no WebSocket handshake within %g s", remote, handshake_timeout
+            )
         if slot.evicted and not slot.head_done:
             await _turn_away(tcp_stream, plain=ssl_context is None)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -752,6 +756,9 @@ async def _server_handshake(
     """
     # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
     http = h11.Connection(h11.SERVER)
+    # An honest client writes its request as soon as it is connected, so by the time this
+    # task runs it is usually there: read before waiting.
+    fd = _raw_socket_fd(stream)
     while True:
         try:
             event = http.next_event()
@@ -761,7 +768,7 @@ async def _server_handshake(
             )
             return None
         if event is h11.NEED_DATA:
-            http.receive_data(bytes(await stream.receive_some(RECEIVE_CHUNK)))
+            http.receive_data(await _read_some(stream, fd, wait_first=False))
             continue
         if isinstance(event, h11.Request):
             on_request()
@@ -781,7 +788,31 @@ async def _server_handshake(
         await _send_http_response(stream, http, 404, b"Not Found", b"not found\n")
         return None
 
-    # wsproto validates the WebSocket headers (version, key, Connection: Upgrade, ...).
+    response = accept_response(event)
+    if response is not None:
+        # The usual request: its 101 without wsproto's second parse of the head. Written at
+        # once on a plain socket (a fresh one takes it whole): no scheduler pass for it.
+        written = _write_now(fd, response) if fd is not None else 0
+        if written < len(response):
+            await stream.send_all(response[written:])
+    elif not await _wsproto_server_handshake(stream, event):
+        # Anything else, wsproto judges (version, key, Connection: Upgrade, ...).
+        return None
+    trailing_data, _ = http.trailing_data
+    return WebSocket(
+        stream,
+        _new_connection(ConnectionType.SERVER),
+        path=path,
+        remote=remote,
+        client=False,
+        max_message_size=max_message_size,
+        trailing_data=trailing_data,
+    )
+
+
+async def _wsproto_server_handshake(stream: trio.abc.Stream, event: h11.Request) -> bool:
+    """Answer an upgrade request the fast path did not take, the way wsproto does; True when
+    it was accepted (101 sent)."""
     handshake = WSConnection(ConnectionType.SERVER)
     try:
         handshake.initiate_upgrade_connection(list(event.headers), event.target)
@@ -793,21 +824,12 @@ async def _server_handshake(
         if not isinstance(hint, RejectConnection):
             hint = RejectConnection(status_code=400)
         await stream.send_all(handshake.send(hint))
-        return None
+        return False
     if not any(isinstance(e, Request) for e in ws_events):
         await stream.send_all(handshake.send(RejectConnection(status_code=400)))
-        return None
+        return False
     await stream.send_all(handshake.send(AcceptConnection()))
-    trailing_data, _ = http.trailing_data
-    return WebSocket(
-        stream,
-        _new_connection(ConnectionType.SERVER),
-        path=path,
-        remote=remote,
-        client=False,
-        max_message_size=max_message_size,
-        trailing_data=trailing_data,
-    )
+    return True
 
 
 # -- client ---------------------------------------------------------------------------------
@@ -873,6 +895,30 @@ def _describe_os_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _ip_family(host: str) -> int | None:
+    """The address family of an IP literal; None for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+
+
+async def _connect_tcp(host: str, port: int) -> trio.SocketStream:
+    """`trio.open_tcp_stream`, except that an IP literal is dialled directly: there is nothing
+    to resolve and one address to try, so no resolver call and no happy-eyeballs nursery and
+    task (a good part of a local join's connect)."""
+    family = _ip_family(host)
+    if family is None:
+        return await trio.open_tcp_stream(host, port)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
 async def _open_tcp(
     endpoint: _Endpoint,
     resolve_fallback: Callable[[str], Awaitable[list[str]]] | None,
@@ -882,7 +928,7 @@ async def _open_tcp(
     if override is not None:
         ip, port = override
         try:
-            return await trio.open_tcp_stream(ip, port)
+            return await _connect_tcp(ip, port)
         except OSError as exc:
             raise WebSocketError(
                 f"could not connect to {endpoint.address} (overridden to "
@@ -890,7 +936,7 @@ async def _open_tcp(
             ) from exc
 
     try:
-        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        return await _connect_tcp(endpoint.host, endpoint.port)
     except UnicodeError:
         # The idna codec refused the name before any lookup (an empty or over-long label, a
         # character IDNA forbids): no resolver can find it, so say so instead of crashing.
@@ -929,7 +975,7 @@ async def _open_tcp(
     failures = []
     for address in addresses:
         try:
-            return await trio.open_tcp_stream(address, endpoint.port)
+            return await _connect_tcp(address, endpoint.port)
         except OSError as exc:
             failures.append(f"{_format_address(address, endpoint.port)}: {_describe_os_error(exc)}")
     raise WebSocketError(
@@ -960,17 +1006,25 @@ async def _tls_handshake(stream: trio.SSLStream[trio.SocketStream], endpoint: _E
 async def _client_handshake(
     stream: trio.abc.Stream, endpoint: _Endpoint
 ) -> tuple[Connection, bytes]:
-    handshake = WSConnection(ConnectionType.CLIENT)
-    await stream.send_all(
-        handshake.send(Request(host=endpoint.host_header, target=endpoint.resource))
-    )
-    # Only the response head goes to the handshake; whatever follows it already belongs to
-    # the WebSocket connection, which we build ourselves (with the size limit).
+    """Send the upgrade request and judge the answer (`_wshandshake`); returns wsproto's side
+    of the open connection and whatever arrived after the response head."""
+    try:
+        request, expected_accept = client_request(endpoint.host_header, endpoint.resource)
+    except ValueError:
+        raise WebSocketError("the WebSocket URL path is malformed") from None
+    fd = _raw_socket_fd(stream)
+    # A fresh socket takes a small request whole: written at once, the next step is the wait
+    # for the answer, with no scheduler pass for the write in between.
+    written = _write_now(fd, request) if fd is not None else 0
+    if written < len(request):
+        await stream.send_all(request[written:])
+    # Only the response head is judged here; whatever follows it already belongs to the
+    # WebSocket connection, which we build ourselves (with the size limit).
     buffer = bytearray()
     while (end := buffer.find(b"\r\n\r\n")) < 0:
         if len(buffer) > MAX_RESPONSE_HEAD:
             raise WebSocketError(f"{endpoint.address} sent an oversized HTTP response head")
-        data = await stream.receive_some(RECEIVE_CHUNK)
+        data = await _read_some(stream, fd, wait_first=True)
         if not data:
             raise WebSocketError(
                 f"{endpoint.address} closed the connection during the WebSocket handshake"
@@ -978,27 +1032,44 @@ async def _client_handshake(
         buffer += data
     head, trailing_data = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
     try:
-        handshake.receive_data(head)
-        events = list(handshake.events())
-    except WsRemoteProtocolError as exc:
+        check_response(head, expected_accept)
+    except HandshakeError as exc:
+        if exc.status_code is not None:
+            raise WebSocketError(
+                f"{endpoint.address} refused the WebSocket upgrade: {exc}",
+                status_code=exc.status_code,
+            ) from None
         raise WebSocketError(
             f"{endpoint.address} sent an invalid WebSocket handshake: {exc}"
         ) from None
-    except UnicodeError:
-        # wsproto decodes some headers itself and lets a byte they cannot hold escape.
-        raise WebSocketError(
-            f"{endpoint.address} sent an invalid WebSocket handshake: an undecodable header"
-        ) from None
-    for event in events:
-        if isinstance(event, AcceptConnection):
-            return _new_connection(ConnectionType.CLIENT), trailing_data
-        if isinstance(event, RejectConnection):
-            raise WebSocketError(
-                f"{endpoint.address} refused the WebSocket upgrade: "
-                f"the server answered HTTP {event.status_code}",
-                status_code=event.status_code,
-            )
-    raise WebSocketError(f"{endpoint.address} sent an incomplete WebSocket handshake")
+    return _new_connection(ConnectionType.CLIENT), trailing_data
+
+
+def _write_now(fd: int, data: bytes) -> int:
+    """Write what the socket takes now (0 when it takes nothing, or is broken: the stream's
+    own write then finds out and reports it)."""
+    try:
+        return os.write(fd, data)
+    except OSError:
+        return 0
+
+
+async def _read_some(stream: trio.abc.Stream, fd: int | None, *, wait_first: bool) -> bytes:
+    """Some bytes of the opening handshake; b"" at EOF. On a plain socket, read directly:
+    `wait_first=False` tries the read before waiting (the bytes are often there already, and
+    finding them costs no scheduler pass)."""
+    if fd is None:
+        return bytes(await stream.receive_some(RECEIVE_CHUNK))
+    while True:
+        if wait_first:
+            await trio.lowlevel.wait_readable(fd)
+        wait_first = True
+        try:
+            return os.read(fd, RECEIVE_CHUNK)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError("the connection was lost") from exc
 
 
 async def connect_websocket(

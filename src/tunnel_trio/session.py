@@ -286,11 +286,31 @@ class _Names:
         return MemberInfo(member_id, f"member {member_id}", False)
 
 
-def _sanitized(roster: tuple[MemberEntry, ...]) -> tuple[MemberEntry, ...]:
-    """The roster with every name cleaned as the room cleans names (a host may not have)."""
-    return tuple(
-        MemberEntry(id=m.id, name=sanitize_name(m.name), host=m.host, on=m.on) for m in roster
-    )
+#: How many cleaned roster rows a member session remembers, and the longest raw name it
+#: remembers one for (longer ones, which no honest host sends, are cleaned every time).
+CLEAN_ROWS = 1024
+CLEAN_ROW_NAME_CHARS = 256
+
+
+def _sanitized(
+    roster: tuple[MemberEntry, ...], cleaned: dict[MemberEntry, MemberEntry] | None = None
+) -> tuple[MemberEntry, ...]:
+    """The roster with every name cleaned as the room cleans names (a host may not have).
+
+    `cleaned` remembers rows already cleaned: every join and leave sends each member the whole
+    roster again, so in a room of n the same n rows come back at every change, and cleaning
+    each name again cost more than reading the roster."""
+    rows = []
+    for m in roster:
+        row = cleaned.get(m) if cleaned is not None else None
+        if row is None:
+            row = MemberEntry(id=m.id, name=sanitize_name(m.name), host=m.host, on=m.on)
+            if cleaned is not None and len(m.name) <= CLEAN_ROW_NAME_CHARS:
+                if len(cleaned) >= CLEAN_ROWS:
+                    cleaned.clear()
+                cleaned[m] = row
+        rows.append(row)
+    return tuple(rows)
 
 
 def _event_message(
@@ -806,6 +826,7 @@ class MemberSession(_Session):
         self.self_member = MemberInfo(0, name, False)
         self.connection: ConnectionState = "connecting"
         self._roster: tuple[MemberEntry, ...] = ()
+        self._cleaned_rows: dict[MemberEntry, MemberEntry] = {}
         # One waiter per unconfirmed say, woken only by its own answer: with a shared event,
         # n pipelined says would all wake (and re-check) on every answer.
         self._says: dict[int, _PendingSay] = {}
@@ -813,6 +834,11 @@ class MemberSession(_Session):
         self._nursery: trio.Nursery | None = None
         self._resending = 0  # queued says waiting to be sent again after a rate limit
         self._welcomed = trio.Event()
+        #: Set once the session is over (`_run` has ended).
+        self._stopped = trio.Event()
+        #: What ended the session before its welcome (a failed first dial, or anything
+        #: unexpected): `join()` raises it.
+        self._join_failure: Exception | None = None
         self._refused: Refused | None = None
         self._end: ConnectionEnded | None = None
         self._phrase: str | None = None
@@ -873,7 +899,7 @@ class MemberSession(_Session):
             self._phrase = event.phrase
             self.goal = event.goal
             self.self_member = MemberInfo(event.member_id, sanitize_name(event.name), False)
-            self._roster = _sanitized(event.roster)
+            self._roster = _sanitized(event.roster, self._cleaned_rows)
             self._names.update(self._roster)
             self._welcomed.set()
         elif isinstance(event, Refused):
@@ -889,7 +915,7 @@ class MemberSession(_Session):
                     )
                 )
         elif isinstance(event, RosterChanged):
-            self._roster = _sanitized(event.members)
+            self._roster = _sanitized(event.members, self._cleaned_rows)
             self._names.update(self._roster)
         elif isinstance(event, (SayAccepted, SayRejected)):
             waiting = self._says.get(event.ref)
@@ -1147,22 +1173,26 @@ class MemberSession(_Session):
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + 2.0)
         await self._stopped.wait()
 
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._stopped = trio.Event()
-        failed: DialError | None = None
+    async def _run(self) -> None:
+        """The session's life, in the join's nursery. What stops the join before its welcome
+        (the first dial failing, or anything unexpected) is kept in `_join_failure` for
+        `join()` to raise, never raised into that nursery: the caller hears it from its call.
+        """
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._transcript.timers.run)
-                    await nursery.start(self.files.run)
+                    # Its first step (opening the files' nursery) runs at the first scheduler
+                    # pass, long before the dial below can end in a welcome.
+                    nursery.start_soon(self.files.run)
                     try:
-                        await self.guest.run(task_status=task_status)
-                    except DialError as exc:
-                        failed = exc  # raised below, outside the nursery: join() reports it
+                        await self.guest.run()
+                    except Exception as exc:
+                        if self._welcomed.is_set():
+                            raise
+                        self._join_failure = exc
                     finally:
                         nursery.cancel_scope.cancel()
-            if failed is not None:
-                raise failed
         finally:
             if not self.closed:
                 self.closed = True
@@ -1267,21 +1297,37 @@ async def _join_once(
 ) -> MemberSession:
     session = MemberSession(parsed, name, **dial)
     session._nursery = nursery
+    # Not `nursery.start`: its handshake (a nursery of its own and one more wake-up of this
+    # task) bought nothing that waiting for the welcome does not; a failure before the
+    # welcome comes back through `_join_failure`.
+    nursery.start_soon(session._run)
+    transcript = session._transcript
     try:
-        await nursery.start(session._run)
-    except DialError as exc:
-        raise TunnelError(f"could not reach the host: {exc}") from None
-    with trio.move_on_at(deadline):
         while not session._welcomed.is_set():
+            failure = session._join_failure
+            if failure is not None:
+                await session._stopped.wait()
+                if isinstance(failure, DialError):
+                    raise TunnelError(f"could not reach the host: {failure}") from None
+                raise failure
             if session._refused is not None:
                 raise JoinRefusedError(session._refused.code, session._refused.message)
             if session.closed:
                 reason = session._end.message if session._end else "the connection closed"
                 raise TunnelError(f"could not join: {reason}")
-            await session._transcript.wait()
-        return session
-    session.guest.stop()
-    raise TunnelError("the host did not answer within 30 s: check the link and try again")
+            if trio.current_time() >= deadline:
+                raise TunnelError(
+                    "the host did not answer within 30 s: check the link and try again"
+                )
+            # A timed wait on the session's own timer task (no cancel scope), once that runs.
+            await transcript.wait(deadline)
+    except BaseException:
+        # A timeout, or the caller's own cancellation, ends the session too: nobody would hold
+        # it. (A refusal or a close is ending it already, the host's way: left alone.)
+        if session._refused is None and not session.closed:
+            session.guest.stop()
+        raise
+    return session
 
 
 async def relay_answers(link: str, *, timeout: float = 10.0) -> bool:

@@ -30,6 +30,29 @@ _KEY_CACHE: dict[str, bytes] = {}
 _KEY_CACHE_MAX = 512
 
 
+#: Sorted (key, encoded key) pairs by a map's keys in insertion order (bounded, like the keys).
+_KEY_ORDERS: dict[tuple[str, ...], tuple[tuple[str, bytes], ...]] = {}
+
+
+def _key_order(keys: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+    items = []
+    for key in keys:
+        key_bytes = _KEY_CACHE.get(key) if isinstance(key, str) else None
+        if key_bytes is None:
+            if not isinstance(key, str):
+                raise TypeError("map keys must be text")
+            key_bytes = encode(key)
+            if len(_KEY_CACHE) < _KEY_CACHE_MAX and len(key) <= 32:
+                _KEY_CACHE[key] = key_bytes
+        items.append((key, key_bytes))
+    # RFC 8949 section 4.2.1: keys sorted by the bytewise order of their encodings.
+    items.sort(key=lambda pair: pair[1])
+    order = tuple(items)
+    if len(_KEY_ORDERS) < _KEY_CACHE_MAX and all(key in _KEY_CACHE for key in keys):
+        _KEY_ORDERS[keys] = order
+    return order
+
+
 def _head(major: int, arg: int) -> bytes:
     if arg < 24:
         return bytes((major << 5 | arg,))
@@ -79,22 +102,26 @@ def _encode_into(value: Value, out: bytearray) -> None:
         for item in value:
             _encode_into(item, out)
     elif isinstance(value, dict):
-        items = []
-        for key, item in value.items():
-            key_bytes = _KEY_CACHE.get(key) if isinstance(key, str) else None
-            if key_bytes is None:
-                if not isinstance(key, str):
-                    raise TypeError("map keys must be text")
-                key_bytes = encode(key)
-                if len(_KEY_CACHE) < _KEY_CACHE_MAX and len(key) <= 32:
-                    _KEY_CACHE[key] = key_bytes
-            items.append((key_bytes, item))
-        # RFC 8949 section 4.2.1: keys sorted by the bytewise order of their encodings.
-        items.sort(key=lambda pair: pair[0])
-        out += _head(5, len(items))
-        for key_bytes, item in items:
+        # A frame type's map has the same keys every time: their sorted order is kept.
+        keys = tuple(value)
+        order = _KEY_ORDERS.get(keys)
+        if order is None:
+            order = _key_order(keys)
+        out += _head(5, len(order))
+        for key, key_bytes in order:
             out += key_bytes
-            _encode_into(item, out)
+            item = value[key]
+            # The usual items in line; anything else by the general path.
+            if type(item) is int and 0 <= item < 24:
+                out.append(item)
+            elif item is True:
+                out.append(0xF5)
+            elif item is False:
+                out.append(0xF4)
+            elif item is None:
+                out.append(0xF6)
+            else:
+                _encode_into(item, out)
     else:
         raise TypeError(f"cannot encode {type(value).__name__}")
 
@@ -194,17 +221,10 @@ def _decode(reader: _Reader, depth: int) -> Value:
     if major == 5:
         if arg > MAX_ITEMS:
             raise RemoteProtocolError("map too long", "malformed")
-        result: dict[str, Value] = {}
-        previous: bytes | None = None
-        for _ in range(arg):
-            start = reader.pos
-            key = _decode_key(reader, depth + 1)
-            key_bytes = reader.data[start : reader.pos]
-            if previous is not None and key_bytes <= previous:
-                raise RemoteProtocolError("map keys unsorted or duplicated", "malformed")
-            previous = key_bytes
-            result[key] = _decode(reader, depth + 1)
-        return result
+        if depth + 1 > MAX_DEPTH:
+            # Its keys are too deep: the general path below raises as it always has.
+            return _decode_map(reader, arg, depth)
+        return _decode_shallow_map(reader, arg, depth)
     if major == 7:
         if arg == 20:
             return False
@@ -214,3 +234,70 @@ def _decode(reader: _Reader, depth: int) -> Value:
             return None
         raise RemoteProtocolError("unsupported CBOR simple value or float", "malformed")
     raise RemoteProtocolError("CBOR tags are not allowed", "malformed")
+
+
+def _decode_map(reader: _Reader, count: int, depth: int) -> dict[str, Value]:
+    result: dict[str, Value] = {}
+    previous: bytes | None = None
+    for _ in range(count):
+        start = reader.pos
+        key = _decode_key(reader, depth + 1)
+        key_bytes = reader.data[start : reader.pos]
+        if previous is not None and key_bytes <= previous:
+            raise RemoteProtocolError("map keys unsorted or duplicated", "malformed")
+        previous = key_bytes
+        result[key] = _decode(reader, depth + 1)
+    return result
+
+
+#: Decoded map keys by their encoding (frames use a few dozen field names over and over).
+_KEY_TEXT: dict[bytes, str] = {}
+
+
+def _decode_shallow_map(reader: _Reader, count: int, depth: int) -> dict[str, Value]:
+    """`_decode_map` with the usual items read in line: a key that is a short text string, a
+    value that is a small integer, a short text, or false/true/null. Anything else, and any
+    error, goes through the general functions, so the result and every error are theirs.
+    (A welcome or a hello is a few dozen such items; a call per item was most of its cost.)"""
+    data = reader.data
+    size = len(data)
+    result: dict[str, Value] = {}
+    previous: bytes | None = None
+    for _ in range(count):
+        start = reader.pos
+        first = data[start] if start < size else -1
+        end = start + 1 + (first & 0x1F)
+        if 0x60 <= first <= 0x77 and end <= size:
+            key_bytes = data[start:end]
+            key = _KEY_TEXT.get(key_bytes)
+            if key is None:
+                key = _decode_key(reader, depth + 1)
+                if len(_KEY_TEXT) < _KEY_CACHE_MAX:
+                    _KEY_TEXT[key_bytes] = key
+            reader.pos = end
+        else:
+            key = _decode_key(reader, depth + 1)
+            key_bytes = data[start : reader.pos]
+        if previous is not None and key_bytes <= previous:
+            raise RemoteProtocolError("map keys unsorted or duplicated", "malformed")
+        previous = key_bytes
+        pos = reader.pos
+        first = data[pos] if pos < size else -1
+        if 0 <= first < 24:
+            result[key] = first
+            reader.pos = pos + 1
+        elif first == 0xF4:
+            result[key] = False
+            reader.pos = pos + 1
+        elif first == 0xF5:
+            result[key] = True
+            reader.pos = pos + 1
+        elif first == 0xF6:
+            result[key] = None
+            reader.pos = pos + 1
+        elif 0x60 <= first <= 0x77 and pos + 1 + (first & 0x1F) <= size:
+            reader.pos = pos + 1
+            result[key] = _text(reader, first & 0x1F)
+        else:
+            result[key] = _decode(reader, depth + 1)
+    return result

@@ -399,6 +399,9 @@ _CHUNK_DATA = b"\x64data"
 _MESSAGE_PREFIX = b"\xa6\x61t\x67message\x62ts"  # then ts, ref, seq, from, text
 _SAY_PREFIX = b"\xa3\x61t\x63say\x63ref"  # then ref, text
 _ACK_PREFIX = b"\xa2\x61t\x63ack\x63seq"  # then seq
+#: A roster (every member gets the whole list at every join and leave: with n members, each
+#: join costs the room n rosters of n rows), then an array of rows in their one encoding.
+_ROSTER_PREFIX = b"\xa2\x61t\x66roster\x67members"
 _REF_KEY = b"\x63ref"
 _SEQ_KEY = b"\x63seq"
 _FROM_KEY = b"\x64from"
@@ -553,6 +556,14 @@ _SAY_RE = re.compile(
     re.escape(_SAY_PREFIX) + _UINT_RE + re.escape(_TEXT_KEY) + _TEXT_HEAD_RE, re.DOTALL
 )
 _ACK_RE = re.compile(re.escape(_ACK_PREFIX) + _UINT_RE, re.DOTALL)
+#: One roster row: map(4), keys "id" "on" "host" "name" (sorted), booleans as 0xf4 / 0xf5.
+_MEMBER_ENTRY_RE = re.compile(
+    rb"\xa4\x62id"
+    + _UINT_RE
+    + rb"\x62on([\xf4\xf5])\x64host([\xf4\xf5])\x64name"
+    + _TEXT_HEAD_RE,
+    re.DOTALL,
+)
 _from_bytes = int.from_bytes
 
 
@@ -616,6 +627,30 @@ def _decode_ack(data: bytes, pos: int) -> tuple[Ack, int] | None:
     return Ack(seq=_head_value(m.group(1))), m.end()
 
 
+def _decode_roster(data: bytes, pos: int) -> tuple[Roster, int] | None:
+    """The canonical `roster` frame at `pos`, row by row without building maps."""
+    parsed = _read_arg(data, pos + len(_ROSTER_PREFIX), 4)
+    if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+        return None
+    count, p = parsed
+    match = _MEMBER_ENTRY_RE.match
+    members = []
+    for _ in range(count):
+        m = match(data, p)
+        if m is None:
+            return None
+        id_head, on, host, head = m.groups()
+        name = _matched_text(data, m.end(), head)
+        if name is None:
+            return None
+        entry = MemberEntry(
+            id=_head_value(id_head), name=name[0], host=host == b"\xf5", on=on == b"\xf5"
+        )
+        members.append(entry)
+        p = name[1]
+    return Roster(members=tuple(members)), p
+
+
 def _decode_known(data: bytes, pos: int) -> tuple[Frame, int] | None:
     """The frames of the hot paths, in their one valid encoding, read directly; None for
     anything else (or anything wrong), which the general decoder then handles."""
@@ -627,6 +662,8 @@ def _decode_known(data: bytes, pos: int) -> tuple[Frame, int] | None:
         return _decode_ack(data, pos)
     if data.startswith(_CHUNK_PREFIX, pos):
         return _decode_chunk(data, pos)
+    if data.startswith(_ROSTER_PREFIX, pos):
+        return _decode_roster(data, pos)
     return None
 
 

@@ -27,11 +27,10 @@ NNpsk0/25519/ChaChaPoly test vector, not only the BLAKE2b one we ship.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import nacl._sodium as _sodium  # type: ignore[import-not-found]
 from nacl.bindings import (
@@ -85,38 +84,61 @@ class NoiseStateError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
+#: RFC 2104: the key XOR ipad / opad, one byte at a time, as `bytes.translate` tables.
+_IPAD: Final = bytes(b ^ 0x36 for b in range(256))
+_OPAD: Final = bytes(b ^ 0x5C for b in range(256))
+
+
 @dataclass(frozen=True, slots=True)
 class _HashFunction:
-    # The name hashlib and hmac know the function by. HMAC's BLOCKLEN (section 4.3) is taken by
-    # the hmac module from hashlib's block_size, which matches the spec for all four: 64 for
-    # SHA256/BLAKE2s, 128 for SHA512/BLAKE2b. BLAKE2 is used unkeyed with its full-length
-    # digest, as sections 12.7/12.8 require.
-    hashlib_name: str
+    # `new` is hashlib's constructor. HMAC's BLOCKLEN (section 4.3) is hashlib's block_size,
+    # which matches the spec for all four: 64 for SHA256/BLAKE2s, 128 for SHA512/BLAKE2b.
+    # BLAKE2 is used unkeyed with its full-length digest, as sections 12.7/12.8 require.
+    new: Callable[..., Any]
     hashlen: int
+    blocklen: int
 
     def hash(self, data: bytes) -> bytes:
-        return hashlib.new(self.hashlib_name, data).digest()
+        return self.new(data).digest()  # type: ignore[no-any-return]
+
+    def _pads(self, key: bytes) -> tuple[Any, Any]:
+        # RFC 2104 written out, with the two padded-key states kept for reuse: HKDF runs
+        # three or four HMACs, two or three of them under the same key. hmac.digest looks
+        # the hash up by name on every call, which cost more than the hashing (a join runs
+        # 32 of these).
+        if len(key) > self.blocklen:
+            key = self.new(key).digest()
+        key = key.ljust(self.blocklen, b"\x00")
+        return self.new(key.translate(_IPAD)), self.new(key.translate(_OPAD))
+
+    @staticmethod
+    def _mac(pads: tuple[Any, Any], data: bytes) -> bytes:
+        inner = pads[0].copy()
+        inner.update(data)
+        outer = pads[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()  # type: ignore[no-any-return]
 
     def hmac(self, key: bytes, data: bytes) -> bytes:
-        return hmac.digest(key, data, self.hashlib_name)
+        return self._mac(self._pads(key), data)
 
     def hkdf(self, chaining_key: bytes, input_key_material: bytes, num_outputs: int) -> list[bytes]:
         # Section 4.3 HKDF: RFC 5869 with the chaining key as salt, empty info, and outputs
         # chained as output_i = HMAC(temp_key, output_{i-1} || byte(i)).
-        temp_key = self.hmac(chaining_key, input_key_material)
+        temp_pads = self._pads(self.hmac(chaining_key, input_key_material))
         outputs: list[bytes] = []
         previous = b""
         for i in range(1, num_outputs + 1):
-            previous = self.hmac(temp_key, previous + bytes([i]))
+            previous = self._mac(temp_pads, previous + bytes([i]))
             outputs.append(previous)
         return outputs
 
 
 _HASHES: Final[dict[str, _HashFunction]] = {
-    "SHA256": _HashFunction("sha256", 32),
-    "SHA512": _HashFunction("sha512", 64),
-    "BLAKE2s": _HashFunction("blake2s", 32),
-    "BLAKE2b": _HashFunction("blake2b", 64),
+    "SHA256": _HashFunction(hashlib.sha256, 32, 64),
+    "SHA512": _HashFunction(hashlib.sha512, 64, 128),
+    "BLAKE2s": _HashFunction(hashlib.blake2s, 32, 64),
+    "BLAKE2b": _HashFunction(hashlib.blake2b, 64, 128),
 }
 
 

@@ -300,3 +300,76 @@ def test_chat_message_is_the_constructors() -> None:
     assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.seq = 0  # type: ignore[misc]
+
+
+async def test_a_join_cancelled_before_its_welcome_leaves_nothing_dialling(nursery):
+    # A relay that takes handshake message 1 and never answers: the join waits. Cancelling the
+    # join call must end its session too (closing the connection), not leave it joining.
+    from tunnel_trio._ws import WebSocketClosed, listener_port, serve_websocket
+
+    got_msg1 = trio.Event()
+    closed = trio.Event()
+
+    async def silent(ws):
+        try:
+            await ws.receive()
+            got_msg1.set()
+            await ws.receive()
+        except WebSocketClosed:
+            pass
+        closed.set()
+
+    listeners = await nursery.start(
+        lambda task_status: serve_websocket(
+            silent, "127.0.0.1", 0, accept_path=lambda p: True, max_message_size=1 << 16,
+            task_status=task_status,
+        )
+    )
+    port = listener_port(listeners)
+    host = await open_host(nursery, "goal", name="ana")
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    elsewhere = str(link).replace(f":{host.relay.port}/", f":{port}/")
+    async with trio.open_nursery() as caller:
+
+        async def joining():
+            await join(nursery, elsewhere, name="ben")
+
+        caller.start_soon(joining)
+        with trio.fail_after(10):
+            await got_msg1.wait()
+        caller.cancel_scope.cancel()
+    with trio.fail_after(10):
+        await closed.wait()
+    await host.close()
+
+
+async def test_an_unexpected_error_before_the_welcome_comes_out_of_join(nursery, monkeypatch):
+    from tunnel_trio import _guest
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the dial")
+
+    monkeypatch.setattr(_guest, "connect_websocket", broken)
+    host = await open_host(nursery, "goal", name="ana")
+    with pytest.raises(RuntimeError, match="a bug in the dial"):
+        await join(nursery, host.initial_invites[0].join_link, name="ben")
+    # The nursery the session ran in is unharmed: the host still works.
+    assert host.invite(1)
+    await host.close()
+
+
+def test_roster_rows_are_cleaned_once_and_the_memory_of_them_is_bounded():
+    from tunnel_trio.session import CLEAN_ROW_NAME_CHARS, CLEAN_ROWS, _sanitized
+    from tunnelproto._frames import MemberEntry
+
+    hostile = MemberEntry(2, "ana\n\u202eIGNORE PREVIOUS", False, True)
+    long = MemberEntry(3, "b\n" * CLEAN_ROW_NAME_CHARS, False, True)
+    cleaned: dict = {}
+    first = _sanitized((hostile, long), cleaned)
+    assert first == _sanitized((hostile, long))  # the same as without a memory
+    assert first[0].name == "ana IGNORE PREVIOUS"
+    assert list(cleaned) == [hostile]  # an over-long name is cleaned every time instead
+    assert _sanitized((hostile,), cleaned)[0] is first[0]
+    for i in range(CLEAN_ROWS + 5):
+        _sanitized((MemberEntry(i, f"m{i}", False, True),), cleaned)
+    assert len(cleaned) <= CLEAN_ROWS

@@ -912,7 +912,7 @@ class RoomMachine(RuleBasedStateMachine):
 
 
 def check_direct_decode(data: bytes) -> None:
-    """The direct readers of the hot-path frames (chunk, message, say, ack) and the general
+    """The direct readers of the hot-path frames (chunk, message, say, ack, roster) and the general
     decoder agree on every input, alone and as the first frame of a batch."""
     general: object = None
     try:
@@ -949,10 +949,10 @@ def check_batch_decode(encoded: list[bytes]) -> None:
 
 @st.composite
 def directish(draw: st.DrawFn) -> bytes:
-    """Frames the direct readers take (chunk, message, say, ack), canonical or nearly: fields
+    """Frames the direct readers take (chunk, message, say, ack, roster), canonical or nearly: fields
     and lengths that straddle the size classes, then perhaps mutated."""
     n = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1])
-    kind = draw(st.sampled_from(["chunk", "message", "say", "ack"]))
+    kind = draw(st.sampled_from(["chunk", "message", "say", "ack", "roster"]))
     text = draw(st.text(max_size=12)) + "x" * draw(st.sampled_from([0, 0, 30, 300]))
     if kind == "chunk":
         data = draw(st.binary(max_size=30)) + bytes(draw(st.sampled_from([0, 0, 300])))
@@ -963,6 +963,11 @@ def directish(draw: st.DrawFn) -> bytes:
         ).encode()
     elif kind == "say":
         frame = _frames.Say(ref=draw(n), text=text).encode()
+    elif kind == "roster":
+        row = st.tuples(n, st.text(max_size=8), st.booleans(), st.booleans())
+        rows = draw(st.lists(row, max_size=25))
+        members = tuple(_frames.MemberEntry(i, name + text, host, on) for i, name, host, on in rows)
+        frame = _frames.Roster(members=members).encode()
     else:
         frame = _frames.Ack(seq=draw(n)).encode()
     return draw(st.just(frame) | mutations(frame))

@@ -174,3 +174,58 @@ def test_anything_decodable_has_exactly_one_encoding(data: bytes) -> None:
     except RemoteProtocolError:
         return
     assert encode(value) == data
+
+
+def test_a_canonical_roster_is_read_row_by_row_and_anything_else_by_the_decoder() -> None:
+    # Rosters go to every member at every join and leave: the direct reader takes them
+    # (check_direct_decode holds it to the general decoder on mutated inputs).
+    from tunnelproto import _frames as f
+
+    roster = f.Roster(
+        members=(f.MemberEntry(1, "host", True, True), f.MemberEntry(300, "ana\u00e9", False, False))
+    )
+    data = roster.encode()
+    assert f._decode_known(data, 0) == (roster, len(data))
+    assert f.decode_frame(data) == roster
+    assert f.decode_frames(data + data) == [roster, roster]
+    # A row the encoder never writes (keys out of order) is left to the general decoder,
+    # which refuses it.
+    swapped = data.replace(b"\x62on\xf5\x64host\xf5", b"\x64host\xf5\x62on\xf5", 1)
+    assert f._decode_known(swapped, 0) is None
+    with pytest.raises(RemoteProtocolError, match="unsorted"):
+        f.decode_frame(swapped)
+
+
+def _decode_or_error(data: bytes) -> object:
+    try:
+        return ("value", decode(data))
+    except RemoteProtocolError as exc:
+        return ("error", str(exc))
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(0, 30) | st.text(max_size=25),
+        lambda inner: st.dictionaries(st.text(max_size=24), inner, max_size=5)
+        | st.lists(inner, max_size=3),
+        max_leaves=12,
+    ).map(lambda v: encode({"k": v}))
+    | st.binary(max_size=60),
+    st.data(),
+)
+def test_maps_read_in_line_match_the_general_reader(data: bytes, draw: st.DataObject) -> None:
+    # The in-line reading of map items (`_decode_shallow_map`) against the general one, on
+    # encodings and on mutations of them: the same value or the same error.
+    import tunnelproto._codec as codec
+
+    if data and draw.draw(st.booleans()):
+        i = draw.draw(st.integers(0, len(data) - 1))
+        data = data[:i] + bytes([draw.draw(st.integers(0, 255))]) + data[i + 1 :]
+    fast = _decode_or_error(data)
+    original = codec._decode_shallow_map
+    codec._decode_shallow_map = codec._decode_map  # type: ignore[assignment]
+    try:
+        general = _decode_or_error(data)
+    finally:
+        codec._decode_shallow_map = original
+    assert fast == general
