@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from tunnel_mcp.approvals import Approvals, CallAnswers, InputRequired
 from tunnel_mcp.manager import TunnelManager
 from tunnel_mcp.models import field_title
+from tunnel_mcp.schemas import compact
 from tunnel_trio.session_types import TunnelError
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,8 @@ class Tool:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_schema", self.arguments.model_json_schema())
-        object.__setattr__(self, "output_schema", self.result.model_json_schema())
+        # The form a client checks cheaply (every structured result is checked against it).
+        object.__setattr__(self, "output_schema", compact(self.result.model_json_schema()))
 
     def with_maximum(self, argument: str, maximum: int) -> Tool:
         """This tool with `argument` bounded by `maximum` (a limit known only at start-up)."""

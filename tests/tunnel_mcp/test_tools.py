@@ -127,13 +127,19 @@ async def test_tools_publish_output_schemas_annotations_and_warnings(server: Ser
     )
 
 
-def _properties(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(where, key, property) for every property of a schema and of its $defs."""
+def _properties(schema: Any, where: str = "?") -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, key, property) for every property of a schema, nested ones and $defs' included."""
+    if isinstance(schema, list):
+        for item in schema:
+            yield from _properties(item, where)
+        return
+    if not isinstance(schema, dict):
+        return
+    where = schema.get("title", where)
     for key, prop in schema.get("properties", {}).items():
-        yield schema.get("title", "?"), key, prop
-    for name, definition in schema.get("$defs", {}).items():
-        for key, prop in definition.get("properties", {}).items():
-            yield name, key, prop
+        yield where, key, prop
+    for value in schema.values():
+        yield from _properties(value, where)
 
 
 def _models(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
