@@ -81,7 +81,11 @@ def _quote(text: str) -> str:
     the C1 controls, which some terminals obey, and the invisible format characters (bidi
     overrides, zero-width characters: see `_display_escapes`).
     """
-    return json.dumps(text, ensure_ascii=False).translate(_display_escapes())
+    return _json_string(text).translate(_display_escapes())
+
+
+#: `json.dumps(text, ensure_ascii=False)` without building an encoder on every call.
+_json_string = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _who(member: Member | None) -> str:

@@ -39,7 +39,6 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INVALID_PARAMS,
     CallToolRequestParams,
-    CallToolResult,
     EmptyResult,
     InputRequiredResult,
     ListResourcesResult,
@@ -68,7 +67,7 @@ from tunnel_mcp.room_tools import (
     tunnel_status,
 )
 from tunnel_mcp.skills import SkillCatalog, etiquette_skill
-from tunnel_mcp.toolkit import Tool, wire
+from tunnel_mcp.toolkit import Tool
 from tunnel_trio.session_types import TranscriptMessage
 
 log = logging.getLogger(__name__)
@@ -306,8 +305,7 @@ def build_server(
         if called is None:
             # The name is not echoed: an agent may have pasted anything into it.
             raise MCPError(INVALID_PARAMS, f"unknown tool: this server's tools are {', '.join(tools)}")
-        result = await called.call(ctx, params)
-        return wire(result) if isinstance(result, CallToolResult) else result
+        return await called.call(ctx, params)
 
     async def list_resources(
         ctx: ServerRequestContext[TunnelManager], params: PaginatedRequestParams | None
@@ -351,9 +349,9 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         get_tool_input_schema=lambda name: tools[name].input_schema if name in tools else None,
-        # These two answer with wire mappings, not models (see `wire`): the SDK serializes a
-        # mapping as it is, which its annotations do not say; tests/tunnel_mcp/test_wire.py
-        # checks what reaches the client.
+        # These two answer with wire mappings, not models (see `ToolResult.wire`): the SDK
+        # serializes a mapping as it is, which its annotations do not say;
+        # tests/tunnel_mcp/test_wire.py checks what reaches the client.
         on_list_tools=list_tools,  # type: ignore[arg-type]
         on_call_tool=call_tool,  # type: ignore[arg-type]
         on_list_resources=list_resources,
