@@ -19,11 +19,11 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 from referencing import Registry
 
-import tunnel_mcp.server as tunnel_server
+import tunnel_mcp.tools as tool_table
 from tunnel_mcp.schemas import compact
 from tunnel_mcp.toolkit import Tool
 
-TOOLS = {tool.name: tool for tool in tunnel_server.TOOLS}
+TOOLS = {tool.name: tool for tool in tool_table.TOOLS}
 
 
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 import tunnel_mcp.chat_tools as chat_tools
 import tunnel_mcp.manager as manager_module
-import tunnel_mcp.server as tunnel_server
+import tunnel_mcp.tools as tool_table
 from tunnel_mcp.manager import (
     DEFAULT_ROOM_CAPACITY,
     MAX_ROOM_CAPACITY,
@@ -167,7 +167,7 @@ async def test_descriptions_are_dedented_and_every_field_has_a_readable_title(
                 # pydantic's own title for "publicUrl" would be "Publicurl".
                 assert title and (key.islower() or title != key.title()), (tool.name, where, key, title)
     # Titles are written, not generated: every field of every argument and result model.
-    for declared in tunnel_server.TOOLS:
+    for declared in tool_table.TOOLS:
         for model in (*_models(declared.arguments), *_models(declared.result)):
             untitled = [name for name, info in model.model_fields.items() if not info.title]
             assert not untitled, f"{declared.name}: {model.__name__} fields {untitled} need Field(title=...)"
