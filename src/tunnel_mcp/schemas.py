@@ -20,7 +20,10 @@ for an agent to read) that avoids those costs:
 * in an `anyOf` that stays, branches that check a type and nothing else go first (`anyOf`
   does not depend on order; the first branch that holds ends the check).
 
-Nothing here runs per call: the tools listing is built once.
+Only output schemas are rewritten: input schemas are what agents' clients translate for their
+models (some of those translations know `anyOf` but not a list of types), and nobody checks
+arguments with `jsonschema` per call (the server validates them with pydantic). Nothing here
+runs per call: the tools listing is built once.
 """
 
 from __future__ import annotations
