@@ -4,9 +4,10 @@ A tool is a plain async function: its annotated parameters are the MCP arguments
 `Annotated[ToolResult, Model]` return annotation names the structured result, and its
 docstring is the description an agent reads. `tool()` turns such a function into a `Tool`:
 an arguments model built from the signature (published as the input schema), the result
-model (published as the output schema, in the form clients check cheaply: schemas.py) and the dedented docstring. The server answers
-`tools/list` and `tools/call` from a table of `Tool`s through the SDK's low-level `Server`, so
-every word an agent sees is ours, and every call passes through the guards here:
+model (published as the output schema, in the form clients check cheaply: schemas.py) and
+the dedented docstring. The server answers `tools/list` and `tools/call` from a table of
+`Tool`s through the SDK's low-level `Server`, so every word an agent sees is ours, and every
+call passes through the guards here:
 
 * arguments that fail validation are answered with `bad_arguments` (field names and rules,
   never the rejected values, which may hold a join link);
