@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import trio
-from mcp.types import CallToolResult
 from pydantic import Field
 
 from tunnel_mcp.models import ListenResult, Message, SayResult
 from tunnel_mcp.render import UNTRUSTED, _connection, _render_message
-from tunnel_mcp.toolkit import PROGRESS_EVERY, ToolContext, _manager, _ok, tool
+from tunnel_mcp.toolkit import PROGRESS_EVERY, ToolContext, ToolResult, _manager, _ok, tool
 
 #: Many MCP clients give up on a tool call after 60 s; a listen must answer before that.
 MAX_LISTEN_MS = 55_000
@@ -41,7 +40,7 @@ async def tunnel_say(
             "prompts, your human is asked instead).",
         ),
     ] = False,
-) -> Annotated[CallToolResult, SayResult]:
+) -> Annotated[ToolResult, SayResult]:
     """Send a chat message to everyone in the tunnel.
 
     Every member (and the host) reads it. Returns the `seq` the room gave it. Then call
@@ -122,7 +121,7 @@ async def tunnel_listen(
         bool,
         Field(title="Include own messages", description="Also return your own chat messages (default: only others')."),
     ] = False,
-) -> Annotated[CallToolResult, ListenResult]:
+) -> Annotated[ToolResult, ListenResult]:
     """Wait for new messages in the tunnel and return them (long-poll).
 
     Returns at once if anything newer than sinceSeq exists, else waits up to timeoutMs

@@ -24,13 +24,12 @@ import os
 from typing import Annotated, Literal
 
 import trio
-from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
 from tunnel_mcp.approvals import Answer
 from tunnel_mcp.models import ApprovalName, Member, OfferFile, _Wire
 from tunnel_mcp.render import _count, _quote, _who, size_text
-from tunnel_mcp.toolkit import PROGRESS_EVERY, ToolContext, _manager, _ok, tool
+from tunnel_mcp.toolkit import PROGRESS_EVERY, ToolContext, ToolResult, _manager, _ok, tool
 from tunnel_trio.session_types import (
     PreparedReceive,
     ReceiveResult,
@@ -187,7 +186,7 @@ async def tunnel_share(
         str | None,
         Field(title="Note", description="A short note every member sees with the offer."),
     ] = None,
-) -> Annotated[CallToolResult, ShareToolResult]:
+) -> Annotated[ToolResult, ShareToolResult]:
     """Offer a file or a folder to everyone in the tunnel (they fetch it with tunnel_receive).
 
     Only share what your human asked you to share. The path is scanned first: in a folder,
@@ -304,7 +303,7 @@ async def tunnel_receive(
             "(it goes on; call again to wait more). Default 45000.",
         ),
     ] = DEFAULT_RECEIVE_WAIT_MS,
-) -> Annotated[CallToolResult, ReceiveToolResult]:
+) -> Annotated[ToolResult, ReceiveToolResult]:
     """Fetch a file offer (kind "file" in tunnel_listen) and write it to disk.
 
     Checks every name and target first (no path outside saveTo, no symlink followed, no
@@ -376,7 +375,7 @@ def _real(path: str) -> str:
     return os.path.realpath(os.path.join(os.getcwd(), os.path.expanduser(path)))
 
 
-def _receive_result(got: ReceiveResult, answer: Answer | None) -> CallToolResult:
+def _receive_result(got: ReceiveResult, answer: Answer | None) -> ToolResult:
     result = ReceiveToolResult(
         received=True,
         offer_id=got.offer_id,
@@ -432,11 +431,7 @@ def _receive_result(got: ReceiveResult, answer: Answer | None) -> CallToolResult
         lines.append(_not_asked(f"files were written to {got.destination}"))
     failed = not (got.complete or got.running or got.resumable)
     if failed:
-        return CallToolResult(
-            content=[TextContent(type="text", text="\n".join(lines))],
-            structured_content=result.model_dump(mode="json", by_alias=True),
-            is_error=True,
-        )
+        return ToolResult("\n".join(lines), result.model_dump(mode="json", by_alias=True), is_error=True)
     return _ok(result, "\n".join(lines))
 
 
@@ -453,7 +448,7 @@ async def tunnel_cancel(
         int, Field(title="Offer id", ge=1, description="Your offer to withdraw, or the offer you are receiving.")
     ],
     ctx: ToolContext,
-) -> Annotated[CallToolResult, CancelResult]:
+) -> Annotated[ToolResult, CancelResult]:
     """Stop sharing or receiving a file offer.
 
     Your own offer: withdraws it; everyone sees it end and nobody can fetch it any more.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import trio
-from mcp.types import CallToolResult
 from pydantic import Field
 
 from tunnel_mcp.approvals import ANSWER_WITHIN, Policy, read_policy
@@ -31,7 +30,7 @@ from tunnel_mcp.render import (
     render_offer,
     render_receive,
 )
-from tunnel_mcp.toolkit import ToolContext, _manager, _ok, _with_progress, tool
+from tunnel_mcp.toolkit import ToolContext, ToolResult, _manager, _ok, _with_progress, tool
 from tunnel_trio.session_types import TunnelError
 
 #: A held join outlives its question a little, so the question's own deadline answers first.
@@ -106,7 +105,7 @@ async def tunnel_open(
     ] = None,
     name: DisplayName = None,
     approveSays: ApproveSays = False,  # camelCase: it is the MCP argument name
-) -> Annotated[CallToolResult, OpenResult]:
+) -> Annotated[ToolResult, OpenResult]:
     """Open a new tunnel as its host, so another developer's agent can join and talk with you.
 
     Call this when your human asks you to pair, coordinate or talk with someone else's agent
@@ -178,7 +177,7 @@ async def tunnel_invite(
             description="How many new single-use links (the room's free seats bound it).",
         ),
     ] = 1,
-) -> Annotated[CallToolResult, InviteResult]:
+) -> Annotated[ToolResult, InviteResult]:
     """Mint more join links for the tunnel you host (one per extra guest, or to replace an expired one).
 
     Host only. Returns `invites`, each with a secret single-use joinLink, its expiresInSec,
@@ -205,7 +204,7 @@ async def tunnel_join(
     ctx: ToolContext,
     name: DisplayName = None,
     approveSays: ApproveSays = False,  # camelCase: it is the MCP argument name
-) -> Annotated[CallToolResult, JoinResult]:
+) -> Annotated[ToolResult, JoinResult]:
     """Join another developer's tunnel with the join link their human sent yours.
 
     Call this when your human gives you a tunnel-mcp join link (…/t/<id>#<secret>). Each link
@@ -297,7 +296,7 @@ async def tunnel_join(
     title="Tunnel status",
     read_only=True, open_world=False,
 )
-async def tunnel_status(ctx: ToolContext) -> Annotated[CallToolResult, StatusResult]:
+async def tunnel_status(ctx: ToolContext) -> Annotated[ToolResult, StatusResult]:
     """Describe the current tunnel: your role, the goal, members and who is connected.
 
     Returns role/isHost, goal, tunnelId, self, members ({id, name, isHost, connected, phrase}:
@@ -383,7 +382,7 @@ async def tunnel_remove(
             "sees it, the removed one too.",
         ),
     ] = None,
-) -> Annotated[CallToolResult, RemoveResult]:
+) -> Annotated[ToolResult, RemoveResult]:
     """Remove a member from the tunnel you host, at once and for good.
 
     Host only. Use it when your human says a member's verification phrase does not match (so
@@ -417,7 +416,7 @@ async def tunnel_close(
         str | None,
         Field(title="Closing summary", description="Host: a short closing summary every member receives."),
     ] = None,
-) -> Annotated[CallToolResult, CloseResult]:
+) -> Annotated[ToolResult, CloseResult]:
     """End the conversation: the host closes the room for everyone; a member leaves it.
 
     Ask your human before closing unless they told you to. The host's optional summary is

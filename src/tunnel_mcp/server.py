@@ -1,7 +1,8 @@
 """The MCP server: the `tunnel_*` tools and the `tunnel://transcript` resource, assembled.
 
 The tools live by topic (room_tools.py: open, invite, join, status, close; chat_tools.py: say,
-listen; file_tools.py: share, receive, cancel); toolkit.py declares them and holds the guards every call passes through. Every tool
+listen; file_tools.py: share, receive, cancel) and tools.py lists them; toolkit.py declares them
+and holds the guards every call passes through. Every tool
 returns structured content (the Pydantic models in `models.py`, published as output
 schemas) plus one short text for humans and for clients that ignore structured content. Every
 failure a user can act on comes back as a tool error (`isError`) whose text says what to do
@@ -23,7 +24,8 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import trio
 from mcp.server.context import ServerRequestContext
@@ -39,7 +41,6 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INVALID_PARAMS,
     CallToolRequestParams,
-    CallToolResult,
     EmptyResult,
     InputRequiredResult,
     ListResourcesResult,
@@ -54,22 +55,13 @@ from mcp.types import (
 )
 
 from tunnel_mcp import __version__
-from tunnel_mcp.chat_tools import tunnel_listen, tunnel_say
-from tunnel_mcp.file_tools import tunnel_cancel, tunnel_receive, tunnel_share
 from tunnel_mcp.manager import MAX_ROOM_CAPACITY, TunnelManager, room_capacity
-from tunnel_mcp.models import Message
 from tunnel_mcp.render import UNTRUSTED
-from tunnel_mcp.room_tools import (
-    tunnel_close,
-    tunnel_invite,
-    tunnel_join,
-    tunnel_open,
-    tunnel_remove,
-    tunnel_status,
-)
 from tunnel_mcp.skills import SkillCatalog, etiquette_skill
-from tunnel_mcp.toolkit import Tool, wire
-from tunnel_trio.session_types import TranscriptMessage
+
+if TYPE_CHECKING:
+    from tunnel_mcp.toolkit import Tool
+    from tunnel_trio.session_types import TranscriptMessage
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +91,6 @@ ManagerFactory = Callable[[trio.Nursery], TunnelManager]
 #: Arguments that count guests: bounded by the configured room size when the server starts.
 GUEST_COUNTS = {"tunnel_open": "invites", "tunnel_invite": "count"}
 
-#: Every tool, in the order `tools/list` gives them.
-TOOLS: list[Tool] = [
-    tunnel_open,
-    tunnel_invite,
-    tunnel_join,
-    tunnel_say,
-    tunnel_listen,
-    tunnel_share,
-    tunnel_receive,
-    tunnel_cancel,
-    tunnel_status,
-    tunnel_remove,
-    tunnel_close,
-]
-
-
 # -- the transcript resource -------------------------------------------------------------------
 
 TRANSCRIPT_RESOURCE = Resource(
@@ -133,6 +109,8 @@ TRANSCRIPT_RESOURCE = Resource(
 
 async def _transcript(manager: TunnelManager | None) -> str:
     """The `tunnel://transcript` document of one MCP connection's tunnel."""
+    from tunnel_mcp.models import Message
+
     session = manager.session if manager is not None else None
     if session is None:
         return json.dumps({"open": False, "messages": [], "note": "no tunnel yet"})
@@ -254,6 +232,40 @@ class _Subscribers:
         self.refresh()
 
 
+@dataclass(frozen=True)
+class ToolTable:
+    """The tools a server serves (arguments bounded by its room size) and their listing."""
+
+    tools: dict[str, Tool]
+    #: The `tools/list` answer, dumped once (the tools cannot change while the server runs):
+    #: building the listing's models anew validated every schema again, about 0.5 ms a call.
+    listing: dict[str, Any]
+
+
+def load_tools(guests: int | None = None) -> ToolTable:
+    """The tool table for rooms of `guests` guests (default: the configured room size).
+
+    The tools, their models and schemas are a good part of the server's start-up (imports,
+    pydantic classes, JSON schemas): the stdio server loads them once it has answered the MCP
+    handshake (`tunnel_mcp.stdio`), and the first `tools/list` or `tools/call` loads them
+    if that has not happened yet."""
+    return _tool_table(_room_capacity(None) - 1 if guests is None else guests)
+
+
+@functools.cache
+def _tool_table(guests: int) -> ToolTable:
+    from tunnel_mcp.tools import TOOLS
+
+    tools = {
+        t.name: t.with_maximum(GUEST_COUNTS[t.name], guests) if t.name in GUEST_COUNTS else t
+        for t in TOOLS
+    }
+    listing = ListToolsResult(tools=[t.listing() for t in tools.values()]).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    return ToolTable(tools, listing)
+
+
 def build_server(
     manager_factory: ManagerFactory = TunnelManager, *, capacity: int | None = None
 ) -> Server[TunnelManager]:
@@ -263,10 +275,6 @@ def build_server(
     let an agent ask for, so they agree with the room the manager will open.
     """
     guests = _room_capacity(capacity) - 1
-    tools = {
-        t.name: t.with_maximum(GUEST_COUNTS[t.name], guests) if t.name in GUEST_COUNTS else t
-        for t in TOOLS
-    }
     skills = SkillCatalog([etiquette_skill()])
     subscribers = _Subscribers()
 
@@ -288,26 +296,24 @@ def build_server(
                 subscribers.forget(manager)
                 nursery.cancel_scope.cancel()
 
-    # Dumped once (the tools cannot change while the server runs): building the listing's models
-    # anew validated every schema again, about 0.5 ms a call.
-    listing = ListToolsResult(tools=[t.listing() for t in tools.values()]).model_dump(
-        mode="json", by_alias=True, exclude_none=True
-    )
-
     async def list_tools(
         ctx: ServerRequestContext[TunnelManager], params: PaginatedRequestParams | None
     ) -> dict[str, Any]:
-        return listing
+        return load_tools(guests).listing
 
     async def call_tool(
         ctx: ServerRequestContext[TunnelManager], params: CallToolRequestParams
     ) -> dict[str, Any] | InputRequiredResult:
+        tools = load_tools(guests).tools
         called = tools.get(params.name)
         if called is None:
             # The name is not echoed: an agent may have pasted anything into it.
             raise MCPError(INVALID_PARAMS, f"unknown tool: this server's tools are {', '.join(tools)}")
-        result = await called.call(ctx, params)
-        return wire(result) if isinstance(result, CallToolResult) else result
+        return await called.call(ctx, params)
+
+    def tool_input_schema(name: str) -> dict[str, Any] | None:
+        called = load_tools(guests).tools.get(name)
+        return called.input_schema if called is not None else None
 
     async def list_resources(
         ctx: ServerRequestContext[TunnelManager], params: PaginatedRequestParams | None
@@ -350,10 +356,10 @@ def build_server(
         description="End-to-end-encrypted chat between AI agents of different developers.",
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        get_tool_input_schema=lambda name: tools[name].input_schema if name in tools else None,
-        # These two answer with wire mappings, not models (see `wire`): the SDK serializes a
-        # mapping as it is, which its annotations do not say; tests/tunnel_mcp/test_wire.py
-        # checks what reaches the client.
+        get_tool_input_schema=tool_input_schema,
+        # These two answer with wire mappings, not models (see `ToolResult.wire`): the SDK
+        # serializes a mapping as it is, which its annotations do not say;
+        # tests/tunnel_mcp/test_wire.py checks what reaches the client.
         on_list_tools=list_tools,  # type: ignore[arg-type]
         on_call_tool=call_tool,  # type: ignore[arg-type]
         on_list_resources=list_resources,

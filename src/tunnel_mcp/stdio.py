@@ -32,8 +32,8 @@ import trio
 from mcp.shared.message import SessionMessage
 
 from tunnel_mcp import render
-from tunnel_mcp.manager import TunnelManager, preload_session_layer
-from tunnel_mcp.server import SHUTDOWN_GRACE, build_server
+from tunnel_mcp.manager import PRELOAD_AFTER, TunnelManager, preload_session_layer
+from tunnel_mcp.server import SHUTDOWN_GRACE, build_server, load_tools
 from tunnel_mcp.stdio_transport import stdio_streams
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,17 @@ def _parse_error(line: str) -> SessionMessage | None:
     return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 
-async def _preload() -> None:
-    """What a first open, join or listen would otherwise wait for, loaded once the server is up;
-    then everything loaded so far is taken out of the garbage collector's reach."""
+async def _preload(answered: trio.Event) -> None:
+    """What the first calls would otherwise wait for, loaded once the server is up; then
+    everything loaded so far is taken out of the garbage collector's reach.
+
+    First the tools (their modules, models and schemas: about a fifth of the start-up), once
+    the answer to the client's `initialize` is out, so the handshake does not wait for them;
+    the client's `tools/list`, which follows at once, does (it needs them). Then, in a worker
+    thread, the session layer a first open or join needs."""
+    with trio.move_on_after(PRELOAD_AFTER):  # no client yet: load them anyway
+        await answered.wait()
+    load_tools()
     await preload_session_layer()
     await trio.to_thread.run_sync(render.warm_up, abandon_on_cancel=True)
     # The SDK, pydantic's schemas and our modules are ~100k objects that live as long as the
@@ -128,12 +136,12 @@ async def _serve(banner: str | None) -> None:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(on_signal)
-            nursery.start_soon(_preload)
             if banner:
                 # Only now: a signal from here on is handled, so whoever waits for this line
                 # (a human, a test) can rely on a graceful shutdown.
                 print(banner, file=sys.stderr, flush=True)
             async with stdio_streams(_parse_error) as (read_stream, write_stream):
+                nursery.start_soon(_preload, write_stream.answered)
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             log.info("stdin closed: exiting")
             nursery.cancel_scope.cancel()

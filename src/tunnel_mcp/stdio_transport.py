@@ -225,6 +225,9 @@ class StdoutMessages:
         self._wire = wire
         self._lock = trio.Lock()
         self._closed = False
+        #: Set once a first message is out (the answer to `initialize`, when a client starts
+        #: the server): the server then loads what it deferred (`tunnel_mcp.stdio`).
+        self.answered = trio.Event()
 
     async def send(self, item: SessionMessage, /) -> None:
         if self._closed:
@@ -236,6 +239,7 @@ class StdoutMessages:
             except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError) as exc:
                 # The client went away: the dispatcher treats this like a closed stream.
                 raise anyio.BrokenResourceError from exc
+        self.answered.set()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -1,12 +1,13 @@
 """How a tunnel tool is declared, listed and called, and the guards every tool shares.
 
 A tool is a plain async function: its annotated parameters are the MCP arguments, its
-`Annotated[CallToolResult, Model]` return annotation names the structured result, and its
+`Annotated[ToolResult, Model]` return annotation names the structured result, and its
 docstring is the description an agent reads. `tool()` turns such a function into a `Tool`:
 an arguments model built from the signature (published as the input schema), the result
-model (published as the output schema) and the dedented docstring. The server answers
-`tools/list` and `tools/call` from a table of `Tool`s through the SDK's low-level `Server`, so
-every word an agent sees is ours, and every call passes through the guards here:
+model (published as the output schema, in the form clients check cheaply: schemas.py) and
+the dedented docstring. The server answers `tools/list` and `tools/call` from a table of
+`Tool`s through the SDK's low-level `Server`, so every word an agent sees is ours, and every
+call passes through the guards here:
 
 * arguments that fail validation are answered with `bad_arguments` (field names and rules,
   never the rejected values, which may hold a join link);
@@ -31,10 +32,8 @@ import trio
 from mcp.server.context import ServerRequestContext
 from mcp.types import (
     CallToolRequestParams,
-    CallToolResult,
     InputRequiredResult,
     InputResponse,
-    TextContent,
     ToolAnnotations,
 )
 from mcp.types import Tool as ToolListing
@@ -43,11 +42,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from tunnel_mcp.approvals import Approvals, CallAnswers, InputRequired
 from tunnel_mcp.manager import TunnelManager
 from tunnel_mcp.models import field_title
+from tunnel_mcp.schemas import compact
 from tunnel_trio.session_types import TunnelError
 
 log = logging.getLogger(__name__)
 
-ToolFunction = Callable[..., Awaitable[CallToolResult]]
+ToolFunction = Callable[..., Awaitable["ToolResult"]]
 T = TypeVar("T")
 
 #: How often a waiting tunnel_listen (or a slow open/join) reports progress.
@@ -100,39 +100,46 @@ def _manager(ctx: ToolContext) -> TunnelManager:
 # -- results ---------------------------------------------------------------------------------
 
 
-def _ok(model: BaseModel, text: str) -> CallToolResult:
-    # Built without validation: the structured content was just dumped from a validated model,
-    # and the SDK checks the whole result against the protocol's types on its way out.
-    return CallToolResult.model_construct(
-        content=[TextContent.model_construct(type="text", text=text)],
-        structured_content=model.model_dump(mode="json", by_alias=True),
-    )
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool answers: one text for humans (and for clients that ignore structured
+    content) and the result model's wire form, the structured content."""
+
+    text: str
+    structured_content: dict[str, Any] | None = None
+    is_error: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        """The answer in its wire form, as `tools/call` sends it: what the SDK makes of the equal
+        `CallToolResult` (tests/tunnel_mcp/test_wire.py holds the two equal).
+
+        Written directly: building that model and dumping it again cost more than the rest of a
+        tunnel_status. Handed a mapping, the SDK copies its top level only (a model it would dump
+        whole: a deep copy of a full listen page) before checking it against the protocol's
+        types and serializing it."""
+        out: dict[str, Any] = {
+            "content": [{"type": "text", "text": self.text}],
+            "isError": self.is_error,
+            "resultType": "complete",
+        }
+        if self.structured_content is not None:
+            out["structuredContent"] = self.structured_content
+        return out
 
 
-def _error(text: str) -> CallToolResult:
-    return CallToolResult.model_construct(
-        content=[TextContent.model_construct(type="text", text=text)], is_error=True
-    )
+def _ok(model: BaseModel, text: str) -> ToolResult:
+    return ToolResult(text, model.model_dump(mode="json", by_alias=True))
 
 
-def wire(result: CallToolResult) -> dict[str, Any]:
-    """A tool result in its wire form, as `tools/call` answers it.
-
-    Given a model, the SDK would dump it whole (a deep copy of the structured content: ~0.2 ms
-    for a full tunnel_listen page) before checking it against the protocol's types, which dumps
-    it again; given this mapping it only copies the top level. Everything but the structured
-    content is dumped as the SDK would."""
-    out = result.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"structured_content"})
-    if result.structured_content is not None:
-        out["structuredContent"] = result.structured_content
-    return out
+def _error(text: str) -> ToolResult:
+    return ToolResult(text, is_error=True)
 
 
 def _guarded(fn: ToolFunction) -> ToolFunction:
     """Turn a session-layer error into a tool error, and anything unexpected into a safe one."""
 
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> CallToolResult:
+    async def wrapper(*args: Any, **kwargs: Any) -> ToolResult:
         try:
             return await fn(*args, **kwargs)
         except InputRequired:
@@ -220,7 +227,8 @@ class Tool:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_schema", self.arguments.model_json_schema())
-        object.__setattr__(self, "output_schema", self.result.model_json_schema())
+        # The form a client checks cheaply (every structured result is checked against it).
+        object.__setattr__(self, "output_schema", compact(self.result.model_json_schema()))
 
     def with_maximum(self, argument: str, maximum: int) -> Tool:
         """This tool with `argument` bounded by `maximum` (a limit known only at start-up)."""
@@ -246,20 +254,21 @@ class Tool:
 
     async def call(
         self, request: ServerRequestContext[Any, Any], params: CallToolRequestParams
-    ) -> CallToolResult | InputRequiredResult:
+    ) -> dict[str, Any] | InputRequiredResult:
+        """Run the tool: its answer in wire form (`ToolResult.wire`), or a question for the human."""
         try:
             parsed = self.arguments.model_validate(params.arguments or {})
         except ValidationError as exc:
             # Field names only: the rejected values are the caller's data.
             fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
             log.info("%s rejected arguments: %s", self.name, fields)
-            return _error(_bad_arguments(self.name, exc, self.input_schema))
+            return _error(_bad_arguments(self.name, exc, self.input_schema)).wire()
         values = {name: getattr(parsed, name) for name in type(parsed).model_fields}
         values[self.context_parameter] = ToolContext(
             request, params.input_responses, params.request_state
         )
         try:
-            return await self.function(**values)
+            return (await self.function(**values)).wire()
         except InputRequired as asking:
             return asking.result
 
@@ -299,8 +308,8 @@ def tool(
         if not context_parameter:
             raise TypeError(f"{fn.__name__} must take a ToolContext parameter")
         returned = typing.get_args(hints["return"])
-        if len(returned) != 2 or returned[0] is not CallToolResult:
-            raise TypeError(f"{fn.__name__} must return Annotated[CallToolResult, <result model>]")
+        if len(returned) != 2 or returned[0] is not ToolResult:
+            raise TypeError(f"{fn.__name__} must return Annotated[ToolResult, <result model>]")
         arguments = create_model(f"{name}Arguments", __base__=_Arguments, **fields)
         return Tool(
             name=name,

@@ -20,7 +20,7 @@ from mcp.server.lowlevel import Server
 from pydantic import BaseModel, Field
 
 from tunnel_mcp.manager import TunnelManager
-from tunnel_mcp.toolkit import ToolContext, _ok, tool
+from tunnel_mcp.toolkit import ToolContext, ToolResult, _ok, tool
 
 MODES = ["legacy", "auto"]
 
@@ -32,13 +32,13 @@ class Verdict(BaseModel):
 @tool(name="share", title="Share files", read_only=False)
 async def share(
     path: str, files: int, size: int, ctx: ToolContext
-) -> Annotated[types.CallToolResult, Verdict]:
+) -> Annotated[ToolResult, Verdict]:
     answer = await ctx.approvals.approve_reading(ctx, tunnel_id="T1", path=path, files=files, total_bytes=size)
     return _ok(Verdict(answer=answer), answer)
 
 
 @tool(name="save", title="Save files", read_only=False)
-async def save(destination: str, ctx: ToolContext) -> Annotated[types.CallToolResult, Verdict]:
+async def save(destination: str, ctx: ToolContext) -> Annotated[ToolResult, Verdict]:
     answer = await ctx.approvals.approve_writing(ctx, tunnel_id="T1", destination=destination, files=2, total_bytes=10)
     return _ok(Verdict(answer=answer), answer)
 
@@ -58,7 +58,7 @@ def make_server() -> Server[TunnelManager]:
 
     async def call_tool(
         ctx: ServerRequestContext[TunnelManager], params: types.CallToolRequestParams
-    ) -> types.CallToolResult | types.InputRequiredResult:
+    ) -> dict[str, Any] | types.InputRequiredResult:
         return await TOOLS[params.name].call(ctx, params)
 
     return Server("questions", lifespan=lifespan, on_list_tools=list_tools, on_call_tool=call_tool)

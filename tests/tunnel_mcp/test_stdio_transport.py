@@ -148,6 +148,40 @@ async def test_a_served_process_builds_its_escape_tables_before_the_first_tool_c
     monkeypatch.setattr(manager, "SESSION_LAYER", ())
     for table in (render._format_characters, render._display_escapes, render._visible_escapes):
         table.cache_clear()
-    await stdio._preload()
+    answered = trio.Event()
+    answered.set()
+    await stdio._preload(answered)
     assert render._display_escapes.cache_info().currsize == 1
     assert render._visible_escapes.cache_info().currsize == 1
+
+
+def test_starting_the_server_does_not_load_the_tools() -> None:
+    # They are a good part of the start-up: loaded once the handshake is answered (below).
+    code = "import sys, tunnel_mcp.cli, tunnel_mcp.stdio; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = done.stdout
+    for deferred in ("tunnel_mcp.tools", "tunnel_mcp.models", "tunnel_mcp.toolkit", "tunnel_mcp.room_tools"):
+        assert f"'{deferred}'" not in loaded, deferred
+
+
+async def test_the_tools_load_once_the_handshake_is_answered(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    from tunnel_mcp import manager, stdio
+
+    monkeypatch.setattr(manager, "SESSION_LAYER", ())
+    loads: list[float] = []
+    monkeypatch.setattr(stdio, "load_tools", lambda: loads.append(trio.current_time()))
+    answered = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stdio._preload, answered)
+        await trio.sleep(0.1)
+        assert loads == []  # the handshake is not answered yet: nothing competes with it
+        answered.set()
+        await trio.sleep(0.01)
+        assert len(loads) == 1
+    # A server no client has spoken to yet loads them anyway, after a while.
+    loads.clear()
+    started = trio.current_time()
+    await stdio._preload(trio.Event())
+    assert len(loads) == 1 and loads[0] - started >= manager.PRELOAD_AFTER

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 import tunnel_mcp.chat_tools as chat_tools
 import tunnel_mcp.manager as manager_module
-import tunnel_mcp.server as tunnel_server
+import tunnel_mcp.tools as tool_table
 from tunnel_mcp.manager import (
     DEFAULT_ROOM_CAPACITY,
     MAX_ROOM_CAPACITY,
@@ -127,13 +127,19 @@ async def test_tools_publish_output_schemas_annotations_and_warnings(server: Ser
     )
 
 
-def _properties(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(where, key, property) for every property of a schema and of its $defs."""
+def _properties(schema: Any, where: str = "?") -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, key, property) for every property of a schema, nested ones and $defs' included."""
+    if isinstance(schema, list):
+        for item in schema:
+            yield from _properties(item, where)
+        return
+    if not isinstance(schema, dict):
+        return
+    where = schema.get("title", where)
     for key, prop in schema.get("properties", {}).items():
-        yield schema.get("title", "?"), key, prop
-    for name, definition in schema.get("$defs", {}).items():
-        for key, prop in definition.get("properties", {}).items():
-            yield name, key, prop
+        yield where, key, prop
+    for value in schema.values():
+        yield from _properties(value, where)
 
 
 def _models(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
@@ -161,7 +167,7 @@ async def test_descriptions_are_dedented_and_every_field_has_a_readable_title(
                 # pydantic's own title for "publicUrl" would be "Publicurl".
                 assert title and (key.islower() or title != key.title()), (tool.name, where, key, title)
     # Titles are written, not generated: every field of every argument and result model.
-    for declared in tunnel_server.TOOLS:
+    for declared in tool_table.TOOLS:
         for model in (*_models(declared.arguments), *_models(declared.result)):
             untitled = [name for name, info in model.model_fields.items() if not info.title]
             assert not untitled, f"{declared.name}: {model.__name__} fields {untitled} need Field(title=...)"
@@ -792,7 +798,7 @@ async def test_start_up_objects_are_frozen_out_of_the_collector_after_the_preloa
     gc.unfreeze()
     try:
         assert gc.get_freeze_count() == 0
-        await stdio_module._preload()
+        await stdio_module._preload(trio.Event())  # no client: it goes ahead after a while
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
