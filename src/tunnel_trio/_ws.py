@@ -25,7 +25,9 @@ Design notes (the *why*):
 * On a plain TCP stream (POSIX), the socket is read and written directly (`os.read` /
   `os.write` on its descriptor, `trio.lowlevel.wait_readable` to wait): a message that is
   already there costs no trip through the scheduler, and `send_now` lets synchronous code put
-  a reply in the socket without waking a writer task. TLS streams use trio's stream API.
+  a reply in the socket without waking a writer task; a large send (a file chunk) goes
+  straight into the socket too, yielding to other tasks once every `WRITE_YIELD_BYTES`
+  rather than twice per write. TLS streams use trio's stream API.
 * A server holds at most ``max_connections``. At the cap a newcomer evicts the oldest
   connection that has made no progress (`ConnectionSlots`), so connections that never finish
   their request head cannot lock real clients out.
@@ -85,6 +87,12 @@ RECEIVE_CHUNK = 65536
 #: trip through the scheduler; after this many in a row it yields once, so that a peer that
 #: keeps the socket full cannot starve every other task.
 YIELD_EVERY = 16
+#: A `send_many` of at least this many bytes (file chunks) on a plain TCP socket is written
+#: directly and yields only every WRITE_YIELD_BYTES written in a row: trio's `send_all` and an
+#: `async with` lock each yield on every call, two trips through the scheduler per 64 KiB
+#: chunk. Smaller sends (chat) keep those yields.
+BULK_WRITE = 16 * 1024
+WRITE_YIELD_BYTES = 256 * 1024
 #: How long a graceful close waits for the peer's Close frame before dropping the stream.
 CLOSE_TIMEOUT = 3.0
 #: Upper bound on the HTTP response head a client accepts during the upgrade (h11's default
@@ -198,6 +206,7 @@ class WebSocket:
         # Bytes `send_now` framed that the socket did not take at once: they go first.
         self._unsent = b""
         self._unyielded = 0
+        self._written_unyielded = 0
         # The last read took less than it asked for (see `_read`).
         self._drained = False
         # Set once no more input will be read: the peer's Close, EOF, or a framing error.
@@ -311,20 +320,67 @@ class WebSocket:
         bytes `send_now` left unsent). Cancellation aborts the connection, as for `send`."""
         if self._close_code is not None:
             raise self._closed_error()
+        if self._fd is not None and sum(map(len, messages)) >= BULK_WRITE:
+            await self._send_bulk(messages)
+            return
         async with self._send_lock:
-            if self._close_code is not None:
-                raise self._closed_error()
-            if self._connection.state is not ConnectionState.OPEN:
-                # The peer's Close is parsed but receive() has not handled it yet.
-                peer = self._peer_close
-                raise WebSocketClosed(
-                    peer.code if peer else CLOSE_ABNORMAL, (peer.reason or "") if peer else ""
-                )
+            self._check_sendable()
             payload = frame_messages(messages, client=self._client) if messages else b""
             if not await self._write(payload):
                 self._begin_close(CLOSE_ABNORMAL, "connection lost")
                 await self._finish()
                 raise self._closed_error()
+
+    async def _send_bulk(self, messages: Sequence[bytes]) -> None:
+        """`send_many` for large sends on a plain TCP socket (see BULK_WRITE): the same order
+        and the same cancellation (checked before anything is written; a write cut short by it
+        aborts the connection), but no trip through the scheduler when the lock is free and
+        the socket takes everything, except once every WRITE_YIELD_BYTES."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            self._check_sendable()
+            payload = frame_messages(messages, client=self._client)
+            if self._unsent:
+                payload, self._unsent = self._unsent + payload, b""
+            fd = self._fd
+            written = 0
+            if fd is not None and self._stream.socket.fileno() == fd:  # type: ignore[attr-defined]
+                try:
+                    written = os.write(fd, payload)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    written = -1  # reset: `_write` finds out and reports it
+            if written == len(payload):
+                self._written_unyielded += written
+                if self._written_unyielded >= WRITE_YIELD_BYTES:
+                    self._written_unyielded = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            self._written_unyielded = 0
+            # The rest waits for room in the socket, as every other send does.
+            if not await self._write(payload[max(written, 0) :]):
+                self._begin_close(CLOSE_ABNORMAL, "connection lost")
+                await self._finish()
+                raise self._closed_error()
+        finally:
+            lock.release()
+
+    def _check_sendable(self) -> None:
+        """Raise WebSocketClosed if nothing more may be sent (caller holds the send lock)."""
+        if self._close_code is not None:
+            raise self._closed_error()
+        if self._connection.state is not ConnectionState.OPEN:
+            # The peer's Close is parsed but receive() has not handled it yet.
+            peer = self._peer_close
+            raise WebSocketClosed(
+                peer.code if peer else CLOSE_ABNORMAL, (peer.reason or "") if peer else ""
+            )
 
     def send_now(self, messages: Sequence[bytes]) -> bool:
         """Frame `messages` and put them in the socket now, from synchronous code.

@@ -19,7 +19,7 @@ Where the work happens:
   is written through a `files_disk.FileWriter` (temporary name, SHA-256 as bytes arrive, then a
   checked rename) in worker threads, `WRITE_BATCH_BYTES` per thread call, and only then is that
   much credit granted back: a slow disk slows the sharer instead of filling memory. A fetch
-  keeps `RECEIVE_CREDIT` (512 KiB, within the room's `file_window`) outstanding: that bounds
+  keeps `RECEIVE_CREDIT` (8 chunks, 511 KiB, within the room's `file_window`) outstanding: that bounds
   what the receiver holds unwritten, what the host holds of the transfer, and what a chat
   message can find ahead of it on either connection (measured in bench/files.py).
 - A dropped member connection does not end its fetches: the core fetches again after the
@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from tunnelproto import (
+    MAX_CHUNK,
     MAX_MEMBER_TRANSFERS,
     ChunkReceived,
     FetchAborted,
@@ -74,6 +75,7 @@ from tunnelproto._files import (
     ABORT_CLOSED,
     ABORT_GONE,
     ABORT_UNREADABLE,
+    READ_SIZE,
     ManifestCheck,
     check_head,
 )
@@ -111,10 +113,10 @@ WRITE_BATCH_BYTES = 256 * 1024
 #: Credit a receiver keeps outstanding on a fetch (at most the room's `file_window`). What is
 #: in flight is what a chat message from the sharer, or to the receiver, may wait behind; on
 #: loopback the rate is bound by CPU, not by this, so it is kept small.
-RECEIVE_CREDIT = 512 * 1024
+RECEIVE_CREDIT = 8 * MAX_CHUNK
 #: A sharer reads this much of a file per worker-thread call and answers the core's next read
 #: requests (READ_SIZE each) from it; at most MAX_READ_AHEADS such buffers are kept.
-READ_AHEAD = 1024 * 1024
+READ_AHEAD = 4 * READ_SIZE
 MAX_READ_AHEADS = 8
 #: How long `share` waits for the host to stamp a member's share before saying it is queued.
 SHARE_TIMEOUT = 30.0
@@ -350,7 +352,12 @@ class SessionFiles:
         raise NotImplementedError
 
     def _credit(self) -> int:
-        return max(1, min(RECEIVE_CREDIT, self._window()))
+        # Whole chunks where the window allows one: a credit that is not leaves the sharer,
+        # once it catches up with it, a short chunk to send, and that chunk's credit comes back
+        # just as short, so every catch-up after it sends one more (each costs every hop a
+        # whole message).
+        credit = min(RECEIVE_CREDIT, self._window())
+        return max(1, credit - credit % MAX_CHUNK if credit > MAX_CHUNK else credit)
 
     def _cancel(self, transfer: int) -> None:
         raise NotImplementedError
@@ -534,7 +541,9 @@ class SessionFiles:
     ) -> None:
         key = (asker, request.transfer)
         ahead = self._ahead.pop(key, None)
-        if ahead is not None and ahead[1] == request.offset:
+        # A read-ahead shorter than the request is read again with what follows it: answering
+        # with less would cut a short chunk (see tunnelproto's `read_size`).
+        if ahead is not None and ahead[1] == request.offset and len(ahead[2]) >= request.size:
             _, offset, view = ahead
             data = bytes(view[: request.size])
             if len(view) > len(data):

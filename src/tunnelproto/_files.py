@@ -88,10 +88,11 @@ MAX_ROOM_TRANSFERS = 32
 DEFAULT_FILE_WINDOW = 1024 * 1024
 #: The largest window a member accepts from a host, so a hostile host cannot make it buffer more.
 MAX_FILE_WINDOW = 16 * 1024 * 1024
-#: Bytes one read request asks for (less near the end of the credit or the file).
-READ_SIZE = 256 * 1024
 #: The largest chunk payload.
 MAX_CHUNK = f.MAX_CHUNK
+#: Bytes one read request asks for (less near the end of the credit or the file): whole
+#: chunks, so that every chunk a read makes is full (see `read_size`).
+READ_SIZE = 4 * MAX_CHUNK
 
 # ---- codes --------------------------------------------------------------------------------
 #: Why an offer ended (`unoffer.reason`, the summary of a `file-offer-ended` event).
@@ -154,6 +155,19 @@ OFFER_MOVES: dict[OfferState, frozenset[OfferState]] = {
     OfferState.LIVE: frozenset({OfferState.ENDED}),
     OfferState.ENDED: frozenset(),
 }
+
+
+def read_size(at: int, end: int) -> int:
+    """What the next read request of a transfer asks for, from byte `at` up to `end` (the
+    credit's or the file's end, whichever comes first): READ_SIZE, or whole chunks when the
+    credit allows more than one, or the rest.
+
+    Each read becomes its own chunks, so a read that is not whole chunks ends in a short one,
+    and a chunk costs every hop (sharer, host, receiver) the same per-message work whatever its
+    size: 256 KiB reads made one chunk in five 512 bytes long. Rounding down never waits: what
+    is left over is read next, with whatever credit came meanwhile."""
+    n = min(READ_SIZE, end - at)
+    return n - n % MAX_CHUNK if n > MAX_CHUNK else n
 
 
 def move(state: TransferState, to: TransferState) -> TransferState:

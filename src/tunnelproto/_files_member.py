@@ -57,10 +57,10 @@ from ._files import (
     MAX_OFFER_FILES,
     MAX_ROOM_OFFERS,
     MAX_ROOM_TRANSFERS,
-    READ_SIZE,
     SHARER_ABORT_CODES,
     ManifestCheck,
     check_head,
+    read_size,
     share_frames,
 )
 from ._names import one_line
@@ -480,7 +480,7 @@ class MemberFiles:
         end = min(p.limit, p.size)
         if p.reading or p.read >= end:
             return
-        p.reading = min(READ_SIZE, end - p.read)
+        p.reading = read_size(p.read, end)
         self._mc._events.append(ReadRequest(p.x, p.offer, p.file, p.read, p.reading))
 
     def _on_chunk(self, chunk: f.Chunk) -> None:

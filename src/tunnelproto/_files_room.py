@@ -58,7 +58,6 @@ from ._files import (
     MAX_MEMBER_TRANSFERS,
     MAX_ROOM_OFFERS,
     MAX_ROOM_TRANSFERS,
-    READ_SIZE,
     SHARER_ABORT_CODES,
     ManifestCheck,
     OfferState,
@@ -68,6 +67,7 @@ from ._files import (
     move,
     page_budget,
     page_end,
+    read_size,
 )
 from ._names import one_line
 from ._transcript import TranscriptEntry
@@ -698,7 +698,7 @@ class RoomFiles:
         end = min(t.limit, t.size)
         if t.reading or t.received >= end or t.state is not TransferState.RELAYING:
             return
-        t.reading = min(READ_SIZE, end - t.received)
+        t.reading = read_size(t.received, end)
         self._events.append(ReadRequest(t.id, t.offer.info.id, t.file, t.received, t.reading))
 
     def _on_chunk(self, conn: _Conn, chunk: f.Chunk) -> None:

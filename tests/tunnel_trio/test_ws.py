@@ -1001,3 +1001,62 @@ async def test_receive_honours_cancellation_with_a_message_waiting(nursery: trio
         await server.receive()
     assert scope.cancelled_caught
     assert await server.receive() == b"kept"  # nothing was lost to the cancellation
+
+
+async def test_large_sends_the_socket_cannot_take_at_once_arrive_whole_and_in_order(
+    nursery: trio.Nursery,
+) -> None:
+    # Large sends are written straight to the socket; what it has no room for waits for room.
+    client, server = await _socket_pair(nursery)
+    messages = [os.urandom(60_000) for _ in range(100)]  # far more than the socket buffers hold
+    sent = trio.Event()
+
+    async def send_all_of_them() -> None:
+        for message in messages:
+            await client.send(message)
+        sent.set()
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(send_all_of_them)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not sent.is_set()  # the server is not reading yet: the sender waits
+            received = [await server.receive() for _ in messages]
+    assert received == messages
+
+
+async def test_large_sends_let_other_tasks_run() -> None:
+    # Sends the socket takes at once (its buffer holds them all) never wait for it: the writer
+    # itself must still give other tasks their turn.
+    import socket
+
+    from wsproto.connection import Connection
+
+    from tunnel_trio._ws import WRITE_YIELD_BYTES
+
+    size, count = 64 * 1024, 32
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * count * size)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    ws = WebSocket(stream, Connection(ConnectionType.CLIENT), path="/", remote="pair",
+                   client=True, max_message_size=1 << 20)
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.sleep(0)
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(other)
+            await trio.sleep(0)
+            before = turns
+            for _ in range(count):
+                await ws.send(b"x" * size)
+            after = turns
+            inner.cancel_scope.cancel()
+    await ws.aclose()
+    theirs.close()
+    assert after - before >= count * size // (WRITE_YIELD_BYTES + size) - 1
