@@ -219,7 +219,7 @@ def _notes(plan: Plan, figures: list[Figure]) -> list[str]:
         "deliveries/s = messages x members / time until the last member has them all. "
         "Baseline: a bare server sending each message to every client in turn. "
         "Pipelined host->member and fan-out: the host says faster than the process goes idle, "
-        "so the relay's autocork holds its says (at most 64, 2 ms) and each member gets them "
+        "so the relay's autocork holds its says (at most 64, 5 ms) and each member gets them "
         "in one transport message (batch/1); a say made after the process went idle goes out "
         "at once (one-way).",
         f"rates are the median of {plan.reps} run(s) (a fresh room each); no p95 for them.",

@@ -279,6 +279,10 @@ class RoomFiles:
         out, self._events = self._events, []
         return out
 
+    def has_events(self) -> bool:
+        """Whether `take_events()` has anything."""
+        return bool(self._events)
+
     # ---- the bulk lane
 
     def has_bulk(self, conn_id: int) -> bool:
@@ -734,6 +738,7 @@ class RoomFiles:
         if cf is not None and t.id not in cf.queued:
             cf.bulk.append(t.id)
             cf.queued.add(t.id)
+            self._room._other_output = True  # the driver pulls it at its next drain
 
     @staticmethod
     def _take(t: _Transfer) -> bytes | memoryview:

@@ -275,6 +275,8 @@ class Room:
         self._conns: dict[int, _Conn] = {}
         self._next_conn = 1
         self._out: list[Send | Disconnect] = []
+        # See `other_output`: set wherever output is queued, kept as it was by `say`.
+        self._other_output = False
         #: Connections (batch/1) with frames queued in their channel, sealed at the next drain.
         self._queued: dict[int, _Conn] = {}
         self._entries: list[TranscriptEntry] = []
@@ -356,11 +358,14 @@ class Room:
         return self._entries[self._head + start - self.first_seq :]
 
     def say(self, text: str, now: float) -> TranscriptEntry:
-        """The host's own chat message."""
+        """The host's own chat message. What it queues does not set `other_output`."""
         if self.closed:
             raise LocalProtocolError("the room is closed", "closed")
         check_text(text, LocalProtocolError)
-        return self._append_chat(self.host_id, text, 0, now)
+        other = self._other_output
+        entry = self._append_chat(self.host_id, text, 0, now)
+        self._other_output = other
+        return entry
 
     def close(self, summary: str | None, now: float) -> None:
         """End the room for everyone; `summary` reaches every member in the `closed` event."""
@@ -412,7 +417,19 @@ class Room:
         self._broadcast_roster()
         return entry
 
+    @property
+    def other_output(self) -> bool:
+        """Whether anything but the host's own says (`say`) was queued since the last
+        `data_to_send()`: frames or closes for connections, file events (`files.take_events`),
+        chunks waiting for `pull_bulk`. While it is False, a driver that holds the host's says
+        back to send several together (the reference relay's autocork) may leave the drain
+        for later: what it would send is only those says."""
+        return self._other_output or self.files.has_events()
+
     def data_to_send(self) -> list[Send | Disconnect]:
+        """Everything queued, in order (the frames of a batch/1 connection sealed together).
+        Clears `other_output`: drain `files.take_events()` and pull bulk with it."""
+        self._other_output = False
         if self._queued:
             queued, self._queued = self._queued, {}
             for conn in queued.values():
@@ -585,6 +602,7 @@ class Room:
     def _plain_refuse(self, conn: _Conn, code: str, now: float) -> None:
         body = f.Refuse(code=code, msg=REFUSAL_MESSAGES[code]).encode()
         self._out.append(Send(conn.id, bytes([MSG2_PLAIN_REFUSE]) + body))
+        self._other_output = True
         self._drop(conn, now, CLOSE_REFUSED, code)
 
     def _on_msg1(self, conn: _Conn, data: bytes, now: float) -> None:
@@ -621,6 +639,7 @@ class Room:
         if code is not None:
             reply = hs.write_message(f.Refuse(code=code, msg=REFUSAL_MESSAGES[code]).encode())
             self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
+            self._other_output = True
             self._drop(conn, now, CLOSE_REFUSED, code)
             return
 
@@ -678,6 +697,7 @@ class Room:
         )
         reply = hs.write_message(welcome.encode())
         self._out.append(Send(conn.id, bytes([MSG2_NOISE]) + reply))
+        self._other_output = True
         if invite is not None:
             # Only a join fixes the phrase: the seat keeps it across resumes.
             pending.phrase = derive_phrase(hs.handshake_hash)
@@ -1000,6 +1020,7 @@ class Room:
         sealed with whatever else is queued at the next drain (`data_to_send`)."""
         channel = conn.channel
         assert channel is not None
+        self._other_output = True
         if channel.batch:
             if not channel.queued:
                 self._queued[conn.id] = conn
@@ -1050,6 +1071,7 @@ class Room:
                 conn.channel.queued.clear()  # the transport is gone already
         if code is not None:
             self._out.append(Disconnect(conn.id, code, reason))
+            self._other_output = True
         if conn.pending is not None and conn.pending.invite is not None:
             # A join that never confirmed gives its invite back (it admitted nobody).
             inv = conn.pending.invite

@@ -133,3 +133,51 @@ async def test_while_the_process_stays_busy_held_says_wait_at_most_the_cork_dela
     assert batched == [["first"], ["second"], ["third"]]
     await ws.aclose()
     await host.close()
+
+
+async def test_a_members_ack_leaves_the_held_says_held(nursery, autojump_clock):
+    # An ack makes no output of its own (Room.other_output stays clear): the says held when it
+    # arrives stay held for the rest of the stretch, rather than going out early, one or two.
+    host = await open_host(nursery, "cork", name="ana", invites=1)
+    ws, conn = await raw_member(host.initial_invites[0].join_link, "ben")  # acks at once
+    await trio.testing.wait_all_tasks_blocked()
+    await host.say("zero")
+    assert await _read_chats_keeping_acks(ws, conn) == ["zero"]
+    ack = conn.data_to_send()
+    assert ack  # the ack of "zero", not sent yet
+    await trio.sleep(1)  # idle: the stretch after "zero" ended
+    await host.say("one")  # out at once; a stretch begins
+    await host.say("two")
+    assert host.relay.held_says == 1
+    (member,) = [c for c in host.room._conns.values()]
+    inflight = len(member.inflight)
+    await ws.send_many(ack)
+    for _ in range(50):  # busy (no time passes) until the relay has read the ack
+        if len(member.inflight) < inflight:
+            break
+        await trio.sleep(0)
+    assert len(member.inflight) < inflight
+    assert host.relay.held_says == 1  # still held: the ack sent nothing of its own
+    # A message that does make output (the member's say: its entry, its ack) takes it along.
+    conn.say("three")
+    await ws.send_many(conn.data_to_send())
+    for _ in range(50):
+        if host.relay.held_says == 0:
+            break
+        await trio.sleep(0)
+    assert host.relay.held_says == 0
+    assert [t for m in await _read_chats(ws, conn, 3) for t in m] == ["one", "two", "three"]
+    await ws.aclose()
+    await host.close()
+
+
+async def _read_chats_keeping_acks(ws, conn) -> list[str]:  # type: ignore[no-untyped-def]
+    """Read until chat comes; its texts. What the member would answer stays queued."""
+    texts: list[str] = []
+    with trio.fail_after(10):
+        while not texts:
+            conn.receive_data(await ws.receive(), trio.current_time())
+            while (event := conn.next_event()) is not None:
+                if isinstance(event, ChatMessage):
+                    texts.append(event.text)
+    return texts

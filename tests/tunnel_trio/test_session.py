@@ -274,6 +274,23 @@ def test_the_json_size_of_a_text_is_what_json_writes(text: str) -> None:
     assert _json_text(text) == len(written)
 
 
+@given(st.text(), st.text(), st.booleans(), st.booleans())
+def test_a_chat_messages_json_size_is_the_general_estimate(
+    text: str, name: str, has_text: bool, has_sender: bool
+) -> None:
+    """json_size's shortcut for chat adds up what the general sum adds up (which does not
+    depend on the kind)."""
+    import dataclasses
+
+    from tunnel_trio.session import json_size
+    from tunnel_trio.session_types import MemberInfo, chat_message
+
+    sender = MemberInfo(3, name, False) if has_sender else None
+    chat = chat_message(7, 1.5, sender, text if has_text else None)
+    assert json_size(chat) == json_size(dataclasses.replace(chat, kind="event"))
+    assert json_size(chat) >= (len(text) if has_text else 0) + (len(name) if has_sender else 0)
+
+
 def test_a_sender_the_member_never_heard_of_gets_a_stand_in_name():
     from tunnel_trio.session import _Names
     from tunnel_trio.session_types import MemberInfo

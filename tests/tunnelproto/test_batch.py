@@ -7,7 +7,7 @@ session keys seal what a modified client could send.
 from __future__ import annotations
 
 import pytest
-from harness import FakeHost, Net, seal_as_member
+from harness import BULK_BATCH, FakeHost, Net, seal_as_member
 
 from tunnelproto import (
     BATCH_CAP,
@@ -241,3 +241,74 @@ def test_queued_frames_fill_messages_up_to_max_plaintext_and_never_split_a_frame
     assert len(messages) == 1 + over
     opened = [frame for message in messages for frame in receiver.open_all(message)]
     assert [f.encode() for f in opened] == frames
+
+
+def test_other_output_tells_whether_a_drain_has_more_than_the_hosts_own_says() -> None:
+    # A relay that holds the host's says back (autocork) leaves the drain for later while only
+    # they wait: a member's ack alone makes no output, so it must not report any.
+    net = Net()
+    ana = net.join("ana", batch=True)
+    bob = net.join("bob")
+    room = net.room
+    assert not room.other_output
+    ana.hold_out = bob.hold_out = True
+    net.host_say("one")
+    net.tick(ACK_DELAY)  # ana's delayed ack is due
+    acks = [(peer, data) for peer in (ana, bob) for data in peer.outbox]
+    assert {peer.name for peer, _ in acks} == {"ana", "bob"}
+    ana.outbox.clear()
+    bob.outbox.clear()
+    assert not room.other_output
+    net.host_say("two", pump=False)
+    assert not room.other_output  # only the host's say waits
+    for peer, data in acks:
+        room.receive(peer.conn_id or 0, data, net.now)
+        assert not room.other_output  # an ack alone: still only the say
+    ana.hold_out = bob.hold_out = False
+    net.say(ana, "from ana", pump=False)
+    net.send_now(ana)
+    assert room.other_output  # ana's say: its entry for everyone, its ack
+    net.pump()
+    assert not room.other_output  # drained
+    assert ana.texts[-3:] == bob.texts[-3:] == ["one", "two", "from ana"]
+    net.host_say("three", pump=False)
+    net.room.remove(bob.member_id or 0, None, net.now)  # any other host call that sends
+    assert room.other_output
+    net.pump()
+    net.check()
+
+
+def test_other_output_reports_file_events_and_chunks_to_pull() -> None:
+    # Chunks from a sharer make no frame at once: for the host's own fetch they become events
+    # (`files.take_events`), for a member's they wait for `pull_bulk`. Either is output.
+    net = Net()
+    ana = net.join("ana", batch=True, files=True)
+    bob = net.join("bob", batch=True, files=True)
+    room = net.room
+    contents = [bytes(range(256)) * 256]
+    offer = net.offer_of(ana, net.share(ana, contents))
+    fetches = (
+        lambda: room.files.fetch(offer, 0, net.now),
+        lambda: net.fetch(bob, offer, 0, contents),
+    )
+    for fetch in fetches:
+        ana.hold_out = True
+        fetch()
+        net.pump()  # the fetch reached ana; what ana sends waits
+        for data in ana.outbox:
+            room.receive(ana.conn_id or 0, data, net.now)
+        ana.outbox.clear()
+        for item in room.data_to_send():
+            net._route(item)
+        assert ana.mc.has_bulk() and not room.other_output
+        ana.hold_out = False
+        ana.mc.pull_bulk(BULK_BATCH)
+        (chunk, *rest) = ana.mc.data_to_send()
+        room.receive(ana.conn_id or 0, chunk, net.now)
+        assert room.other_output
+        for data in rest:
+            room.receive(ana.conn_id or 0, data, net.now)
+        net.pump()
+        assert not room.other_output
+    assert bob.disk.complete
+    net.check()
