@@ -844,7 +844,8 @@ class MemberSession(_Session):
         self._phrase: str | None = None
         self._phrase_changed = False
         self.files = MemberFiles(self)
-        self.guest = Guest(link, name, self._on_event, self._on_state, **dial)  # type: ignore[arg-type]
+        timers = self._transcript.timers
+        self.guest = Guest(link, name, self._on_event, self._on_state, timers=timers, **dial)  # type: ignore[arg-type]
 
     def _on_state(self, state: str) -> None:
         if state in ("connected", "reconnecting", "closed"):
