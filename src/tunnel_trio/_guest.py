@@ -19,8 +19,8 @@ finishing) is carried over rather than lost.
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -50,6 +50,7 @@ from tunnelproto import (
 )
 
 from ._outbox import WRITE_BATCH, CloseMarker, Outbox, OutboxFull
+from ._waits import Timers
 from ._ws import CLOSE_ABNORMAL, WebSocket, WebSocketClosed, WebSocketError, connect_websocket
 
 log = logging.getLogger("tunnel_trio.guest")
@@ -156,6 +157,7 @@ class Guest:
         resolve_override: Mapping[tuple[str, int], tuple[str, int]] | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         resume_budget: float = RESUME_BUDGET,
+        timers: Timers,
     ) -> None:
         self.link = link
         self.name = name
@@ -170,9 +172,12 @@ class Guest:
         self._outbox: Outbox | None = None
         self._leaving = False
         self._stop = trio.CancelScope()
-        #: The timer task's sleep (None while it is not sleeping): its deadline is the
-        #: connection's next one, moved earlier from `flush` when a call brings one forward.
-        self._timer_scope: trio.CancelScope | None = None
+        #: The session's timer task, which also serves the connection's deadlines (`_tick`):
+        #: `flush` brings its tick forward, in place, when a call brings a deadline forward.
+        self._timers = timers
+        #: What `_tick` raised (unexpected): `_serve` raises it, as the connection's task would.
+        self._tick_error: Exception | None = None
+        self._serve_nursery: trio.Nursery | None = None
         #: `flush_soon` was called: the writer flushes before its next write.
         self._flush_pending = False
         self._ended: ConnectionEnded | None = None
@@ -209,13 +214,11 @@ class Guest:
             self._drain(self.conn)  # records the (resumable) end, so run() resumes
             if self._serve_scope is not None:
                 self._serve_scope.cancel()
-        # Only an earlier deadline needs the timer's sleep moved (a later one costs one early
-        # wake-up at most), and it is moved in place, without waking the timer task.
-        scope = self._timer_scope
-        if scope is not None:
-            deadline = conn.next_deadline()
-            if deadline is not None and deadline < scope.deadline:
-                scope.deadline = deadline
+        # Only an earlier deadline needs the tick moved (a later one costs one early tick at
+        # most), and it is moved in place, without waking the timer task.
+        deadline = conn.next_deadline()
+        if deadline is not None and deadline < self._timers.tick_at:
+            self._timers.tick_soon(deadline)
 
     def flush_soon(self) -> None:
         """Like `flush`, but left to the writer task, which runs once the tasks ready now have
@@ -458,9 +461,10 @@ class Guest:
         try:
             async with trio.open_nursery() as nursery:
                 self._serve_scope = nursery.cancel_scope
+                self._serve_nursery = nursery
                 nursery.start_soon(self._writer, ws, outbox)
-                nursery.start_soon(self._timer, conn, ws)
-                self.flush()
+                self._timers.set_tick(functools.partial(self._tick, conn, ws))
+                self.flush()  # arms the tick at the connection's first deadline
                 if not started:
                     task_status.started()
                 try:
@@ -510,8 +514,13 @@ class Guest:
                             await self._writer_done.wait()
                     nursery.cancel_scope.cancel()
         finally:
+            self._timers.set_tick(None)
+            self._serve_nursery = None
             with trio.CancelScope(shield=True):
                 await ws.aclose()
+        error, self._tick_error = self._tick_error, None
+        if error is not None:
+            raise error
         return self._ended
 
     @staticmethod
@@ -584,20 +593,20 @@ class Guest:
         finally:
             self._writer_done.set()
 
-    async def _timer(self, conn: MemberConnection, ws: WebSocket) -> None:
-        while True:
-            deadline = conn.next_deadline()
-            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                self._timer_scope = scope
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._timer_scope = None
-            conn.handle_timer(trio.current_time())
+    def _tick(self, conn: MemberConnection, ws: WebSocket, now: float) -> None:
+        """A deadline of the connection came (called from the session's timer task)."""
+        try:
+            conn.handle_timer(now)
             self._drain(conn)
-            self.flush()
+            self.flush()  # sets the next tick
             if self._ended is not None:
                 # Keepalive or handshake timeout: the link is dead, so abort the socket; the
                 # reader then sees it closed and the supervisor decides whether to resume.
-                await ws.aclose()
-                return
+                self._timers.set_tick(None)
+                if self._serve_nursery is not None:
+                    self._serve_nursery.start_soon(ws.aclose)
+        except Exception as exc:  # raised from `_serve`, as from a task of its nursery
+            self._timers.set_tick(None)
+            self._tick_error = exc
+            if self._serve_scope is not None:
+                self._serve_scope.cancel()

@@ -14,12 +14,16 @@ session with a 30 s listen wakes once in 30 s, as with a cancel scope.
 
 Cancellation of a parked task (its own scopes) works as for any trio wait. When the timer is
 not running (before the session started, after it ended) a wait falls back to a cancel scope.
+
+The same task also serves one synchronous client (`set_tick`): the member connection's own
+deadlines (handshake, keepalive, acks), which had a timer task of their own at every join.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 
 import trio
 from outcome import Value
@@ -56,6 +60,27 @@ class Timers:
         #: one waited on, moved earlier in place by `wait` (without waking the timer task).
         self._sleep: trio.CancelScope | None = None
         self.running = False
+        #: The tick client: called (in the timer task) once `tick_at` has come.
+        self._tick: Callable[[float], None] | None = None
+        self.tick_at = math.inf
+
+    def set_tick(self, tick: Callable[[float], None] | None, at: float = math.inf) -> None:
+        """Call `tick(now)` from the timer task once `at` has come (None: no client). The
+        client keeps `tick_at` current: `tick_soon` brings it forward, and `tick` itself sets
+        the next one (a later one costs one early call at most)."""
+        self._tick = tick
+        self.tick_at = at if tick is not None else math.inf
+        sleep = self._sleep
+        if sleep is not None and self.tick_at < sleep.deadline:
+            sleep.deadline = self.tick_at
+
+    def tick_soon(self, at: float) -> None:
+        """Bring the tick forward to `at` if that is earlier (moved in place: no wake-up)."""
+        if at < self.tick_at and self._tick is not None:
+            self.tick_at = at
+            sleep = self._sleep
+            if sleep is not None and at < sleep.deadline:
+                sleep.deadline = at
 
     async def wait(self, parked: Parked, deadline: float) -> bool:
         """Park the current task until `parked.wake()` (True) or `deadline` (False)."""
@@ -109,13 +134,19 @@ class Timers:
         self.running = True
         try:
             while True:
-                with trio.CancelScope(deadline=self._earliest()) as sleep:
+                with trio.CancelScope(deadline=min(self._earliest(), self.tick_at)) as sleep:
                     self._sleep = sleep
                     try:
                         await trio.sleep_forever()
                     finally:
                         self._sleep = None
-                self._expire(trio.current_time())
+                now = trio.current_time()
+                self._expire(now)
+                if self.tick_at <= now:
+                    self.tick_at = math.inf
+                    tick = self._tick
+                    if tick is not None:
+                        tick(now)
         finally:
             self.running = False
             for _, _, parked in self._heap:

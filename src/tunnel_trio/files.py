@@ -379,15 +379,24 @@ class SessionFiles:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            self._nursery = None
-            for sink in self._sinks.values():
-                sink.end(ABORT_CLOSED, "the tunnel closed")
-            for job in self._receives.values():
-                _abort(self._discard(job, "the tunnel closed before the files were received"))
-            self._receives.clear()
-            for _, reader in self._readers.values():
-                reader.close()
-            self._readers.clear()
+            self.end()
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Instead of `run`: reads and receives run in `nursery` (the session's own: no task
+        and no nursery of their own at every join); the session calls `end` once it closed."""
+        self._nursery = nursery
+
+    def end(self) -> None:
+        """Drop every partial file and close every shared file (the session ended)."""
+        self._nursery = None
+        for sink in self._sinks.values():
+            sink.end(ABORT_CLOSED, "the tunnel closed")
+        for job in self._receives.values():
+            _abort(self._discard(job, "the tunnel closed before the files were received"))
+        self._receives.clear()
+        for _, reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
 
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is None:

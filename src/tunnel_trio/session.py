@@ -853,7 +853,8 @@ class MemberSession(_Session):
         self._phrase: str | None = None
         self._phrase_changed = False
         self.files = MemberFiles(self)
-        self.guest = Guest(link, name, self._on_event, self._on_state, **dial)  # type: ignore[arg-type]
+        timers = self._transcript.timers
+        self.guest = Guest(link, name, self._on_event, self._on_state, timers=timers, **dial)  # type: ignore[arg-type]
 
     def _on_state(self, state: str) -> None:
         if state in ("connected", "reconnecting", "closed"):
@@ -1189,19 +1190,22 @@ class MemberSession(_Session):
         """
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._transcript.timers.run)
-                    # Its first step (opening the files' nursery) runs at the first scheduler
-                    # pass, long before the dial below can end in a welcome.
-                    nursery.start_soon(self.files.run)
-                    try:
-                        await self.guest.run()
-                    except Exception as exc:
-                        if self._welcomed.is_set():
-                            raise
-                        self._join_failure = exc
-                    finally:
-                        nursery.cancel_scope.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._transcript.timers.run)
+                        # Reads and receives run in this nursery: a task and a nursery of
+                        # their own cost every join, most of which never move a file.
+                        self.files.bind(nursery)
+                        try:
+                            await self.guest.run()
+                        except Exception as exc:
+                            if self._welcomed.is_set():
+                                raise
+                            self._join_failure = exc
+                        finally:
+                            nursery.cancel_scope.cancel()
+                finally:
+                    self.files.end()
         finally:
             if not self.closed:
                 self.closed = True
@@ -1311,6 +1315,10 @@ async def _join_once(
     # welcome comes back through `_join_failure`.
     nursery.start_soon(session._run)
     transcript = session._transcript
+    # `_run` starts the timer task first thing, and a wait parked before that task's first
+    # step is in its heap when it arms: the join's wait needs no cancel scope of its own.
+    # (Cancelled before that step, the task still runs it, and wakes every waiter on exit.)
+    transcript.timers.running = True
     try:
         while not session._welcomed.is_set():
             failure = session._join_failure
@@ -1328,7 +1336,7 @@ async def _join_once(
                 raise TunnelError(
                     "the host did not answer within 30 s: check the link and try again"
                 )
-            # A timed wait on the session's own timer task (no cancel scope), once that runs.
+            # A timed wait on the session's own timer task (no cancel scope).
             await transcript.wait(deadline)
     except BaseException:
         # A timeout, or the caller's own cancellation, ends the session too: nobody would hold

@@ -19,8 +19,13 @@ def one_line(raw: str, limit: int) -> str:
     """Untrusted text made fit for one line of human-readable output (a name, or a reason a
     peer gave): white space, line breaks included, folded to single spaces, every other control
     or format character dropped, at most `limit` characters. May be empty."""
+    head = raw[: limit * 8]
+    if head.isascii() and head.isprintable():
+        # The usual name ("ana", "m3"): no control character and no white space but the plain
+        # space, so the loop below would keep every character as it is.
+        return " ".join(head.split())[:limit].strip()
     kept = []
-    for ch in raw[: limit * 8]:
+    for ch in head:
         cat = unicodedata.category(ch)
         if ch.isspace():
             kept.append(" ")

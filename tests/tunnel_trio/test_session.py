@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import trio
@@ -373,6 +374,51 @@ async def test_an_unexpected_error_before_the_welcome_comes_out_of_join(nursery,
     # The nursery the session ran in is unharmed: the host still works.
     assert host.invite(1)
     await host.close()
+
+
+async def test_an_unexpected_error_in_the_connections_timer_comes_out_of_join(nursery, monkeypatch):
+    # The member connection's deadlines are served by the session's timer task (no task of
+    # their own): what goes wrong there still ends the join and comes out of join().
+    from tunnelproto import MemberConnection
+
+    def broken(self, now):
+        raise RuntimeError("a bug in the timer")
+
+    monkeypatch.setattr(MemberConnection, "handle_timer", broken)
+    monkeypatch.setattr(MemberConnection, "next_deadline", lambda self: 0.0)  # due at once
+    host = await open_host(nursery, "goal", name="ana")
+    with pytest.raises(RuntimeError, match="a bug in the timer"):
+        await join(nursery, host.initial_invites[0].join_link, name="ben")
+    assert host.invite(1)
+    await host.close()
+
+
+def test_the_session_timer_ticks_its_client_and_moves_its_deadline_only_earlier():
+    from tunnel_trio._waits import Timers
+
+    async def main():
+        timers = Timers()
+        ticks = []
+
+        def tick(now):
+            ticks.append(now)
+            if len(ticks) < 3:
+                timers.tick_soon(now + 1.0)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(timers.run)
+            await trio.sleep(0)
+            timers.set_tick(tick, trio.current_time() + 5.0)
+            timers.tick_soon(trio.current_time() + 10.0)  # later: ignored
+            timers.tick_soon(trio.current_time() + 2.0)  # earlier: moved in place
+            await trio.sleep(60)
+            assert [round(t) for t in ticks] == [2, 3, 4]  # then no more: idle
+            timers.set_tick(None)
+            timers.tick_soon(trio.current_time() + 1.0)  # no client: nothing to move
+            assert timers.tick_at == math.inf
+            n.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_roster_rows_are_cleaned_once_and_the_memory_of_them_is_bounded():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from harness import BASE_URL, START, Net, Peer, seal_as_member
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tunnelproto import (
     CLOSE_REFUSED,
@@ -593,3 +595,29 @@ def test_transport_messages_may_be_any_bytes_like_object() -> None:
     assert conn2 is not None
     with pytest.raises(LocalProtocolError):
         room2.receive(conn2, "text", START)  # type: ignore[arg-type]
+
+
+def _one_line_by_category(raw: str, limit: int) -> str:
+    """one_line's general path, character by character (what its ASCII fast path must match)."""
+    import unicodedata
+
+    kept = []
+    for ch in raw[: limit * 8]:
+        if ch.isspace():
+            kept.append(" ")
+        elif unicodedata.category(ch)[0] != "C":
+            kept.append(ch)
+    return " ".join("".join(kept).split())[:limit].strip()
+
+
+@given(
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=600)
+    | st.text(max_size=80),
+    st.integers(min_value=1, max_value=70),
+)
+def test_one_line_fast_path_agrees_with_the_general_one(raw: str, limit: int) -> None:
+    from tunnelproto._names import one_line
+
+    assert one_line(raw, limit) == _one_line_by_category(raw, limit)
+    assert one_line("  ana \x1b[31m  b ", 64) == "ana [31m b"
+    assert one_line(" m3  x ", 64) == "m3 x"
