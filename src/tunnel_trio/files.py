@@ -728,7 +728,6 @@ class SessionFiles:
             job.error = f"the receive failed unexpectedly ({type(exc).__name__})"
             job.fatal = True
         finally:
-            job.running = False
             job.scope = None
             if not job.complete and (job.fatal or not job.paused):
                 # A cut that cannot be continued (the offer ended, a cancel, the tunnel
@@ -736,6 +735,9 @@ class SessionFiles:
                 writers = self._discard(job, job.error or "the tunnel closed")
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(_abort, writers)
+            # Only now: a `receive` made while the partial files were being removed must
+            # wait for this run's end, not start the job again beside it.
+            job.running = False
             job.finished.set()
 
     async def _worker(self, job: _Receive, todo: deque[int], scope: trio.CancelScope) -> None:

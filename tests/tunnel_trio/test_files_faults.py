@@ -126,6 +126,60 @@ async def test_an_offer_whose_sharer_leaves_ends_and_the_transfer_leaves_nothing
         await cy.plan_receive(shared.offer_id, str(tmp_path / "in"))
 
 
+async def test_a_receive_called_while_a_cut_one_removes_its_files_waits_for_it(
+    nursery, tmp_path, monkeypatch
+):
+    # The sharer leaves; while the receiver's run removes its partial files (in a worker
+    # thread), the agent calls receive again. That call must wait for the run to end and get
+    # its result, not start the receive a second time beside it.
+    from tunnel_trio import files as files_mod
+
+    removing = threading.Event()
+    release = threading.Event()
+    real_abort = files_mod._abort
+
+    def slow_abort(writers):
+        removing.set()
+        release.wait(30)
+        real_abort(writers)
+
+    runs = []
+    real_run = files_mod.SessionFiles._run_receive
+
+    async def counted_run(self, job):
+        runs.append(job.offer_id)
+        await real_run(self, job)
+
+    monkeypatch.setattr(files_mod, "_abort", slow_abort)
+    monkeypatch.setattr(files_mod.SessionFiles, "_run_receive", counted_run)
+    host, ben, cy, _ = await room_of_three(nursery)
+    write_random(tmp_path / "big.bin", 64 * 1024 * 1024)
+    shared = await ben.share(str(tmp_path / "big.bin"))
+    await offer_seen(cy, shared.offer_id)
+    await cy.receive(shared.offer_id, str(tmp_path / "in"), wait=0)
+    with trio.fail_after(60):
+        while not any(r.received_bytes for r in cy.receives()):
+            await trio.sleep(0.005)
+    await ben.close()
+    with trio.fail_after(60):
+        while not removing.is_set():
+            await trio.sleep(0.005)
+    async with trio.open_nursery() as waiting:
+        results = []
+
+        async def receive_again():
+            results.append(await cy.receive(shared.offer_id))
+
+        waiting.start_soon(receive_again)
+        await trio.sleep(0.05)
+        release.set()
+    (result,) = results
+    assert runs == [shared.offer_id]  # one run, never a second beside the first
+    assert not result.running and not result.complete and not result.resumable
+    assert "sharer left" in result.error
+    assert list((tmp_path / "in").iterdir()) == []
+
+
 async def test_an_offer_expires_after_its_ttl(nursery, tmp_path):
     host, ben, cy, _ = await room_of_three(nursery, offer_ttl=2.0)
     (tmp_path / "f.txt").write_text("soon gone")
