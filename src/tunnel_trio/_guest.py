@@ -513,6 +513,10 @@ class Guest:
                         with trio.move_on_after(2.0):
                             await self._writer_done.wait()
                     nursery.cancel_scope.cancel()
+                    # From here the nursery only waits for its tasks, and once they are done
+                    # it takes no new one, while the timer task may still tick: a tick must
+                    # not spawn the socket's abort into it (the `finally` below closes it).
+                    self._serve_nursery = None
         finally:
             self._timers.set_tick(None)
             self._serve_nursery = None

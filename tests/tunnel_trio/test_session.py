@@ -436,3 +436,28 @@ def test_roster_rows_are_cleaned_once_and_the_memory_of_them_is_bounded():
     for i in range(CLEAN_ROWS + 5):
         _sanitized((MemberEntry(i, f"m{i}", False, True),), cleaned)
     assert len(cleaned) <= CLEAN_ROWS
+
+
+async def test_a_tick_after_the_serve_ended_finds_no_nursery_to_spawn_into(nursery, monkeypatch):
+    # Once a connection's serve has ended, its nursery only waits for its tasks, and after
+    # them it takes no new one; the session's timer task may still tick then. So by the time
+    # the last task (the writer) ends, the guest must no longer offer that nursery to a tick
+    # (a keepalive timeout there aborted the socket with start_soon: "Nursery is closed to
+    # new arrivals" in `make bench`).
+    from tunnel_trio._guest import Guest
+
+    seen = []
+    real_writer = Guest._writer
+
+    async def writer(self, ws, outbox):
+        try:
+            await real_writer(self, ws, outbox)
+        finally:
+            seen.append(self._serve_nursery)
+
+    monkeypatch.setattr(Guest, "_writer", writer)
+    host = await open_host(nursery, "goal", name="ana")
+    member = await join(nursery, host.initial_invites[0].join_link, name="ben")
+    await member.close()
+    await host.close()
+    assert seen and all(n is None for n in seen)
