@@ -102,9 +102,8 @@ async def test_every_bad_name_from_a_hostile_host_is_refused(nursery, tmp_path, 
     assert not (tmp_path / "evil.txt").exists()
 
 
-async def test_an_offer_whose_sharer_leaves_ends_and_the_transfer_leaves_nothing(
-    nursery, tmp_path
-):
+async def _receiving_a_big_file(nursery, tmp_path):
+    """ben shares a 64 MiB file and cy is receiving it (bytes have arrived)."""
     host, ben, cy, _ = await room_of_three(nursery)
     write_random(tmp_path / "big.bin", 64 * 1024 * 1024)
     shared = await ben.share(str(tmp_path / "big.bin"))
@@ -113,6 +112,13 @@ async def test_an_offer_whose_sharer_leaves_ends_and_the_transfer_leaves_nothing
     with trio.fail_after(60):
         while not any(r.received_bytes for r in cy.receives()):
             await trio.sleep(0.005)
+    return ben, cy, shared
+
+
+async def test_an_offer_whose_sharer_leaves_ends_and_the_transfer_leaves_nothing(
+    nursery, tmp_path
+):
+    ben, cy, shared = await _receiving_a_big_file(nursery, tmp_path)
     await ben.close()
     ended = await offer_ended(cy, shared.offer_id)
     assert ended.reason.startswith("left")
@@ -152,14 +158,7 @@ async def test_a_receive_called_while_a_cut_one_removes_its_files_waits_for_it(
 
     monkeypatch.setattr(files_mod, "_abort", slow_abort)
     monkeypatch.setattr(files_mod.SessionFiles, "_run_receive", counted_run)
-    host, ben, cy, _ = await room_of_three(nursery)
-    write_random(tmp_path / "big.bin", 64 * 1024 * 1024)
-    shared = await ben.share(str(tmp_path / "big.bin"))
-    await offer_seen(cy, shared.offer_id)
-    await cy.receive(shared.offer_id, str(tmp_path / "in"), wait=0)
-    with trio.fail_after(60):
-        while not any(r.received_bytes for r in cy.receives()):
-            await trio.sleep(0.005)
+    ben, cy, shared = await _receiving_a_big_file(nursery, tmp_path)
     await ben.close()
     with trio.fail_after(60):
         while not removing.is_set():
