@@ -360,7 +360,7 @@ async def tunnel_status(ctx: ToolContext) -> Annotated[ToolResult, StatusResult]
     if status.cloudflared_alive is False:
         lines.append("cloudflared has stopped: guests cannot reach the tunnel any more.")
     lines += [f"Warning: {w}" for w in status.warnings]
-    return _ok(result, "\n".join(lines))
+    return ToolResult("\n".join(lines), result.wire())
 
 
 @tool(
