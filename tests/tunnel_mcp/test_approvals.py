@@ -383,7 +383,7 @@ async def test_a_zero_budget_never_asks(monkeypatch: pytest.MonkeyPatch) -> None
             said, _ = await call(host, "tunnel_say", {"text": str(n)})
             assert said["sent"] is True and said["turnsLeft"] is None
         assert human.prompts == []
-        assert (await call(host, "tunnel_status"))[0]["turnsLeft"] is None
+        assert "turnsLeft" not in (await call(host, "tunnel_status"))[0]  # null: left out
 
 
 @pytest.mark.parametrize(

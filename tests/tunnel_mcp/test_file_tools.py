@@ -32,7 +32,7 @@ async def offered(host: Client, guest: Client, path: Path) -> int:
     await call(guest, "tunnel_join", {"joinLink": opened["joinLink"], "name": "ben"})
     shared = await call(host, "tunnel_share", {"path": str(path)})
     with trio.fail_after(30):
-        while not (await call(guest, "tunnel_status", {}))["offers"]:
+        while not (await call(guest, "tunnel_status", {})).get("offers"):
             await trio.sleep(0.05)
     return int(shared["offerId"])
 

@@ -121,7 +121,7 @@ async def test_the_humans_approve_what_is_read_and_where_it_is_written(tmp_path:
         declined, text = await call(host, "tunnel_share", {"path": str(project)})
         assert declined["shared"] is False and declined["approval"] == "declined"
         assert declined["offerId"] is None and "Not shared" in text
-        assert (await call(guest, "tunnel_status"))[0]["offers"] == []
+        assert "offers" not in (await call(guest, "tunnel_status"))[0]  # []: left out
 
         shared, _ = await call(host, "tunnel_share", {"path": str(project)})
         assert shared["shared"] is True and shared["approval"] == "accepted"
@@ -181,7 +181,7 @@ async def test_overwrite_needs_the_flag_and_a_dead_offer_says_why(tmp_path: Path
         assert ended["reason"].startswith("withdrawn") and "reason:" in text
         refusal = await error(host, "tunnel_receive", {"offerId": offer_id, "saveTo": str(tmp_path / "x")})
         assert "has ended" in refusal and "withdrew" in refusal
-        assert (await call(host, "tunnel_status"))[0]["offers"] == []
+        assert "offers" not in (await call(host, "tunnel_status"))[0]  # []: left out
         refusal = await error(host, "tunnel_cancel", {"offerId": offer_id})
         assert "neither one of your live offers nor one you are receiving" in refusal
 
@@ -240,7 +240,7 @@ async def test_every_hostile_name_is_refused_and_shown_escaped(tmp_path: Path, n
             assert "cannot be received there" in refusal
         assert not into.exists() or list(into.iterdir()) == []
         assert not (tmp_path / "evil.txt").exists()
-        assert (await call(guest, "tunnel_status"))[0]["receives"] == []
+        assert "receives" not in (await call(guest, "tunnel_status"))[0]  # []: left out
     await mallory.close()
 
 
@@ -264,7 +264,7 @@ async def test_a_receive_returns_running_then_continues_or_is_cancelled(tmp_path
         cancelled, _ = await call(guest, "tunnel_cancel", {"offerId": shared["offerId"]})
         assert cancelled["action"] == "cancelled"
         assert [p for p in into.rglob("*") if p.is_file()] == []  # no partial file left
-        assert (await call(guest, "tunnel_status"))[0]["receives"] == []
+        assert "receives" not in (await call(guest, "tunnel_status"))[0]  # []: left out
         got, _ = await call(guest, "tunnel_receive", {"offerId": shared["offerId"], "saveTo": str(into)})
         with trio.fail_after(120):
             while got["running"]:

@@ -159,6 +159,28 @@ async def test_the_transcript_resource_shows_the_newest_window() -> None:
         assert body["lastSeq"] == body["messages"][-1]["seq"]
 
 
+# -- a status without its defaults ----------------------------------------------------------------
+
+
+async def test_a_status_leaves_out_the_optional_fields_that_hold_their_default() -> None:
+    """Every SDK client checks each result against the output schema, one subschema per field
+    present: the optional fields (null, 0, false, [] by default) are sent only when they say
+    something. What stays is what the schema requires, and the client's check passes."""
+    from tunnel_mcp.models import StatusResult
+
+    optional = {"givesUpInSec", "queuedSays", "closedMessage", "phrase", "approveSays",
+                "turnsLeft", "turnBudget", "offers", "receives"}  # fmt: skip
+    schema = StatusResult.model_json_schema(by_alias=True)
+    assert optional == set(schema["properties"]) - set(schema["required"])
+    async with agents(2) as (_, (host, guest)):
+        await open_and_join(host, guest)
+        hosts, _ = await call(host, "tunnel_status")
+        guests, _ = await call(guest, "tunnel_status")
+    assert set(hosts) == set(schema["required"])  # a host has no phrase of its own
+    assert set(guests) == set(schema["required"]) | {"phrase"}  # a member's own phrase
+    assert guests["phrase"] == next(m["phrase"] for m in guests["members"] if m["id"] == guests["self"]["id"])
+
+
 # -- says that tell the truth ----------------------------------------------------------------------
 
 
@@ -178,7 +200,7 @@ async def test_a_say_during_a_partition_is_reported_queued_and_arrives_once(
         proxy.blackhole = False
         proxy.drop_all()  # the partition ends; the member resumes and re-sends it
         with trio.fail_after(20):
-            while (await call(guest, "tunnel_status"))[0]["queuedSays"]:
+            while (await call(guest, "tunnel_status"))[0].get("queuedSays"):
                 await trio.sleep(0.05)
         heard, _ = await call(host, "tunnel_listen", {"sinceSeq": 0, "timeoutMs": 0})
         chats = [m["text"] for m in heard["messages"] if m["kind"] == "chat"]
