@@ -8,10 +8,13 @@ to the host that minted it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
-from tunnelproto._make import new, setters
+# Nothing here imports tunnelproto: importing any of its modules imports the whole protocol
+# core (~70 ms), and the MCP server needs this module's error classes before it answers the
+# client's handshake. (A test keeps it so.)
 
 Role = Literal["host", "member"]
 ConnectionState = Literal["connecting", "connected", "reconnecting", "closed"]
@@ -143,7 +146,16 @@ class TranscriptMessage:
     file: FileOfferInfo | None = None
 
 
-_MESSAGE_SLOTS = setters(TranscriptMessage)
+def _setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
+    """`tunnelproto._make.setters`, repeated (see the imports): the slot setters of a frozen,
+    slotted dataclass, in field order."""
+    names = [f.name for f in fields(cls)]
+    if list(getattr(cls, "__slots__", ())) != names:
+        raise TypeError(f"{cls.__name__}: its slots are not exactly its fields")
+    return tuple(getattr(cls, name).__set__ for name in names)
+
+
+_MESSAGE_SLOTS = _setters(TranscriptMessage)
 
 
 def chat_message(
@@ -152,7 +164,7 @@ def chat_message(
     """`TranscriptMessage(seq=seq, kind="chat", ts=ts, sender=sender, text=text)`, made without
     the frozen dataclass's __init__ (see `tunnelproto._make`): every session makes one per chat
     message, the busiest object of chat."""
-    message: TranscriptMessage = new(TranscriptMessage)
+    message: TranscriptMessage = object.__new__(TranscriptMessage)
     s = _MESSAGE_SLOTS
     s[0](message, seq)
     s[1](message, "chat")
