@@ -12,9 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from tunnel_trio.errors import JoinRefusedError as JoinRefusedError
+from tunnel_trio.errors import NotOpenError as NotOpenError
+from tunnel_trio.errors import SayQueuedError as SayQueuedError
+from tunnel_trio.errors import TunnelError as TunnelError
+
 # Nothing here imports tunnelproto: importing any of its modules imports the whole protocol
-# core (~70 ms), and the MCP server needs this module's error classes before it answers the
-# client's handshake. (A test keeps it so.)
+# core (~70 ms). The MCP server loads this module with its tools, which the client's first
+# `tools/list` waits for; the session layer (and so the core) loads later, in the background.
+# (A test keeps it so.)
 
 Role = Literal["host", "member"]
 ConnectionState = Literal["connecting", "connected", "reconnecting", "closed"]
@@ -33,30 +39,6 @@ EventKind = Literal[
     "file-offer",
     "file-offer-ended",
 ]
-
-
-class TunnelError(Exception):
-    """An error a user (or an agent) can act on. The message says what to do next.
-
-    Messages never contain secrets, so they are safe to show and to log.
-    """
-
-
-class NotOpenError(TunnelError):
-    """The session is closed (or was never open)."""
-
-
-class SayQueuedError(TunnelError):
-    """`say()` could not get the host's confirmation in time, but the message is not lost: it is
-    queued and goes out once the connection is back (`send()` reports this as a receipt)."""
-
-
-class JoinRefusedError(TunnelError):
-    """The host refused the join; `code` is the refusal code from the protocol."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
