@@ -21,7 +21,7 @@ import trio
 
 from tunnel_mcp.approvals import Approvals
 from tunnel_mcp.identity import default_display_name, sanitize_name
-from tunnel_trio.session_types import NotOpenError, TunnelError
+from tunnel_trio.errors import NotOpenError, TunnelError
 
 if TYPE_CHECKING:
     from tunnel_trio.session import HostSession, MemberSession, RoomConfig

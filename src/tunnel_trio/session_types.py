@@ -8,10 +8,19 @@ to the host that minted it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
-from tunnelproto._make import new, setters
+from tunnel_trio.errors import JoinRefusedError as JoinRefusedError
+from tunnel_trio.errors import NotOpenError as NotOpenError
+from tunnel_trio.errors import SayQueuedError as SayQueuedError
+from tunnel_trio.errors import TunnelError as TunnelError
+
+# Nothing here imports tunnelproto: importing any of its modules imports the whole protocol
+# core (~70 ms). The MCP server loads this module with its tools, which the client's first
+# `tools/list` waits for; the session layer (and so the core) loads later, in the background.
+# (A test keeps it so.)
 
 Role = Literal["host", "member"]
 ConnectionState = Literal["connecting", "connected", "reconnecting", "closed"]
@@ -30,30 +39,6 @@ EventKind = Literal[
     "file-offer",
     "file-offer-ended",
 ]
-
-
-class TunnelError(Exception):
-    """An error a user (or an agent) can act on. The message says what to do next.
-
-    Messages never contain secrets, so they are safe to show and to log.
-    """
-
-
-class NotOpenError(TunnelError):
-    """The session is closed (or was never open)."""
-
-
-class SayQueuedError(TunnelError):
-    """`say()` could not get the host's confirmation in time, but the message is not lost: it is
-    queued and goes out once the connection is back (`send()` reports this as a receipt)."""
-
-
-class JoinRefusedError(TunnelError):
-    """The host refused the join; `code` is the refusal code from the protocol."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +128,16 @@ class TranscriptMessage:
     file: FileOfferInfo | None = None
 
 
-_MESSAGE_SLOTS = setters(TranscriptMessage)
+def _setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
+    """`tunnelproto._make.setters`, repeated (see the imports): the slot setters of a frozen,
+    slotted dataclass, in field order."""
+    names = [f.name for f in fields(cls)]
+    if list(getattr(cls, "__slots__", ())) != names:
+        raise TypeError(f"{cls.__name__}: its slots are not exactly its fields")
+    return tuple(getattr(cls, name).__set__ for name in names)
+
+
+_MESSAGE_SLOTS = _setters(TranscriptMessage)
 
 
 def chat_message(
@@ -152,7 +146,7 @@ def chat_message(
     """`TranscriptMessage(seq=seq, kind="chat", ts=ts, sender=sender, text=text)`, made without
     the frozen dataclass's __init__ (see `tunnelproto._make`): every session makes one per chat
     message, the busiest object of chat."""
-    message: TranscriptMessage = new(TranscriptMessage)
+    message: TranscriptMessage = object.__new__(TranscriptMessage)
     s = _MESSAGE_SLOTS
     s[0](message, seq)
     s[1](message, "chat")

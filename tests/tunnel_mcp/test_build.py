@@ -133,3 +133,15 @@ def test_help_shows_the_command_that_registers_this_very_copy() -> None:
     # This test started the server exactly that way, so the command works.
     assert f"    claude mcp add tunnel -- {sys.executable} -m tunnel_mcp\n" in done.stdout
     assert "uvx" not in done.stdout
+
+
+def test_the_package_version_is_pyprojects_and_the_installed_one() -> None:
+    # tunnel_mcp.__version__ is written out (the initialize answer must not wait for a metadata
+    # lookup): a release that bumps pyproject.toml must bump it too.
+    import tomllib
+
+    import tunnel_mcp
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert tunnel_mcp.__version__ == pyproject["project"]["version"]
+    assert tunnel_mcp.__version__ == metadata.version("tunnel-mcp")

@@ -164,6 +164,34 @@ def test_starting_the_server_does_not_load_the_tools() -> None:
         assert f"'{deferred}'" not in loaded, deferred
 
 
+def test_starting_the_server_does_not_load_the_protocol_core_or_the_session_types() -> None:
+    # tunnelproto is ~70 ms of imports and the session types ~11 ms: the manager's error
+    # classes (tunnel_trio.errors) are reachable without either, so the handshake waits for
+    # neither (the session types load with the tools, the session layer in the background).
+    code = "import sys, tunnel_mcp.cli, tunnel_mcp.stdio; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "'tunnelproto" not in done.stdout
+    assert "'tunnel_trio.session'" not in done.stdout
+    assert "'tunnel_trio.session_types'" not in done.stdout
+
+
+def test_the_session_types_load_without_the_protocol_core() -> None:
+    # What the tools load before the client's first tools/list is answered.
+    code = "import sys, tunnel_mcp.tools; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "'tunnel_trio.session_types'" in done.stdout
+    assert "'tunnelproto" not in done.stdout
+
+
+def test_the_package_version_is_not_looked_up_in_its_metadata() -> None:
+    # The initialize answer names the version; an importlib.metadata lookup (its imports and a
+    # scan of sys.path) would come before that answer. (The SDK imports importlib.metadata
+    # itself, so the check is on `import tunnel_mcp` alone.)
+    code = "import sys, tunnel_mcp; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "'importlib.metadata'" not in done.stdout
+
+
 async def test_the_tools_load_once_the_handshake_is_answered(
     monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
 ) -> None:
