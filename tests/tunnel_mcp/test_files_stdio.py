@@ -249,8 +249,11 @@ async def test_every_hostile_name_is_refused_and_shown_escaped(tmp_path: Path, n
 
 async def test_a_receive_returns_running_then_continues_or_is_cancelled(tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
+    # Big enough that the transfer cannot finish before the cancel two calls later, even when
+    # the calls are slow (a loaded machine) and the transfer is not: a file finished before the
+    # cancel stays, by design, and 48 MiB was once finished in that window.
     with big.open("wb") as f:
-        f.write(os.urandom(1024 * 1024) * 48)
+        f.write(os.urandom(1024 * 1024) * 192)
     async with server(tmp_path, "host") as host, server(tmp_path, "guest") as guest:
         await pair(host, guest)
         shared, _ = await call(host, "tunnel_share", {"path": str(big)})
