@@ -14,6 +14,8 @@ class DropProxy:
         self.target_port = target_port
         self.port = 0
         self.drops = 0
+        #: Connections accepted so far (a member that comes back after a drop dials again).
+        self.connections = 0
         #: A partition: bytes through the proxy vanish, new connections are accepted and never
         #: reach the target, and nothing is closed (neither side learns of it from the network).
         self.blackhole = False
@@ -26,6 +28,7 @@ class DropProxy:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             try:

@@ -82,6 +82,7 @@ async def test_a_1_gib_file_member_to_member_resumes_after_a_drop(
                         await trio.sleep(0.05)
                         status, _ = await call(cy, "tunnel_status")
                         received = status["receives"][0]["receivedBytes"]
+                    dialled = proxy.connections
                     proxy.drop_all()  # cy's connection dies under the transfer
                     while not got["complete"]:
                         got, _ = await call(cy, "tunnel_receive", {"offerId": offer_id})
@@ -89,19 +90,11 @@ async def test_a_1_gib_file_member_to_member_resumes_after_a_drop(
                 sampling.cancel_scope.cancel()
 
             assert proxy.drops >= 1
+            assert proxy.connections > dialled  # cy came back on a new connection
             assert got["written"][0]["sha256"] == digest
             assert await trio.to_thread.run_sync(sha256_of, into / "big.bin") == digest
             print(f"host RSS growth: {(peak - before) / MIB:.1f} MiB")  # (shown with -s)
             assert peak - before < RSS_GROWTH_LIMIT, f"host RSS grew {(peak - before) / MIB:.1f} MiB"
-            events = []
-            since = 0
-            while True:
-                heard, _ = await call(cy, "tunnel_listen", {"sinceSeq": since, "timeoutMs": 0})
-                events += [m.get("event") for m in heard["messages"]]
-                since = heard["lastSeq"]
-                if not heard["more"]:
-                    break
-            assert "disconnected" in events or "reconnected" in events, events
     finally:
         big.unlink(missing_ok=True)
         (into / "big.bin").unlink(missing_ok=True)
