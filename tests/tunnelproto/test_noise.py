@@ -495,3 +495,25 @@ def test_any_payloads_round_trip(payload0: bytes, payload1: bytes, prologue: byt
     (i_send, i_receive), (r_send, r_receive) = initiator.split(), responder.split()
     assert r_receive.decrypt_with_ad(b"", i_send.encrypt_with_ad(b"", payload0)) == payload0
     assert i_receive.decrypt_with_ad(b"", r_send.encrypt_with_ad(b"", payload1)) == payload1
+
+
+@pytest.mark.parametrize("name", ["SHA256", "SHA512", "BLAKE2s", "BLAKE2b"])
+@given(key=st.binary(max_size=300), data=st.binary(max_size=300), outputs=st.integers(2, 3))
+def test_hmac_and_hkdf_written_out_are_the_standard_ones(name, key, data, outputs):
+    # The HMAC is RFC 2104 written out (padded-key states reused across an HKDF's outputs):
+    # it must equal the standard library's for every key length, the ones over a block too,
+    # and the HKDF built on it must equal Noise section 4.3's, spelled with hmac.digest.
+    import hashlib
+    import hmac
+
+    from tunnelproto._noise import _HASHES
+
+    fn = _HASHES[name]
+    digest = getattr(hashlib, name.lower())
+    assert fn.hmac(key, data) == hmac.digest(key, data, digest)
+    temp = hmac.digest(key, data, digest)
+    expected, previous = [], b""
+    for i in range(1, outputs + 1):
+        previous = hmac.digest(temp, previous + bytes([i]), digest)
+        expected.append(previous)
+    assert fn.hkdf(key, data, outputs) == expected
