@@ -23,7 +23,7 @@ from typing import Any
 
 import _idle as idle
 import trio
-from _startup import server_process
+from _startup import _ok, server_process
 from _stats import Figure
 from mcp import Client
 
@@ -32,13 +32,6 @@ LISTEN_SETTLE = 0.02
 
 # The baseline uses `ping` on a handshake-era connection (what most agents' clients speak).
 warnings.filterwarnings("ignore", message="ping is removed")
-
-
-async def _ok(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-    result = await client.call_tool(tool, args)
-    if result.is_error or result.structured_content is None:
-        raise RuntimeError(f"{tool} failed: {result.content}")
-    return result.structured_content
 
 
 async def _ping_ms(client: Client) -> float:
