@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from . import _codec
+from ._codec import _head
 from ._errors import RemoteProtocolError
 from ._make import new as _new
 from ._make import setters
@@ -129,7 +130,7 @@ class Say(Frame):
         if type(ref) is not int or not 0 <= ref < _U64 or type(text) is not str:
             return _codec.encode(self.to_value())  # the general encoder says what is wrong
         data = text.encode("utf-8")
-        return b"".join((_SAY_PREFIX, _uint(ref), _TEXT_KEY, _text_head(len(data)), data))
+        return b"".join((_SAY_PREFIX, _head(0, ref), _TEXT_KEY, _head(3, len(data)), data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,7 @@ class Ack(Frame):
         seq = self.seq
         if type(seq) is not int or not 0 <= seq < _U64:
             return _codec.encode(self.to_value())
-        return _ACK_PREFIX + _uint(seq)
+        return _ACK_PREFIX + _head(0, seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,31 +409,6 @@ _FROM_KEY = b"\x64from"
 _TEXT_KEY = b"\x64text"
 
 
-def _text_head(n: int) -> bytes:
-    """The head of a text string of `n` UTF-8 bytes (major type 3, shortest form)."""
-    if n < 24:
-        return bytes((0x60 | n,))
-    if n < 0x100:
-        return bytes((0x78, n))
-    if n < 0x10000:
-        return b"\x79" + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return b"\x7a" + n.to_bytes(4, "big")
-    return b"\x7b" + n.to_bytes(8, "big")
-
-
-def _uint(value: int) -> bytes:
-    if value < 24:
-        return bytes((value,))
-    if value < 0x100:
-        return bytes((0x18, value))
-    if value < 0x10000:
-        return b"\x19" + value.to_bytes(2, "big")
-    if value < 0x100000000:
-        return b"\x1a" + value.to_bytes(4, "big")
-    return b"\x1b" + value.to_bytes(8, "big")
-
-
 def encode_message(seq: int, ts: int, text: str, ref: int, from_: int) -> bytes:
     """`Message(seq, ts, text, ref, from_).encode()`, without making the frame object (the
     room encodes every chat message once, for everyone). Byte for byte what the general encoder
@@ -452,15 +428,15 @@ def encode_message(seq: int, ts: int, text: str, ref: int, from_: int) -> bytes:
     return b"".join(
         (
             _MESSAGE_PREFIX,
-            _uint(ts),
+            _head(0, ts),
             _REF_KEY,
-            _uint(ref),
+            _head(0, ref),
             _SEQ_KEY,
-            _uint(seq),
+            _head(0, seq),
             _FROM_KEY,
-            _uint(from_),
+            _head(0, from_),
             _TEXT_KEY,
-            _text_head(len(data)),
+            _head(3, len(data)),
             data,
         )
     )
@@ -469,14 +445,9 @@ def encode_message(seq: int, ts: int, text: str, ref: int, from_: int) -> bytes:
 def encode_chunk(x: int, at: int, data: bytes | memoryview) -> bytes:
     """The `chunk` frame, written directly: the hot path of every transfer, one copy of `data`.
     Byte for byte what the general encoder writes (a test and the vectors check it)."""
-    n = len(data)
-    if n < 24:
-        head = bytes((0x40 | n,))
-    elif n < 0x100:
-        head = bytes((0x58, n))
-    else:
-        head = b"\x59" + n.to_bytes(2, "big")  # n <= MAX_CHUNK < 2**16
-    return b"".join((_CHUNK_PREFIX, _uint(x), _CHUNK_AT, _uint(at), _CHUNK_DATA, head, data))
+    return b"".join(
+        (_CHUNK_PREFIX, _head(0, x), _CHUNK_AT, _head(0, at), _CHUNK_DATA, _head(2, len(data)), data)
+    )
 
 
 _ARG_SIZES = {24: 1, 25: 2, 26: 4, 27: 8}
