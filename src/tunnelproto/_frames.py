@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 from . import _codec
 from ._codec import _head
 from ._errors import RemoteProtocolError
-from ._make import new as _new
-from ._make import setters
+from ._make import maker
 
 # Protocol version carried in the first byte of handshake message 1 and in hello.v.
 PROTOCOL_VERSION = 1
@@ -570,17 +569,17 @@ def _decode_message(data: bytes, pos: int) -> tuple[Message, int] | None:
         return None
     # Message(seq=..., ts=..., text=..., ref=..., from_=...), without its __init__ (`_make`);
     # each integer as `_head_value` reads it, inline (four calls less per chat message).
-    message: Message = _new(Message)
-    s = _MESSAGE_SLOTS
-    s[0](message, seq[0] & 0x1F if len(seq) == 1 else _from_bytes(seq[1:], "big"))
-    s[1](message, ts[0] & 0x1F if len(ts) == 1 else _from_bytes(ts[1:], "big"))
-    s[2](message, text)
-    s[3](message, ref[0] & 0x1F if len(ref) == 1 else _from_bytes(ref[1:], "big"))
-    s[4](message, from_[0] & 0x1F if len(from_) == 1 else _from_bytes(from_[1:], "big"))
+    message: Message = _MAKE_MESSAGE(
+        seq[0] & 0x1F if len(seq) == 1 else _from_bytes(seq[1:], "big"),
+        ts[0] & 0x1F if len(ts) == 1 else _from_bytes(ts[1:], "big"),
+        text,
+        ref[0] & 0x1F if len(ref) == 1 else _from_bytes(ref[1:], "big"),
+        from_[0] & 0x1F if len(from_) == 1 else _from_bytes(from_[1:], "big"),
+    )
     return message, end
 
 
-_MESSAGE_SLOTS = setters(Message)
+_MAKE_MESSAGE = maker(Message)
 
 
 def _decode_say(data: bytes, pos: int) -> tuple[Say, int] | None:

@@ -43,7 +43,7 @@ from ._events import (
 )
 from ._files_member import FilesResume, MemberFiles
 from ._link import JoinLink, ticket_id, ticket_psk
-from ._make import new, setters
+from ._make import maker
 from ._names import one_line
 from ._noise import NoiseError
 from ._phrase import derive_phrase
@@ -79,7 +79,7 @@ ACK_WINDOW_SHARE = 4
 #: The window assumed when a host with batch/1 does not say (the room's default).
 DEFAULT_WINDOW = 1024 * 1024
 
-_CHAT_SLOTS = setters(ChatMessage)
+_MAKE_CHAT = maker(ChatMessage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,13 +506,7 @@ class MemberConnection:
             del self._unacked[frame.ref]
             events.append(SayAccepted(frame.ref, seq))
         # ChatMessage(seq, frame.from_, frame.ts, frame.text), without its __init__ (`_make`).
-        chat: ChatMessage = new(ChatMessage)
-        c = _CHAT_SLOTS
-        c[0](chat, seq)
-        c[1](chat, frame.from_)
-        c[2](chat, frame.ts)
-        c[3](chat, frame.text)
-        events.append(chat)
+        events.append(_MAKE_CHAT(seq, frame.from_, frame.ts, frame.text))
 
     def _expect_seq(self, seq: int) -> None:
         # Total order with no gap and no duplicate is an invariant the room owes us: a broken

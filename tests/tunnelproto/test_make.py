@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tunnelproto import _codec
 from tunnelproto import _frames as f
-from tunnelproto._make import setters
+from tunnelproto._events import ChatMessage
+from tunnelproto._make import maker, setters
 from tunnelproto._transcript import TranscriptEntry, chat_entry
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -34,6 +35,14 @@ def test_setters_refuses_a_class_whose_slots_are_not_its_fields() -> None:
 
     with pytest.raises(TypeError):
         setters(NoSlots)
+    with pytest.raises(TypeError):
+        maker(NoSlots)
+
+
+@given(seq=u64, sender=u64, ts=u64, text=st.text())
+def test_maker_builds_the_constructors_object(seq: int, sender: int, ts: int, text: str) -> None:
+    # ChatMessage has a base (TunnelEvent, empty slots): the twin must share it to swap in.
+    same(maker(ChatMessage)(seq, sender, ts, text), ChatMessage(seq, sender, ts, text))
 
 
 @given(seq=u64, ts=u64, sender=u64, text=st.text(), frame=st.binary())
