@@ -125,11 +125,7 @@ class Say(Frame):
     text: str
 
     def encode(self) -> bytes:
-        ref, text = self.ref, self.text
-        if type(ref) is not int or not 0 <= ref < _U64 or type(text) is not str:
-            return _codec.encode(self.to_value())  # the general encoder says what is wrong
-        data = text.encode("utf-8")
-        return b"".join((_SAY_PREFIX, _head(0, ref), _TEXT_KEY, _head(3, len(data)), data))
+        return encode_say(self.ref, self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +169,7 @@ class Ack(Frame):
     seq: int
 
     def encode(self) -> bytes:
-        seq = self.seq
-        if type(seq) is not int or not 0 <= seq < _U64:
-            return _codec.encode(self.to_value())
-        return _ACK_PREFIX + _head(0, seq)
+        return encode_ack(self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +401,22 @@ _FROM_KEY = b"\x64from"
 _TEXT_KEY = b"\x64text"
 
 
+def encode_say(ref: int, text: str) -> bytes:
+    """`Say(ref, text).encode()` without the frame object (a member's every say). Byte for byte
+    the general encoder's, which it is left to for anything out of range."""
+    if type(ref) is not int or not 0 <= ref < _U64 or type(text) is not str:
+        return _codec.encode({"t": Say.TYPE, "ref": ref, "text": text})  # says what is wrong
+    data = text.encode("utf-8")
+    return b"".join((_SAY_PREFIX, _head(0, ref), _TEXT_KEY, _head(3, len(data)), data))
+
+
+def encode_ack(seq: int) -> bytes:
+    """`Ack(seq).encode()` without the frame object (a member acks most of what it reads)."""
+    if type(seq) is not int or not 0 <= seq < _U64:
+        return _codec.encode({"t": Ack.TYPE, "seq": seq})
+    return _ACK_PREFIX + _head(0, seq)
+
+
 def encode_message(seq: int, ts: int, text: str, ref: int, from_: int) -> bytes:
     """`Message(seq, ts, text, ref, from_).encode()`, without making the frame object (the
     room encodes every chat message once, for everyone). Byte for byte what the general encoder
@@ -593,14 +602,18 @@ def _decode_say(data: bytes, pos: int) -> tuple[Say, int] | None:
     text = _matched_text(data, m.end(), head)
     if text is None:
         return None
-    return Say(ref=ref, text=text[0]), text[1]
+    return _MAKE_SAY(ref, text[0]), text[1]
 
 
 def _decode_ack(data: bytes, pos: int) -> tuple[Ack, int] | None:
     m = _ACK_RE.match(data, pos)
     if m is None:
         return None
-    return Ack(seq=_head_value(m.group(1))), m.end()
+    return _MAKE_ACK(_head_value(m.group(1))), m.end()
+
+
+_MAKE_SAY = maker(Say)
+_MAKE_ACK = maker(Ack)
 
 
 def _decode_roster(data: bytes, pos: int) -> tuple[Roster, int] | None:

@@ -80,6 +80,7 @@ ACK_WINDOW_SHARE = 4
 DEFAULT_WINDOW = 1024 * 1024
 
 _MAKE_CHAT = maker(ChatMessage)
+_MAKE_ACCEPTED = maker(SayAccepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +209,7 @@ class MemberConnection:
             raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
         ref = self._take_ref()
         self._unacked[ref] = text
-        self._queue(f.Say(ref=ref, text=text))
+        self._emit(f.encode_say(ref, text))
         return ref
 
     def has_bulk(self) -> bool:
@@ -339,7 +340,7 @@ class MemberConnection:
             self._out.append(channel.seal(plaintext))
 
     def _queue_ack(self) -> None:
-        self._queue(f.Ack(seq=self.last_seq))
+        self._emit(f.encode_ack(self.last_seq))
         self._acked_sent = self.last_seq
         self._ack_due = None
         self._unacked_bytes = 0
@@ -504,7 +505,7 @@ class MemberConnection:
         events = self._events
         if frame.from_ == self.member_id and frame.ref in self._unacked:
             del self._unacked[frame.ref]
-            events.append(SayAccepted(frame.ref, seq))
+            events.append(_MAKE_ACCEPTED(frame.ref, seq))
         # ChatMessage(seq, frame.from_, frame.ts, frame.text), without its __init__ (`_make`).
         events.append(_MAKE_CHAT(seq, frame.from_, frame.ts, frame.text))
 

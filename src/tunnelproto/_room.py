@@ -41,6 +41,7 @@ from ._link import (
     ticket_id,
     ticket_psk,
 )
+from ._make import maker
 from ._names import sanitize_name, unique_name
 from ._noise import NoiseError
 from ._phrase import derive_phrase
@@ -51,6 +52,8 @@ from ._transcript import held_bytes as _held_bytes
 
 #: What an OPEN connection may send (the usual case, looked up once).
 _ACCEPTS_OPEN = ROOM_ACCEPTS[ConnState.OPEN]
+#: Send(conn, data) for each sealed message of the room (see `_make`).
+_MAKE_SEND = maker(Send)
 
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
 #: Max chat text, in UTF-8 bytes.
@@ -440,7 +443,7 @@ class Room:
     def _seal_queued(self, conn: _Conn) -> None:
         assert conn.channel is not None
         for message in conn.channel.seal_queued():
-            self._out.append(Send(conn.id, message))
+            self._out.append(_MAKE_SEND(conn.id, message))
 
     def bulk_connections(self) -> list[int]:
         """Connections with bulk (file chunks) waiting: the driver wakes their writers, which
@@ -1026,7 +1029,7 @@ class Room:
                 self._queued[conn.id] = conn
             channel.queue(plaintext)
         else:
-            self._out.append(Send(conn.id, channel.seal(plaintext)))
+            self._out.append(_MAKE_SEND(conn.id, channel.seal(plaintext)))
 
     def _send_frame(self, conn: _Conn, frame: f.Frame) -> None:
         if conn.channel is not None:
