@@ -164,6 +164,48 @@ def _raw_socket_fd(stream: trio.abc.Stream) -> int | None:
     return fd if fd >= 0 else None
 
 
+class _Mutex:
+    """`trio.Lock` for a WebSocket's two locks, without its owner bookkeeping.
+
+    trio.Lock records its owner (to refuse a re-entry and to break the lock for waiters when the
+    owner dies holding it); our locks are taken only in this module, each released in a
+    `finally`, so that costs about ten Python calls per message for nothing. Kept: a checkpoint
+    in `acquire`, and the lock handed to the longest waiter on release (trio.Lock is fair too).
+    """
+
+    __slots__ = ("_held", "_lot")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def acquire_nowait(self) -> None:
+        if self._held:
+            raise trio.WouldBlock
+        self._held = True
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._held:
+            await self._lot.park()  # `release` handed the lock to us
+            return
+        self._held = True
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def release(self) -> None:
+        if not self._lot or not self._lot.unpark():
+            self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
 class WebSocket:
     """One established WebSocket connection (either side).
 
@@ -199,8 +241,8 @@ class WebSocket:
         self._client = client
         self._parser = FrameParser(client=client, max_message_size=max_message_size)
         self._fd = _raw_socket_fd(stream)
-        self._receive_lock = trio.Lock()
-        self._send_lock = trio.Lock()
+        self._receive_lock = _Mutex()
+        self._send_lock = _Mutex()
         # wsproto's events for control frames, handed out before the next parsed item.
         self._events: deque[Event] = deque()
         # Bytes `send_now` framed that the socket did not take at once: they go first.
