@@ -399,6 +399,10 @@ _REF_KEY = b"\x63ref"
 _SEQ_KEY = b"\x63seq"
 _FROM_KEY = b"\x64from"
 _TEXT_KEY = b"\x64text"
+#: `_head(0, n)` and `_head(3, n)` for n < 256, looked up by the chat encoders below instead of
+#: a call each (a member id, a short text's length, the first refs and seqs).
+_UINT_HEADS = tuple(_head(0, n) for n in range(256))
+_TEXT_HEADS = tuple(_head(3, n) for n in range(256))
 
 
 def encode_say(ref: int, text: str) -> bytes:
@@ -407,14 +411,23 @@ def encode_say(ref: int, text: str) -> bytes:
     if type(ref) is not int or not 0 <= ref < _U64 or type(text) is not str:
         return _codec.encode({"t": Say.TYPE, "ref": ref, "text": text})  # says what is wrong
     data = text.encode("utf-8")
-    return b"".join((_SAY_PREFIX, _head(0, ref), _TEXT_KEY, _head(3, len(data)), data))
+    n = len(data)
+    return b"".join(
+        (
+            _SAY_PREFIX,
+            _UINT_HEADS[ref] if ref < 256 else _head(0, ref),
+            _TEXT_KEY,
+            _TEXT_HEADS[n] if n < 256 else _head(3, n),
+            data,
+        )
+    )
 
 
 def encode_ack(seq: int) -> bytes:
     """`Ack(seq).encode()` without the frame object (a member acks most of what it reads)."""
     if type(seq) is not int or not 0 <= seq < _U64:
         return _codec.encode({"t": Ack.TYPE, "seq": seq})
-    return _ACK_PREFIX + _head(0, seq)
+    return _ACK_PREFIX + (_UINT_HEADS[seq] if seq < 256 else _head(0, seq))
 
 
 def encode_message(seq: int, ts: int, text: str, ref: int, from_: int) -> bytes:
@@ -433,18 +446,19 @@ def encode_message(seq: int, ts: int, text: str, ref: int, from_: int) -> bytes:
             {"t": Message.TYPE, "seq": seq, "ts": ts, "text": text, "ref": ref, "from": from_}
         )
     data = text.encode("utf-8")
+    n = len(data)
     return b"".join(
         (
             _MESSAGE_PREFIX,
             _head(0, ts),
             _REF_KEY,
-            _head(0, ref),
+            _UINT_HEADS[ref] if ref < 256 else _head(0, ref),
             _SEQ_KEY,
-            _head(0, seq),
+            _UINT_HEADS[seq] if seq < 256 else _head(0, seq),
             _FROM_KEY,
-            _head(0, from_),
+            _UINT_HEADS[from_] if from_ < 256 else _head(0, from_),
             _TEXT_KEY,
-            _head(3, len(data)),
+            _TEXT_HEADS[n] if n < 256 else _head(3, n),
             data,
         )
     )
