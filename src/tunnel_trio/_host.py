@@ -100,6 +100,8 @@ class Relay:
         #: The timer task's sleep (None while it is not sleeping): its deadline is the room's
         #: next one, moved earlier from here when a call brings one forward.
         self._timer_scope: trio.CancelScope | None = None
+        #: Its deadline, kept here (the scope's property is a Python call per message).
+        self._timer_at = math.inf
         self.port: int | None = None
         #: The most bytes ever queued for one connection (each is bounded by outbox_limit).
         self.peak_queued_bytes = 0
@@ -208,8 +210,8 @@ class Relay:
         if scope is None:
             return  # not sleeping: it reads the next deadline before it sleeps again
         deadline = self.room.next_deadline()
-        if deadline is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        if deadline is not None and deadline < self._timer_at:
+            scope.deadline = self._timer_at = deadline
 
     def _move_output(self) -> None:
         """The room's output into the outboxes; chunks for every connection whose outbox is
@@ -274,7 +276,8 @@ class Relay:
     async def _timer(self) -> None:
         while True:
             deadline = self.room.next_deadline()
-            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            self._timer_at = math.inf if deadline is None else deadline
+            with trio.CancelScope(deadline=self._timer_at) as scope:
                 self._timer_scope = scope
                 try:
                     await trio.sleep_forever()
@@ -329,10 +332,12 @@ class Relay:
             async with trio.open_nursery() as nursery:
                 self._scopes[conn] = nursery.cancel_scope
                 nursery.start_soon(self._writer, ws, conn, outbox, nursery.cancel_scope)
+                # trio.current_time() is three Python calls; the clock's own method is one.
+                clock_now = trio.lowlevel.current_clock().current_time
                 try:
                     while True:
                         data = await ws.receive()
-                        self.room.receive(conn, data, trio.current_time())
+                        self.room.receive(conn, data, clock_now())
                         if not ws.message_ready():
                             # What a burst of messages makes goes out together (with batch/1
                             # in one transport message per connection). The burst is bounded

@@ -173,11 +173,12 @@ class _Mutex:
     in `acquire`, and the lock handed to the longest waiter on release (trio.Lock is fair too).
     """
 
-    __slots__ = ("_held", "_lot")
+    __slots__ = ("_held", "_lot", "_waiting")
 
     def __init__(self) -> None:
         self._held = False
         self._lot = trio.lowlevel.ParkingLot()
+        self._waiting = 0  # tasks in `_lot` (counted here: its __bool__ is a Python call)
 
     def locked(self) -> bool:
         return self._held
@@ -190,13 +191,17 @@ class _Mutex:
     async def acquire(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._held:
-            await self._lot.park()  # `release` handed the lock to us
+            self._waiting += 1
+            try:
+                await self._lot.park()  # `release` handed the lock to us
+            finally:
+                self._waiting -= 1
             return
         self._held = True
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def release(self) -> None:
-        if not self._lot or not self._lot.unpark():
+        if not self._waiting or not self._lot.unpark():
             self._held = False
 
     async def __aenter__(self) -> None:
