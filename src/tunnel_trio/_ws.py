@@ -310,9 +310,39 @@ class WebSocket:
             lock.acquire_nowait()
         except trio.WouldBlock:
             await lock.acquire()
+        parser = self._parser
+        items = parser.items
+        fd = self._fd
         try:
             while self._close_code is None:
-                item = await self._next_item()
+                if (
+                    self._drained
+                    and fd is not None
+                    and not items
+                    and not self._events
+                    and not self._input_done
+                    and not parser.done
+                ):
+                    # The usual wait (nothing buffered, the socket drained), `_next_item` and
+                    # `_read` written out: two coroutine levels fewer to suspend and resume.
+                    try:
+                        await trio.lowlevel.wait_readable(fd)
+                    except trio.ClosedResourceError:
+                        self._input_done = True  # closed under us: `_next_item` says so
+                    else:
+                        self._unyielded = 0
+                        data = self._read_now(fd)
+                        if data:
+                            parser.feed(data)
+                        elif data is not None:
+                            self._input_done = True  # EOF (None: nothing after all; wait again)
+                item: bytes | _Text | FramingError | Event | None
+                if items and type(items[0]) is bytes and not self._events:
+                    # `_next_item`'s usual case, without a coroutine (a bytes item, as checked)
+                    item = items.popleft()  # type: ignore[assignment]
+                    parser.messages -= 1
+                else:
+                    item = await self._next_item()
                 if self._close_code is not None:
                     # Another task started closing while we waited; it owns the shutdown
                     # (and will want the receive lock to read the peer's Close).
@@ -542,7 +572,6 @@ class WebSocket:
                 return bytes(await self._stream.receive_some(RECEIVE_CHUNK))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
-        socket = self._stream.socket  # type: ignore[attr-defined]
         # A short read emptied the socket: the next read would almost surely fail with EAGAIN
         # (a system call and an exception per message), so wait for readability first.
         wait_first = self._drained
@@ -553,17 +582,23 @@ class WebSocket:
                 except trio.ClosedResourceError:
                     return b""
                 self._unyielded = 0
-            if socket.fileno() != fd:
-                return b""  # closed by another task: the number may already be someone else's
-            try:
-                data = os.read(fd, RECEIVE_CHUNK)
-            except BlockingIOError:
-                wait_first = True
-                continue
-            except OSError:
-                return b""
-            self._drained = len(data) < RECEIVE_CHUNK
-            return data
+            data = self._read_now(fd)
+            if data is not None:
+                return data
+            wait_first = True
+
+    def _read_now(self, fd: int) -> bytes | None:
+        """What the socket `fd` holds now: None if nothing (EAGAIN); b"" once it is over."""
+        if self._stream.socket.fileno() != fd:  # type: ignore[attr-defined]
+            return b""  # closed by another task: the number may already be someone else's
+        try:
+            data = os.read(fd, RECEIVE_CHUNK)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+        self._drained = len(data) < RECEIVE_CHUNK
+        return data
 
     async def _send_event(self, event: Event) -> bool:
         """Send a control event; False if the connection can no longer carry it."""
