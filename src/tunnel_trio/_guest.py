@@ -202,8 +202,10 @@ class Guest:
             return
         conn, outbox = self.conn, self._outbox
         try:
-            outbox.put_all(conn.data_to_send())
-            if outbox.queued_bytes < WRITE_BATCH and conn.has_bulk():
+            out = conn.data_to_send()
+            if out:
+                outbox.put_all(out)
+            if outbox.queued_bytes < WRITE_BATCH and conn.files.has_bulk():
                 conn.pull_bulk(WRITE_BATCH)
                 outbox.put_all(conn.data_to_send())
         except OutboxFull:

@@ -812,18 +812,20 @@ def _single_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-class _PendingSay:
-    """A say waiting for the host's SayAccepted or SayRejected.
+class _PendingSay(Parked):
+    """A say waiting for the host's SayAccepted or SayRejected; parked on it (a timed wait
+    without a cancel scope) is the `send` waiting for the answer.
 
     `queued`: its `send` call returned without an answer (the say is in the connection's
     unconfirmed set, re-sent on every resume); `_on_event` settles it when the answer comes.
     """
 
-    __slots__ = ("done", "queued", "result", "text", "tries")
+    __slots__ = ("queued", "result", "text", "tries")
 
     def __init__(self, timers: Timers, text: str, *, queued: bool = False, tries: int = 0) -> None:
-        #: The `send` waiting for the answer (a timed wait without a cancel scope).
-        self.done = Parked(timers)
+        # (Parked's fields, set here: its __init__ would be one more call per say)
+        self._timers = timers
+        self.task = None
         self.result: SayAccepted | SayRejected | None = None
         self.text = text
         self.queued = queued
@@ -832,7 +834,7 @@ class _PendingSay:
     def answer(self, result: SayAccepted | SayRejected) -> None:
         if self.result is None:
             self.result = result
-            self.done.wake()
+            self.wake()
 
 
 class MemberSession(_Session):
@@ -970,7 +972,7 @@ class MemberSession(_Session):
                             "the tunnel closed before the host confirmed it; it may or may not "
                             "have reached the others",
                         )
-                    pending.done.wake()  # no answer: send() sees `closed`
+                    pending.wake()  # no answer: send() sees `closed`
                 self._says = {ref: p for ref, p in self._says.items() if not p.queued}
         self._transcript.poke()
 
@@ -1089,7 +1091,7 @@ class MemberSession(_Session):
                 self.guest.flush()
             timers = self._transcript.timers
             while pending.result is None and not self.closed:
-                if not await timers.wait(pending.done, deadline):
+                if not await timers.wait(pending, deadline):
                     break
             result = pending.result
             if result is None and not self.closed:
