@@ -218,9 +218,20 @@ class Relay:
         low; the room's file events to `on_files`. Loops: cutting a connection off makes the
         room emit more (an event, a roster), and so may a pull."""
         room = self.room
+        files = room.files
         self._held = self._held_bytes = 0
         while True:
-            while outputs := room.data_to_send():
+            outputs = room.data_to_send()
+            send = outputs[0] if len(outputs) == 1 else None
+            if type(send) is Send:
+                # The usual drain (a member's say: one message for its sender, batch/1 sealing
+                # all of a connection's frames together): no grouping, and no second drain
+                # unless the put cut the connection off (which makes the room emit more).
+                outbox = self._outboxes.get(send.conn)
+                if outbox is not None and not self._put(send.conn, outbox, [send.data]):
+                    continue
+                outputs = []
+            while outputs:
                 # Per connection, what it gets goes to its outbox in one call (one write when
                 # it goes directly); a disconnect goes behind what came before it.
                 sends: dict[int, list[bytes]] = {}
@@ -241,20 +252,23 @@ class Relay:
                     outbox = self._outboxes.get(conn)
                     if outbox is not None:
                         self._put(conn, outbox, items)
+                outputs = room.data_to_send()
             pulled = 0
-            for conn in room.bulk_connections():
+            for conn in files.bulk_connections():
                 outbox = self._outboxes.get(conn)
                 if outbox is not None and not outbox.closing and outbox.queued_bytes < WRITE_BATCH:
                     pulled += room.pull_bulk(conn, WRITE_BATCH)
-            events = room.files.take_events()
+            events = files.take_events()
             if events:
                 self._on_files(events)
             if not pulled and not events:
                 return
 
-    def _put(self, conn: int, outbox: Outbox, items: list[bytes]) -> None:
+    def _put(self, conn: int, outbox: Outbox, items: list[bytes]) -> bool:
+        """Queue `items` for `conn`; True if all went, False if that cut the connection off
+        (its outbox overflowed: the room then has more to send)."""
         if not items:
-            return
+            return True
         try:
             outbox.put_all(items)
         except OutboxFull:
@@ -263,7 +277,10 @@ class Relay:
             log.info("connection %d: outbound queue full, disconnecting", conn)
             self._end_connection(conn, outbox, 4004, "outbound queue full")
             self.room.connection_lost(conn, trio.current_time())
-        self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
+            return False
+        if outbox.queued_bytes > self.peak_queued_bytes:
+            self.peak_queued_bytes = outbox.queued_bytes
+        return True
 
     def _end_connection(self, conn: int, outbox: Outbox, code: int, reason: str) -> None:
         """Queue the close behind what is already queued, and bound how long that may take:
