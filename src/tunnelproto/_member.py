@@ -261,7 +261,8 @@ class MemberConnection:
     def receive_data(self, data: Message, now: float) -> None:
         """One transport message (any bytes-like object). Raises RemoteProtocolError (and the
         connection is dead) if the room broke the protocol; never anything else for any input."""
-        data = message_bytes(data)
+        if type(data) is not bytes:
+            data = message_bytes(data)
         if self.state not in (MemberState.HANDSHAKE, MemberState.OPEN):
             return
         self._last_rx = now
@@ -335,7 +336,7 @@ class MemberConnection:
         channel = self._channel
         assert channel is not None
         if channel.batch:
-            channel.queue(plaintext)
+            channel.queued.append(plaintext)  # `Channel.queue`, in line
         else:
             self._out.append(channel.seal(plaintext))
 
