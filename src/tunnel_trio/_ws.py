@@ -306,10 +306,10 @@ class WebSocket:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         lock = self._receive_lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
+        if lock._held:
             await lock.acquire()
+        else:
+            lock._held = True  # `acquire_nowait`, in line (this module owns the mutex)
         parser = self._parser
         items = parser.items
         fd = self._fd
@@ -372,7 +372,10 @@ class WebSocket:
                     await self._send_event(item.response())
                 # Pong: nothing to do, we never wait for one.
         finally:
-            lock.release()
+            if lock._waiting:
+                lock.release()  # hands it over
+            else:
+                lock._held = False
         # Outside the receive lock: a closer in another task may need it to drain.
         await self._finished.wait()
         raise self._closed_error()
@@ -473,7 +476,7 @@ class WebSocket:
             fd is None
             or self._unsent
             or self._close_code is not None
-            or self._send_lock.locked()
+            or self._send_lock._held
             or self._connection.state is not ConnectionState.OPEN
             or self._stream.socket.fileno() != fd  # type: ignore[attr-defined]
         ):

@@ -221,10 +221,17 @@ class FrameParser:
                     return
                 head = 10
             opcode = b0 & 0x0F
-            problem = self._check(b0, b1, opcode, length)
-            if problem is not None:
-                self._fail(*problem)
-                return
+            if not (
+                b0 == 0x82  # the usual frame: a whole binary message, no reserved bits
+                and (b1 >= 0x80) is not self._client  # masked exactly when it must be
+                and self._partial is None
+                and not self._text
+                and length <= self._max
+            ):
+                problem = self._check(b0, b1, opcode, length)
+                if problem is not None:
+                    self._fail(*problem)
+                    return
             masked = b1 & 0x80
             if masked:
                 head += 4

@@ -450,7 +450,8 @@ def encode_message(seq: int, ts: int, text: str, ref: int, from_: int) -> bytes:
     return b"".join(
         (
             _MESSAGE_PREFIX,
-            _head(0, ts),
+            # A timestamp in ms since 1970 takes the 8-byte head (no call for its _head).
+            b"\x1b" + ts.to_bytes(8, "big") if ts >= 0x100000000 else _head(0, ts),
             _REF_KEY,
             _UINT_HEADS[ref] if ref < 256 else _head(0, ref),
             _SEQ_KEY,
@@ -610,20 +611,27 @@ def _decode_say(data: bytes, pos: int) -> tuple[Say, int] | None:
     if m is None:
         return None
     ref_head, head = m.groups()
-    ref = _head_value(ref_head)
+    # `_head_value` and `_matched_text`, in line (three calls less per say the room reads)
+    ref = ref_head[0] & 0x1F if len(ref_head) == 1 else _from_bytes(ref_head[1:], "big")
     if ref == 0:  # the general decoder refuses it
         return None
-    text = _matched_text(data, m.end(), head)
-    if text is None:
+    start = m.end()
+    end = start + (head[0] & 0x1F if len(head) == 1 else _from_bytes(head[1:], "big"))
+    if end > len(data):
         return None
-    return _MAKE_SAY(ref, text[0]), text[1]
+    try:
+        text = data[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return _MAKE_SAY(ref, text), end
 
 
 def _decode_ack(data: bytes, pos: int) -> tuple[Ack, int] | None:
     m = _ACK_RE.match(data, pos)
     if m is None:
         return None
-    return _MAKE_ACK(_head_value(m.group(1))), m.end()
+    head = m.group(1)
+    return _MAKE_ACK(head[0] & 0x1F if len(head) == 1 else _from_bytes(head[1:], "big")), m.end()
 
 
 _MAKE_SAY = maker(Say)

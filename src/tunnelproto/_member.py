@@ -207,7 +207,8 @@ class MemberConnection:
         check_text(text, LocalProtocolError)
         if len(self._unacked) >= MAX_UNACKED_SAYS:
             raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
-        ref = self._take_ref()
+        ref = self._next_ref  # `_take_ref`, in line
+        self._next_ref = ref + 1
         self._unacked[ref] = text
         self._emit(f.encode_say(ref, text))
         return ref
