@@ -39,6 +39,7 @@ Design notes (the *why*):
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import math
@@ -99,6 +100,10 @@ CLOSE_TIMEOUT = 3.0
 #: bound for the server side is the same 16 KiB).
 MAX_RESPONSE_HEAD = 16 * 1024
 
+#: accept(2) errors that mean the system is overloaded rather than the listener broken
+#: (trio.serve_listeners' list), and how long to wait before accepting again after one.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_SLEEP = 0.1
 #: Seconds between two warnings about connections refused or evicted over the server's cap.
 REFUSAL_LOG_EVERY = 10.0
 #: What a connection turned away before finishing its request head is told (when it is plain
@@ -152,6 +157,16 @@ def _new_connection(connection_type: ConnectionType) -> Connection:
     (close, ping, pong) and writes ours, and keeps the closing handshake's state. Data frames
     never pass through it (`_wsframes`)."""
     return Connection(connection_type)
+
+
+def _close_forcefully(stream: trio.abc.AsyncResource) -> bool:
+    """Close a plain TCP stream at once, from synchronous code: what `trio.aclose_forcefully`
+    does to it, without the cancelled checkpoint (two trips through the scheduler, and a
+    connection's end took several). False for any other stream: use `aclose_forcefully`."""
+    if type(stream) is not trio.SocketStream:
+        return False
+    stream.socket.close()
+    return True
 
 
 def _raw_socket_fd(stream: trio.abc.Stream) -> int | None:
@@ -297,7 +312,8 @@ class WebSocket:
         finally:
             lock.release()
         # Outside the receive lock: a closer in another task may need it to drain.
-        await self._finished.wait()
+        if not self._finished.is_set():
+            await self._finished.wait()
         raise self._closed_error()
 
     def message_ready(self) -> bool:
@@ -445,7 +461,8 @@ class WebSocket:
     async def _finish(self) -> None:
         # aclose_forcefully: a TLS close_notify could block on a dead peer, and the WebSocket
         # close handshake already tells the peer everything it needs.
-        await trio.aclose_forcefully(self._stream)
+        if not _close_forcefully(self._stream):
+            await trio.aclose_forcefully(self._stream)
         self._input_done = True
         self._finished.set()
 
@@ -575,7 +592,8 @@ class WebSocket:
         self, code: int, reason: str, *, holding_receive_lock: bool
     ) -> None:
         if not self._begin_close(code, reason):
-            await self._finished.wait()
+            if not self._finished.is_set():
+                await self._finished.wait()
             return
         try:
             with trio.move_on_after(self.close_timeout):
@@ -678,27 +696,63 @@ async def serve_websocket(
             next_log = now + REFUSAL_LOG_EVERY
 
     async def serve_one(tcp_stream: trio.SocketStream) -> None:
-        slot, evicted = slots.admit()
-        if slot is None:
-            note_turned_away(tcp_stream, "refused")
-            await _turn_away(tcp_stream, plain=ssl_context is None)
-            return
-        if evicted is not None:
-            note_turned_away(tcp_stream, "evicted")
         try:
-            await _serve_connection(
-                tcp_stream,
-                handler,
-                slot=slot,
-                accept_path=accept_path,
-                max_message_size=max_message_size,
-                handshake_timeout=handshake_timeout,
-                ssl_context=ssl_context,
-            )
+            slot, evicted = slots.admit()
+            if slot is None:
+                note_turned_away(tcp_stream, "refused")
+                await _turn_away(tcp_stream, plain=ssl_context is None)
+                return
+            if evicted is not None:
+                note_turned_away(tcp_stream, "evicted")
+            try:
+                await _serve_connection(
+                    tcp_stream,
+                    handler,
+                    slot=slot,
+                    accept_path=accept_path,
+                    max_message_size=max_message_size,
+                    handshake_timeout=handshake_timeout,
+                    ssl_context=ssl_context,
+                )
+            finally:
+                slots.release(slot)
         finally:
-            slots.release(slot)
+            # Closed already on every path above; this is for the unexpected one.
+            tcp_stream.socket.close()
 
-    await trio.serve_listeners(serve_one, listeners, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, nursery, serve_one)
+        task_status.started(listeners)
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    serve_one: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    """`trio.serve_listeners`' loop for one listener, but the connection's task is `serve_one`
+    itself: trio wraps each in a task that closes the stream with `aclose_forcefully`, two more
+    trips through the scheduler at every connection's end, and `serve_one` closes it anyway."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                # Out of descriptors or kernel memory: as trio does, complain and wait a
+                # little for the system to recover.
+                logger.error(
+                    "accept returned %s (%s); retrying in %g s",
+                    errno.errorcode[exc.errno],
+                    os.strerror(exc.errno),
+                    ACCEPT_RETRY_SLEEP,
+                    exc_info=True,
+                )
+                await trio.sleep(ACCEPT_RETRY_SLEEP)
+            else:
+                nursery.start_soon(serve_one, stream)
 
 
 async def _turn_away(tcp_stream: trio.SocketStream, *, plain: bool) -> None:
@@ -759,7 +813,8 @@ async def _serve_connection(
     except Exception:
         logger.exception("unexpected error serving %s", remote)
     finally:
-        await trio.aclose_forcefully(stream)
+        if not _close_forcefully(stream):
+            await trio.aclose_forcefully(stream)
 
 
 async def _run_handler(

@@ -7,6 +7,7 @@ raw wsproto connection over a trio socket.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -516,6 +517,70 @@ async def test_handler_crash_does_not_stop_the_server(
     await second.send(b"still alive")
     assert await second.receive() == b"still alive"
     await second.close()
+
+
+async def test_an_overloaded_accept_is_retried_and_logged(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Out of descriptors (EMFILE) is the system's trouble, not the listener's: the server says
+    # so and accepts again a little later, as trio.serve_listeners does.
+    accept = trio.SocketListener.accept
+    failures = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))]
+
+    async def overloaded_once(self: trio.SocketListener) -> trio.SocketStream:
+        if failures:
+            await trio.lowlevel.checkpoint()
+            raise failures.pop()
+        return await accept(self)
+
+    monkeypatch.setattr(trio.SocketListener, "accept", overloaded_once)
+    with caplog.at_level(logging.ERROR, logger="tunnel_trio.ws"):
+        port = await start_server(nursery, echo)
+        ws = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await ws.send(b"served after the retry")
+    assert await ws.receive() == b"served after the retry"
+    await ws.close()
+    assert not failures
+    assert any("EMFILE" in record.getMessage() for record in caplog.records)
+
+
+async def test_another_accept_error_stops_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self: trio.SocketListener) -> trio.SocketStream:
+        await trio.lowlevel.checkpoint()
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(trio.SocketListener, "accept", broken)
+    with trio.fail_after(GUARD), pytest.RaisesGroup(
+        pytest.RaisesExc(OSError, check=lambda exc: exc.errno == errno.EBADF), flatten_subgroups=True
+    ):
+        async with trio.open_nursery() as nursery:
+            await start_server(nursery, echo)
+
+
+async def test_each_connection_gives_its_socket_back(nursery: trio.Nursery) -> None:
+    # The server closes every connection's socket itself once the handler is done (no
+    # descriptor left behind), whoever ended the WebSocket.
+    served: list[WebSocket] = []
+
+    async def handler(ws: WebSocket) -> None:
+        served.append(ws)
+        if len(served) == 1:
+            await ws.close()  # the server ends the first
+        else:
+            await echo(ws)  # the client ends the second
+
+    port = await start_server(nursery, handler)
+    first = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    with trio.fail_after(GUARD), pytest.raises(WebSocketClosed):
+        await first.receive()
+    second = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await second.close()
+    with trio.fail_after(GUARD):
+        while any(ws._stream.socket.fileno() != -1 for ws in served):  # type: ignore[attr-defined]
+            await trio.sleep(0.01)
+    assert len(served) == 2
 
 
 async def test_connections_beyond_the_cap_are_closed(
