@@ -68,7 +68,13 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 from ._slots import ConnectionSlots, Slot
 from ._tls import client_ssl_context
 from ._wsframes import TEXT, ControlFrame, FrameParser, FramingError, _Text, frame_messages
-from ._wshandshake import HandshakeError, accept_response, check_response, client_request
+from ._wshandshake import (
+    HandshakeError,
+    accept_response,
+    check_response,
+    client_request,
+    usual_request,
+)
 
 __all__ = [
     "WebSocket",
@@ -865,11 +871,34 @@ async def _server_handshake(
 
     ``on_request`` is called once the request head is complete, before anything is answered.
     """
-    # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
-    http = h11.Connection(h11.SERVER)
     # An honest client writes its request as soon as it is connected, so by the time this
     # task runs it is usually there: read before waiting.
     fd = _raw_socket_fd(stream)
+    data = await _read_some(stream, fd, wait_first=False)
+    usual = usual_request(data)
+    if usual is not None:
+        # The usual upgrade request, whole in the first read (see `usual_request`).
+        target, response, end = usual
+        on_request()
+        path = target.split(b"?", 1)[0].decode("ascii")
+        try:
+            accepted = accept_path(path)
+        except Exception:
+            accepted = False  # h11's way below asks again, and logs it
+        if accepted:
+            await _write_response(stream, fd, response)
+            return WebSocket(
+                stream,
+                _new_connection(ConnectionType.SERVER),
+                path=path,
+                remote=remote,
+                client=False,
+                max_message_size=max_message_size,
+                trailing_data=data[end:],
+            )
+    # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
+    http = h11.Connection(h11.SERVER)
+    http.receive_data(data)
     while True:
         try:
             event = http.next_event()
@@ -882,7 +911,8 @@ async def _server_handshake(
             http.receive_data(await _read_some(stream, fd, wait_first=False))
             continue
         if isinstance(event, h11.Request):
-            on_request()
+            if usual is None:
+                on_request()
             break
         return None  # the client went away before sending a request
 
@@ -899,13 +929,10 @@ async def _server_handshake(
         await _send_http_response(stream, http, 404, b"Not Found", b"not found\n")
         return None
 
-    response = accept_response(event)
-    if response is not None:
-        # The usual request: its 101 without wsproto's second parse of the head. Written at
-        # once on a plain socket (a fresh one takes it whole): no scheduler pass for it.
-        written = _write_now(fd, response) if fd is not None else 0
-        if written < len(response):
-            await stream.send_all(response[written:])
+    answer = accept_response(event)
+    if answer is not None:
+        # The usual request: its 101 without wsproto's second parse of the head.
+        await _write_response(stream, fd, answer)
     elif not await _wsproto_server_handshake(stream, event):
         # Anything else, wsproto judges (version, key, Connection: Upgrade, ...).
         return None
@@ -919,6 +946,14 @@ async def _server_handshake(
         max_message_size=max_message_size,
         trailing_data=trailing_data,
     )
+
+
+async def _write_response(stream: trio.abc.Stream, fd: int | None, response: bytes) -> None:
+    """Write the 101: at once on a plain socket (a fresh one takes it whole), so no scheduler
+    pass for it."""
+    written = _write_now(fd, response) if fd is not None else 0
+    if written < len(response):
+        await stream.send_all(response[written:])
 
 
 async def _wsproto_server_handshake(stream: trio.abc.Stream, event: h11.Request) -> bool:

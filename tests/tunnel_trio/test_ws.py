@@ -519,6 +519,32 @@ async def test_handler_crash_does_not_stop_the_server(
     await second.close()
 
 
+async def test_a_failing_accept_path_gets_500_and_one_log_line(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The usual upgrade request is read without h11; its path check failing still gets h11's
+    # 500, logged once, and the server goes on.
+    broken = True
+
+    def broken_then_fine(path: str) -> bool:
+        if broken:
+            raise RuntimeError("accept_path bug")
+        return path == "/ws"
+
+    port = await start_server(nursery, echo, accept_path=broken_then_fine)
+    with caplog.at_level(logging.ERROR, logger="tunnel_trio.ws"):
+        with trio.fail_after(GUARD), pytest.raises(WebSocketError) as caught:
+            await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    assert caught.value.status_code == 500
+    failures = [r for r in caplog.records if "accept_path failed" in r.getMessage()]
+    assert len(failures) == 1
+    broken = False
+    ws = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await ws.send(b"served")
+    assert await ws.receive() == b"served"
+    await ws.close()
+
+
 async def test_an_overloaded_accept_is_retried_and_logged(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
