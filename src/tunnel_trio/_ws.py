@@ -1042,27 +1042,42 @@ def _describe_os_error(exc: BaseException) -> str:
 
 
 def _ip_family(host: str) -> int | None:
-    """The address family of an IP literal; None for a name."""
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return None
+    """The address family of an IP literal in its plain form; None for anything else (a name,
+    or an IPv6 literal with a zone, which the resolver handles)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
 
 
 async def _connect_tcp(host: str, port: int) -> trio.SocketStream:
     """`trio.open_tcp_stream`, except that an IP literal is dialled directly: there is nothing
     to resolve and one address to try, so no resolver call and no happy-eyeballs nursery and
-    task (a good part of a local join's connect)."""
+    task (a good part of a local join's connect). The connect itself is trio's socket connect
+    without its numeric getaddrinfo and context managers: a non-blocking connect, a wait for
+    writability unless it finished at once, then SO_ERROR. Cancelled, the socket is closed
+    (as trio does: a connect cannot be taken back)."""
     family = _ip_family(host)
     if family is None:
         return await trio.open_tcp_stream(host, port)
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        await sock.connect((host, port))
+        sock.setblocking(False)
+        error = sock.connect_ex((host, port))
+        if error in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            await trio.lowlevel.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if error:
+            raise OSError(error, f"Error connecting to {(host, port)!r}: {os.strerror(error)}")
     except BaseException:
         sock.close()
         raise
-    return trio.SocketStream(sock)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 async def _open_tcp(

@@ -11,11 +11,13 @@ import errno
 import hashlib
 import logging
 import os
+import socket
 import ssl
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,10 +36,12 @@ from wsproto.events import (
     TextMessage,
 )
 
+import tunnel_trio._ws as ws_module
 from tunnel_trio._ws import (
     WebSocket,
     WebSocketClosed,
     WebSocketError,
+    _ip_family,
     connect_websocket,
     listener_port,
     serve_websocket,
@@ -578,8 +582,12 @@ async def test_another_accept_error_stops_the_server(
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
 
     monkeypatch.setattr(trio.SocketListener, "accept", broken)
-    with trio.fail_after(GUARD), pytest.RaisesGroup(
-        pytest.RaisesExc(OSError, check=lambda exc: exc.errno == errno.EBADF), flatten_subgroups=True
+    with (
+        trio.fail_after(GUARD),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(OSError, check=lambda exc: exc.errno == errno.EBADF),
+            flatten_subgroups=True,
+        ),
     ):
         async with trio.open_nursery() as nursery:
             await start_server(nursery, echo)
@@ -814,8 +822,73 @@ async def test_connection_refused_fails_cleanly() -> None:
     port = listener_port(listeners)
     for listener in listeners:
         await listener.aclose()
-    with pytest.raises(WebSocketError, match=f"could not connect to 127.0.0.1:{port}"):
+    with pytest.raises(WebSocketError, match=f"could not connect to 127.0.0.1:{port}") as caught:
         await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    # The cause says what happened, as trio's connect would (the guest tells a stopped host
+    # from an unreachable one by it).
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+    assert "Connection refused" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "family"),
+    [
+        ("127.0.0.1", socket.AF_INET),
+        ("::1", socket.AF_INET6),
+        ("2001:db8::7", socket.AF_INET6),
+        ("localhost", None),
+        ("example.com", None),
+        ("1.2.3", None),
+        ("fe80::1%lo", None),  # a zone: left to the resolver
+    ],
+)
+def test_ip_literals_are_dialled_directly_and_names_resolved(host: str, family: int | None) -> None:
+    assert _ip_family(host) == family
+
+
+async def test_an_ipv6_literal_is_dialled(nursery: trio.Nursery) -> None:
+    try:
+        listeners = await trio.open_tcp_listeners(0, host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = listener_port(listeners)
+    served = trio.Event()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        served.set()
+        await trio.aclose_forcefully(stream)
+
+    await nursery.start(trio.serve_listeners, serve, listeners)
+    with trio.fail_after(GUARD), pytest.raises(WebSocketError):
+        await connect_websocket(f"ws://[::1]:{port}/ws", max_message_size=MAX)
+    assert served.is_set()
+
+
+async def test_a_cancelled_dial_leaves_no_socket_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connect cannot be taken back: cancelled while it is under way, the socket is closed.
+    opened: list[socket.socket] = []
+    real_socket = socket.socket
+
+    def recording_socket(*args: Any) -> socket.socket:
+        sock = real_socket(*args)
+        opened.append(sock)
+        return sock
+
+    async def never_writable(sock: object) -> None:
+        await trio.sleep_forever()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    monkeypatch.setattr(
+        ws_module, "socket", SimpleNamespace(**{**vars(socket), "socket": recording_socket})
+    )
+    monkeypatch.setattr(trio.lowlevel, "wait_writable", never_writable)
+    with trio.move_on_after(0.05):
+        await connect_websocket(
+            f"ws://127.0.0.1:{listener_port(listeners)}/ws", max_message_size=MAX
+        )
+    for listener in listeners:
+        await listener.aclose()
+    assert opened and all(sock.fileno() == -1 for sock in opened)
 
 
 async def test_connect_times_out_against_a_server_that_never_answers(
@@ -1129,8 +1202,14 @@ async def test_large_sends_let_other_tasks_run() -> None:
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * count * size)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    ws = WebSocket(stream, Connection(ConnectionType.CLIENT), path="/", remote="pair",
-                   client=True, max_message_size=1 << 20)
+    ws = WebSocket(
+        stream,
+        Connection(ConnectionType.CLIENT),
+        path="/",
+        remote="pair",
+        client=True,
+        max_message_size=1 << 20,
+    )
     turns = 0
 
     async def other() -> None:
