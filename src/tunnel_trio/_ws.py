@@ -1053,12 +1053,23 @@ def _ip_family(host: str) -> int | None:
     return None
 
 
+def _connected(sock: socket.socket) -> bool:
+    """Whether a connect still in progress has already been made: over loopback (a local host)
+    it usually has by the time connect returns, and then the wait for writability would only
+    cost a trip through the scheduler."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
 async def _connect_tcp(host: str, port: int) -> trio.SocketStream:
     """`trio.open_tcp_stream`, except that an IP literal is dialled directly: there is nothing
     to resolve and one address to try, so no resolver call and no happy-eyeballs nursery and
     task (a good part of a local join's connect). The connect itself is trio's socket connect
     without its numeric getaddrinfo and context managers: a non-blocking connect, a wait for
-    writability unless it finished at once, then SO_ERROR. Cancelled, the socket is closed
+    writability unless it is made already, then SO_ERROR. Cancelled, the socket is closed
     (as trio does: a connect cannot be taken back)."""
     family = _ip_family(host)
     if family is None:
@@ -1068,8 +1079,12 @@ async def _connect_tcp(host: str, port: int) -> trio.SocketStream:
         sock.setblocking(False)
         error = sock.connect_ex((host, port))
         if error in (errno.EINPROGRESS, errno.EWOULDBLOCK):
-            await trio.lowlevel.wait_writable(sock)
-            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if _connected(sock):
+                error = 0
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.wait_writable(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         if error:

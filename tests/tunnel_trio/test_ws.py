@@ -864,6 +864,27 @@ async def test_an_ipv6_literal_is_dialled(nursery: trio.Nursery) -> None:
     assert served.is_set()
 
 
+async def test_a_connect_made_at_once_is_not_waited_for(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over loopback the connection is made by the time connect() returns: no wait for
+    # writability (it would cost a trip through the scheduler); the dial goes on at once.
+    waited: list[object] = []
+    real_wait = trio.lowlevel.wait_writable
+
+    async def recording_wait(sock: Any) -> None:
+        waited.append(sock)
+        await real_wait(sock)
+
+    port = await start_server(nursery, echo)
+    monkeypatch.setattr(trio.lowlevel, "wait_writable", recording_wait)
+    ws = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await ws.send(b"made")
+    assert await ws.receive() == b"made"
+    await ws.close()
+    assert waited == []
+
+
 async def test_a_cancelled_dial_leaves_no_socket_open(monkeypatch: pytest.MonkeyPatch) -> None:
     # A connect cannot be taken back: cancelled while it is under way, the socket is closed.
     opened: list[socket.socket] = []
@@ -882,6 +903,8 @@ async def test_a_cancelled_dial_leaves_no_socket_open(monkeypatch: pytest.Monkey
         ws_module, "socket", SimpleNamespace(**{**vars(socket), "socket": recording_socket})
     )
     monkeypatch.setattr(trio.lowlevel, "wait_writable", never_writable)
+    # As for a remote host: the connect is still under way when connect() returns.
+    monkeypatch.setattr(ws_module, "_connected", lambda sock: False)
     with trio.move_on_after(0.05):
         await connect_websocket(
             f"ws://127.0.0.1:{listener_port(listeners)}/ws", max_message_size=MAX
