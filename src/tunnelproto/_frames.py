@@ -94,6 +94,10 @@ class Hello(Frame):
     caps: tuple[str, ...] = ()
     last: int | None = None  # resume only: the highest seq the member holds
 
+    def encode(self) -> bytes:
+        encoded = _encode_hello(self)
+        return encoded if encoded is not None else _codec.encode(self.to_value())
+
 
 @dataclass(frozen=True, slots=True)
 class Welcome(Frame):
@@ -731,6 +735,76 @@ def _encode_welcome(w: Welcome) -> bytes | None:
     return b"".join(parts)
 
 
+# The `hello` frame likewise (every join and resume sends one): keys t, v, sw, caps, last (a
+# resume only), name.
+_HELLO_PREFIX = b"\xa5\x61t\x65hello\x61v"
+_HELLO_LAST_PREFIX = b"\xa6\x61t\x65hello\x61v"
+_SW_KEY = b"\x62sw"
+
+
+def _encode_hello(hello: Hello) -> bytes | None:
+    """The hello's encoding, or None when a field is not of the type the frame has."""
+    v, caps, last = hello.v, hello.caps, hello.last
+    if not (type(v) is int and 0 <= v < _U64 and type(caps) is tuple):
+        return None
+    if last is not None and not (type(last) is int and 0 <= last < _U64):
+        return None
+    try:
+        parts = [_HELLO_PREFIX if last is None else _HELLO_LAST_PREFIX, _head(0, v), _SW_KEY]
+        if not _text_item(hello.sw, parts):
+            return None
+        parts += (_CAPS_KEY, _head(4, len(caps)))
+        for cap in caps:
+            if not _text_item(cap, parts):
+                return None
+        if last is not None:
+            parts += (_LAST_KEY, _head(0, last))
+        parts.append(_NAME_KEY)
+        if not _text_item(hello.name, parts):
+            return None
+    except UnicodeError:
+        return None
+    return b"".join(parts)
+
+
+def _decode_hello(data: bytes, pos: int) -> tuple[Hello, int] | None:
+    """The canonical `hello` frame at `pos` (exactly the keys the encoder writes); None for
+    anything else."""
+    with_last = data.startswith(_HELLO_LAST_PREFIX, pos)
+    parsed = _read_uint(data, pos + len(_HELLO_PREFIX))
+    if parsed is None or not data.startswith(_SW_KEY, parsed[1]):
+        return None
+    v = parsed[0]
+    sw = _read_text(data, parsed[1] + len(_SW_KEY))
+    if sw is None or not data.startswith(_CAPS_KEY, sw[1]):
+        return None
+    parsed = _read_arg(data, sw[1] + len(_CAPS_KEY), 4)
+    if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+        return None
+    count, p = parsed
+    caps = []
+    for _ in range(count):
+        text = _read_text(data, p)
+        if text is None:
+            return None
+        caps.append(text[0])
+        p = text[1]
+    last = None
+    if with_last:
+        if not data.startswith(_LAST_KEY, p):
+            return None
+        parsed = _read_uint(data, p + len(_LAST_KEY))
+        if parsed is None:
+            return None
+        last, p = parsed
+    if not data.startswith(_NAME_KEY, p):
+        return None
+    name = _read_text(data, p + len(_NAME_KEY))
+    if name is None:
+        return None
+    return Hello(v=v, name=name[0], sw=sw[0], caps=tuple(caps), last=last), name[1]
+
+
 def _read_text(data: bytes, pos: int) -> tuple[str, int] | None:
     """A text string at `pos`, as the general decoder reads it: (text, next pos), or None."""
     parsed = _read_arg(data, pos, 3)
@@ -884,6 +958,8 @@ def _decode_known(data: bytes, pos: int) -> tuple[Frame, int] | None:
         return _decode_roster(data, pos)
     if data.startswith(_WELCOME_PREFIX, pos) or data.startswith(_WELCOME_CAPS_PREFIX, pos):
         return _decode_welcome(data, pos)
+    if data.startswith(_HELLO_PREFIX, pos) or data.startswith(_HELLO_LAST_PREFIX, pos):
+        return _decode_hello(data, pos)
     return None
 
 

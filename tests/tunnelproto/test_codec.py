@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from core_properties import welcome_frames
+from core_properties import hello_frames, welcome_frames
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -210,6 +210,28 @@ def test_the_welcome_is_written_and_read_directly_as_the_general_codec_does(welc
         assert f._decode_known(data, 0) == (welcome, len(data))
     else:  # a long limit name: left to the general decoder
         assert f._decode_known(data, 0) is None
+
+
+@given(hello_frames())
+def test_the_hello_is_written_and_read_directly_as_the_general_codec_does(hello) -> None:
+    from tunnelproto import _frames as f
+
+    data = hello.encode()
+    assert data == encode(hello.to_value())
+    assert f._decode_known(data, 0) == (hello, len(data))
+    assert f._parse(decode(data)) == hello == f.decode_frame(data)
+
+
+def test_a_hello_the_direct_writer_does_not_take_is_the_general_encoders() -> None:
+    from tunnelproto import _frames as f
+
+    for odd in (f.Hello(v=True, name="n", sw="s"), f.Hello(v=1, name="n", sw="s", caps=["x"])):  # type: ignore[arg-type]
+        assert f._encode_hello(odd) is None
+        assert odd.encode() == encode(odd.to_value())
+    # A hello without caps, or with a null last, is valid; the general decoder reads it.
+    bare = encode({"t": "hello", "v": 1, "name": "n", "sw": "s", "last": None})
+    assert f._decode_known(bare, 0) is None
+    assert f.decode_frame(bare) == f.Hello(v=1, name="n", sw="s")
 
 
 @pytest.mark.parametrize(
