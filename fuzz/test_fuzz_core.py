@@ -91,8 +91,8 @@ def test_fuzz_link_parse(fuzz_rounds: Rounds) -> None:
 @settings(max_examples=share(1.0), suppress_health_check=SLOW_OK)
 @given(directish() | st.binary(max_size=120))
 def test_fuzz_direct_readers(data: bytes) -> None:
-    """The direct readers of the hot-path frames (chunk, message, say, ack) and the general
-    decoder agree, alone and at the start of a batch."""
+    """The direct readers of the hot-path frames (chunk, message, say, ack, roster, welcome,
+    hello) and the general decoder agree, alone and at the start of a batch."""
     check_direct_decode(data)
 
 

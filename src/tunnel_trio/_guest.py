@@ -1,14 +1,17 @@
 """The member client: binds a `tunnelproto.MemberConnection` to a WebSocket, and reconnects.
 
-One supervisor task owns the seat. It dials, runs one connection (reader in this task, a writer
-task draining the connection's `Outbox`, a timer task for the core's deadlines) and, when the
-connection drops while the room still holds our seat, dials again with the resume ticket: at
-once after an ordinary drop, then with an exponential backoff (0.5 s doubling to 10 s), for at
-most the room's grace period (`gives_up_at` says until when). A join the host turns away as
-busy (HTTP 503, or close 4009 / 4002 before the welcome) is retried the same way for a short
-while; any other end of a join before its welcome is reported, with what the host's close
-code says. Events are handed to `on_event` in order: from the reader task, and from `pump`
-(the session's file work, after a call that queues events in the connection).
+The join (`handshake`) runs in the caller's task: it dials and takes the handshake as far as
+the host's welcome, and nothing else runs for it meanwhile. A join the host turns away as busy
+(HTTP 503, or close 4009 / 4002 before the welcome) is retried with the backoff below for a
+short while; any other end of a join before its welcome is reported, with what the host's
+close code says. From the welcome on, one supervisor task (`run`) owns the seat. It runs one
+connection (reader in this task, a writer task draining the connection's `Outbox`, the
+session's timer task for the core's deadlines) and, when the connection drops while the room
+still holds our seat, dials again with the resume ticket: at once after an ordinary drop,
+then with an exponential backoff (0.5 s doubling to 10 s), for at most the room's grace
+period (`gives_up_at` says until when). Events are handed to `on_event` in order: from the
+joining or the reader task, and from `pump` (the session's file work, after a call that
+queues events in the connection).
 
 Every connection announces files/1 and batch/1 (`CAPS`). Chunks of our offers are sealed only
 when the outbox runs low (`flush`, and the writer right after it takes a batch), so chat said
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -243,7 +247,8 @@ class Guest:
     async def leave(self) -> None:
         """Leave for good: tell the room, then (in `_serve`) wait for it to close, and stop."""
         self._leaving = True
-        if self.conn is not None and self._outbox is not None and self.conn.state.value == "open":
+        if self.conn is not None and self.conn.state.value == "open":
+            # (Welcomed but not served yet, right after the join: `_serve` sends it first thing.)
             self.conn.leave()
             self.flush()
         else:
@@ -255,63 +260,142 @@ class Guest:
         self._leaving = True
         self._stop.cancel()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Dial and serve until we leave, the room ends, or resuming gives up.
+    async def handshake(self) -> tuple[WebSocket, MemberConnection] | None:
+        """The join: dial, and take the handshake as far as the host's welcome, in the
+        caller's task. Returns the welcomed connection, for `run`, which sends its key
+        confirmation (so the join returns before the host seats us, as a remote host would
+        seat us meanwhile anyway); None when the join ended without a welcome (the events and
+        `on_state` said why). Raises DialError when the host could not be reached. A join the
+        host turns away as busy (HTTP 503, or close 4009 / 4002 before the welcome) is retried
+        for JOIN_RETRY_BUDGET, with the backoff.
 
-        Raises DialError before `task_status.started()` when the first dial fails, so the join
-        call can report it; once started, trouble is reported through events and on_state.
+        Why not in a task of the session's: started first, it cost every join two trips
+        through the scheduler (one to start it, one to wake the joining task at the welcome),
+        and tasks and scopes that a join needs only once it has a connection to serve.
         """
+        join_at = trio.current_time()
+        wait, backoff = BACKOFF_MIN, BACKOFF_MIN * 2
+        while True:
+            try:
+                ws = await self._dial()
+            except DialError as exc:
+                if not exc.busy or trio.current_time() - join_at > JOIN_RETRY_BUDGET:
+                    raise
+                log.info("join turned away (%s); retrying in %.1f s", exc, wait)
+            else:
+                conn = MemberConnection(self.link, self.name, trio.current_time(), caps=CAPS)
+                self.conn = conn
+                ended = await self._handshake_on(ws, conn)
+                if ended is None:
+                    return ws, conn
+                if not ended.resumable:
+                    return None  # refused, or closed by the host: the session heard why
+                why = explain_close(self._close_code)
+                if (
+                    self._close_code not in RETRY_JOIN_CODES
+                    or trio.current_time() - join_at >= JOIN_RETRY_BUDGET
+                ):
+                    self._give_up(
+                        GAVE_UP_UNREACHABLE,
+                        f"the host did not welcome us: {why}"
+                        if why
+                        else f"the host did not welcome us ({ended.message})",
+                    )
+                    return None
+                log.info("join turned away (%s); retrying in %.1f s", why, wait)
+            await trio.sleep(wait)
+            wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
+
+    async def _handshake_on(self, ws: WebSocket, conn: MemberConnection) -> ConnectionEnded | None:
+        """Message 1 out, then read (as `_serve` does) until the welcome (None: `ws` is left
+        open for `run`) or the end of the join (returned; `ws` is closed, the host's way
+        after a refusal or its close: spec section 20)."""
+        self._welcomed = False
+        self._ended = None
+        self._close_code = None
+        socket_closed = False
+        try:
+            items = conn.data_to_send()
+            # Written at once (a fresh socket takes it): the next step is the wait for message 2.
+            if not ws.send_now(items):
+                await ws.send_many(items)
+            elif ws.unsent_bytes:
+                await ws.send_many(())
+            while self._ended is None:
+                deadline = conn.next_deadline()
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    try:
+                        data = await ws.receive()
+                    except WebSocketClosed as exc:
+                        # 1006 when no close frame came.
+                        if exc.code != CLOSE_ABNORMAL:
+                            self._close_code = exc.code
+                        socket_closed = True
+                        conn.connection_lost(trio.current_time())
+                        self._drain(conn)
+                        break
+                    try:
+                        conn.receive_data(data, trio.current_time())
+                    except RemoteProtocolError as exc:
+                        log.warning("protocol error from the host: %s", exc)
+                    self._drain(conn)
+                    if self._welcomed:
+                        return None
+                    continue
+                conn.handle_timer(trio.current_time())  # the handshake's deadline came
+                self._drain(conn)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await ws.aclose()
+            raise
+        ended = self._ended
+        try:
+            if ended is not None and not ended.resumable and not socket_closed:
+                # Refused, or closed by the host: it closes the socket next. Wait for that,
+                # so the close code is the host's; close first only if it does not come.
+                if not await self._host_closes(ws):
+                    with trio.move_on_after(HOST_CLOSE_WAIT):
+                        await ws.close(1000, ended.reason)
+        finally:
+            with trio.CancelScope(shield=True):
+                await ws.aclose()
+        return ended
+
+    async def run(self, first: tuple[WebSocket, MemberConnection]) -> None:
+        """Serve the connection `handshake` got welcomed on, and when a connection drops while
+        the room still holds our seat, dial again with the resume ticket; until we leave, the
+        room ends, or resuming gives up. Trouble is reported through events and on_state."""
         with self._stop:
-            started = False
+            ws: WebSocket | None
+            ws, conn = first
             resume: ResumeState | None = None
-            join_at = trio.current_time()
             # `wait` is the pause before the next dial, `backoff` the one after it.
             wait, backoff = BACKOFF_MIN, BACKOFF_MIN * 2
-            # A join the host turned away as busy: the next dial retries it.
-            retry_join = False
             while True:
-                if retry_join:
-                    retry_join = False
-                    await trio.sleep(wait)
-                    wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
-                elif started:
+                if ws is None:
                     if not await self._pause(wait):
                         return
                     wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
-                try:
-                    ws = await self._dial_within(self.gives_up_at if started else None)
-                except DialError as exc:
-                    if not self._ever_welcomed:
-                        # Still joining: only a busy host is worth another try, briefly.
-                        if exc.busy and trio.current_time() - join_at <= JOIN_RETRY_BUDGET:
-                            log.info("join turned away (%s); retrying in %.1f s", exc, wait)
-                            retry_join = True
-                            continue
-                        if not started:
-                            raise
-                        self._give_up(
-                            GAVE_UP_STOPPED if exc.stopped else GAVE_UP_UNREACHABLE,
-                            f"could not join: {exc}",
-                        )
-                        return
-                    log.info("could not reconnect (%s); next try in %.1f s", exc, wait)
-                    self._last_problem = exc
-                    continue
-                if ws is None:
-                    continue  # the give-up time came while dialling: _pause says why
-                if resume is not None and self.conn is not None:
-                    # Credit granted since the drop went to the old object: take it along.
-                    resume = self.conn.resume_state() or resume
-                conn = MemberConnection(
-                    self.link, self.name, trio.current_time(), resume=resume, caps=CAPS
-                )
-                self.conn = conn
-                self._welcomed = False
-                self._refusal = None
-                # A join retried after a busy host is still a join: its refusal is the join's.
-                self._reconnecting = started and self._ever_welcomed
-                ended = await self._serve(ws, conn, started, task_status)
-                started = True
+                    try:
+                        ws = await self._dial_within(self.gives_up_at)
+                    except DialError as exc:
+                        log.info("could not reconnect (%s); next try in %.1f s", exc, wait)
+                        self._last_problem = exc
+                        continue
+                    if ws is None:
+                        continue  # the give-up time came while dialling: _pause says why
+                    if resume is not None:
+                        # Credit granted since the drop went to the old object: take it along.
+                        resume = conn.resume_state() or resume
+                    conn = MemberConnection(
+                        self.link, self.name, trio.current_time(), resume=resume, caps=CAPS
+                    )
+                    self.conn = conn
+                    self._welcomed = False
+                    self._refusal = None
+                    self._reconnecting = True
+                ended = await self._serve(ws, conn)
+                ws = None
                 if self._leaving or ended is None:
                     return
                 if self._refusal is not None:
@@ -341,21 +425,6 @@ class Guest:
                     return
                 resume = conn.resume_state()
                 why = explain_close(self._close_code)
-                if resume is None and not self._ever_welcomed:
-                    if (
-                        self._close_code in RETRY_JOIN_CODES
-                        and trio.current_time() - join_at < JOIN_RETRY_BUDGET
-                    ):
-                        log.info("join turned away (%s); retrying in %.1f s", why, wait)
-                        retry_join = True
-                        continue
-                    self._give_up(
-                        GAVE_UP_UNREACHABLE,
-                        f"the host did not welcome us: {why}"
-                        if why
-                        else f"the host did not welcome us ({ended.message})",
-                    )
-                    return
                 # resume None after we were in once: a fresh rejoin (see above) that dropped
                 # before its welcome; try it again like any reconnect, within the budget.
                 self._last_problem = None
@@ -447,13 +516,7 @@ class Guest:
             stopped = status in _STOPPED_STATUSES or _refused_connection(exc)
             raise DialError(str(exc), stopped=stopped) from None
 
-    async def _serve(
-        self,
-        ws: WebSocket,
-        conn: MemberConnection,
-        started: bool,
-        task_status: trio.TaskStatus[None],
-    ) -> ConnectionEnded | None:
+    async def _serve(self, ws: WebSocket, conn: MemberConnection) -> ConnectionEnded | None:
         outbox = Outbox(OUTBOX_LIMIT, ws)
         self._outbox = outbox
         self._ended = None
@@ -466,9 +529,9 @@ class Guest:
                 self._serve_nursery = nursery
                 nursery.start_soon(self._writer, ws, outbox)
                 self._timers.set_tick(functools.partial(self._tick, conn, ws))
-                self.flush()  # arms the tick at the connection's first deadline
-                if not started:
-                    task_status.started()
+                # Arms the tick at the connection's first deadline; after the join's welcome,
+                # sends the key confirmation.
+                self.flush()
                 # trio.current_time() is three Python calls; the clock's own method is one.
                 clock_now = trio.lowlevel.current_clock().current_time
                 try:

@@ -343,12 +343,21 @@ class Relay:
             else:
                 await ws.close(CLOSE_TOO_MANY_PENDING, "too many pending connections")
             return
-        outbox = Outbox(self.outbox_limit, ws)
-        self._outboxes[conn] = outbox
         try:
             async with trio.open_nursery() as nursery:
+                serving = True
+
+                def start_writer() -> None:
+                    # Once the reader is done nothing more goes out, and a nursery left
+                    # without tasks is closed to new ones.
+                    if serving:
+                        nursery.start_soon(self._writer, ws, conn, outbox, nursery.cancel_scope)
+
+                # The writer starts when the outbox first needs it: a join's message 2 (and,
+                # on a quiet connection, most of what follows) goes the direct way.
+                outbox = Outbox(self.outbox_limit, ws, start_writer=start_writer)
+                self._outboxes[conn] = outbox
                 self._scopes[conn] = nursery.cancel_scope
-                nursery.start_soon(self._writer, ws, conn, outbox, nursery.cancel_scope)
                 # trio.current_time() is three Python calls; the clock's own method is one.
                 clock_now = trio.lowlevel.current_clock().current_time
                 try:
@@ -370,6 +379,8 @@ class Relay:
                     self.room.connection_lost(conn, trio.current_time())
                     self._dispatch()
                     nursery.cancel_scope.cancel()
+                finally:
+                    serving = False
         finally:
             self._outboxes.pop(conn, None)
             self._scopes.pop(conn, None)

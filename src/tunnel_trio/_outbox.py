@@ -10,13 +10,14 @@ A direct path saves the writer's task switch on a quiet connection: `put_all` ha
 burst straight to the socket (`DirectWriter.send_now`) when the writer is idle, waiting on an
 empty queue. Nothing is queued or being written then, so the order still holds; what the
 socket did not take at once waits in the WebSocket (at most that one burst), and the writer is
-woken to write it before anything queued later.
+woken to write it before anything queued later. The writer task itself may be started only
+when it is first needed (`start_writer`): until then the outbox is as idle as a waiting writer.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,9 +50,17 @@ class OutboxFull(Exception):
 
 
 class Outbox:
-    def __init__(self, limit: int, direct: DirectWriter | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        direct: DirectWriter | None = None,
+        start_writer: Callable[[], None] | None = None,
+    ) -> None:
         self.limit = limit
         self._direct = direct
+        #: Starts the writer task, the first time the outbox needs one (see `_wake_writer`);
+        #: None once started, or when the caller started it itself.
+        self._start_writer = start_writer
         # True while the writer waits in `get` on an empty queue, or has not asked for anything
         # yet: nothing is queued or being written, so the direct path is open.
         self._idle = True
@@ -71,7 +80,7 @@ class Outbox:
         self._items.append(data)
         self.queued_bytes += len(data)
         self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
-        self._wake.set()
+        self._wake_writer()
 
     def put_all(self, items: Sequence[bytes]) -> None:
         """Queue `items` in order (as `put` does each), or write them at once when the writer
@@ -98,7 +107,7 @@ class Outbox:
             return
         self.closing = True
         self._items.append(CloseMarker(code, reason))
-        self._wake.set()
+        self._wake_writer()
 
     async def get(self) -> bytes | CloseMarker | None:
         """The next item; None when there is none but the direct path left bytes unsent (the
@@ -123,6 +132,15 @@ class Outbox:
     def kick(self) -> None:
         """Wake the writer even with nothing queued (`get_batch` returns an empty batch)."""
         self._kicked = True
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        start = self._start_writer
+        if start is not None:
+            # A connection whose every write went the direct way never needs its writer: a
+            # quiet one (a join, up to its welcome) then costs no task.
+            self._start_writer = None
+            start()
         self._wake.set()
 
     def take_ready(self, max_bytes: int) -> list[bytes]:

@@ -39,6 +39,7 @@ Design notes (the *why*):
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import math
@@ -67,7 +68,13 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 from ._slots import ConnectionSlots, Slot
 from ._tls import client_ssl_context
 from ._wsframes import TEXT, ControlFrame, FrameParser, FramingError, _Text, frame_messages
-from ._wshandshake import HandshakeError, accept_response, check_response, client_request
+from ._wshandshake import (
+    HandshakeError,
+    accept_response,
+    check_response,
+    client_request,
+    usual_request,
+)
 
 __all__ = [
     "WebSocket",
@@ -99,6 +106,10 @@ CLOSE_TIMEOUT = 3.0
 #: bound for the server side is the same 16 KiB).
 MAX_RESPONSE_HEAD = 16 * 1024
 
+#: accept(2) errors that mean the system is overloaded rather than the listener broken
+#: (trio.serve_listeners' list), and how long to wait before accepting again after one.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_SLEEP = 0.1
 #: Seconds between two warnings about connections refused or evicted over the server's cap.
 REFUSAL_LOG_EVERY = 10.0
 #: What a connection turned away before finishing its request head is told (when it is plain
@@ -152,6 +163,16 @@ def _new_connection(connection_type: ConnectionType) -> Connection:
     (close, ping, pong) and writes ours, and keeps the closing handshake's state. Data frames
     never pass through it (`_wsframes`)."""
     return Connection(connection_type)
+
+
+def _close_forcefully(stream: trio.abc.AsyncResource) -> bool:
+    """Close a plain TCP stream at once, from synchronous code: what `trio.aclose_forcefully`
+    does to it, without the cancelled checkpoint (two trips through the scheduler, and a
+    connection's end took several). False for any other stream: use `aclose_forcefully`."""
+    if type(stream) is not trio.SocketStream:
+        return False
+    stream.socket.close()
+    return True
 
 
 def _raw_socket_fd(stream: trio.abc.Stream) -> int | None:
@@ -377,7 +398,8 @@ class WebSocket:
             else:
                 lock._held = False
         # Outside the receive lock: a closer in another task may need it to drain.
-        await self._finished.wait()
+        if not self._finished.is_set():
+            await self._finished.wait()
         raise self._closed_error()
 
     def message_ready(self) -> bool:
@@ -525,7 +547,8 @@ class WebSocket:
     async def _finish(self) -> None:
         # aclose_forcefully: a TLS close_notify could block on a dead peer, and the WebSocket
         # close handshake already tells the peer everything it needs.
-        await trio.aclose_forcefully(self._stream)
+        if not _close_forcefully(self._stream):
+            await trio.aclose_forcefully(self._stream)
         self._input_done = True
         self._finished.set()
 
@@ -660,7 +683,8 @@ class WebSocket:
         self, code: int, reason: str, *, holding_receive_lock: bool
     ) -> None:
         if not self._begin_close(code, reason):
-            await self._finished.wait()
+            if not self._finished.is_set():
+                await self._finished.wait()
             return
         try:
             with trio.move_on_after(self.close_timeout):
@@ -763,27 +787,63 @@ async def serve_websocket(
             next_log = now + REFUSAL_LOG_EVERY
 
     async def serve_one(tcp_stream: trio.SocketStream) -> None:
-        slot, evicted = slots.admit()
-        if slot is None:
-            note_turned_away(tcp_stream, "refused")
-            await _turn_away(tcp_stream, plain=ssl_context is None)
-            return
-        if evicted is not None:
-            note_turned_away(tcp_stream, "evicted")
         try:
-            await _serve_connection(
-                tcp_stream,
-                handler,
-                slot=slot,
-                accept_path=accept_path,
-                max_message_size=max_message_size,
-                handshake_timeout=handshake_timeout,
-                ssl_context=ssl_context,
-            )
+            slot, evicted = slots.admit()
+            if slot is None:
+                note_turned_away(tcp_stream, "refused")
+                await _turn_away(tcp_stream, plain=ssl_context is None)
+                return
+            if evicted is not None:
+                note_turned_away(tcp_stream, "evicted")
+            try:
+                await _serve_connection(
+                    tcp_stream,
+                    handler,
+                    slot=slot,
+                    accept_path=accept_path,
+                    max_message_size=max_message_size,
+                    handshake_timeout=handshake_timeout,
+                    ssl_context=ssl_context,
+                )
+            finally:
+                slots.release(slot)
         finally:
-            slots.release(slot)
+            # Closed already on every path above; this is for the unexpected one.
+            tcp_stream.socket.close()
 
-    await trio.serve_listeners(serve_one, listeners, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, nursery, serve_one)
+        task_status.started(listeners)
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    serve_one: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    """`trio.serve_listeners`' loop for one listener, but the connection's task is `serve_one`
+    itself: trio wraps each in a task that closes the stream with `aclose_forcefully`, two more
+    trips through the scheduler at every connection's end, and `serve_one` closes it anyway."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                # Out of descriptors or kernel memory: as trio does, complain and wait a
+                # little for the system to recover.
+                logger.error(
+                    "accept returned %s (%s); retrying in %g s",
+                    errno.errorcode[exc.errno],
+                    os.strerror(exc.errno),
+                    ACCEPT_RETRY_SLEEP,
+                    exc_info=True,
+                )
+                await trio.sleep(ACCEPT_RETRY_SLEEP)
+            else:
+                nursery.start_soon(serve_one, stream)
 
 
 async def _turn_away(tcp_stream: trio.SocketStream, *, plain: bool) -> None:
@@ -844,7 +904,8 @@ async def _serve_connection(
     except Exception:
         logger.exception("unexpected error serving %s", remote)
     finally:
-        await trio.aclose_forcefully(stream)
+        if not _close_forcefully(stream):
+            await trio.aclose_forcefully(stream)
 
 
 async def _run_handler(
@@ -895,11 +956,34 @@ async def _server_handshake(
 
     ``on_request`` is called once the request head is complete, before anything is answered.
     """
-    # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
-    http = h11.Connection(h11.SERVER)
     # An honest client writes its request as soon as it is connected, so by the time this
     # task runs it is usually there: read before waiting.
     fd = _raw_socket_fd(stream)
+    data = await _read_some(stream, fd, wait_first=False)
+    usual = usual_request(data)
+    if usual is not None:
+        # The usual upgrade request, whole in the first read (see `usual_request`).
+        target, response, end = usual
+        on_request()
+        path = target.split(b"?", 1)[0].decode("ascii")
+        try:
+            accepted = accept_path(path)
+        except Exception:
+            accepted = False  # h11's way below asks again, and logs it
+        if accepted:
+            await _write_response(stream, fd, response)
+            return WebSocket(
+                stream,
+                _new_connection(ConnectionType.SERVER),
+                path=path,
+                remote=remote,
+                client=False,
+                max_message_size=max_message_size,
+                trailing_data=data[end:],
+            )
+    # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
+    http = h11.Connection(h11.SERVER)
+    http.receive_data(data)
     while True:
         try:
             event = http.next_event()
@@ -912,7 +996,8 @@ async def _server_handshake(
             http.receive_data(await _read_some(stream, fd, wait_first=False))
             continue
         if isinstance(event, h11.Request):
-            on_request()
+            if usual is None:
+                on_request()
             break
         return None  # the client went away before sending a request
 
@@ -929,13 +1014,10 @@ async def _server_handshake(
         await _send_http_response(stream, http, 404, b"Not Found", b"not found\n")
         return None
 
-    response = accept_response(event)
-    if response is not None:
-        # The usual request: its 101 without wsproto's second parse of the head. Written at
-        # once on a plain socket (a fresh one takes it whole): no scheduler pass for it.
-        written = _write_now(fd, response) if fd is not None else 0
-        if written < len(response):
-            await stream.send_all(response[written:])
+    answer = accept_response(event)
+    if answer is not None:
+        # The usual request: its 101 without wsproto's second parse of the head.
+        await _write_response(stream, fd, answer)
     elif not await _wsproto_server_handshake(stream, event):
         # Anything else, wsproto judges (version, key, Connection: Upgrade, ...).
         return None
@@ -949,6 +1031,14 @@ async def _server_handshake(
         max_message_size=max_message_size,
         trailing_data=trailing_data,
     )
+
+
+async def _write_response(stream: trio.abc.Stream, fd: int | None, response: bytes) -> None:
+    """Write the 101: at once on a plain socket (a fresh one takes it whole), so no scheduler
+    pass for it."""
+    written = _write_now(fd, response) if fd is not None else 0
+    if written < len(response):
+        await stream.send_all(response[written:])
 
 
 async def _wsproto_server_handshake(stream: trio.abc.Stream, event: h11.Request) -> bool:
@@ -1037,27 +1127,57 @@ def _describe_os_error(exc: BaseException) -> str:
 
 
 def _ip_family(host: str) -> int | None:
-    """The address family of an IP literal; None for a name."""
+    """The address family of an IP literal in its plain form; None for anything else (a name,
+    or an IPv6 literal with a zone, which the resolver handles)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
+
+
+def _connected(sock: socket.socket) -> bool:
+    """Whether a connect still in progress has already been made: over loopback (a local host)
+    it usually has by the time connect returns, and then the wait for writability would only
+    cost a trip through the scheduler."""
     try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return None
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 async def _connect_tcp(host: str, port: int) -> trio.SocketStream:
     """`trio.open_tcp_stream`, except that an IP literal is dialled directly: there is nothing
     to resolve and one address to try, so no resolver call and no happy-eyeballs nursery and
-    task (a good part of a local join's connect)."""
+    task (a good part of a local join's connect). The connect itself is trio's socket connect
+    without its numeric getaddrinfo and context managers: a non-blocking connect, a wait for
+    writability unless it is made already, then SO_ERROR. Cancelled, the socket is closed
+    (as trio does: a connect cannot be taken back)."""
     family = _ip_family(host)
     if family is None:
         return await trio.open_tcp_stream(host, port)
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        await sock.connect((host, port))
+        sock.setblocking(False)
+        error = sock.connect_ex((host, port))
+        if error in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            if _connected(sock):
+                error = 0
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.wait_writable(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if error:
+            raise OSError(error, f"Error connecting to {(host, port)!r}: {os.strerror(error)}")
     except BaseException:
         sock.close()
         raise
-    return trio.SocketStream(sock)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 async def _open_tcp(

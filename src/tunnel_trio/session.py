@@ -66,6 +66,7 @@ from tunnelproto._files import KIND_OFFER, KIND_OFFER_ENDED
 from ._guest import DialError, Guest
 from ._host import Relay, wall_clock_offset
 from ._waits import Parked, Timers
+from ._ws import WebSocket
 from .files import HostFiles, MemberFiles, SessionFiles
 from .session_types import (
     ConnectionState,
@@ -858,9 +859,6 @@ class MemberSession(_Session):
         self._welcomed = trio.Event()
         #: Set once the session is over (`_run` has ended).
         self._stopped = trio.Event()
-        #: What ended the session before its welcome (a failed first dial, or anything
-        #: unexpected): `join()` raises it.
-        self._join_failure: Exception | None = None
         self._refused: Refused | None = None
         self._end: ConnectionEnded | None = None
         self._phrase: str | None = None
@@ -1198,11 +1196,9 @@ class MemberSession(_Session):
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + 2.0)
         await self._stopped.wait()
 
-    async def _run(self) -> None:
-        """The session's life, in the join's nursery. What stops the join before its welcome
-        (the first dial failing, or anything unexpected) is kept in `_join_failure` for
-        `join()` to raise, never raised into that nursery: the caller hears it from its call.
-        """
+    async def _run(self, first: tuple[WebSocket, MemberConnection]) -> None:
+        """The session's life in the join's nursery, from the welcome on: `first` is the
+        connection the join got welcomed on (`Guest.handshake`)."""
         try:
             with self._scope:
                 try:
@@ -1212,11 +1208,7 @@ class MemberSession(_Session):
                         # their own cost every join, most of which never move a file.
                         self.files.bind(nursery)
                         try:
-                            await self.guest.run()
-                        except Exception as exc:
-                            if self._welcomed.is_set():
-                                raise
-                            self._join_failure = exc
+                            await self.guest.run(first)
                         finally:
                             nursery.cancel_scope.cancel()
                 finally:
@@ -1325,41 +1317,27 @@ async def _join_once(
 ) -> MemberSession:
     session = MemberSession(parsed, name, **dial)
     session._nursery = nursery
-    # Not `nursery.start`: its handshake (a nursery of its own and one more wake-up of this
-    # task) bought nothing that waiting for the welcome does not; a failure before the
-    # welcome comes back through `_join_failure`.
-    nursery.start_soon(session._run)
-    transcript = session._transcript
-    # `_run` starts the timer task first thing, and a wait parked before that task's first
-    # step is in its heap when it arms: the join's wait needs no cancel scope of its own.
-    # (Cancelled before that step, the task still runs it, and wakes every waiter on exit.)
-    transcript.timers.running = True
-    try:
-        while not session._welcomed.is_set():
-            failure = session._join_failure
-            if failure is not None:
-                await session._stopped.wait()
-                if isinstance(failure, DialError):
-                    raise TunnelError(f"could not reach the host: {failure}") from None
-                raise failure
+    # The dial and the handshake run in this task (see `Guest.handshake`); the session's
+    # tasks start once the host has welcomed us. Cancelled, timed out or failing before
+    # that, the join leaves nothing running: the connection is closed on the way out.
+    with trio.move_on_at(deadline):
+        try:
+            first = await session.guest.handshake()
+        except DialError as exc:
+            raise TunnelError(f"could not reach the host: {exc}") from None
+        if first is None:
             if session._refused is not None:
                 raise JoinRefusedError(session._refused.code, session._refused.message)
-            if session.closed:
-                reason = session._end.message if session._end else "the connection closed"
-                raise TunnelError(f"could not join: {reason}")
-            if trio.current_time() >= deadline:
-                raise TunnelError(
-                    "the host did not answer within 30 s: check the link and try again"
-                )
-            # A timed wait on the session's own timer task (no cancel scope).
-            await transcript.wait(deadline)
-    except BaseException:
-        # A timeout, or the caller's own cancellation, ends the session too: nobody would hold
-        # it. (A refusal or a close is ending it already, the host's way: left alone.)
-        if session._refused is None and not session.closed:
-            session.guest.stop()
-        raise
-    return session
+            reason = session._end.message if session._end else "the connection closed"
+            raise TunnelError(f"could not join: {reason}")
+        try:
+            nursery.start_soon(session._run, first)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await first[0].aclose()
+            raise
+        return session
+    raise TunnelError("the host did not answer within 30 s: check the link and try again")
 
 
 async def relay_answers(link: str, *, timeout: float = 10.0) -> bool:

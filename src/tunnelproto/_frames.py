@@ -93,6 +93,10 @@ class Hello(Frame):
     caps: tuple[str, ...] = ()
     last: int | None = None  # resume only: the highest seq the member holds
 
+    def encode(self) -> bytes:
+        encoded = _encode_hello(self)
+        return encoded if encoded is not None else _codec.encode(self.to_value())
+
 
 @dataclass(frozen=True, slots=True)
 class Welcome(Frame):
@@ -109,6 +113,11 @@ class Welcome(Frame):
     #: The capabilities in force on this connection: those of hello.caps the host also has.
     #: Absent (None) when there are none, which is what a host without capabilities sends.
     caps: tuple[str, ...] | None = None
+
+    def encode(self) -> bytes:
+        encoded = _encode_welcome(self)
+        # Anything the direct writer does not take, the general encoder writes (or refuses).
+        return encoded if encoded is not None else _codec.encode(self.to_value())
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,6 +671,312 @@ def _decode_roster(data: bytes, pos: int) -> tuple[Roster, int] | None:
     return Roster(members=tuple(members)), p
 
 
+# The `welcome` frame, written and read directly: every join encodes one (the host) and decodes
+# one (the member), a few dozen items in nested maps and lists, which cost the general codec a
+# Python call or more per item (about 14 and 26 us of a join). Keys in their canonical order
+# (section 8.1: sorted by their encoded bytes): t, you, caps (when present), goal, last, name,
+# first, limits, roster, ticket, resumed. Byte for byte what the general encoder writes, and
+# read only in that one shape (tests hold both to the general codec; the vectors pin them).
+_WELCOME_PREFIX = b"\xaa\x61t\x67welcome\x63you"
+_WELCOME_CAPS_PREFIX = b"\xab\x61t\x67welcome\x63you"
+_CAPS_KEY = b"\x64caps"
+_GOAL_KEY = b"\x64goal"
+_LAST_KEY = b"\x64last"
+_NAME_KEY = b"\x64name"
+_FIRST_KEY = b"\x65first"
+_LIMITS_KEY = b"\x66limits"
+_ROSTER_KEY = b"\x66roster"
+_TICKET_KEY = b"\x66ticket"
+_RESUMED_KEY = b"\x67resumed"
+_BOOL = {False: b"\xf4", True: b"\xf5"}
+
+
+def _text_item(text: object, parts: list[bytes]) -> bool:
+    if type(text) is not str:
+        return False
+    data = text.encode("utf-8")
+    parts.append(_head(3, len(data)))
+    parts.append(data)
+    return True
+
+
+def _encode_welcome(w: Welcome) -> bytes | None:
+    """The welcome's encoding, or None when a field is not of the type the frame has (the
+    general encoder then decides)."""
+    you, last, first, ticket, resumed, caps, limits = (
+        w.you,
+        w.last,
+        w.first,
+        w.ticket,
+        w.resumed,
+        w.caps,
+        w.limits,
+    )
+    if not (
+        type(you) is int
+        and type(last) is int
+        and type(first) is int
+        and 0 <= you < _U64
+        and 0 <= last < _U64
+        and 0 <= first < _U64
+        and type(ticket) is bytes
+        and type(resumed) is bool
+        and type(limits) is dict
+        and type(w.roster) is tuple
+    ):
+        return None
+    try:
+        parts = [_WELCOME_PREFIX if caps is None else _WELCOME_CAPS_PREFIX, _head(0, you)]
+        if caps is not None:
+            if type(caps) is not tuple:
+                return None
+            parts += (_CAPS_KEY, _head(4, len(caps)))
+            for cap in caps:
+                if not _text_item(cap, parts):
+                    return None
+        parts.append(_GOAL_KEY)
+        if not _text_item(w.goal, parts):
+            return None
+        parts += (_LAST_KEY, _head(0, last), _NAME_KEY)
+        if not _text_item(w.name, parts):
+            return None
+        keys = tuple(limits)
+        order = _codec._KEY_ORDERS.get(keys) or _codec._key_order(keys)
+        parts += (_FIRST_KEY, _head(0, first), _LIMITS_KEY, _head(5, len(order)))
+        for key, key_bytes in order:
+            value = limits[key]
+            if type(value) is not int or not 0 <= value < _U64:
+                return None
+            parts += (key_bytes, _head(0, value))
+        parts += (_ROSTER_KEY, _head(4, len(w.roster)))
+        for entry in w.roster:
+            id_, on, host = entry.id, entry.on, entry.host
+            if not (
+                type(entry) is MemberEntry
+                and type(id_) is int
+                and 0 <= id_ < _U64
+                and type(on) is bool
+                and type(host) is bool
+            ):
+                return None
+            parts += (b"\xa4\x62id", _head(0, id_), b"\x62on", _BOOL[on], b"\x64host", _BOOL[host])
+            parts.append(b"\x64name")
+            if not _text_item(entry.name, parts):
+                return None
+        parts += (_TICKET_KEY, _head(2, len(ticket)), ticket, _RESUMED_KEY, _BOOL[resumed])
+    except (TypeError, UnicodeError):
+        return None  # a key that is not text, a name that is not encodable: the general way
+    return b"".join(parts)
+
+
+# The `hello` frame likewise (every join and resume sends one): keys t, v, sw, caps, last (a
+# resume only), name.
+_HELLO_PREFIX = b"\xa5\x61t\x65hello\x61v"
+_HELLO_LAST_PREFIX = b"\xa6\x61t\x65hello\x61v"
+_SW_KEY = b"\x62sw"
+
+
+def _encode_hello(hello: Hello) -> bytes | None:
+    """The hello's encoding, or None when a field is not of the type the frame has."""
+    v, caps, last = hello.v, hello.caps, hello.last
+    if not (type(v) is int and 0 <= v < _U64 and type(caps) is tuple):
+        return None
+    if last is not None and not (type(last) is int and 0 <= last < _U64):
+        return None
+    try:
+        parts = [_HELLO_PREFIX if last is None else _HELLO_LAST_PREFIX, _head(0, v), _SW_KEY]
+        if not _text_item(hello.sw, parts):
+            return None
+        parts += (_CAPS_KEY, _head(4, len(caps)))
+        for cap in caps:
+            if not _text_item(cap, parts):
+                return None
+        if last is not None:
+            parts += (_LAST_KEY, _head(0, last))
+        parts.append(_NAME_KEY)
+        if not _text_item(hello.name, parts):
+            return None
+    except UnicodeError:
+        return None
+    return b"".join(parts)
+
+
+def _decode_hello(data: bytes, pos: int) -> tuple[Hello, int] | None:
+    """The canonical `hello` frame at `pos` (exactly the keys the encoder writes); None for
+    anything else."""
+    with_last = data.startswith(_HELLO_LAST_PREFIX, pos)
+    parsed = _read_uint(data, pos + len(_HELLO_PREFIX))
+    if parsed is None or not data.startswith(_SW_KEY, parsed[1]):
+        return None
+    v = parsed[0]
+    sw = _read_text(data, parsed[1] + len(_SW_KEY))
+    if sw is None or not data.startswith(_CAPS_KEY, sw[1]):
+        return None
+    parsed = _read_arg(data, sw[1] + len(_CAPS_KEY), 4)
+    if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+        return None
+    count, p = parsed
+    caps = []
+    for _ in range(count):
+        text = _read_text(data, p)
+        if text is None:
+            return None
+        caps.append(text[0])
+        p = text[1]
+    last = None
+    if with_last:
+        if not data.startswith(_LAST_KEY, p):
+            return None
+        parsed = _read_uint(data, p + len(_LAST_KEY))
+        if parsed is None:
+            return None
+        last, p = parsed
+    if not data.startswith(_NAME_KEY, p):
+        return None
+    name = _read_text(data, p + len(_NAME_KEY))
+    if name is None:
+        return None
+    return Hello(v=v, name=name[0], sw=sw[0], caps=tuple(caps), last=last), name[1]
+
+
+def _read_text(data: bytes, pos: int) -> tuple[str, int] | None:
+    """A text string at `pos`, as the general decoder reads it: (text, next pos), or None."""
+    parsed = _read_arg(data, pos, 3)
+    if parsed is None:
+        return None
+    n, p = parsed
+    end = p + n
+    if end > len(data):
+        return None
+    try:
+        return data[p:end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode_welcome(data: bytes, pos: int) -> tuple[Welcome, int] | None:
+    """The canonical `welcome` frame at `pos` (exactly the keys the encoder writes), read
+    field by field; None for anything else."""
+    with_caps = data.startswith(_WELCOME_CAPS_PREFIX, pos)
+    parsed = _read_uint(data, pos + len(_WELCOME_PREFIX))
+    if parsed is None:
+        return None
+    you, p = parsed
+    caps = None
+    if with_caps:
+        if not data.startswith(_CAPS_KEY, p):
+            return None
+        parsed = _read_arg(data, p + len(_CAPS_KEY), 4)
+        if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+            return None
+        count, p = parsed
+        items = []
+        for _ in range(count):
+            text = _read_text(data, p)
+            if text is None:
+                return None
+            items.append(text[0])
+            p = text[1]
+        caps = tuple(items)
+    if not data.startswith(_GOAL_KEY, p):
+        return None
+    goal = _read_text(data, p + len(_GOAL_KEY))
+    if goal is None or not data.startswith(_LAST_KEY, goal[1]):
+        return None
+    parsed = _read_uint(data, goal[1] + len(_LAST_KEY))
+    if parsed is None or not data.startswith(_NAME_KEY, parsed[1]):
+        return None
+    last = parsed[0]
+    name = _read_text(data, parsed[1] + len(_NAME_KEY))
+    if name is None or not data.startswith(_FIRST_KEY, name[1]):
+        return None
+    parsed = _read_uint(data, name[1] + len(_FIRST_KEY))
+    if parsed is None or not data.startswith(_LIMITS_KEY, parsed[1]):
+        return None
+    first = parsed[0]
+    parsed = _read_arg(data, parsed[1] + len(_LIMITS_KEY), 5)
+    if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+        return None
+    count, p = parsed
+    limits: dict[str, int] = {}
+    previous = b""
+    size = len(data)
+    key_text = _codec._KEY_TEXT
+    for _ in range(count):
+        # A short text key (under 24 bytes: every limit's name), in line.
+        head = data[p] if p < size else 0
+        end = p + 1 + (head & 0x1F)
+        if not 0x60 <= head <= 0x77 or end > size:
+            return None
+        key_bytes = data[p:end]
+        if key_bytes <= previous:
+            return None  # (unsorted or repeated keys: the general decoder says so)
+        previous = key_bytes
+        key = key_text.get(key_bytes)
+        if key is None:
+            try:
+                key = key_bytes[1:].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        parsed = _read_uint(data, end)
+        if parsed is None:
+            return None
+        limits[key] = parsed[0]
+        p = parsed[1]
+    if not data.startswith(_ROSTER_KEY, p):
+        return None
+    parsed = _read_arg(data, p + len(_ROSTER_KEY), 4)
+    if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+        return None
+    count, p = parsed
+    match = _MEMBER_ENTRY_RE.match
+    roster = []
+    for _ in range(count):
+        m = match(data, p)
+        if m is None:
+            return None
+        id_head, on, host, name_head = m.groups()
+        entry_name = _matched_text(data, m.end(), name_head)
+        if entry_name is None:
+            return None
+        roster.append(
+            MemberEntry(
+                id=_head_value(id_head),
+                name=entry_name[0],
+                host=host == b"\xf5",
+                on=on == b"\xf5",
+            )
+        )
+        p = entry_name[1]
+    if not data.startswith(_TICKET_KEY, p):
+        return None
+    parsed = _read_arg(data, p + len(_TICKET_KEY), 2)
+    if parsed is None:
+        return None
+    n, p = parsed
+    end = p + n
+    if end > len(data) or not data.startswith(_RESUMED_KEY, end):
+        return None
+    ticket = data[p:end]
+    p = end + len(_RESUMED_KEY)
+    resumed = data[p : p + 1]
+    if resumed != b"\xf4" and resumed != b"\xf5":
+        return None
+    welcome = Welcome(
+        goal=goal[0],
+        you=you,
+        name=name[0],
+        roster=tuple(roster),
+        last=last,
+        first=first,
+        ticket=ticket,
+        resumed=resumed == b"\xf5",
+        limits=limits,
+        caps=caps,
+    )
+    return welcome, p + 1
+
+
 def _decode_known(data: bytes, pos: int) -> tuple[Frame, int] | None:
     """The frames of the hot paths, in their one valid encoding, read directly; None for
     anything else (or anything wrong), which the general decoder then handles."""
@@ -675,6 +990,10 @@ def _decode_known(data: bytes, pos: int) -> tuple[Frame, int] | None:
         return _decode_chunk(data, pos)
     if data.startswith(_ROSTER_PREFIX, pos):
         return _decode_roster(data, pos)
+    if data.startswith(_WELCOME_PREFIX, pos) or data.startswith(_WELCOME_CAPS_PREFIX, pos):
+        return _decode_welcome(data, pos)
+    if data.startswith(_HELLO_PREFIX, pos) or data.startswith(_HELLO_LAST_PREFIX, pos):
+        return _decode_hello(data, pos)
     return None
 
 

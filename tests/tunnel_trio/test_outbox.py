@@ -136,3 +136,39 @@ async def test_the_direct_path_is_closed_while_the_writer_has_work_or_the_burst_
     sock.accept = True
     box.put_all([b"after the close"])
     assert sock.taken == [[b"0"]]
+
+
+@pytest.mark.parametrize("need", ["queued", "left unsent", "closed"])
+async def test_a_writer_started_on_demand_starts_once_when_first_needed(need: str) -> None:
+    # Until then the outbox is as idle as a waiting writer: small bursts go direct. The first
+    # thing the direct path cannot finish starts the writer, which then finds it in order.
+    sock = FakeSocket()
+    started: list[int] = []
+    got: list[list[bytes] | CloseMarker] = []
+
+    async def writer() -> None:
+        got.append(await box.get_batch(1 << 16))
+
+    async with trio.open_nursery() as nursery:
+
+        def start_writer() -> None:
+            started.append(1)
+            nursery.start_soon(writer)
+
+        box = Outbox(limit=1 << 20, direct=sock, start_writer=start_writer)
+        box.put_all([b"a"])
+        box.put_all([b"b", b"c"])
+        assert sock.taken == [[b"a"], [b"b", b"c"]] and not started
+        if need == "queued":
+            sock.accept = False  # busy, or TLS
+            box.put_all([b"d"])
+            box.put_all([b"e"])
+        elif need == "left unsent":
+            sock.leave = 1
+            box.put_all([b"d"])
+        else:
+            box.close(1000, "bye")
+        assert started == [1]
+        await trio.testing.wait_all_tasks_blocked()
+    assert started == [1]
+    assert got == {"queued": [[b"d", b"e"]], "left unsent": [[]], "closed": [CloseMarker(1000, "bye")]}[need]

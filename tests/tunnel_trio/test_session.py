@@ -363,6 +363,36 @@ async def test_a_join_cancelled_before_its_welcome_leaves_nothing_dialling(nurse
     await host.close()
 
 
+async def test_a_member_that_leaves_right_after_joining_says_goodbye(nursery):
+    # join() returns at the welcome, before the session's tasks have had a turn (they send
+    # the key confirmation). A close at once still takes the seat back the graceful way: the
+    # host frees it now ("left"), rather than holding it for the grace period ("disconnected").
+    host = await open_host(nursery, "goal", name="ana")
+    member = await join(nursery, host.initial_invites[0].join_link, name="ben")
+    await member.close()
+    with trio.fail_after(10):
+        while len(host.room.roster()) > 1:
+            await trio.sleep(0.01)
+    events = [m.event for m in (await host.listen(0, 0)).messages if m.kind == "event"]
+    assert "left" in events and "disconnected" not in events
+    await host.close()
+
+
+async def test_a_join_refused_at_once_leaves_nothing_behind(nursery):
+    # A refusal comes back from join() once the host has closed the connection: no task of
+    # the session's was ever started for it, and the invite is untouched by it.
+    host = await open_host(nursery, "goal", name="ana")
+    link = JoinLink.parse(host.initial_invites[0].join_link)
+    wrong = JoinLink(base_url=link.base_url, tunnel_id=link.tunnel_id, secret=bytes(len(link.secret)))
+    before = len(nursery.child_tasks)
+    with pytest.raises(JoinRefusedError) as info:
+        await join(nursery, str(wrong), name="ben")
+    assert info.value.code == "unknown-invite"
+    assert len(nursery.child_tasks) == before
+    assert await join(nursery, str(link), name="ben")
+    await host.close()
+
+
 async def test_an_unexpected_error_before_the_welcome_comes_out_of_join(nursery, monkeypatch):
     from tunnel_trio import _guest
 
@@ -379,8 +409,9 @@ async def test_an_unexpected_error_before_the_welcome_comes_out_of_join(nursery,
 
 
 async def test_an_unexpected_error_in_the_connections_timer_comes_out_of_join(nursery, monkeypatch):
-    # The member connection's deadlines are served by the session's timer task (no task of
-    # their own): what goes wrong there still ends the join and comes out of join().
+    # Before the welcome the member connection's deadlines are served by the joining task
+    # itself (no task of their own): what goes wrong there ends the join and comes out of
+    # join().
     from tunnelproto import MemberConnection
 
     def broken(self, now):

@@ -7,14 +7,17 @@ raw wsproto connection over a trio socket.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
+import socket
 import ssl
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -33,10 +36,12 @@ from wsproto.events import (
     TextMessage,
 )
 
+import tunnel_trio._ws as ws_module
 from tunnel_trio._ws import (
     WebSocket,
     WebSocketClosed,
     WebSocketError,
+    _ip_family,
     connect_websocket,
     listener_port,
     serve_websocket,
@@ -518,6 +523,100 @@ async def test_handler_crash_does_not_stop_the_server(
     await second.close()
 
 
+async def test_a_failing_accept_path_gets_500_and_one_log_line(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The usual upgrade request is read without h11; its path check failing still gets h11's
+    # 500, logged once, and the server goes on.
+    broken = True
+
+    def broken_then_fine(path: str) -> bool:
+        if broken:
+            raise RuntimeError("accept_path bug")
+        return path == "/ws"
+
+    port = await start_server(nursery, echo, accept_path=broken_then_fine)
+    with caplog.at_level(logging.ERROR, logger="tunnel_trio.ws"):
+        with trio.fail_after(GUARD), pytest.raises(WebSocketError) as caught:
+            await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    assert caught.value.status_code == 500
+    failures = [r for r in caplog.records if "accept_path failed" in r.getMessage()]
+    assert len(failures) == 1
+    broken = False
+    ws = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await ws.send(b"served")
+    assert await ws.receive() == b"served"
+    await ws.close()
+
+
+async def test_an_overloaded_accept_is_retried_and_logged(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Out of descriptors (EMFILE) is the system's trouble, not the listener's: the server says
+    # so and accepts again a little later, as trio.serve_listeners does.
+    accept = trio.SocketListener.accept
+    failures = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))]
+
+    async def overloaded_once(self: trio.SocketListener) -> trio.SocketStream:
+        if failures:
+            await trio.lowlevel.checkpoint()
+            raise failures.pop()
+        return await accept(self)
+
+    monkeypatch.setattr(trio.SocketListener, "accept", overloaded_once)
+    with caplog.at_level(logging.ERROR, logger="tunnel_trio.ws"):
+        port = await start_server(nursery, echo)
+        ws = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await ws.send(b"served after the retry")
+    assert await ws.receive() == b"served after the retry"
+    await ws.close()
+    assert not failures
+    assert any("EMFILE" in record.getMessage() for record in caplog.records)
+
+
+async def test_another_accept_error_stops_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self: trio.SocketListener) -> trio.SocketStream:
+        await trio.lowlevel.checkpoint()
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(trio.SocketListener, "accept", broken)
+    with (
+        trio.fail_after(GUARD),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(OSError, check=lambda exc: exc.errno == errno.EBADF),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with trio.open_nursery() as nursery:
+            await start_server(nursery, echo)
+
+
+async def test_each_connection_gives_its_socket_back(nursery: trio.Nursery) -> None:
+    # The server closes every connection's socket itself once the handler is done (no
+    # descriptor left behind), whoever ended the WebSocket.
+    served: list[WebSocket] = []
+
+    async def handler(ws: WebSocket) -> None:
+        served.append(ws)
+        if len(served) == 1:
+            await ws.close()  # the server ends the first
+        else:
+            await echo(ws)  # the client ends the second
+
+    port = await start_server(nursery, handler)
+    first = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    with trio.fail_after(GUARD), pytest.raises(WebSocketClosed):
+        await first.receive()
+    second = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await second.close()
+    with trio.fail_after(GUARD):
+        while any(ws._stream.socket.fileno() != -1 for ws in served):  # type: ignore[attr-defined]
+            await trio.sleep(0.01)
+    assert len(served) == 2
+
+
 async def test_connections_beyond_the_cap_are_closed(
     connect_tcp: TcpConnector, nursery: trio.Nursery
 ) -> None:
@@ -723,8 +822,96 @@ async def test_connection_refused_fails_cleanly() -> None:
     port = listener_port(listeners)
     for listener in listeners:
         await listener.aclose()
-    with pytest.raises(WebSocketError, match=f"could not connect to 127.0.0.1:{port}"):
+    with pytest.raises(WebSocketError, match=f"could not connect to 127.0.0.1:{port}") as caught:
         await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    # The cause says what happened, as trio's connect would (the guest tells a stopped host
+    # from an unreachable one by it).
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+    assert "Connection refused" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "family"),
+    [
+        ("127.0.0.1", socket.AF_INET),
+        ("::1", socket.AF_INET6),
+        ("2001:db8::7", socket.AF_INET6),
+        ("localhost", None),
+        ("example.com", None),
+        ("1.2.3", None),
+        ("fe80::1%lo", None),  # a zone: left to the resolver
+    ],
+)
+def test_ip_literals_are_dialled_directly_and_names_resolved(host: str, family: int | None) -> None:
+    assert _ip_family(host) == family
+
+
+async def test_an_ipv6_literal_is_dialled(nursery: trio.Nursery) -> None:
+    try:
+        listeners = await trio.open_tcp_listeners(0, host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = listener_port(listeners)
+    served = trio.Event()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        served.set()
+        await trio.aclose_forcefully(stream)
+
+    await nursery.start(trio.serve_listeners, serve, listeners)
+    with trio.fail_after(GUARD), pytest.raises(WebSocketError):
+        await connect_websocket(f"ws://[::1]:{port}/ws", max_message_size=MAX)
+    assert served.is_set()
+
+
+async def test_a_connect_made_at_once_is_not_waited_for(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over loopback the connection is made by the time connect() returns: no wait for
+    # writability (it would cost a trip through the scheduler); the dial goes on at once.
+    waited: list[object] = []
+    real_wait = trio.lowlevel.wait_writable
+
+    async def recording_wait(sock: Any) -> None:
+        waited.append(sock)
+        await real_wait(sock)
+
+    port = await start_server(nursery, echo)
+    monkeypatch.setattr(trio.lowlevel, "wait_writable", recording_wait)
+    ws = await connect_websocket(f"ws://127.0.0.1:{port}/ws", max_message_size=MAX)
+    await ws.send(b"made")
+    assert await ws.receive() == b"made"
+    await ws.close()
+    assert waited == []
+
+
+async def test_a_cancelled_dial_leaves_no_socket_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connect cannot be taken back: cancelled while it is under way, the socket is closed.
+    opened: list[socket.socket] = []
+    real_socket = socket.socket
+
+    def recording_socket(*args: Any) -> socket.socket:
+        sock = real_socket(*args)
+        opened.append(sock)
+        return sock
+
+    async def never_writable(sock: object) -> None:
+        await trio.sleep_forever()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    monkeypatch.setattr(
+        ws_module, "socket", SimpleNamespace(**{**vars(socket), "socket": recording_socket})
+    )
+    monkeypatch.setattr(trio.lowlevel, "wait_writable", never_writable)
+    # As for a remote host: the connect is still under way when connect() returns.
+    monkeypatch.setattr(ws_module, "_connected", lambda sock: False)
+    with trio.move_on_after(0.05):
+        await connect_websocket(
+            f"ws://127.0.0.1:{listener_port(listeners)}/ws", max_message_size=MAX
+        )
+    for listener in listeners:
+        await listener.aclose()
+    assert opened and all(sock.fileno() == -1 for sock in opened)
 
 
 async def test_connect_times_out_against_a_server_that_never_answers(
@@ -1038,8 +1225,14 @@ async def test_large_sends_let_other_tasks_run() -> None:
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * count * size)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    ws = WebSocket(stream, Connection(ConnectionType.CLIENT), path="/", remote="pair",
-                   client=True, max_message_size=1 << 20)
+    ws = WebSocket(
+        stream,
+        Connection(ConnectionType.CLIENT),
+        path="/",
+        remote="pair",
+        client=True,
+        max_message_size=1 << 20,
+    )
     turns = 0
 
     async def other() -> None:

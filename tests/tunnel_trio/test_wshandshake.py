@@ -16,6 +16,8 @@ from functools import partial
 import h11
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request
 
@@ -32,6 +34,7 @@ from tunnel_trio._wshandshake import (
     accept_token,
     check_response,
     client_request,
+    usual_request,
 )
 
 MAX = 64 * 1024
@@ -138,6 +141,133 @@ def test_whatever_the_fast_path_accepts_wsproto_accepts_the_same_way(
     ours = accept_response(h11_request(request_bytes))
     assert ours is not None
     assert ours == wsproto_accept(request_bytes)
+
+
+def h11_reading(data: bytes) -> tuple[h11.Request, bytes] | None:
+    """What the server's h11 reading makes of `data` (the request, the bytes after its head),
+    or None if it is not one complete, valid request."""
+    http = h11.Connection(h11.SERVER)
+    http.receive_data(data)
+    try:
+        event = http.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    return event, http.trailing_data[0]
+
+
+def assert_read_as_h11_reads_it(data: bytes) -> None:
+    """Whatever `usual_request` takes, h11 reads as the same request, and `accept_response`
+    answers it the same way."""
+    ours = usual_request(data)
+    if ours is None:
+        return
+    target, answer, end = ours
+    theirs = h11_reading(data)
+    assert theirs is not None
+    request, trailing = theirs
+    assert request.method == b"GET" and request.http_version == b"1.1"
+    assert request.target == target
+    assert accept_response(request) == answer
+    assert data[end:] == trailing
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        WSConnection(ConnectionType.CLIENT).send(Request(host="127.0.0.1:1", target="/t/x")),
+        client_request("127.0.0.1:8080", "/t/abc?x=1")[0],
+        BASE + b"\r\n",
+        BASE + b"x-other: caf\xe9\r\nx-empty:\r\nx-spaces:  a  b \t\r\n\r\n",
+        BASE.replace(b"Connection: Upgrade", b"Connection: ,, Upgrade ,x") + b"\r\n",
+        BASE + b"\r\n" + b"\x82\x85 trailing frame bytes",
+    ],
+)
+def test_the_server_reads_the_usual_request_itself_as_h11_would(request_bytes: bytes) -> None:
+    assert usual_request(request_bytes) is not None
+    assert_read_as_h11_reads_it(request_bytes)
+    target, answer, _ = usual_request(request_bytes) or (b"", b"", 0)
+    assert answer == wsproto_accept(request_bytes.split(b"\r\n\r\n")[0] + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        BASE,  # incomplete
+        BASE.replace(b"GET", b"get") + b"\r\n",
+        BASE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n",
+        b"\r\n" + BASE + b"\r\n",  # h11 skips a leading blank line
+        BASE.replace(b"\r\n", b"\n") + b"\n",  # bare line feeds
+        BASE.replace(b"Host: h\r\n", b"Host: h\n") + b"\r\n",
+        BASE + b" folded: obs-fold\r\n\r\n",
+        BASE + b"Content-Length: 0\r\n\r\n",
+        BASE + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        BASE + b"x-big: " + b"a" * (16 * 1024) + b"\r\n\r\n",
+        BASE + b"bad header\r\n\r\n",
+        BASE.replace(b"/t/x", b"/t/\xff") + b"\r\n",
+        BASE + b"Host: h\r\n\r\n",
+        BASE + b"Sec-WebSocket-Protocol: chat\r\n\r\n",
+        BASE.replace(b"Version: 13", b"Version: 8") + b"\r\n",
+    ],
+)
+def test_anything_else_is_left_to_h11(request_bytes: bytes) -> None:
+    assert usual_request(request_bytes) is None
+
+
+_LINES = st.sampled_from(
+    [
+        b"Host: h",
+        b"Host: 127.0.0.1:1",
+        b"host:h",
+        b"Upgrade: websocket",
+        b"upgrade: WebSocket ",
+        b"Connection: Upgrade",
+        b"connection: keep-alive, upgrade",
+        b"Sec-WebSocket-Key: c2FtZSBrZXkgMTIzNA==",
+        b"Sec-WebSocket-Version: 13",
+        b"Sec-WebSocket-Version: 13 ",
+        b"Content-Length: 0",
+        b"Sec-WebSocket-Extensions: x",
+        b"x: \xff",
+        b"x:",
+        b"x :y",
+        b" y",
+        b"x: a\x00b",
+        b"x: a\x0bb",
+        b"x: a\nb",
+        b"x\t: y",
+        b"",
+    ]
+)
+
+
+_USUAL_LINES = BASE.split(b"\r\n")[1:-1]
+
+
+@given(
+    st.just(b"GET /t/x HTTP/1.1")
+    | st.sampled_from(
+        [
+            b"GET /t/x?q HTTP/1.1",
+            b"GET  /t/x HTTP/1.1",
+            b"GET /t x HTTP/1.1",
+            b"GET /t/x HTTP/1.1 ",
+            b"POST /t/x HTTP/1.1",
+        ]
+    ),
+    st.lists(_LINES, max_size=4).flatmap(lambda extra: st.permutations(_USUAL_LINES + extra)),
+    st.integers(min_value=0, max_value=2 * len(_USUAL_LINES)),
+    st.just(b"\r\n\r\n") | st.sampled_from([b"\r\n\n", b"\n\r\n", b"\r\n"]),
+    st.binary(max_size=8),
+)
+def test_whatever_the_server_reads_itself_h11_reads_the_same(
+    line: bytes, headers: list[bytes], drop: int, end: bytes, trailing: bytes
+) -> None:
+    # The usual request's lines in any order, among others, one of them perhaps left out.
+    if drop < len(headers):
+        del headers[drop]
+    assert_read_as_h11_reads_it(b"\r\n".join([line, *headers]) + end + trailing)
 
 
 def response(accept: bytes, extra: bytes = b"", status: bytes = b"101 Switching Protocols") -> bytes:

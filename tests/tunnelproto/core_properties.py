@@ -912,8 +912,8 @@ class RoomMachine(RuleBasedStateMachine):
 
 
 def check_direct_decode(data: bytes) -> None:
-    """The direct readers of the hot-path frames (chunk, message, say, ack, roster) and the general
-    decoder agree on every input, alone and as the first frame of a batch."""
+    """The direct readers of the hot-path frames (chunk, message, say, ack, roster, welcome, hello)
+    and the general decoder agree on every input, alone and as the first frame of a batch."""
     general: object = None
     try:
         value = decode(data)
@@ -949,10 +949,10 @@ def check_batch_decode(encoded: list[bytes]) -> None:
 
 @st.composite
 def directish(draw: st.DrawFn) -> bytes:
-    """Frames the direct readers take (chunk, message, say, ack, roster), canonical or nearly: fields
-    and lengths that straddle the size classes, then perhaps mutated."""
+    """Frames the direct readers take (chunk, message, say, ack, roster, welcome, hello), canonical
+    or nearly: fields and lengths that straddle the size classes, then perhaps mutated."""
     n = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1])
-    kind = draw(st.sampled_from(["chunk", "message", "say", "ack", "roster"]))
+    kind = draw(st.sampled_from(["chunk", "message", "say", "ack", "roster", "welcome", "hello"]))
     text = draw(st.text(max_size=12)) + "x" * draw(st.sampled_from([0, 0, 30, 300]))
     if kind == "chunk":
         data = draw(st.binary(max_size=30)) + bytes(draw(st.sampled_from([0, 0, 300])))
@@ -968,9 +968,55 @@ def directish(draw: st.DrawFn) -> bytes:
         rows = draw(st.lists(row, max_size=25))
         members = tuple(_frames.MemberEntry(i, name + text, host, on) for i, name, host, on in rows)
         frame = _frames.Roster(members=members).encode()
+    elif kind == "welcome":
+        frame = draw(welcome_frames(n, text)).encode()
+    elif kind == "hello":
+        frame = draw(hello_frames(n, text)).encode()
     else:
         frame = _frames.Ack(seq=draw(n)).encode()
     return draw(st.just(frame) | mutations(frame))
+
+
+@st.composite
+def hello_frames(
+    draw: st.DrawFn, n: st.SearchStrategy[int] | None = None, text: str = ""
+) -> _frames.Hello:
+    """Hellos with every field drawn: a join's (no `last`) or a resume's."""
+    if n is None:
+        n = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1])
+    return _frames.Hello(
+        v=draw(n),
+        name=draw(st.text(max_size=12)) + text,
+        sw=draw(st.text(max_size=20)),
+        caps=tuple(draw(st.lists(st.text(max_size=10), max_size=3))),
+        last=draw(st.none() | n),
+    )
+
+
+@st.composite
+def welcome_frames(
+    draw: st.DrawFn, n: st.SearchStrategy[int] | None = None, text: str = ""
+) -> _frames.Welcome:
+    """Welcomes with every field drawn: rosters and limits of any size, with or without caps."""
+    if n is None:
+        n = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32, 2**64 - 1])
+    row = st.tuples(n, st.text(max_size=8), st.booleans(), st.booleans())
+    rows = draw(st.lists(row, max_size=6))
+    names = st.sampled_from(["text", "frame", "members", "burst", "per_min", "window"])
+    limits = draw(st.dictionaries(names | st.text(max_size=30), n, max_size=8))
+    caps = draw(st.none() | st.lists(st.text(max_size=10), max_size=3).map(tuple))
+    return _frames.Welcome(
+        goal=draw(st.text(max_size=20)) + text,
+        you=draw(n),
+        name=draw(st.text(max_size=12)),
+        roster=tuple(_frames.MemberEntry(i, name + text, host, on) for i, name, host, on in rows),
+        last=draw(n),
+        first=draw(n),
+        ticket=draw(st.binary(max_size=40)),
+        resumed=draw(st.booleans()),
+        limits=limits,
+        caps=caps,
+    )
 
 
 @st.composite

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from core_properties import hello_frames, welcome_frames
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -194,6 +195,79 @@ def test_a_canonical_roster_is_read_row_by_row_and_anything_else_by_the_decoder(
     assert f._decode_known(swapped, 0) is None
     with pytest.raises(RemoteProtocolError, match="unsorted"):
         f.decode_frame(swapped)
+
+
+@given(welcome_frames())
+def test_the_welcome_is_written_and_read_directly_as_the_general_codec_does(welcome) -> None:
+    # Every join's welcome goes through the direct writer (host) and reader (member);
+    # check_direct_decode holds the reader to the general decoder on mutated inputs too.
+    from tunnelproto import _frames as f
+
+    data = welcome.encode()
+    assert data == encode(welcome.to_value())
+    assert f._parse(decode(data)) == welcome == f.decode_frame(data)
+    if all(len(key.encode()) < 24 for key in welcome.limits):
+        assert f._decode_known(data, 0) == (welcome, len(data))
+    else:  # a long limit name: left to the general decoder
+        assert f._decode_known(data, 0) is None
+
+
+@given(hello_frames())
+def test_the_hello_is_written_and_read_directly_as_the_general_codec_does(hello) -> None:
+    from tunnelproto import _frames as f
+
+    data = hello.encode()
+    assert data == encode(hello.to_value())
+    assert f._decode_known(data, 0) == (hello, len(data))
+    assert f._parse(decode(data)) == hello == f.decode_frame(data)
+
+
+def test_a_hello_the_direct_writer_does_not_take_is_the_general_encoders() -> None:
+    from tunnelproto import _frames as f
+
+    for odd in (f.Hello(v=True, name="n", sw="s"), f.Hello(v=1, name="n", sw="s", caps=["x"])):  # type: ignore[arg-type]
+        assert f._encode_hello(odd) is None
+        assert odd.encode() == encode(odd.to_value())
+    # A hello without caps, or with a null last, is valid; the general decoder reads it.
+    bare = encode({"t": "hello", "v": 1, "name": "n", "sw": "s", "last": None})
+    assert f._decode_known(bare, 0) is None
+    assert f.decode_frame(bare) == f.Hello(v=1, name="n", sw="s")
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"limits": {"text": True}},  # a bool where an integer belongs
+        {"limits": {"text": -1}},
+        {"caps": ["files/1"]},  # a list, not a tuple
+        {"you": 2**64},
+        {"ticket": bytearray(b"t")},
+    ],
+)
+def test_a_welcome_the_direct_writer_does_not_take_is_the_general_encoders(odd) -> None:
+    # Values outside the frame's types are not the direct writer's to judge: the general
+    # encoder writes them (or refuses), exactly as before.
+    import dataclasses
+
+    from tunnelproto import _frames as f
+
+    welcome = dataclasses.replace(
+        f.Welcome(
+            goal="g", you=2, name="n", roster=(), last=0, first=1, ticket=b"", resumed=False,
+            limits={}, caps=None,
+        ),
+        **odd,
+    )
+    assert f._encode_welcome(welcome) is None
+    try:
+        expected: object = encode(welcome.to_value())
+    except (TypeError, ValueError) as exc:
+        expected = type(exc)
+    try:
+        got: object = welcome.encode()
+    except (TypeError, ValueError) as exc:
+        got = type(exc)
+    assert got == expected
 
 
 def _decode_or_error(data: bytes) -> object:
