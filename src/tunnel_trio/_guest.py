@@ -206,8 +206,10 @@ class Guest:
             return
         conn, outbox = self.conn, self._outbox
         try:
-            outbox.put_all(conn.data_to_send())
-            if outbox.queued_bytes < WRITE_BATCH and conn.has_bulk():
+            out = conn.data_to_send()
+            if out:
+                outbox.put_all(out)
+            if outbox.queued_bytes < WRITE_BATCH and conn.files.has_bulk():
                 conn.pull_bulk(WRITE_BATCH)
                 outbox.put_all(conn.data_to_send())
         except OutboxFull:
@@ -530,6 +532,8 @@ class Guest:
                 # Arms the tick at the connection's first deadline; after the join's welcome,
                 # sends the key confirmation.
                 self.flush()
+                # trio.current_time() is three Python calls; the clock's own method is one.
+                clock_now = trio.lowlevel.current_clock().current_time
                 try:
                     while self._ended is None:
                         try:
@@ -544,7 +548,7 @@ class Guest:
                             break
                         welcomed = self._welcomed
                         try:
-                            conn.receive_data(data, trio.current_time())
+                            conn.receive_data(data, clock_now())
                         except RemoteProtocolError as exc:
                             log.warning("protocol error from the host: %s", exc)
                         self._drain(conn)

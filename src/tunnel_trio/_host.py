@@ -100,6 +100,8 @@ class Relay:
         #: The timer task's sleep (None while it is not sleeping): its deadline is the room's
         #: next one, moved earlier from here when a call brings one forward.
         self._timer_scope: trio.CancelScope | None = None
+        #: Its deadline, kept here (the scope's property is a Python call per message).
+        self._timer_at = math.inf
         self.port: int | None = None
         #: The most bytes ever queued for one connection (each is bounded by outbox_limit).
         self.peak_queued_bytes = 0
@@ -208,17 +210,28 @@ class Relay:
         if scope is None:
             return  # not sleeping: it reads the next deadline before it sleeps again
         deadline = self.room.next_deadline()
-        if deadline is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        if deadline is not None and deadline < self._timer_at:
+            scope.deadline = self._timer_at = deadline
 
     def _move_output(self) -> None:
         """The room's output into the outboxes; chunks for every connection whose outbox is
         low; the room's file events to `on_files`. Loops: cutting a connection off makes the
         room emit more (an event, a roster), and so may a pull."""
         room = self.room
+        files = room.files
         self._held = self._held_bytes = 0
         while True:
-            while outputs := room.data_to_send():
+            outputs = room.data_to_send()
+            send = outputs[0] if len(outputs) == 1 else None
+            if type(send) is Send:
+                # The usual drain (a member's say: one message for its sender, batch/1 sealing
+                # all of a connection's frames together): no grouping, and no second drain
+                # unless the put cut the connection off (which makes the room emit more).
+                outbox = self._outboxes.get(send.conn)
+                if outbox is not None and not self._put(send.conn, outbox, [send.data]):
+                    continue
+                outputs = []
+            while outputs:
                 # Per connection, what it gets goes to its outbox in one call (one write when
                 # it goes directly); a disconnect goes behind what came before it.
                 sends: dict[int, list[bytes]] = {}
@@ -239,20 +252,23 @@ class Relay:
                     outbox = self._outboxes.get(conn)
                     if outbox is not None:
                         self._put(conn, outbox, items)
+                outputs = room.data_to_send()
             pulled = 0
-            for conn in room.bulk_connections():
+            for conn in files.bulk_connections():
                 outbox = self._outboxes.get(conn)
                 if outbox is not None and not outbox.closing and outbox.queued_bytes < WRITE_BATCH:
                     pulled += room.pull_bulk(conn, WRITE_BATCH)
-            events = room.files.take_events()
+            events = files.take_events()
             if events:
                 self._on_files(events)
             if not pulled and not events:
                 return
 
-    def _put(self, conn: int, outbox: Outbox, items: list[bytes]) -> None:
+    def _put(self, conn: int, outbox: Outbox, items: list[bytes]) -> bool:
+        """Queue `items` for `conn`; True if all went, False if that cut the connection off
+        (its outbox overflowed: the room then has more to send)."""
         if not items:
-            return
+            return True
         try:
             outbox.put_all(items)
         except OutboxFull:
@@ -261,7 +277,10 @@ class Relay:
             log.info("connection %d: outbound queue full, disconnecting", conn)
             self._end_connection(conn, outbox, 4004, "outbound queue full")
             self.room.connection_lost(conn, trio.current_time())
-        self.peak_queued_bytes = max(self.peak_queued_bytes, outbox.queued_bytes)
+            return False
+        if outbox.queued_bytes > self.peak_queued_bytes:
+            self.peak_queued_bytes = outbox.queued_bytes
+        return True
 
     def _end_connection(self, conn: int, outbox: Outbox, code: int, reason: str) -> None:
         """Queue the close behind what is already queued, and bound how long that may take:
@@ -274,7 +293,8 @@ class Relay:
     async def _timer(self) -> None:
         while True:
             deadline = self.room.next_deadline()
-            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            self._timer_at = math.inf if deadline is None else deadline
+            with trio.CancelScope(deadline=self._timer_at) as scope:
                 self._timer_scope = scope
                 try:
                     await trio.sleep_forever()
@@ -338,10 +358,12 @@ class Relay:
                 outbox = Outbox(self.outbox_limit, ws, start_writer=start_writer)
                 self._outboxes[conn] = outbox
                 self._scopes[conn] = nursery.cancel_scope
+                # trio.current_time() is three Python calls; the clock's own method is one.
+                clock_now = trio.lowlevel.current_clock().current_time
                 try:
                     while True:
                         data = await ws.receive()
-                        self.room.receive(conn, data, trio.current_time())
+                        self.room.receive(conn, data, clock_now())
                         if not ws.message_ready():
                             # What a burst of messages makes goes out together (with batch/1
                             # in one transport message per connection). The burst is bounded

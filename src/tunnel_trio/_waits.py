@@ -59,6 +59,8 @@ class Timers:
         #: The timer task's sleep (None while it is not sleeping): its deadline is the earliest
         #: one waited on, moved earlier in place by `wait` (without waking the timer task).
         self._sleep: trio.CancelScope | None = None
+        #: Its deadline, kept here (the scope's property is a Python call per wait).
+        self._sleep_at = math.inf
         self.running = False
         #: The tick client: called (in the timer task) once `tick_at` has come.
         self._tick: Callable[[float], None] | None = None
@@ -71,16 +73,16 @@ class Timers:
         self._tick = tick
         self.tick_at = at if tick is not None else math.inf
         sleep = self._sleep
-        if sleep is not None and self.tick_at < sleep.deadline:
-            sleep.deadline = self.tick_at
+        if sleep is not None and self.tick_at < self._sleep_at:
+            sleep.deadline = self._sleep_at = self.tick_at
 
     def tick_soon(self, at: float) -> None:
         """Bring the tick forward to `at` if that is earlier (moved in place: no wake-up)."""
         if at < self.tick_at and self._tick is not None:
             self.tick_at = at
             sleep = self._sleep
-            if sleep is not None and at < sleep.deadline:
-                sleep.deadline = at
+            if sleep is not None and at < self._sleep_at:
+                sleep.deadline = self._sleep_at = at
 
     async def wait(self, parked: Parked, deadline: float) -> bool:
         """Park the current task until `parked.wake()` (True) or `deadline` (False)."""
@@ -95,9 +97,20 @@ class Timers:
         self._count += 1
         heapq.heappush(heap, (deadline, self._count, parked))
         sleep = self._sleep
-        if sleep is not None and deadline < sleep.deadline:
-            sleep.deadline = deadline
-        return await self._park(parked)
+        if sleep is not None and deadline < self._sleep_at:
+            sleep.deadline = self._sleep_at = deadline
+        # `_park`, written out: a coroutine level less on every wait's suspend and resume.
+        parked.task = trio.lowlevel.current_task()
+        self.live += 1
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if parked.task is not None:
+                parked.task = None
+                self.live -= 1
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        woken: bool = await trio.lowlevel.wait_task_rescheduled(abort)
+        return woken
 
     async def _park(self, parked: Parked) -> bool:
         parked.task = trio.lowlevel.current_task()
@@ -134,7 +147,8 @@ class Timers:
         self.running = True
         try:
             while True:
-                with trio.CancelScope(deadline=min(self._earliest(), self.tick_at)) as sleep:
+                self._sleep_at = min(self._earliest(), self.tick_at)
+                with trio.CancelScope(deadline=self._sleep_at) as sleep:
                     self._sleep = sleep
                     try:
                         await trio.sleep_forever()

@@ -185,6 +185,53 @@ def _raw_socket_fd(stream: trio.abc.Stream) -> int | None:
     return fd if fd >= 0 else None
 
 
+class _Mutex:
+    """`trio.Lock` for a WebSocket's two locks, without its owner bookkeeping.
+
+    trio.Lock records its owner (to refuse a re-entry and to break the lock for waiters when the
+    owner dies holding it); our locks are taken only in this module, each released in a
+    `finally`, so that costs about ten Python calls per message for nothing. Kept: a checkpoint
+    in `acquire`, and the lock handed to the longest waiter on release (trio.Lock is fair too).
+    """
+
+    __slots__ = ("_held", "_lot", "_waiting")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._lot = trio.lowlevel.ParkingLot()
+        self._waiting = 0  # tasks in `_lot` (counted here: its __bool__ is a Python call)
+
+    def locked(self) -> bool:
+        return self._held
+
+    def acquire_nowait(self) -> None:
+        if self._held:
+            raise trio.WouldBlock
+        self._held = True
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._held:
+            self._waiting += 1
+            try:
+                await self._lot.park()  # `release` handed the lock to us
+            finally:
+                self._waiting -= 1
+            return
+        self._held = True
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def release(self) -> None:
+        if not self._waiting or not self._lot.unpark():
+            self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
 class WebSocket:
     """One established WebSocket connection (either side).
 
@@ -220,8 +267,8 @@ class WebSocket:
         self._client = client
         self._parser = FrameParser(client=client, max_message_size=max_message_size)
         self._fd = _raw_socket_fd(stream)
-        self._receive_lock = trio.Lock()
-        self._send_lock = trio.Lock()
+        self._receive_lock = _Mutex()
+        self._send_lock = _Mutex()
         # wsproto's events for control frames, handed out before the next parsed item.
         self._events: deque[Event] = deque()
         # Bytes `send_now` framed that the socket did not take at once: they go first.
@@ -280,13 +327,43 @@ class WebSocket:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         lock = self._receive_lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
+        if lock._held:
             await lock.acquire()
+        else:
+            lock._held = True  # `acquire_nowait`, in line (this module owns the mutex)
+        parser = self._parser
+        items = parser.items
+        fd = self._fd
         try:
             while self._close_code is None:
-                item = await self._next_item()
+                if (
+                    self._drained
+                    and fd is not None
+                    and not items
+                    and not self._events
+                    and not self._input_done
+                    and not parser.done
+                ):
+                    # The usual wait (nothing buffered, the socket drained), `_next_item` and
+                    # `_read` written out: two coroutine levels fewer to suspend and resume.
+                    try:
+                        await trio.lowlevel.wait_readable(fd)
+                    except trio.ClosedResourceError:
+                        self._input_done = True  # closed under us: `_next_item` says so
+                    else:
+                        self._unyielded = 0
+                        data = self._read_now(fd)
+                        if data:
+                            parser.feed(data)
+                        elif data is not None:
+                            self._input_done = True  # EOF (None: nothing after all; wait again)
+                item: bytes | _Text | FramingError | Event | None
+                if items and type(items[0]) is bytes and not self._events:
+                    # `_next_item`'s usual case, without a coroutine (a bytes item, as checked)
+                    item = items.popleft()  # type: ignore[assignment]
+                    parser.messages -= 1
+                else:
+                    item = await self._next_item()
                 if self._close_code is not None:
                     # Another task started closing while we waited; it owns the shutdown
                     # (and will want the receive lock to read the peer's Close).
@@ -316,7 +393,10 @@ class WebSocket:
                     await self._send_event(item.response())
                 # Pong: nothing to do, we never wait for one.
         finally:
-            lock.release()
+            if lock._waiting:
+                lock.release()  # hands it over
+            else:
+                lock._held = False
         # Outside the receive lock: a closer in another task may need it to drain.
         if not self._finished.is_set():
             await self._finished.wait()
@@ -418,7 +498,7 @@ class WebSocket:
             fd is None
             or self._unsent
             or self._close_code is not None
-            or self._send_lock.locked()
+            or self._send_lock._held
             or self._connection.state is not ConnectionState.OPEN
             or self._stream.socket.fileno() != fd  # type: ignore[attr-defined]
         ):
@@ -518,7 +598,6 @@ class WebSocket:
                 return bytes(await self._stream.receive_some(RECEIVE_CHUNK))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
-        socket = self._stream.socket  # type: ignore[attr-defined]
         # A short read emptied the socket: the next read would almost surely fail with EAGAIN
         # (a system call and an exception per message), so wait for readability first.
         wait_first = self._drained
@@ -529,17 +608,23 @@ class WebSocket:
                 except trio.ClosedResourceError:
                     return b""
                 self._unyielded = 0
-            if socket.fileno() != fd:
-                return b""  # closed by another task: the number may already be someone else's
-            try:
-                data = os.read(fd, RECEIVE_CHUNK)
-            except BlockingIOError:
-                wait_first = True
-                continue
-            except OSError:
-                return b""
-            self._drained = len(data) < RECEIVE_CHUNK
-            return data
+            data = self._read_now(fd)
+            if data is not None:
+                return data
+            wait_first = True
+
+    def _read_now(self, fd: int) -> bytes | None:
+        """What the socket `fd` holds now: None if nothing (EAGAIN); b"" once it is over."""
+        if self._stream.socket.fileno() != fd:  # type: ignore[attr-defined]
+            return b""  # closed by another task: the number may already be someone else's
+        try:
+            data = os.read(fd, RECEIVE_CHUNK)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+        self._drained = len(data) < RECEIVE_CHUNK
+        return data
 
     async def _send_event(self, event: Event) -> bool:
         """Send a control event; False if the connection can no longer carry it."""

@@ -32,10 +32,14 @@ class TokenBucket:
 
     def spend(self, amount: float, now: float) -> bool:
         """Take `amount` tokens if there are that many; False (nothing taken) if not."""
-        self._refill(now)
-        if self._tokens < amount:
+        tokens = self._tokens
+        if now > self._at:  # `_refill`, written out: it runs for every message and frame
+            tokens = min(self._burst, tokens + (now - self._at) * self._rate)
+            self._at = now
+        if tokens < amount:
+            self._tokens = tokens
             return False
-        self._tokens -= amount
+        self._tokens = tokens - amount
         return True
 
     def refund(self, amount: float, now: float) -> None:

@@ -43,7 +43,7 @@ from ._events import (
 )
 from ._files_member import FilesResume, MemberFiles
 from ._link import JoinLink, ticket_id, ticket_psk
-from ._make import new, setters
+from ._make import maker
 from ._names import one_line
 from ._noise import NoiseError
 from ._phrase import derive_phrase
@@ -79,7 +79,8 @@ ACK_WINDOW_SHARE = 4
 #: The window assumed when a host with batch/1 does not say (the room's default).
 DEFAULT_WINDOW = 1024 * 1024
 
-_CHAT_SLOTS = setters(ChatMessage)
+_MAKE_CHAT = maker(ChatMessage)
+_MAKE_ACCEPTED = maker(SayAccepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +181,8 @@ class MemberConnection:
         # room's window (history and live traffic) and tell it what we have. So are credits.
         # With batch/1 an ack also waits (up to ACK_DELAY, or a share of the window) for a
         # frame to ride with, since a lone ack costs both ends a whole transport message.
-        self.files.flush_credit()
+        if self.files._credit:  # (a call less per drain when no fetch granted credit)
+            self.files.flush_credit()
         channel = self._channel
         if self.state is MemberState.OPEN and self.last_seq > self._acked_sent:
             assert channel is not None
@@ -206,9 +208,10 @@ class MemberConnection:
         check_text(text, LocalProtocolError)
         if len(self._unacked) >= MAX_UNACKED_SAYS:
             raise LocalProtocolError("too many messages awaiting the room; wait", "backlog")
-        ref = self._take_ref()
+        ref = self._next_ref  # `_take_ref`, in line
+        self._next_ref = ref + 1
         self._unacked[ref] = text
-        self._queue(f.Say(ref=ref, text=text))
+        self._emit(f.encode_say(ref, text))
         return ref
 
     def has_bulk(self) -> bool:
@@ -260,7 +263,8 @@ class MemberConnection:
     def receive_data(self, data: Message, now: float) -> None:
         """One transport message (any bytes-like object). Raises RemoteProtocolError (and the
         connection is dead) if the room broke the protocol; never anything else for any input."""
-        data = message_bytes(data)
+        if type(data) is not bytes:
+            data = message_bytes(data)
         if self.state not in (MemberState.HANDSHAKE, MemberState.OPEN):
             return
         self._last_rx = now
@@ -334,12 +338,12 @@ class MemberConnection:
         channel = self._channel
         assert channel is not None
         if channel.batch:
-            channel.queue(plaintext)
+            channel.queued.append(plaintext)  # `Channel.queue`, in line
         else:
             self._out.append(channel.seal(plaintext))
 
     def _queue_ack(self) -> None:
-        self._queue(f.Ack(seq=self.last_seq))
+        self._emit(f.encode_ack(self.last_seq))
         self._acked_sent = self.last_seq
         self._ack_due = None
         self._unacked_bytes = 0
@@ -504,15 +508,9 @@ class MemberConnection:
         events = self._events
         if frame.from_ == self.member_id and frame.ref in self._unacked:
             del self._unacked[frame.ref]
-            events.append(SayAccepted(frame.ref, seq))
+            events.append(_MAKE_ACCEPTED(frame.ref, seq))
         # ChatMessage(seq, frame.from_, frame.ts, frame.text), without its __init__ (`_make`).
-        chat: ChatMessage = new(ChatMessage)
-        c = _CHAT_SLOTS
-        c[0](chat, seq)
-        c[1](chat, frame.from_)
-        c[2](chat, frame.ts)
-        c[3](chat, frame.text)
-        events.append(chat)
+        events.append(_MAKE_CHAT(seq, frame.from_, frame.ts, frame.text))
 
     def _expect_seq(self, seq: int) -> None:
         # Total order with no gap and no duplicate is an invariant the room owes us: a broken

@@ -41,6 +41,7 @@ from ._link import (
     ticket_id,
     ticket_psk,
 )
+from ._make import maker
 from ._names import sanitize_name, unique_name
 from ._noise import NoiseError
 from ._phrase import derive_phrase
@@ -51,6 +52,8 @@ from ._transcript import held_bytes as _held_bytes
 
 #: What an OPEN connection may send (the usual case, looked up once).
 _ACCEPTS_OPEN = ROOM_ACCEPTS[ConnState.OPEN]
+#: Send(conn, data) for each sealed message of the room (see `_make`).
+_MAKE_SEND = maker(Send)
 
 # ---- limits (spec section "Limits"); each one has a clear error when hit ----
 #: Max chat text, in UTF-8 bytes.
@@ -114,18 +117,32 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _flooding(unit: str) -> RemoteProtocolError:
+    """What ends a connection whose seat's inbound budget (`unit`: bytes or frames) ran out."""
+    return RemoteProtocolError(
+        f"you sent more {unit} than the room takes (refused and ignored frames count too): "
+        "you were removed from the room",
+        "flooding",
+    )
+
+
 def check_text(text: str, error: type[LocalProtocolError] | type[RemoteProtocolError]) -> None:
     """The rules for chat text, shared by the member (before sending) and the room."""
     if not isinstance(text, str) or not text.strip():
         raise error("the message is empty", "empty")
-    size = len(text.encode("utf-8", "surrogatepass"))
+    if text.isascii():
+        size = len(text)  # what it takes as UTF-8, without encoding it (most chat)
+        valid = True
+    else:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        # Lone surrogates cannot travel as UTF-8.
+        valid = size > MAX_TEXT_BYTES or _is_utf8(text)
     if size > MAX_TEXT_BYTES:
         raise error(
             f"the message is too long ({size} bytes, max {MAX_TEXT_BYTES}): split it",
             "too-long",
         )
-    # Lone surrogates cannot travel as UTF-8.
-    if not _is_utf8(text):
+    if not valid:
         raise error("the message is not valid Unicode text", "malformed")
 
 
@@ -440,7 +457,7 @@ class Room:
     def _seal_queued(self, conn: _Conn) -> None:
         assert conn.channel is not None
         for message in conn.channel.seal_queued():
-            self._out.append(Send(conn.id, message))
+            self._out.append(_MAKE_SEND(conn.id, message))
 
     def bulk_connections(self) -> list[int]:
         """Connections with bulk (file chunks) waiting: the driver wakes their writers, which
@@ -483,7 +500,8 @@ class Room:
 
     def receive(self, conn_id: int, data: Message, now: float) -> None:
         """One transport message (any bytes-like object) from connection `conn_id`."""
-        data = message_bytes(data)
+        if type(data) is not bytes:
+            data = message_bytes(data)
         conn = self._conns.get(conn_id)
         if conn is None:
             return  # already closed: the driver raced us, nothing to do
@@ -496,7 +514,12 @@ class Room:
             assert conn.channel is not None
             if conn.state is ConnState.OPEN:
                 # Charged before decrypting: decryption is the cost the budget bounds.
-                self._spend_bytes(self._seats[conn.seat_id], len(data), now)  # type: ignore[index]
+                # A message the budget cannot pay for is the connection's last: a Noise
+                # transport message cannot be skipped (its nonce), so the only way to refuse
+                # it is to end the connection (spec section 18).
+                budget = self._seats[conn.seat_id].budget  # type: ignore[index]
+                if budget is not None and not budget.bytes.spend(len(data), now):
+                    raise _flooding("bytes")
             frames = conn.channel.open_all(data)
             if conn.state is ConnState.CONFIRMING and len(frames) > 1:
                 # Section 7: the confirming ack travels alone, so no frame of a member that
@@ -837,7 +860,9 @@ class Room:
         if isinstance(frame, f.Ack) and self._on_ack(conn, frame.seq, now):
             return  # retired entries: paced by what the room sent, so free of the frame budget
         if not isinstance(frame, f.Close):  # the last frame of a connection costs nothing
-            self._spend_frame(seat, now)
+            # (`_spend_frame`, in line: it runs for every frame)
+            if seat.budget is not None and not seat.budget.frames.spend(1.0, now):
+                raise _flooding("frames")
         if isinstance(frame, f.Ack):
             pass  # an ack that retired nothing: charged above, nothing else to do
         elif isinstance(frame, f.Say):
@@ -908,25 +933,9 @@ class Room:
         self._send_frame(conn, error)
 
     @staticmethod
-    def _spend_bytes(seat: Seat, size: int, now: float) -> None:
-        """Charge one transport message's bytes. A message the budget cannot pay for is the
-        connection's last: a Noise transport message cannot be skipped (its nonce), so the only
-        way to refuse it is to end the connection (spec section 18)."""
-        if seat.budget is not None and not seat.budget.bytes.spend(size, now):
-            raise RemoteProtocolError(
-                "you sent more bytes than the room takes (refused and ignored frames count too): "
-                "you were removed from the room",
-                "flooding",
-            )
-
-    @staticmethod
     def _spend_frame(seat: Seat, now: float) -> None:
         if seat.budget is not None and not seat.budget.frames.spend(1.0, now):
-            raise RemoteProtocolError(
-                "you sent more frames than the room takes (refused and ignored frames count too): "
-                "you were removed from the room",
-                "flooding",
-            )
+            raise _flooding("frames")
 
     def _take_token(self, seat: Seat, now: float) -> int | None:
         """Token bucket. None: a token was spent; else ms until one is available."""
@@ -945,7 +954,7 @@ class Room:
 
     def _append_chat(self, sender: int, text: str, ref: int, now: float) -> TranscriptEntry:
         seq = self.last_seq + 1
-        ts = self._ts(now)
+        ts = max(0, int((now + self._epoch_offset) * 1000))  # `_ts`, in line (every message)
         entry = chat_entry(seq, ts, sender, text, f.encode_message(seq, ts, text, ref, sender))
         self._last_chat_at = now
         self._append(entry, now)
@@ -975,7 +984,12 @@ class Room:
     def _append(self, entry: TranscriptEntry, now: float) -> None:
         self._entries.append(entry)
         self.last_seq = entry.seq
-        self._kept_bytes += _held_bytes(entry)
+        # `_held_bytes`, in line for the usual entry (no fallback frame)
+        self._kept_bytes += (
+            len(entry.frame) + (len(entry.text) if entry.text else 0)
+            if entry.fallback is None
+            else _held_bytes(entry)
+        )
         # Past the cap the oldest entries go; joiners and resumers then get history-truncated.
         while self._kept_bytes > self.config.transcript_cap and self.first_seq < self.last_seq:
             self._kept_bytes -= _held_bytes(self._entries[self._head])
@@ -1024,9 +1038,9 @@ class Room:
         if channel.batch:
             if not channel.queued:
                 self._queued[conn.id] = conn
-            channel.queue(plaintext)
+            channel.queued.append(plaintext)  # `Channel.queue`, in line
         else:
-            self._out.append(Send(conn.id, channel.seal(plaintext)))
+            self._out.append(_MAKE_SEND(conn.id, channel.seal(plaintext)))
 
     def _send_frame(self, conn: _Conn, frame: f.Frame) -> None:
         if conn.channel is not None:

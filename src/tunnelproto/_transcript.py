@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._events import OfferInfo
-from ._make import new, setters
+from ._make import maker
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,27 +33,15 @@ class TranscriptEntry:
     offer: OfferInfo | None = None
 
 
-_ENTRY_SLOTS = setters(TranscriptEntry)
+_MAKE_ENTRY = maker(TranscriptEntry)
 
 
 def chat_entry(seq: int, ts: int, sender: int, text: str, frame: bytes) -> TranscriptEntry:
     """`TranscriptEntry(seq, ts, "chat", sender, text, None, None, None, None, frame)`, made
     without the frozen dataclass's __init__ (see `_make`): one per chat message."""
-    entry: TranscriptEntry = new(TranscriptEntry)
-    s = _ENTRY_SLOTS
-    s[0](entry, seq)
-    s[1](entry, ts)
-    s[2](entry, "chat")
-    s[3](entry, sender)
-    s[4](entry, text)
-    s[5](entry, None)
-    s[6](entry, None)
-    s[7](entry, None)
-    s[8](entry, None)
-    s[9](entry, frame)
-    s[10](entry, None)
-    s[11](entry, None)
-    s[12](entry, None)
+    entry: TranscriptEntry = _MAKE_ENTRY(
+        seq, ts, "chat", sender, text, None, None, None, None, frame, None, None, None
+    )
     return entry
 
 

@@ -313,6 +313,8 @@ def test_chat_message_is_the_constructors() -> None:
     sender = MemberInfo(3, "ana", False)
     made = chat_message(7, 1.5, sender, "hi")
     built = TranscriptMessage(seq=7, kind="chat", ts=1.5, sender=sender, text="hi")
+    assert type(made) is TranscriptMessage
+    assert dataclasses.replace(made, text="ho") == dataclasses.replace(built, text="ho")
     for field in dataclasses.fields(TranscriptMessage):
         assert getattr(made, field.name) == getattr(built, field.name), field.name
     assert made == built and hash(made) == hash(built) and repr(made) == repr(built)

@@ -1253,3 +1253,58 @@ async def test_large_sends_let_other_tasks_run() -> None:
     await ws.aclose()
     theirs.close()
     assert after - before >= count * size // (WRITE_YIELD_BYTES + size) - 1
+
+
+async def test_the_websockets_lock_excludes_hands_over_in_order_and_survives_a_cancelled_waiter(
+    nursery: trio.Nursery,
+) -> None:
+    # The WebSocket's send and receive locks (_ws._Mutex): one holder at a time; a release
+    # hands the lock to the longest waiter; a waiter cancelled while parked is not handed it.
+    from tunnel_trio._ws import _Mutex
+
+    lock = _Mutex()
+    order: list[str] = []
+    holds = {name: trio.Event() for name in "abd"}
+
+    async def take(name: str) -> None:
+        async with lock:
+            order.append(name)
+            await holds[name].wait()
+
+    async def give_up(scope: trio.CancelScope) -> None:
+        with scope:
+            await lock.acquire()
+            order.append("c")  # never: cancelled while waiting
+
+    nursery.start_soon(take, "a")
+    await trio.testing.wait_all_tasks_blocked()
+    assert lock.locked() and order == ["a"]
+    with pytest.raises(trio.WouldBlock):
+        lock.acquire_nowait()
+    c_scope = trio.CancelScope()
+    nursery.start_soon(give_up, c_scope)
+    await trio.testing.wait_all_tasks_blocked()
+    nursery.start_soon(take, "b")
+    await trio.testing.wait_all_tasks_blocked()
+    nursery.start_soon(take, "d")
+    await trio.testing.wait_all_tasks_blocked()
+    c_scope.cancel()  # the longest waiter gives up
+    await trio.testing.wait_all_tasks_blocked()
+    holds["a"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert order == ["a", "b"]  # handed to the longest waiter still waiting
+    holds["b"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert order == ["a", "b", "d"]
+    holds["d"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not lock.locked()
+    lock.acquire_nowait()
+    assert lock.locked()
+    lock.release()
+    assert not lock.locked()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(trio.Cancelled):
+            await lock.acquire()  # a checkpoint, even when free
+    assert not lock.locked()

@@ -330,6 +330,43 @@ def test_nonce_exhaustion_raises_instead_of_wrapping() -> None:
         receive.decrypt_with_ad(b"", last)
 
 
+def test_transport_seal_and_open_are_encrypt_and_decrypt_with_empty_ad() -> None:
+    # `seal`/`open` are the transport's written-out EncryptWithAd/DecryptWithAd (ad = b""):
+    # the same bytes, the same nonce steps, the same refusals with the nonce left alone.
+    key = bytes(range(32))
+    a, b, c, d = CipherState(key), CipherState(key), CipherState(key), CipherState(key)
+    for payload in (b"", b"x", bytearray(b"chat"), memoryview(bytes(1000))):
+        sealed = a.seal(payload)
+        assert sealed == b.encrypt_with_ad(b"", bytes(payload))
+        assert c.open(sealed) == d.decrypt_with_ad(b"", sealed) == bytes(payload)
+    assert a.nonce == b.nonce == c.nonce == d.nonce == 4
+    (send, _), (_, receive) = _handshake()
+    genuine = send.seal(b"data")
+    for forged in (_flip(genuine, 0), _flip(genuine, len(genuine) - 1), b"", genuine[: TAGLEN - 1]):
+        with pytest.raises(NoiseError):
+            receive.open(forged)
+        assert receive.nonce == 0
+    assert receive.open(bytearray(genuine)) == b"data"
+    with pytest.raises(NoiseError):
+        receive.open(genuine)  # a replay
+    with pytest.raises(NoiseError):
+        send.seal(bytes(MAX_MESSAGE - TAGLEN + 1))
+    assert send.nonce == 1
+    assert len(send.seal(bytes(MAX_MESSAGE - TAGLEN))) == MAX_MESSAGE
+    with pytest.raises(NoiseError):
+        receive.open(bytes(MAX_MESSAGE + 1))
+    send, receive = CipherState(key), CipherState(key)
+    send.set_nonce(2**64 - 2)
+    receive.set_nonce(2**64 - 2)
+    last = send.seal(b"last")
+    assert receive.open(last) == b"last"
+    with pytest.raises(NoiseError):
+        send.seal(b"one too many")
+    with pytest.raises(NoiseError):
+        receive.open(last)
+    assert CipherState().seal(b"clear") == b"clear"  # no key: passed through, as before
+
+
 def test_rekey_changes_the_key_but_not_the_nonce() -> None:
     (send, _), (_, receive) = _handshake()
     receive.decrypt_with_ad(b"", send.encrypt_with_ad(b"", b"before"))

@@ -621,3 +621,27 @@ def test_one_line_fast_path_agrees_with_the_general_one(raw: str, limit: int) ->
     assert one_line(raw, limit) == _one_line_by_category(raw, limit)
     assert one_line("  ana \x1b[31m  b ", 64) == "ana [31m b"
     assert one_line(" m3  x ", 64) == "m3 x"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("x" * 32 * 1024, None),
+        ("x" * (32 * 1024 + 1), "too-long"),
+        ("é" * (16 * 1024), None),  # two bytes a character: exactly the limit
+        ("é" * (16 * 1024) + "x", "too-long"),
+        ("a \ud800 b", "malformed"),  # a lone surrogate cannot travel as UTF-8
+        ("\ud800" * (16 * 1024), "too-long"),  # the size is judged first, surrogates counted
+        (" \n\t", "empty"),
+        ("", "empty"),
+    ],
+)
+def test_chat_text_rules_count_utf8_bytes(text: str, code: str | None) -> None:
+    from tunnelproto._room import check_text
+
+    if code is None:
+        check_text(text, RemoteProtocolError)
+    else:
+        with pytest.raises(RemoteProtocolError) as info:
+            check_text(text, RemoteProtocolError)
+        assert info.value.code == code
