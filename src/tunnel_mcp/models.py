@@ -357,8 +357,8 @@ class PendingInvite(_Wire):
 
 class StatusResult(_Wire):
     """Fields with a default (givesUpInSec, queuedSays, closedMessage, phrase, approveSays,
-    turnsLeft, turnBudget, offers, receives) are left out while they hold it: absent means
-    that default (null, 0, false or [])."""
+    turnsLeft, turnBudget, offers, receives, and a member's phrase) are left out while they
+    hold it: absent means that default (null, 0, false or [])."""
 
     role: Literal["host", "member"] = Field(title="Role")
     is_host: bool = Field(title="Is the host")
@@ -488,10 +488,7 @@ class StatusResult(_Wire):
             "goal": status.goal,
             "tunnelId": status.tunnel_id,
             "self": {"id": me.id, "name": me.name, "isHost": me.is_host},
-            "members": [
-                {"id": m.id, "name": m.name, "isHost": m.is_host, "connected": m.connected, "phrase": m.phrase}
-                for m in status.members
-            ],
+            "members": [_member_wire(m) for m in status.members],
             "pendingInvites": [{"expiresInSec": p.expires_in_sec} for p in status.pending_invites],
             "lastSeq": status.last_seq,
             "transport": status.transport,
@@ -522,6 +519,15 @@ class StatusResult(_Wire):
             models_r = receives if receives is not None else [ReceiveState.of(r) for r in status.receives]
             out["receives"] = [r.model_dump(mode="json", by_alias=True) for r in models_r]
         return out
+
+
+def _member_wire(m: MemberStatus) -> dict[str, Any]:
+    """A member's entry in a status, its phrase left out while null (the host's own row, and
+    every other member's row in a member's status)."""
+    out: dict[str, Any] = {"id": m.id, "name": m.name, "isHost": m.is_host, "connected": m.connected}
+    if m.phrase is not None:
+        out["phrase"] = m.phrase
+    return out
 
 
 class RemoveResult(_Wire):

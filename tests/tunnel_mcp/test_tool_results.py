@@ -189,6 +189,11 @@ async def test_a_status_leaves_out_the_optional_fields_that_hold_their_default()
     assert set(hosts) == set(schema["required"])  # a host has no phrase of its own
     assert set(guests) == set(schema["required"]) | {"phrase"}  # a member's own phrase
     assert guests["phrase"] == next(m["phrase"] for m in guests["members"] if m["id"] == guests["self"]["id"])
+    # In the member rows, a phrase only where one is shown: the host sees its guest's, the guest
+    # its own; the host's row has none.
+    row = {"id", "name", "isHost", "connected"}
+    assert [set(m) for m in hosts["members"]] == [row, row | {"phrase"}]
+    assert [set(m) for m in guests["members"]] == [row, row | {"phrase"}]
 
 
 def _statuses() -> list[tuple[SessionStatus, dict[str, Any]]]:
@@ -242,6 +247,9 @@ def test_a_status_written_directly_is_the_models_dump_without_its_defaults(
         if not info.is_required()
     }
     expected = {k: v for k, v in dumped.items() if k not in defaults or v != defaults[k]}
+    for member in expected["members"]:  # a member's phrase too, while null
+        if member["phrase"] is None:
+            del member["phrase"]
     wire = StatusResult.wire_of(status, **extras)
     assert json.dumps(wire) == json.dumps(expected)  # the same keys, order, values and types
     schema = load_tools().tools["tunnel_status"].output_schema
