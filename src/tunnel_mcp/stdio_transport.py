@@ -4,8 +4,9 @@ The SDK's `stdio_server` reads each stdin line in a worker thread and writes (an
 each answer in two more, then hands every message across a memory stream: about four thread
 round trips and two task hand-offs per request, most of an MCP call's latency once the tool
 itself is fast. Here, when stdin and stdout are pipes or sockets (which is how every MCP client
-starts a server), they are read and written by trio directly (`trio.lowlevel.FdStream`), and
-the server's dispatcher pulls each message straight from the read side. Anything else (a
+starts a server), they are read and written in trio directly (`_Pipe`: non-blocking, waiting
+only when there is nothing to read or no room to write), and the server's dispatcher pulls
+each message straight from the read side. Anything else (a
 terminal, a file) is read and written in worker threads, as before.
 
 What stays as the SDK does it, on purpose:
@@ -80,15 +81,61 @@ class _ThreadedFd:
         await trio.lowlevel.checkpoint()
 
 
+class _Pipe:
+    """A pipe or socket in non-blocking mode (trio's `FdStream` owns the descriptor: its mode,
+    its closing), read and written without a pass through the scheduler when the bytes are
+    already there or fit the pipe at once.
+
+    trio's streams take that pass before every read and write (a checkpoint, so a loop over a
+    busy stream cannot starve other tasks): three per request here (the read, the write and
+    the write lock), each an extra round of the run loop with its `epoll_wait`. The tasks
+    around these calls check in with the scheduler for every message already (the SDK's
+    dispatcher passes each through a memory stream, and `StdinMessages.receive` yields for
+    each line it skips), and a read or write that must wait still waits in trio."""
+
+    def __init__(self, fd: int) -> None:
+        self._stream = trio.lowlevel.FdStream(fd)
+
+    def _fd(self) -> int:
+        fd = self._stream.fileno()  # -1 once closed: never a number the process reused
+        if fd < 0:
+            raise trio.ClosedResourceError("the stream was closed")
+        return fd
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        while True:
+            fd = self._fd()
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            fd = self._fd()
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 def _wire(fd: int) -> _Wire:
-    """trio's own non-blocking stream for a pipe or socket; worker threads for anything else.
+    """A non-blocking trio stream for a pipe or socket; worker threads for anything else.
 
     Non-blocking mode belongs to the open file, shared with every process holding it: a pipe a
     client made for this server is ours alone, a terminal is shared with the shell."""
     if sys.platform != "win32":
         mode = os.fstat(fd).st_mode
         if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-            return trio.lowlevel.FdStream(fd)
+            return _Pipe(fd)
     return _ThreadedFd(fd)
 
 
@@ -131,6 +178,7 @@ class StdinMessages:
         """The next line without its newline; None at the end of the stream.
 
         Raises _LineTooLong once a line longer than MAX_LINE has gone by."""
+        reads = 0
         while True:
             end = self._buffer.find(b"\n", self._scanned)
             if end >= 0:
@@ -154,6 +202,11 @@ class StdinMessages:
                 self._buffer.clear()
                 self._scanned = 0
                 return line
+            if reads:
+                # A line arriving over many reads (a long one, or one being skipped) lets the
+                # other tasks run between them: reads that find bytes waiting do not (`_Pipe`).
+                await trio.lowlevel.checkpoint()
+            reads += 1
             chunk = await self._wire.receive_some(READ_SIZE)
             if chunk:
                 self._buffer += chunk
@@ -163,7 +216,13 @@ class StdinMessages:
     async def receive(self) -> SessionMessage | Exception:
         if self._closed:
             raise anyio.ClosedResourceError
+        skipped = False
         while True:
+            if skipped:
+                # A line that gives the dispatcher nothing (blank, unreadable, too long) still
+                # lets the other tasks run: a stream of them must not hold the loop (`_Pipe`).
+                await trio.lowlevel.checkpoint()
+            skipped = True
             try:
                 line = await self._line()
             except _LineTooLong:
@@ -233,12 +292,19 @@ class StdoutMessages:
         if self._closed:
             raise anyio.ClosedResourceError
         data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8") + b"\n"
-        async with self._lock:
-            try:
-                await self._wire.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError) as exc:
-                # The client went away: the dispatcher treats this like a closed stream.
-                raise anyio.BrokenResourceError from exc
+        # The lock keeps a message whose write must wait whole; free, it is taken without the
+        # scheduler pass `async with` would cost (see `_Pipe`).
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
+            await self._wire.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError) as exc:
+            # The client went away: the dispatcher treats this like a closed stream.
+            raise anyio.BrokenResourceError from exc
+        finally:
+            self._lock.release()
         self.answered.set()
 
     async def aclose(self) -> None:

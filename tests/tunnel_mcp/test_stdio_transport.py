@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mcp_types
 import pytest
 import trio
+import trio.testing
 
 #: A process serving the transport: it answers each request with an empty result, while
 #: printing to stdout (and writing to fd 1) as careless code would.
@@ -213,3 +215,131 @@ async def test_the_tools_load_once_the_handshake_is_answered(
     started = trio.current_time()
     await stdio._preload(trio.Event())
     assert len(loads) == 1 and loads[0] - started >= manager.PRELOAD_AFTER
+
+
+# -- reads and writes that need not wait do not pass through the scheduler ----------------------
+
+
+async def test_a_pipe_read_or_write_that_can_complete_at_once_takes_no_scheduler_pass() -> None:
+    # trio's streams take one before every call; on the request path that was three extra
+    # rounds of the run loop per MCP message (the read, the write and the write's lock).
+    from mcp.shared.message import SessionMessage
+
+    from tunnel_mcp.stdio_transport import StdinMessages, StdoutMessages, _Pipe
+
+    (r_in, w_in), (r_out, w_out) = os.pipe(), os.pipe()
+    stdout = StdoutMessages(_Pipe(w_out))
+    stdin = StdinMessages(_Pipe(r_in), lambda line: None, stdout)
+    os.write(w_in, _request(1) + _request(2))
+    with trio.testing.assert_no_checkpoints():
+        first, second = await stdin.receive(), await stdin.receive()
+        await stdout.send(first)  # type: ignore[arg-type]
+    assert isinstance(first, SessionMessage) and isinstance(second, SessionMessage)
+    assert json.loads(os.read(r_out, 1 << 16)) == {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    # With nothing to read, the read waits in trio (and is cancelled like any other wait).
+    with trio.move_on_after(0.05) as waited:
+        await stdin.receive()
+    assert waited.cancelled_caught
+    for closing in (stdin, stdout):
+        await closing.aclose()
+    for fd in (w_in, r_out):
+        os.close(fd)
+
+
+async def test_a_write_bigger_than_the_pipe_waits_for_the_reader_and_stays_whole() -> None:
+    from mcp.shared.message import SessionMessage
+
+    from tunnel_mcp.stdio_transport import StdoutMessages, _Pipe
+
+    r_out, w_out = os.pipe()
+    stdout = StdoutMessages(_Pipe(w_out))
+    big = [
+        SessionMessage(mcp_types.JSONRPCResponse(jsonrpc="2.0", id=n, result={"x": str(n) * 300_000}))
+        for n in (1, 2)
+    ]
+    got = bytearray()
+
+    async def read_slowly() -> None:
+        while got.count(b"\n") < 2:
+            await trio.lowlevel.wait_readable(r_out)
+            got.extend(os.read(r_out, 4096))
+            await trio.sleep(0)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_slowly)
+            for message in big:  # two writers at once: the lock keeps each line whole
+                nursery.start_soon(stdout.send, message)
+    lines = [json.loads(line) for line in bytes(got).splitlines()]
+    assert sorted(line["id"] for line in lines) == [1, 2]
+    assert all(line["result"]["x"] == str(line["id"]) * 300_000 for line in lines)
+    await stdout.aclose()
+    os.close(r_out)
+
+
+class _FullPipe:
+    """A wire whose reads always find bytes waiting (and so never wait in the scheduler)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = iter(chunks)
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        return next(self._chunks, b"")
+
+    async def send_all(self, data: bytes) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        [b"\n" * 1000] * 50,  # blank lines
+        [b"x" * 4096] * 50 + [b"\n"],  # a line over the limit, streaming in
+        [b'{"jsonrpc": "2.0", "id": 1, "method": "ping"'] + [b" " * 4096] * 10 + [b"}\n"],  # a long line
+    ],
+)
+async def test_a_flood_on_stdin_lets_the_other_tasks_run(
+    flood: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reads that find bytes waiting take no scheduler pass: lines that give the dispatcher
+    # nothing, and lines that take many reads, must still let the tunnel's tasks run.
+    from tunnel_mcp import stdio_transport
+    from tunnel_mcp.stdio_transport import StdinMessages, StdoutMessages
+
+    monkeypatch.setattr(stdio_transport, "MAX_LINE", 64 << 10)
+    ticks = 0
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0)
+
+    stdin = StdinMessages(_FullPipe([*flood, _request(7)]), lambda line: None, StdoutMessages(_FullPipe([])))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        got = await stdin.receive()
+        nursery.cancel_scope.cancel()
+    assert not isinstance(got, Exception)
+    assert ticks >= 10
+
+
+def test_the_sdks_opentelemetry_span_is_left_out_only_while_nothing_would_record_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A no-op span per message costs ~11% of a ping's server CPU; with a tracer provider
+    # installed (an OpenTelemetry SDK set up), every message gets its span as the SDK intends.
+    from opentelemetry import trace
+
+    from tunnel_mcp.server import build_server
+
+    def spans(names: list[str]) -> bool:
+        return "OpenTelemetryMiddleware" in names
+
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert not spans([type(m).__name__ for m in build_server().middleware])
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.NoOpTracerProvider)
+    assert spans([type(m).__name__ for m in build_server().middleware])

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import jsonschema
 import mcp_types as types
 import pytest
 import trio
@@ -24,6 +25,15 @@ import tunnel_trio.session as session_module
 from tunnel_mcp.chat_tools import PREVIEW_CHARS, TEXT_FULL_CHARS
 from tunnel_mcp.server import TRANSCRIPT_URI
 from tunnel_trio.session import LISTEN_MAX_BYTES, LISTEN_MAX_MESSAGES, MemberSession
+from tunnel_trio.session_types import (
+    FileOfferInfo,
+    MemberInfo,
+    MemberStatus,
+    OfferFile,
+    PendingInvite,
+    ReceiveProgress,
+    SessionStatus,
+)
 from tunnelproto import JoinLink
 
 
@@ -179,6 +189,71 @@ async def test_a_status_leaves_out_the_optional_fields_that_hold_their_default()
     assert set(hosts) == set(schema["required"])  # a host has no phrase of its own
     assert set(guests) == set(schema["required"]) | {"phrase"}  # a member's own phrase
     assert guests["phrase"] == next(m["phrase"] for m in guests["members"] if m["id"] == guests["self"]["id"])
+    # In the member rows, a phrase only where one is shown: the host sees its guest's, the guest
+    # its own; the host's row has none.
+    row = {"id", "name", "isHost", "connected"}
+    assert [set(m) for m in hosts["members"]] == [row, row | {"phrase"}]
+    assert [set(m) for m in guests["members"]] == [row, row | {"phrase"}]
+
+
+def _statuses() -> list[tuple[SessionStatus, dict[str, Any]]]:
+    """Statuses and the extras the tool adds, covering every optional field both ways."""
+    ana, ben = MemberInfo(1, "ana", True), MemberInfo(2, "ben", False)
+    offer = FileOfferInfo(
+        offer_id=3, sharer=ben, name="logs", count=2, total=2060, hash="ef" * 32, is_folder=True,
+        files=(OfferFile("a.txt", 12, "ab" * 32), OfferFile("b.txt", 2048, "cd" * 32)), note="n",
+    )
+    progress = ReceiveProgress(offer_id=3, name="logs", destination="/tmp/in", files_done=1,
+                               count=2, received_bytes=1030, total_bytes=2060, state="running")
+    host = SessionStatus(
+        role="host", goal="fix the build", tunnel_id="t1", self_member=ana,
+        members=[MemberStatus(1, "ana", True, True), MemberStatus(2, "ben", False, False, "a b c d")],
+        pending_invites=[PendingInvite(600), PendingInvite(59)], last_seq=12, transport="cloudflared",
+        public_url="https://x.trycloudflare.com", connection="connected", cloudflared_alive=False,
+        warnings=["w1", "w2"], offers=[offer],
+    )
+    member = SessionStatus(
+        role="member", goal="g", tunnel_id="t2", self_member=ben,
+        members=[MemberStatus(1, "ana", True, False), MemberStatus(2, "ben", False, False, "a b c d")],
+        pending_invites=[], last_seq=0, transport=None, public_url=None, connection="reconnecting",
+        cloudflared_alive=None, gives_up_in_sec=0, queued_says=2, receives=[progress],
+    )
+    closed = SessionStatus(
+        role="member", goal="", tunnel_id="t3", self_member=ben, members=[], pending_invites=[],
+        last_seq=7, transport=None, public_url=None, connection="closed", cloudflared_alive=None,
+        closed_reason="removed", closed_message="the host removed you",
+    )
+    return [
+        (host, {}),
+        (host, {"turns_left": 0, "turn_budget": 40, "approve_says": True}),
+        (member, {"phrase": "a b c d", "turns_left": 3, "turn_budget": 5}),
+        (closed, {"phrase": "a b c d"}),
+    ]
+
+
+@pytest.mark.parametrize(("status", "extras"), _statuses())
+def test_a_status_written_directly_is_the_models_dump_without_its_defaults(
+    status: SessionStatus, extras: dict[str, Any]
+) -> None:
+    """tunnel_status writes its structured result directly (no models built and dumped): it
+    must say exactly what the result model says, less the fields holding their default."""
+    from tunnel_mcp.models import StatusResult
+    from tunnel_mcp.server import load_tools
+
+    dumped = StatusResult.of(status, **extras).model_dump(mode="json", by_alias=True)
+    defaults = {
+        (info.alias or name): info.get_default(call_default_factory=True)
+        for name, info in StatusResult.model_fields.items()
+        if not info.is_required()
+    }
+    expected = {k: v for k, v in dumped.items() if k not in defaults or v != defaults[k]}
+    for member in expected["members"]:  # a member's phrase too, while null
+        if member["phrase"] is None:
+            del member["phrase"]
+    wire = StatusResult.wire_of(status, **extras)
+    assert json.dumps(wire) == json.dumps(expected)  # the same keys, order, values and types
+    schema = load_tools().tools["tunnel_status"].output_schema
+    jsonschema.validate(wire, schema)
 
 
 # -- says that tell the truth ----------------------------------------------------------------------
