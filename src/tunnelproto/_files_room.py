@@ -771,6 +771,11 @@ class RoomFiles:
             cf = self._conns.get(t.receiver_conn)
             if cf is not None:
                 cf.fetches.pop(t.receiver_x, None)
+                if t.id in cf.queued:
+                    # Its buffered chunks are dropped below: nothing is left for pull_bulk, so
+                    # the connection is not listed by bulk_connections for them any more.
+                    cf.queued.discard(t.id)
+                    cf.bulk.remove(t.id)
         if t.sharer_conn is not None:
             cf = self._conns.get(t.sharer_conn)
             if cf is not None:

@@ -80,6 +80,32 @@ TestRoomMachine.settings = settings(
 )
 
 
+
+def test_a_transfer_ended_with_chunks_buffered_leaves_nothing_for_pull_bulk() -> None:
+    # Found by the machine above: a sharer left while the host held chunks for a receiver
+    # that a slow relay had not pulled yet; the ended transfer stayed in the receiver's bulk
+    # turn, so bulk_connections listed the connection and pull_bulk then sealed nothing. The
+    # machine's own check (every listed connection yields at least one frame) fails without
+    # the fix in RoomFiles._end.
+    machine = RoomMachine()
+    try:
+        machine.first_members(n=2)
+        machine.share(i=1, sizes=[1])
+        machine.host_share(sizes=[0])
+        machine.slow_host(grants=False, reads=False, relay=False)
+        for _ in range(4):
+            machine.host_share(sizes=[0])
+        machine.fetch(at=0, i=0, j=0)
+        machine.host_share(sizes=[0])
+        machine.host_share(sizes=[0])
+        machine.leave(gate=0, i=1)
+        machine.slow_host(grants=False, reads=False, relay=True)
+        machine.every_byte_received_is_the_sharers()
+        machine.host_memory_is_bounded_by_the_windows()
+    finally:
+        machine.teardown()
+
+
 _ints = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
 
 
