@@ -417,6 +417,11 @@ class SymmetricState:
         cipher._k = temp_k[:_KEYLEN]
         cipher._n = 0
 
+    def mix_chaining_key(self, input_key_material: bytes) -> None:
+        """MixKey when its cipher key would be replaced unused (the next token mixes a key
+        in before anything is encrypted): ck as MixKey sets it, the CipherState untouched."""
+        self._ck = self._hash.hkdf(self._ck, input_key_material, 1)[0]
+
     def mix_hash(self, data: bytes) -> None:
         self._h = self._hash.new(self._h + data).digest()
 
@@ -461,6 +466,10 @@ _Token = Literal["e", "ee", "psk"]
 
 # Message patterns in order: index 0 is initiator -> responder, index 1 the reply.
 _NNPSK0: Final[tuple[tuple[_Token, ...], ...]] = (("psk", "e"), ("e", "ee"))
+#: Per message: whether the cipher key that MixKey(e) makes is ever used. In the reply the
+#: "ee" token's MixKey replaces it before anything is encrypted, so there only the chaining
+#: key is derived (one HMAC fewer on each side; every output is the same).
+_E_KEY_USED: Final[tuple[bool, ...]] = (True, False)
 
 
 def _message_overhead(tokens: tuple[_Token, ...]) -> int:
@@ -596,7 +605,10 @@ class HandshakeState:
                     # Section 9.2: in a psk handshake every "e" is also MixKey'd, so that
                     # psk-keyed encryption is randomized by the ephemeral (used as a nonce);
                     # otherwise message 1's key would depend on the psk and prologue alone.
-                    symmetric.mix_key(self._e_public)
+                    if _E_KEY_USED[self._next_message]:
+                        symmetric.mix_key(self._e_public)
+                    else:
+                        symmetric.mix_chaining_key(self._e_public)
                 elif token == "ee":
                     symmetric.mix_key(_dh(self._ephemeral_private(), self._remote_ephemeral()))
                 else:  # "psk"
@@ -638,7 +650,11 @@ class HandshakeState:
                 offset += DHLEN
                 self._re = re
                 symmetric.mix_hash(re)
-                symmetric.mix_key(re)  # psk rule, section 9.2 (see write_message)
+                # psk rule, section 9.2 (see write_message)
+                if _E_KEY_USED[self._next_message]:
+                    symmetric.mix_key(re)
+                else:
+                    symmetric.mix_chaining_key(re)
             elif token == "ee":
                 symmetric.mix_key(_dh(self._ephemeral_private(), self._remote_ephemeral()))
             else:  # "psk"
