@@ -429,7 +429,9 @@ class SymmetricState:
         # Used for the psk token (section 9.2): the psk feeds both the key and the transcript.
         self._ck, temp_h, temp_k = self._hash.hkdf(self._ck, input_key_material, 3)
         self.mix_hash(temp_h)
-        self._cipher.initialize_key(self._truncate_key(temp_k))
+        cipher = self._cipher
+        cipher._k = temp_k[:_KEYLEN]  # InitializeKey(truncated temp_k), as in mix_key
+        cipher._n = 0
 
     def get_handshake_hash(self) -> bytes:
         return self._h
@@ -470,6 +472,7 @@ _NNPSK0: Final[tuple[tuple[_Token, ...], ...]] = (("psk", "e"), ("e", "ee"))
 #: "ee" token's MixKey replaces it before anything is encrypted, so there only the chaining
 #: key is derived (one HMAC fewer on each side; every output is the same).
 _E_KEY_USED: Final[tuple[bool, ...]] = (True, False)
+_MESSAGES: Final = len(_NNPSK0)
 
 
 def _message_overhead(tokens: tuple[_Token, ...]) -> int:
@@ -477,6 +480,9 @@ def _message_overhead(tokens: tuple[_Token, ...]) -> int:
     # tag. Every NNpsk0 payload is encrypted, because the psk token at the start of message 1
     # gives the CipherState a key before any payload is written (section 9.2).
     return DHLEN * tokens.count("e") + TAGLEN
+
+
+_OVERHEAD: Final = tuple(_message_overhead(tokens) for tokens in _NNPSK0)
 
 
 class HandshakeState:
@@ -546,7 +552,7 @@ class HandshakeState:
 
     @property
     def complete(self) -> bool:
-        return self._next_message == len(_NNPSK0)
+        return self._next_message == _MESSAGES
 
     @property
     def handshake_hash(self) -> bytes:
@@ -559,7 +565,7 @@ class HandshakeState:
     def _require_turn(self, *, writing: bool) -> SymmetricState:
         if self._failed:
             raise NoiseStateError("handshake failed earlier; start a new HandshakeState")
-        if self.complete or self._symmetric is None:
+        if self._next_message == _MESSAGES or self._symmetric is None:
             raise NoiseStateError("handshake is already complete")
         initiators_turn = self._next_message % 2 == 0
         if (initiators_turn == self._initiator) != writing:
@@ -569,7 +575,7 @@ class HandshakeState:
 
     def _advance(self, symmetric: SymmetricState) -> None:
         self._next_message += 1
-        if self.complete:
+        if self._next_message == _MESSAGES:
             self._handshake_hash = symmetric.get_handshake_hash()
             # The ephemeral private key's only job is done; dropping it is what forward secrecy
             # is made of (as far as Python lets us forget anything).
@@ -594,7 +600,7 @@ class HandshakeState:
         """
         symmetric = self._require_turn(writing=True)
         tokens = _NNPSK0[self._next_message]
-        if len(payload) + _message_overhead(tokens) > MAX_MESSAGE:
+        if len(payload) + _OVERHEAD[self._next_message] > MAX_MESSAGE:
             raise NoiseError(f"handshake message would exceed {MAX_MESSAGE} bytes (section 3)")
         try:
             parts: list[bytes] = []
@@ -641,7 +647,7 @@ class HandshakeState:
     ) -> bytes:
         if len(message) > MAX_MESSAGE:
             raise NoiseError(f"handshake message exceeds {MAX_MESSAGE} bytes (section 3)")
-        if len(message) < _message_overhead(tokens):
+        if len(message) < _OVERHEAD[self._next_message]:
             raise NoiseError("handshake message is truncated")
         offset = 0
         for token in tokens:
@@ -671,7 +677,7 @@ class HandshakeState:
         """
         if self._failed:
             raise NoiseStateError("handshake failed; there is nothing to split")
-        if not self.complete or self._symmetric is None:
+        if self._next_message != _MESSAGES or self._symmetric is None:
             if self._split_done:
                 raise NoiseStateError("split() may only be called once")
             raise NoiseStateError("split() called before the handshake completed")
