@@ -1380,6 +1380,7 @@ async def connect_websocket(
                 ) from exc
         if scope.cancelled_caught:
             raise trio.TooSlowError
+        assert stream is not None  # the scope caught nothing, so the body ran to its end
     except trio.TooSlowError:
         if stream is not None:
             await trio.aclose_forcefully(stream)
