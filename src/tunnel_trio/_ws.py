@@ -1149,6 +1149,11 @@ def _connected(sock: socket.socket) -> bool:
     return True
 
 
+#: Where the platform has it (Linux), the socket is made non-blocking as it is created: one
+#: system call fewer a dial than setblocking(False) after it.
+_SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+
+
 async def _connect_tcp(host: str, port: int) -> trio.SocketStream:
     """`trio.open_tcp_stream`, except that an IP literal is dialled directly: there is nothing
     to resolve and one address to try, so no resolver call and no happy-eyeballs nursery and
@@ -1159,9 +1164,10 @@ async def _connect_tcp(host: str, port: int) -> trio.SocketStream:
     family = _ip_family(host)
     if family is None:
         return await trio.open_tcp_stream(host, port)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
+        if not _SOCK_NONBLOCK:
+            sock.setblocking(False)
         error = sock.connect_ex((host, port))
         if error in (errno.EINPROGRESS, errno.EWOULDBLOCK):
             if _connected(sock):
