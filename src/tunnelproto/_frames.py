@@ -805,7 +805,7 @@ def _decode_hello(data: bytes, pos: int) -> tuple[Hello, int] | None:
     """The canonical `hello` frame at `pos` (exactly the keys the encoder writes); None for
     anything else."""
     with_last = data.startswith(_HELLO_LAST_PREFIX, pos)
-    parsed = _read_uint(data, pos + len(_HELLO_PREFIX))
+    parsed = _read_arg(data, pos + len(_HELLO_PREFIX), 0)
     if parsed is None or not data.startswith(_SW_KEY, parsed[1]):
         return None
     v = parsed[0]
@@ -827,7 +827,7 @@ def _decode_hello(data: bytes, pos: int) -> tuple[Hello, int] | None:
     if with_last:
         if not data.startswith(_LAST_KEY, p):
             return None
-        parsed = _read_uint(data, p + len(_LAST_KEY))
+        parsed = _read_arg(data, p + len(_LAST_KEY), 0)
         if parsed is None:
             return None
         last, p = parsed
@@ -858,7 +858,7 @@ def _decode_welcome(data: bytes, pos: int) -> tuple[Welcome, int] | None:
     """The canonical `welcome` frame at `pos` (exactly the keys the encoder writes), read
     field by field; None for anything else."""
     with_caps = data.startswith(_WELCOME_CAPS_PREFIX, pos)
-    parsed = _read_uint(data, pos + len(_WELCOME_PREFIX))
+    parsed = _read_arg(data, pos + len(_WELCOME_PREFIX), 0)
     if parsed is None:
         return None
     you, p = parsed
@@ -883,14 +883,14 @@ def _decode_welcome(data: bytes, pos: int) -> tuple[Welcome, int] | None:
     goal = _read_text(data, p + len(_GOAL_KEY))
     if goal is None or not data.startswith(_LAST_KEY, goal[1]):
         return None
-    parsed = _read_uint(data, goal[1] + len(_LAST_KEY))
+    parsed = _read_arg(data, goal[1] + len(_LAST_KEY), 0)
     if parsed is None or not data.startswith(_NAME_KEY, parsed[1]):
         return None
     last = parsed[0]
     name = _read_text(data, parsed[1] + len(_NAME_KEY))
     if name is None or not data.startswith(_FIRST_KEY, name[1]):
         return None
-    parsed = _read_uint(data, name[1] + len(_FIRST_KEY))
+    parsed = _read_arg(data, name[1] + len(_FIRST_KEY), 0)
     if parsed is None or not data.startswith(_LIMITS_KEY, parsed[1]):
         return None
     first = parsed[0]
@@ -918,7 +918,7 @@ def _decode_welcome(data: bytes, pos: int) -> tuple[Welcome, int] | None:
                 key = key_bytes[1:].decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        parsed = _read_uint(data, end)
+        parsed = _read_arg(data, end, 0)
         if parsed is None:
             return None
         limits[key] = parsed[0]

@@ -33,12 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import nacl._sodium as _sodium  # type: ignore[import-not-found]
-from nacl.bindings import (
-    crypto_aead_chacha20poly1305_ietf_encrypt,
-    crypto_scalarmult,
-    crypto_scalarmult_base,
-)
-from nacl.exceptions import CryptoError
+from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt
 
 __all__ = [
     "DHLEN",
@@ -87,6 +82,8 @@ class NoiseStateError(RuntimeError):
 #: RFC 2104: the key XOR ipad / opad, one byte at a time, as `bytes.translate` tables.
 _IPAD: Final = bytes(b ^ 0x36 for b in range(256))
 _OPAD: Final = bytes(b ^ 0x5C for b in range(256))
+#: HKDF's output counters, byte(i).
+_BYTES: Final = tuple(bytes((i,)) for i in range(256))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,35 +98,41 @@ class _HashFunction:
     def hash(self, data: bytes) -> bytes:
         return self.new(data).digest()  # type: ignore[no-any-return]
 
-    def _pads(self, key: bytes) -> tuple[Any, Any]:
-        # RFC 2104 written out, with the two padded-key states kept for reuse: HKDF runs
-        # three or four HMACs, two or three of them under the same key. hmac.digest looks
-        # the hash up by name on every call, which cost more than the hashing (a join runs
-        # 32 of these).
+    def _padded(self, key: bytes) -> bytes:
+        # RFC 2104: a key longer than a block is hashed first; then it is zero-padded to one.
         if len(key) > self.blocklen:
             key = self.new(key).digest()
-        key = key.ljust(self.blocklen, b"\x00")
-        return self.new(key.translate(_IPAD)), self.new(key.translate(_OPAD))
-
-    @staticmethod
-    def _mac(pads: tuple[Any, Any], data: bytes) -> bytes:
-        inner = pads[0].copy()
-        inner.update(data)
-        outer = pads[1].copy()
-        outer.update(inner.digest())
-        return outer.digest()  # type: ignore[no-any-return]
+        return key.ljust(self.blocklen, b"\x00")
 
     def hmac(self, key: bytes, data: bytes) -> bytes:
-        return self._mac(self._pads(key), data)
+        # RFC 2104 written out with one-shot hashes: H(K^opad || H(K^ipad || data)).
+        # hmac.digest looks the hash up by name on every call, which cost more than the
+        # hashing (a join runs 32 of these).
+        new = self.new
+        key = self._padded(key)
+        inner = new(key.translate(_IPAD) + data).digest()
+        return new(key.translate(_OPAD) + inner).digest()  # type: ignore[no-any-return]
 
     def hkdf(self, chaining_key: bytes, input_key_material: bytes, num_outputs: int) -> list[bytes]:
         # Section 4.3 HKDF: RFC 5869 with the chaining key as salt, empty info, and outputs
-        # chained as output_i = HMAC(temp_key, output_{i-1} || byte(i)).
-        temp_pads = self._pads(self.hmac(chaining_key, input_key_material))
+        # chained as output_i = HMAC(temp_key, output_{i-1} || byte(i)). The HMACs are written
+        # out in this one function (a join runs ten HKDFs, each of three or four HMACs, and
+        # the calls between them cost more than the hashing); `hmac` is the same computation.
+        new = self.new
+        blocklen = self.blocklen
+        key = chaining_key if len(chaining_key) <= blocklen else new(chaining_key).digest()
+        key = key.ljust(blocklen, b"\x00")
+        temp_key = new(
+            key.translate(_OPAD) + new(key.translate(_IPAD) + input_key_material).digest()
+        ).digest()
+        # HASHLEN <= BLOCKLEN for every Noise hash, so the temp key only needs padding.
+        temp_key = temp_key.ljust(blocklen, b"\x00")
+        ipad = temp_key.translate(_IPAD)
+        opad = temp_key.translate(_OPAD)
         outputs: list[bytes] = []
         previous = b""
         for i in range(1, num_outputs + 1):
-            previous = self._mac(temp_pads, previous + bytes([i]))
+            previous = new(opad + new(ipad + previous + _BYTES[i]).digest()).digest()
             outputs.append(previous)
         return outputs
 
@@ -157,16 +160,20 @@ def _hash_function(name: str) -> _HashFunction:
 
 
 def _dh(private_key: bytes, public_key: bytes) -> bytes:
-    # PyNaCl passes these straight to C without checking lengths, so a short key would make
-    # libsodium read past the buffer. Our callers always slice exactly DHLEN bytes; this is the
-    # last line of defence.
+    # libsodium reads exactly 32 bytes from each pointer, so a short key would make it read
+    # past the buffer. Our callers always slice exactly DHLEN bytes; this is the last line of
+    # defence. The C function is called directly (as `_seal` does): PyNaCl's binding checks
+    # the same lengths again and the types, and costs about a tenth of the multiplication.
     if len(public_key) != DHLEN:
         raise NoiseError(f"public key must be {DHLEN} bytes, got {len(public_key)}")
     if len(private_key) != DHLEN:
         raise NoiseStateError("private key must be 32 bytes")
-    try:
-        return crypto_scalarmult(private_key, public_key)
-    except CryptoError:
+    if type(public_key) is not bytes:
+        public_key = bytes(public_key)  # cffi passes only bytes as a pointer
+    if type(private_key) is not bytes:
+        private_key = bytes(private_key)
+    out = _ffi_new("unsigned char[]", DHLEN)
+    if _lib.crypto_scalarmult(out, private_key, public_key):
         # libsodium refuses points of small order (it returns -1 instead of the result). For
         # exactly those inputs RFC 7748 X25519 outputs 32 zero bytes, and section 12.1 says an
         # invalid public key "will produce an output of all zeros"; rejecting is allowed but
@@ -174,10 +181,18 @@ def _dh(private_key: bytes, public_key: bytes) -> bytes:
         # with every other Noise implementation. In NNpsk0 a peer that forces ee = 0 still has
         # to know the psk (mixed in before any payload is encrypted) to produce a valid message.
         return bytes(DHLEN)
+    return _ffi_buffer(out, DHLEN)[:]  # type: ignore[no-any-return]
 
 
 def _public_key(private_key: bytes) -> bytes:
-    return crypto_scalarmult_base(private_key)
+    if len(private_key) != DHLEN:
+        raise ValueError(f"ephemeral private key must be {DHLEN} bytes")
+    if type(private_key) is not bytes:
+        private_key = bytes(private_key)
+    out = _ffi_new("unsigned char[]", DHLEN)
+    if _lib.crypto_scalarmult_base(out, private_key):  # pragma: no cover - libsodium: never
+        raise NoiseStateError("X25519 public key generation failed")
+    return _ffi_buffer(out, DHLEN)[:]  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,16 +412,26 @@ class SymmetricState:
 
     def mix_key(self, input_key_material: bytes) -> None:
         self._ck, temp_k = self._hash.hkdf(self._ck, input_key_material, 2)
-        self._cipher.initialize_key(self._truncate_key(temp_k))
+        # InitializeKey(truncated temp_k), in line: the key is _KEYLEN bytes by construction.
+        cipher = self._cipher
+        cipher._k = temp_k[:_KEYLEN]
+        cipher._n = 0
+
+    def mix_chaining_key(self, input_key_material: bytes) -> None:
+        """MixKey when its cipher key would be replaced unused (the next token mixes a key
+        in before anything is encrypted): ck as MixKey sets it, the CipherState untouched."""
+        self._ck = self._hash.hkdf(self._ck, input_key_material, 1)[0]
 
     def mix_hash(self, data: bytes) -> None:
-        self._h = self._hash.hash(self._h + data)
+        self._h = self._hash.new(self._h + data).digest()
 
     def mix_key_and_hash(self, input_key_material: bytes) -> None:
         # Used for the psk token (section 9.2): the psk feeds both the key and the transcript.
         self._ck, temp_h, temp_k = self._hash.hkdf(self._ck, input_key_material, 3)
         self.mix_hash(temp_h)
-        self._cipher.initialize_key(self._truncate_key(temp_k))
+        cipher = self._cipher
+        cipher._k = temp_k[:_KEYLEN]  # InitializeKey(truncated temp_k), as in mix_key
+        cipher._n = 0
 
     def get_handshake_hash(self) -> bytes:
         return self._h
@@ -443,6 +468,11 @@ _Token = Literal["e", "ee", "psk"]
 
 # Message patterns in order: index 0 is initiator -> responder, index 1 the reply.
 _NNPSK0: Final[tuple[tuple[_Token, ...], ...]] = (("psk", "e"), ("e", "ee"))
+#: Per message: whether the cipher key that MixKey(e) makes is ever used. In the reply the
+#: "ee" token's MixKey replaces it before anything is encrypted, so there only the chaining
+#: key is derived (one HMAC fewer on each side; every output is the same).
+_E_KEY_USED: Final[tuple[bool, ...]] = (True, False)
+_MESSAGES: Final = len(_NNPSK0)
 
 
 def _message_overhead(tokens: tuple[_Token, ...]) -> int:
@@ -450,6 +480,9 @@ def _message_overhead(tokens: tuple[_Token, ...]) -> int:
     # tag. Every NNpsk0 payload is encrypted, because the psk token at the start of message 1
     # gives the CipherState a key before any payload is written (section 9.2).
     return DHLEN * tokens.count("e") + TAGLEN
+
+
+_OVERHEAD: Final = tuple(_message_overhead(tokens) for tokens in _NNPSK0)
 
 
 class HandshakeState:
@@ -519,7 +552,7 @@ class HandshakeState:
 
     @property
     def complete(self) -> bool:
-        return self._next_message == len(_NNPSK0)
+        return self._next_message == _MESSAGES
 
     @property
     def handshake_hash(self) -> bytes:
@@ -532,7 +565,7 @@ class HandshakeState:
     def _require_turn(self, *, writing: bool) -> SymmetricState:
         if self._failed:
             raise NoiseStateError("handshake failed earlier; start a new HandshakeState")
-        if self.complete or self._symmetric is None:
+        if self._next_message == _MESSAGES or self._symmetric is None:
             raise NoiseStateError("handshake is already complete")
         initiators_turn = self._next_message % 2 == 0
         if (initiators_turn == self._initiator) != writing:
@@ -542,7 +575,7 @@ class HandshakeState:
 
     def _advance(self, symmetric: SymmetricState) -> None:
         self._next_message += 1
-        if self.complete:
+        if self._next_message == _MESSAGES:
             self._handshake_hash = symmetric.get_handshake_hash()
             # The ephemeral private key's only job is done; dropping it is what forward secrecy
             # is made of (as far as Python lets us forget anything).
@@ -567,7 +600,7 @@ class HandshakeState:
         """
         symmetric = self._require_turn(writing=True)
         tokens = _NNPSK0[self._next_message]
-        if len(payload) + _message_overhead(tokens) > MAX_MESSAGE:
+        if len(payload) + _OVERHEAD[self._next_message] > MAX_MESSAGE:
             raise NoiseError(f"handshake message would exceed {MAX_MESSAGE} bytes (section 3)")
         try:
             parts: list[bytes] = []
@@ -578,7 +611,10 @@ class HandshakeState:
                     # Section 9.2: in a psk handshake every "e" is also MixKey'd, so that
                     # psk-keyed encryption is randomized by the ephemeral (used as a nonce);
                     # otherwise message 1's key would depend on the psk and prologue alone.
-                    symmetric.mix_key(self._e_public)
+                    if _E_KEY_USED[self._next_message]:
+                        symmetric.mix_key(self._e_public)
+                    else:
+                        symmetric.mix_chaining_key(self._e_public)
                 elif token == "ee":
                     symmetric.mix_key(_dh(self._ephemeral_private(), self._remote_ephemeral()))
                 else:  # "psk"
@@ -611,7 +647,7 @@ class HandshakeState:
     ) -> bytes:
         if len(message) > MAX_MESSAGE:
             raise NoiseError(f"handshake message exceeds {MAX_MESSAGE} bytes (section 3)")
-        if len(message) < _message_overhead(tokens):
+        if len(message) < _OVERHEAD[self._next_message]:
             raise NoiseError("handshake message is truncated")
         offset = 0
         for token in tokens:
@@ -620,7 +656,11 @@ class HandshakeState:
                 offset += DHLEN
                 self._re = re
                 symmetric.mix_hash(re)
-                symmetric.mix_key(re)  # psk rule, section 9.2 (see write_message)
+                # psk rule, section 9.2 (see write_message)
+                if _E_KEY_USED[self._next_message]:
+                    symmetric.mix_key(re)
+                else:
+                    symmetric.mix_chaining_key(re)
             elif token == "ee":
                 symmetric.mix_key(_dh(self._ephemeral_private(), self._remote_ephemeral()))
             else:  # "psk"
@@ -637,7 +677,7 @@ class HandshakeState:
         """
         if self._failed:
             raise NoiseStateError("handshake failed; there is nothing to split")
-        if not self.complete or self._symmetric is None:
+        if self._next_message != _MESSAGES or self._symmetric is None:
             if self._split_done:
                 raise NoiseStateError("split() may only be called once")
             raise NoiseStateError("split() called before the handshake completed")

@@ -46,6 +46,10 @@ def wordlist() -> tuple[str, ...]:
     return words
 
 
+#: Where each word's bits sit in the top PHRASE_WORDS * WORD_BITS bits, first word first.
+_SHIFTS = tuple(WORD_BITS * (PHRASE_WORDS - 1 - i) for i in range(PHRASE_WORDS))
+
+
 def phrase_indices(handshake_hash: bytes) -> tuple[int, ...]:
     """The four word indices: the first 44 bits of BLAKE2b-512(label || h), as four 11-bit
     big-endian numbers."""
@@ -58,13 +62,10 @@ def phrase_indices(handshake_hash: bytes) -> tuple[int, ...]:
     bits = PHRASE_WORDS * WORD_BITS
     nbytes = (bits + 7) // 8
     top = int.from_bytes(digest[:nbytes], "big") >> (nbytes * 8 - bits)
-    return tuple(
-        (top >> (WORD_BITS * (PHRASE_WORDS - 1 - i))) & (WORDLIST_SIZE - 1)
-        for i in range(PHRASE_WORDS)
-    )
+    return tuple([(top >> shift) & (WORDLIST_SIZE - 1) for shift in _SHIFTS])
 
 
 def derive_phrase(handshake_hash: bytes) -> str:
     """The phrase for one join handshake: four lower-case words joined by single spaces."""
     words = wordlist()
-    return " ".join(words[i] for i in phrase_indices(handshake_hash))
+    return " ".join([words[i] for i in phrase_indices(handshake_hash)])

@@ -928,6 +928,15 @@ async def test_connect_times_out_against_a_server_that_never_answers(
     assert str(caught.value) == f"timed out connecting to 127.0.0.1:{port} after 0.5 s"
 
 
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+async def test_a_connect_timeout_that_is_negative_or_nan_is_refused(timeout: float) -> None:
+    # As trio.fail_after refused it, before anything is dialled.
+    with pytest.raises(ValueError, match="connect_timeout must be non-negative"):
+        await connect_websocket(
+            "ws://127.0.0.1:9/ws", max_message_size=MAX, connect_timeout=timeout
+        )
+
+
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/ws", "ws:///no-host", "ws://127.0.0.1:99999/"])
 async def test_bad_urls_are_rejected(url: str) -> None:
     with pytest.raises(WebSocketError):
