@@ -551,7 +551,13 @@ class Guest:
                             conn.receive_data(data, clock_now())
                         except RemoteProtocolError as exc:
                             log.warning("protocol error from the host: %s", exc)
-                        self._drain(conn)
+                        # `_drain`, in line (every message from the host; no drain is under way
+                        # between two reads of this task).
+                        self._draining = True
+                        try:
+                            self._drain_events(conn)
+                        finally:
+                            self._draining = False
                         if self._welcomed and not welcomed:
                             # The key confirmation goes from the writer, right after the task
                             # the welcome woke (the join) has had its turn: written from here,

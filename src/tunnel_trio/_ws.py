@@ -273,6 +273,9 @@ class WebSocket:
         self._events: deque[Event] = deque()
         # Bytes `send_now` framed that the socket did not take at once: they go first.
         self._unsent = b""
+        #: Bytes `send_now` accepted that are not yet in the socket (the next send writes
+        #: them): `len(self._unsent)`, kept as a plain attribute (read on every direct send).
+        self.unsent_bytes = 0
         self._unyielded = 0
         self._written_unyielded = 0
         # The last read took less than it asked for (see `_read`).
@@ -308,11 +311,6 @@ class WebSocket:
     @property
     def close_reason(self) -> str | None:
         return self._close_reason
-
-    @property
-    def unsent_bytes(self) -> int:
-        """Bytes `send_now` accepted that are not yet in the socket (the next send writes them)."""
-        return len(self._unsent)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -449,6 +447,7 @@ class WebSocket:
             payload = frame_messages(messages, client=self._client)
             if self._unsent:
                 payload, self._unsent = self._unsent + payload, b""
+                self.unsent_bytes = 0
             fd = self._fd
             written = 0
             if fd is not None and self._stream.socket.fileno() == fd:  # type: ignore[attr-defined]
@@ -512,6 +511,7 @@ class WebSocket:
             written = 0
         if written < len(payload):
             self._unsent = payload[written:]
+            self.unsent_bytes = len(payload) - written
         return True
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
@@ -640,6 +640,7 @@ class WebSocket:
         the stream is gone."""
         if self._unsent:
             payload, self._unsent = self._unsent + payload, b""
+            self.unsent_bytes = 0
         if not payload:
             return True
         try:

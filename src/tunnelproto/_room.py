@@ -842,6 +842,13 @@ class Room:
 
     def _on_frame(self, conn: _Conn, frame: f.Frame, now: float) -> None:
         seat = self._seats[conn.seat_id]  # type: ignore[index]
+        if type(frame) is f.Say:
+            # The usual frame, first: charged as below, without the five type tests on its way.
+            if seat.budget is not None and not seat.budget.frames.spend(1.0, now):
+                raise _flooding("frames")
+            self.files.before_say(conn)  # a share's manifest pages come first
+            self._on_say(conn, seat, frame, now)
+            return
         if type(frame) in ROOM_ACCEPTS_FILES:
             # File frames are charged like any frame, except those the room asked for
             # (`RoomFiles.paced`: a chunk within a pull's credit, a credit answering a chunk the
