@@ -973,15 +973,7 @@ async def _server_handshake(
             accepted = False  # h11's way below asks again, and logs it
         if accepted:
             await _write_response(stream, fd, response)
-            return WebSocket(
-                stream,
-                _new_connection(ConnectionType.SERVER),
-                path=path,
-                remote=remote,
-                client=False,
-                max_message_size=max_message_size,
-                trailing_data=data[end:],
-            )
+            return _server_websocket(stream, path, remote, max_message_size, data[end:])
     # h11 bounds the request head (16 KiB) and answers garbage with a status hint.
     http = h11.Connection(h11.SERVER)
     http.receive_data(data)
@@ -1023,6 +1015,13 @@ async def _server_handshake(
         # Anything else, wsproto judges (version, key, Connection: Upgrade, ...).
         return None
     trailing_data, _ = http.trailing_data
+    return _server_websocket(stream, path, remote, max_message_size, trailing_data)
+
+
+def _server_websocket(
+    stream: trio.abc.Stream, path: str, remote: str, max_message_size: int, trailing_data: bytes
+) -> WebSocket:
+    """The server's side of an upgrade just accepted (its 101 written)."""
     return WebSocket(
         stream,
         _new_connection(ConnectionType.SERVER),

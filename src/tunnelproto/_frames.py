@@ -649,7 +649,16 @@ _MAKE_ACK = maker(Ack)
 
 def _decode_roster(data: bytes, pos: int) -> tuple[Roster, int] | None:
     """The canonical `roster` frame at `pos`, row by row without building maps."""
-    parsed = _read_arg(data, pos + len(_ROSTER_PREFIX), 4)
+    rows = _read_roster_rows(data, pos + len(_ROSTER_PREFIX))
+    if rows is None:
+        return None
+    return Roster(members=rows[0]), rows[1]
+
+
+def _read_roster_rows(data: bytes, p: int) -> tuple[tuple[MemberEntry, ...], int] | None:
+    """A roster's array of member entries at `p` (a `roster` frame's or a welcome's), in the
+    canonical form only, and where it ends; None for anything else."""
+    parsed = _read_arg(data, p, 4)
     if parsed is None or parsed[0] > _codec.MAX_ITEMS:
         return None
     count, p = parsed
@@ -668,7 +677,7 @@ def _decode_roster(data: bytes, pos: int) -> tuple[Roster, int] | None:
         )
         members.append(entry)
         p = name[1]
-    return Roster(members=tuple(members)), p
+    return tuple(members), p
 
 
 # The `welcome` frame, written and read directly: every join encodes one (the host) and decodes
@@ -925,29 +934,10 @@ def _decode_welcome(data: bytes, pos: int) -> tuple[Welcome, int] | None:
         p = parsed[1]
     if not data.startswith(_ROSTER_KEY, p):
         return None
-    parsed = _read_arg(data, p + len(_ROSTER_KEY), 4)
-    if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+    rows = _read_roster_rows(data, p + len(_ROSTER_KEY))
+    if rows is None:
         return None
-    count, p = parsed
-    match = _MEMBER_ENTRY_RE.match
-    roster = []
-    for _ in range(count):
-        m = match(data, p)
-        if m is None:
-            return None
-        id_head, on, host, name_head = m.groups()
-        entry_name = _matched_text(data, m.end(), name_head)
-        if entry_name is None:
-            return None
-        roster.append(
-            MemberEntry(
-                id=_head_value(id_head),
-                name=entry_name[0],
-                host=host == b"\xf5",
-                on=on == b"\xf5",
-            )
-        )
-        p = entry_name[1]
+    roster, p = rows
     if not data.startswith(_TICKET_KEY, p):
         return None
     parsed = _read_arg(data, p + len(_TICKET_KEY), 2)
@@ -966,7 +956,7 @@ def _decode_welcome(data: bytes, pos: int) -> tuple[Welcome, int] | None:
         goal=goal[0],
         you=you,
         name=name[0],
-        roster=tuple(roster),
+        roster=roster,
         last=last,
         first=first,
         ticket=ticket,
