@@ -821,17 +821,10 @@ def _decode_hello(data: bytes, pos: int) -> tuple[Hello, int] | None:
     sw = _read_text(data, parsed[1] + len(_SW_KEY))
     if sw is None or not data.startswith(_CAPS_KEY, sw[1]):
         return None
-    parsed = _read_arg(data, sw[1] + len(_CAPS_KEY), 4)
-    if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+    texts = _read_texts(data, sw[1] + len(_CAPS_KEY))
+    if texts is None:
         return None
-    count, p = parsed
-    caps = []
-    for _ in range(count):
-        text = _read_text(data, p)
-        if text is None:
-            return None
-        caps.append(text[0])
-        p = text[1]
+    caps, p = texts
     last = None
     if with_last:
         if not data.startswith(_LAST_KEY, p):
@@ -845,7 +838,7 @@ def _decode_hello(data: bytes, pos: int) -> tuple[Hello, int] | None:
     name = _read_text(data, p + len(_NAME_KEY))
     if name is None:
         return None
-    return Hello(v=v, name=name[0], sw=sw[0], caps=tuple(caps), last=last), name[1]
+    return Hello(v=v, name=name[0], sw=sw[0], caps=caps, last=last), name[1]
 
 
 def _read_text(data: bytes, pos: int) -> tuple[str, int] | None:
@@ -863,6 +856,23 @@ def _read_text(data: bytes, pos: int) -> tuple[str, int] | None:
         return None
 
 
+def _read_texts(data: bytes, pos: int) -> tuple[tuple[str, ...], int] | None:
+    """An array of text strings at `pos` (a hello's or a welcome's caps): (texts, next pos),
+    or None."""
+    parsed = _read_arg(data, pos, 4)
+    if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+        return None
+    count, p = parsed
+    texts = []
+    for _ in range(count):
+        text = _read_text(data, p)
+        if text is None:
+            return None
+        texts.append(text[0])
+        p = text[1]
+    return tuple(texts), p
+
+
 def _decode_welcome(data: bytes, pos: int) -> tuple[Welcome, int] | None:
     """The canonical `welcome` frame at `pos` (exactly the keys the encoder writes), read
     field by field; None for anything else."""
@@ -875,18 +885,10 @@ def _decode_welcome(data: bytes, pos: int) -> tuple[Welcome, int] | None:
     if with_caps:
         if not data.startswith(_CAPS_KEY, p):
             return None
-        parsed = _read_arg(data, p + len(_CAPS_KEY), 4)
-        if parsed is None or parsed[0] > _codec.MAX_ITEMS:
+        texts = _read_texts(data, p + len(_CAPS_KEY))
+        if texts is None:
             return None
-        count, p = parsed
-        items = []
-        for _ in range(count):
-            text = _read_text(data, p)
-            if text is None:
-                return None
-            items.append(text[0])
-            p = text[1]
-        caps = tuple(items)
+        caps, p = texts
     if not data.startswith(_GOAL_KEY, p):
         return None
     goal = _read_text(data, p + len(_GOAL_KEY))
